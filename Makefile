@@ -1,0 +1,22 @@
+# The task runner (STYLE.md 12). CI calls `make test`, exactly what the README shows.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test check bench clean
+
+install:  ## set up system packages and .venv with the dev extra
+	scripts/install.sh dev
+
+test: install  ## set up and run the whole test suite
+	$(BIN)/pytest -q
+
+check: install  ## lint and type-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: install  ## run every benchmark (slow; writes results under runs/bench)
+	$(BIN)/python benchmarks/simulate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``argus`` command line: composes the subcommands of model/, index/ and service/."""

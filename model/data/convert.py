@@ -1,0 +1,235 @@
+"""Loaders that map public data sets onto the event schema (DESIGN.md §3).
+
+* **MovieLens-100K** (``u.data``: ``user item rating timestamp``, tab-separated): every rating is an
+  organic event, ``liked = rating >= 4``, ``disliked = rating <= 2``, ``played_ratio`` NaN.
+* **Yandex Yambda**, flat layout: ``listens.parquet``, ``likes.parquet``, ``dislikes.parquet``
+  (``uid, timestamp, item_id, is_organic`` plus ``played_ratio_pct, track_length_seconds`` on
+  listens), or ``multi_event.parquet`` with all of them and an ``event_type`` column. ``is_organic
+  = 0`` (recommended) becomes ``source = 1``. A like or dislike becomes feedback on the matching
+  listen -- the latest listen of the same user and item that started at or before it and ended no
+  more than ``match_window`` seconds before it -- and its own event (``played_ratio`` NaN) when no
+  listen matches. ``unlike``/``undislike`` events are dropped. Artist ids come from an
+  ``artist_item_mapping.parquet`` (``item_id, artist_id``) when one is given or lies in the source
+  directory. The whole input is held in memory: the 50M-event flat set fits on a 24 GiB machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from model.data.events import EVENTS_FILE, MAX_PLAYED_RATIO, Events, write_events
+
+
+@dataclass(frozen=True)
+class ConvertSummary:
+    events: int
+    users: int
+    items: int
+    feedback_on_listens: int = 0  # likes/dislikes attached to a listen
+    feedback_events: int = 0  # likes/dislikes that became their own event
+
+    def line(self, name: str, out: Path) -> str:
+        extra = ""
+        if self.feedback_on_listens or self.feedback_events:
+            extra = f" · feedback: {self.feedback_on_listens:,} on listens, {self.feedback_events:,} own events"
+        return (
+            f"converted {name}: {self.events:,} events · {self.users:,} users · {self.items:,} items"
+            f"{extra} → {out / EVENTS_FILE}"
+        )
+
+
+def _summary(events: Events, **feedback: int) -> ConvertSummary:
+    return ConvertSummary(
+        events=len(events),
+        users=len(np.unique(events.user_id)),
+        items=len(np.unique(events.item_id)),
+        **feedback,
+    )
+
+
+def convert_ml100k(src: str | Path, out: str | Path) -> ConvertSummary:
+    """Convert MovieLens-100K's ``u.data`` in ``src`` to ``out/events.parquet``."""
+    path = Path(src) / "u.data"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (expected the MovieLens-100K directory)")
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"]),
+        parse_options=pacsv.ParseOptions(delimiter="\t"),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"user_id": pa.int64(), "item_id": pa.int64(), "rating": pa.int64(), "timestamp": pa.int64()}
+        ),
+    )
+    user, item = table.column("user_id").to_numpy(), table.column("item_id").to_numpy()
+    rating, timestamp = table.column("rating").to_numpy(), table.column("timestamp").to_numpy()
+    order = np.lexsort((item, timestamp, user))
+    n = len(order)
+    events = Events.from_arrays(
+        user_id=user[order],
+        item_id=item[order],
+        timestamp=timestamp[order],
+        source=np.zeros(n),
+        artist_id=np.full(n, -1),
+        played_ratio=np.full(n, np.nan),
+        liked=rating[order] >= 4,
+        disliked=rating[order] <= 2,
+    )
+    write_events(events, out)
+    return _summary(events)
+
+
+# -- Yambda ------------------------------------------------------------------------------------
+
+YAMBDA_FILES = ("listens", "likes", "dislikes")
+_LISTEN_COLUMNS = ["uid", "timestamp", "item_id", "is_organic", "played_ratio_pct", "track_length_seconds"]
+_FEEDBACK_COLUMNS = ["uid", "timestamp", "item_id", "is_organic"]
+
+
+@dataclass
+class _Columns:
+    """Plain numpy columns of one Yambda event kind."""
+
+    uid: np.ndarray
+    timestamp: np.ndarray
+    item_id: np.ndarray
+    is_organic: np.ndarray
+    played_ratio_pct: np.ndarray | None = None
+    track_length_seconds: np.ndarray | None = None
+
+    @classmethod
+    def from_table(cls, table: pa.Table, file: Path, listens: bool) -> _Columns:
+        wanted = _LISTEN_COLUMNS if listens else _FEEDBACK_COLUMNS
+        missing = [c for c in wanted if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{file}: missing column {missing[0]!r} (Yambda layout: {', '.join(wanted)})")
+        cols = {}
+        for name in wanted:
+            column = table.column(name)
+            if name in ("played_ratio_pct", "track_length_seconds"):
+                cols[name] = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
+            elif column.null_count:
+                raise ValueError(f"{file}: column {name!r} holds nulls")
+            else:
+                cols[name] = column.cast(pa.int64()).to_numpy()
+        return cls(**cols)
+
+    def take(self, mask: np.ndarray) -> _Columns:
+        return _Columns(**{k: (v[mask] if v is not None else None) for k, v in vars(self).items()})
+
+
+def _read_yambda(src: Path) -> tuple[_Columns, _Columns, _Columns]:
+    """(listens, likes, dislikes) from a flat-layout directory or a multi_event file."""
+    multi = src if src.is_file() else src / "multi_event.parquet"
+    if multi.is_file() and (src.is_file() or not (src / "listens.parquet").is_file()):
+        table = pq.read_table(multi)
+        if "event_type" not in table.column_names:
+            raise ValueError(f"{multi}: missing column 'event_type' (expected a Yambda multi_event file)")
+        kind = table.column("event_type").cast(pa.string()).to_numpy(zero_copy_only=False)
+        return tuple(  # type: ignore[return-value]
+            _Columns.from_table(table.filter(pa.array(kind == name)), multi, listens=name == "listen")
+            for name in ("listen", "like", "dislike")
+        )
+    parts = []
+    for name in YAMBDA_FILES:
+        file = src / f"{name}.parquet"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: not found (expected Yambda's flat layout: {', '.join(YAMBDA_FILES)})")
+        parts.append(_Columns.from_table(pq.read_table(file), file, listens=name == "listens"))
+    return parts[0], parts[1], parts[2]
+
+
+def _match_feedback(listens: _Columns, feedback: _Columns, window: int) -> np.ndarray:
+    """(F,) index of the listen each feedback event belongs to, or -1.
+
+    An as-of merge in one sort: listens and feedback sorted together by (uid, item, time), listens
+    first at equal times; each feedback row takes the last listen before it in that order.
+    """
+    n_listen = len(listens.uid)
+    match = np.full(len(feedback.uid), -1, dtype=np.int64)
+    if n_listen == 0 or len(feedback.uid) == 0:
+        return match
+    uid = np.concatenate([listens.uid, feedback.uid])
+    item = np.concatenate([listens.item_id, feedback.item_id])
+    time = np.concatenate([listens.timestamp, feedback.timestamp])
+    is_feedback = np.arange(len(uid)) >= n_listen
+    order = np.lexsort((is_feedback, time, item, uid))
+    last_listen = np.maximum.accumulate(np.where(is_feedback[order], -1, order))  # -1: none yet
+    at = np.flatnonzero(is_feedback[order])
+    fb = order[at] - n_listen  # feedback row
+    listen = np.maximum(last_listen[at], 0)
+    assert listens.track_length_seconds is not None
+    ends = listens.timestamp[listen] + np.nan_to_num(listens.track_length_seconds[listen], nan=0.0)
+    ok = (
+        (last_listen[at] >= 0)
+        & (listens.uid[listen] == feedback.uid[fb])
+        & (listens.item_id[listen] == feedback.item_id[fb])
+        & (feedback.timestamp[fb] <= ends + window)
+    )
+    match[fb[ok]] = listen[ok]
+    return match
+
+
+def convert_yambda(
+    src: str | Path,
+    out: str | Path,
+    *,
+    match_window: int = 300,
+    artist_mapping: str | Path | None = None,
+) -> ConvertSummary:
+    """Convert Yambda's flat layout (or a ``multi_event.parquet``) in ``src`` to ``out/events.parquet``."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or directory")
+    listens, likes, dislikes = _read_yambda(src)
+    n_listen = len(listens.uid)
+
+    liked = np.zeros(n_listen, dtype=bool)
+    disliked = np.zeros(n_listen, dtype=bool)
+    own: list[tuple[_Columns, bool]] = []
+    attached = 0
+    for feedback, flag, is_like in ((likes, liked, True), (dislikes, disliked, False)):
+        match = _match_feedback(listens, feedback, match_window)
+        flag[match[match >= 0]] = True
+        attached += int((match >= 0).sum())
+        own.append((feedback.take(match < 0), is_like))
+
+    feedback_rows = sum(len(f.uid) for f, _ in own)
+    ratio = listens.played_ratio_pct / 100.0  # type: ignore[operator]
+    columns = {
+        "user_id": np.concatenate([listens.uid, *(f.uid for f, _ in own)]),
+        "item_id": np.concatenate([listens.item_id, *(f.item_id for f, _ in own)]),
+        "timestamp": np.concatenate([listens.timestamp, *(f.timestamp for f, _ in own)]),
+        "source": np.concatenate([1 - listens.is_organic, *(1 - f.is_organic for f, _ in own)]),
+        "played_ratio": np.concatenate([np.clip(ratio, 0.0, MAX_PLAYED_RATIO), np.full(feedback_rows, np.nan)]),
+        "liked": np.concatenate([liked, *(np.full(len(f.uid), is_like) for f, is_like in own)]),
+        "disliked": np.concatenate([disliked, *(np.full(len(f.uid), not is_like) for f, is_like in own)]),
+    }
+    columns["artist_id"] = _artist_ids(src, artist_mapping, columns["item_id"])
+    kind = np.concatenate([np.zeros(n_listen), np.ones(feedback_rows)])  # listens first at equal times
+    order = np.lexsort((kind, columns["item_id"], columns["timestamp"], columns["user_id"]))
+    events = Events.from_arrays(**{name: values[order] for name, values in columns.items()})
+    write_events(events, out)
+    return _summary(events, feedback_on_listens=attached, feedback_events=feedback_rows)
+
+
+def _artist_ids(src: Path, mapping: str | Path | None, item_id: np.ndarray) -> np.ndarray:
+    """(N,) artist id of each item from Yambda's ``artist_item_mapping.parquet``, -1 if unknown."""
+    path = Path(mapping) if mapping is not None else (src if src.is_dir() else src.parent) / "artist_item_mapping.parquet"
+    if not path.is_file():
+        if mapping is not None:
+            raise FileNotFoundError(f"{path}: not found")
+        return np.full(len(item_id), -1, dtype=np.int64)
+    table = pq.read_table(path, columns=["item_id", "artist_id"])
+    items = table.column("item_id").cast(pa.int64()).to_numpy()
+    artists = table.column("artist_id").cast(pa.int64()).to_numpy()
+    order = np.argsort(items, kind="stable")
+    items, artists = items[order], artists[order]
+    position = np.clip(np.searchsorted(items, item_id), 0, max(len(items) - 1, 0))
+    found = (items[position] == item_id) if len(items) else np.zeros(len(item_id), dtype=bool)
+    return np.where(found, artists[position] if len(items) else -1, -1)

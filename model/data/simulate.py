@@ -1,0 +1,588 @@
+"""A synthetic music-streaming service whose logs make ARGUS's ideas matter.
+
+The generative story, in the order the code follows it:
+
+* **Catalog.** ``n_genres`` genre centres in a ``latent_dim`` space; artists scattered around their
+  genre's centre; items (tracks) scattered around their artist's. Item popularity is Zipf-like
+  (``rank ** -zipf_exponent`` over a random ranking) and a quality bias correlated with popularity.
+* **Users.** A taste mixture over genres (sparse Dirichlet) that drifts linearly from
+  ``taste_start`` to ``taste_end`` over the simulated period, a personal offset in latent space, a
+  heavy-tailed activity rate and a preferred hour of day. Sessions follow a weekly cycle (weekends
+  busier) and a daily one around the user's preferred hour; a session has one source.
+* **Organic sessions** (``source = 0``): each event replays an item from the user's library of liked
+  items, picks an item of a liked artist, or discovers: the best of a few popularity-weighted
+  candidates from a genre drawn from the user's current taste.
+* **Recommendation surfaces** (``source = 1..n_surfaces``, think feed, radio, playlists): the logging
+  policy draws ``n_candidates`` candidates, some by popularity and some from the user's taste, and
+  shows the best by a noisy blend of true affinity and popularity; each surface blends differently.
+  Next-item prediction can therefore learn to imitate the policy.
+* **Feedback** comes from the true affinity ``a(u, i, t) = <u(t), v_i> / scale + b_i`` plus noise:
+  full listens are more likely at high affinity, likes are rare (a few percent of events), dislikes
+  rarer and mostly on recommended skips. Liked items join the user's library at the end of the day.
+
+Documented ranges (checked by the tests at default settings): likes 1-8% of events, dislikes
+0.1-2%, recommended share 40-75%.
+
+Deviations from a real service, for speed: the library is updated once a day, not after each like;
+a user never likes an item twice (replays of library items carry no like).
+
+Everything is vectorised over the events of a chunk of users and a day, and each chunk of users is
+written as its own Parquet row group, so memory is bounded whatever the number of events. The
+ground truth (catalog and user parameters) is written to ``truth.npz`` beside ``events.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from model.data.events import EVENT_SCHEMA, EVENTS_FILE, Events
+
+DAY = 86_400
+TRUTH_FILE = "truth.npz"
+SUMMARY_FILE = "simulation.json"
+WEEKDAY_ACTIVITY = np.array([0.9, 0.9, 0.92, 0.95, 1.1, 1.3, 1.2])  # Monday .. Sunday
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    n_users: int = 1_000
+    n_items: int = 5_000
+    n_days: int = 30
+    seed: int = 0
+    start_time: int = 1_767_571_200  # 2026-01-05 00:00 UTC, a Monday
+    # catalog
+    n_genres: int = 24
+    items_per_artist: float = 12.0  # mean number of tracks per artist
+    latent_dim: int = 16
+    zipf_exponent: float = 1.0  # item popularity ~ rank ** -zipf_exponent
+    # users and sessions
+    sessions_per_day: float = 0.7  # mean over users; per-user rates are log-normal around it
+    activity_sigma: float = 1.0  # spread of log activity across users
+    taste_concentration: float = 0.3  # Dirichlet concentration of the genre mixture (small = focused)
+    taste_drift: float = 0.4  # share of the taste mixture replaced by a new one over the period
+    session_length: float = 8.0  # mean events per session (geometric)
+    max_session_length: int = 60
+    # sources
+    organic_share: float = 0.4  # share of sessions the user starts (source 0)
+    surface_share: tuple[float, ...] = (0.5, 0.3, 0.2)  # feed, radio, playlists among the rest
+    surface_popularity: tuple[float, ...] = (0.4, 0.1, 0.6)  # share of popularity candidates
+    policy_noise: float = 0.8  # noise of the policy's affinity estimate
+    policy_popularity_weight: float = 0.3  # weight of standardised log-popularity in its score
+    n_candidates: int = 8  # candidates the policy chooses among
+    replay_prob: float = 0.35  # organic event: replay a liked item
+    liked_artist_prob: float = 0.3  # organic event: pick another item of a liked artist
+    n_discovery_candidates: int = 3  # organic discovery: best of this many by affinity
+    library_size: int = 256  # liked items remembered per user (most recent)
+    # feedback: thresholds are quantiles of the (noisy) affinity of the items the policy shows,
+    # measured on a reference sample of users, so the rates hold at any catalog size
+    feedback_noise: float = 0.8  # per-event noise added to the true affinity
+    full_listen_quantile: float = 0.3  # a full listen is a coin flip at this quantile
+    like_quantile: float = 0.93  # a full listen is liked half the time at this quantile
+    dislike_quantile: float = 0.003  # a skip is disliked half the time at this quantile
+    # execution
+    users_per_chunk: int = 4_096  # users simulated together and written as one row group
+
+    def __post_init__(self) -> None:
+        for name in ("n_users", "n_items", "n_days", "n_genres", "latent_dim", "n_candidates", "users_per_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.surface_share) != len(self.surface_popularity):
+            raise ValueError("surface_share and surface_popularity need one entry per surface")
+        if not 0.0 <= self.organic_share <= 1.0:
+            raise ValueError(f"organic_share must be in [0, 1], got {self.organic_share}")
+
+    @property
+    def n_surfaces(self) -> int:
+        return len(self.surface_share)
+
+
+@dataclass
+class Catalog:
+    """Items sorted by (genre, artist), so each genre and each artist is a contiguous row range."""
+
+    item_ids: np.ndarray  # (M,) int64 external ids
+    artist_ids: np.ndarray  # (M,) int64 external artist id of each item
+    genre: np.ndarray  # (M,) int64
+    artist: np.ndarray  # (M,) int64 artist index
+    latent: np.ndarray  # (M, k) float32
+    bias: np.ndarray  # (M,) float32
+    popularity: np.ndarray  # (M,) float64, sums to 1
+    track_length: np.ndarray  # (M,) int64 seconds
+    genre_centers: np.ndarray  # (G, k) float32
+    genre_range: np.ndarray = field(init=False)  # (G, 2) [start, end) rows
+    artist_range: np.ndarray = field(init=False)  # (A, 2) [start, end) rows
+    cum_popularity: np.ndarray = field(init=False)  # (M,) float64
+    log_popularity_z: np.ndarray = field(init=False)  # (M,) float32, standardised log popularity
+
+    def __post_init__(self) -> None:
+        n_genres, n_artists = len(self.genre_centers), int(self.artist.max()) + 1
+        self.genre_range = _ranges(self.genre, n_genres)
+        self.artist_range = _ranges(self.artist, n_artists)
+        self.cum_popularity = np.cumsum(self.popularity)
+        log_pop = np.log(self.popularity)
+        self.log_popularity_z = ((log_pop - log_pop.mean()) / (log_pop.std() + 1e-9)).astype(np.float32)
+
+    def sample_in_range(self, rng: np.random.Generator, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """One item per (start, end) row range, drawn proportionally to popularity."""
+        cum = self.cum_popularity
+        low = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
+        high = cum[end - 1]
+        draw = low + rng.random(low.shape) * (high - low)
+        return np.clip(np.searchsorted(cum, draw, side="right"), start, end - 1)
+
+
+def _ranges(sorted_keys: np.ndarray, n: int) -> np.ndarray:
+    """(n, 2) [start, end) of each key value in a sorted key array (empty ranges allowed)."""
+    keys = np.arange(n)
+    return np.stack([np.searchsorted(sorted_keys, keys, "left"), np.searchsorted(sorted_keys, keys, "right")], 1)
+
+
+def make_catalog(cfg: SimConfig, rng: np.random.Generator) -> Catalog:
+    g, k, m = cfg.n_genres, cfg.latent_dim, cfg.n_items
+    n_artists = max(g, round(m / cfg.items_per_artist))
+    genre_centers = rng.standard_normal((g, k)).astype(np.float32)
+    artist_genre = np.concatenate([np.arange(g), rng.integers(g, size=n_artists - g)])
+    artist_center = genre_centers[artist_genre] + 0.7 * rng.standard_normal((n_artists, k))
+    artist_weight = rng.lognormal(0.0, 1.0, n_artists)
+    item_artist = rng.choice(n_artists, size=m, p=artist_weight / artist_weight.sum())
+    # Renumber artists by (genre, artist) so that sorting items by artist also groups genres.
+    artist_order = np.lexsort((np.arange(n_artists), artist_genre))
+    artist_rank = np.empty(n_artists, dtype=np.int64)
+    artist_rank[artist_order] = np.arange(n_artists)
+    item_artist = np.sort(artist_rank[item_artist])
+    artist_genre, artist_center = artist_genre[artist_order], artist_center[artist_order]
+    latent = artist_center[item_artist] + 0.5 * rng.standard_normal((m, k))
+    popularity = (rng.permutation(m) + 1.0) ** -cfg.zipf_exponent
+    popularity /= popularity.sum()
+    log_pop = np.log(popularity)
+    bias = 0.3 * (log_pop - log_pop.mean()) / (log_pop.std() + 1e-9) + 0.3 * rng.standard_normal(m)
+    track_length = np.clip(rng.lognormal(np.log(210.0), 0.3, m), 60, 900).astype(np.int64)
+    return Catalog(
+        item_ids=(rng.permutation(m) + 1).astype(np.int64),
+        artist_ids=(rng.permutation(n_artists) + 1).astype(np.int64)[item_artist],
+        genre=artist_genre[item_artist].astype(np.int64),
+        artist=item_artist,
+        latent=latent.astype(np.float32),
+        bias=bias.astype(np.float32),
+        popularity=popularity,
+        track_length=track_length,
+        genre_centers=genre_centers,
+    )
+
+
+@dataclass
+class Users:
+    taste_start: np.ndarray  # (U, G) float32 genre mixture at the start of the period
+    taste_end: np.ndarray  # (U, G) float32 genre mixture at its end
+    offset: np.ndarray  # (U, k) float32 personal offset in latent space
+    activity: np.ndarray  # (U,) float32 mean sessions per day
+    peak_hour: np.ndarray  # (U,) float32 preferred hour of day
+
+    def taste(self, fraction: float) -> np.ndarray:
+        """(U, G) genre mixture at ``fraction`` (0..1) of the simulated period."""
+        return (1.0 - fraction) * self.taste_start + fraction * self.taste_end
+
+    def latent(self, catalog: Catalog, fraction: float) -> np.ndarray:
+        """(U, k) latent vector at ``fraction`` of the simulated period."""
+        return self.taste(fraction) @ catalog.genre_centers + self.offset
+
+
+def make_users(cfg: SimConfig, rng: np.random.Generator, n: int) -> Users:
+    alpha = np.full(cfg.n_genres, cfg.taste_concentration)
+    start = rng.dirichlet(alpha, size=n)
+    end = (1.0 - cfg.taste_drift) * start + cfg.taste_drift * rng.dirichlet(alpha, size=n)
+    sigma = cfg.activity_sigma
+    return Users(
+        taste_start=start.astype(np.float32),
+        taste_end=end.astype(np.float32),
+        offset=(0.5 * rng.standard_normal((n, cfg.latent_dim))).astype(np.float32),
+        activity=(cfg.sessions_per_day * rng.lognormal(-0.5 * sigma**2, sigma, n)).astype(np.float32),
+        peak_hour=((20.0 + 3.0 * rng.standard_normal(n)) % 24.0).astype(np.float32),
+    )
+
+
+def affinity_scale(cfg: SimConfig, catalog: Catalog, rng: np.random.Generator) -> float:
+    """Standard deviation of ``<u, v>`` over random (user, item) pairs: the affinity's unit."""
+    users = make_users(cfg, rng, 2_000)
+    u = users.latent(catalog, 0.5)
+    items = rng.integers(len(catalog.item_ids), size=(2_000, 16))
+    return float(np.einsum("uk,uck->uc", u, catalog.latent[items]).std())
+
+
+@dataclass
+class _Chunk:
+    """The state of one chunk of users across the simulated days."""
+
+    users: Users
+    latent_scaled: np.ndarray  # (U, k) today's latent / affinity scale
+    taste_cum: np.ndarray  # (U, G) today's cumulative genre mixture
+    library: np.ndarray  # (U, library_size) int64 liked item rows, ring buffer
+    library_count: np.ndarray  # (U,) int64 likes so far
+
+
+class Simulator:
+    """``Simulator(cfg).run(out_dir)`` writes ``events.parquet``, ``truth.npz`` and a summary."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        root = np.random.SeedSequence(cfg.seed)
+        self._catalog_seed, self._scale_seed, self._users_seed = root.spawn(3)
+        self.catalog = make_catalog(cfg, np.random.default_rng(self._catalog_seed))
+        rng = np.random.default_rng(self._scale_seed)
+        self.scale = affinity_scale(cfg, self.catalog, rng)
+        self.thresholds = self._calibrate(rng)
+
+    def _calibrate(self, rng: np.random.Generator, n_users: int = 2_000, per_user: int = 8) -> dict[str, float]:
+        """Feedback thresholds: quantiles of the noisy affinity of items the policy shows to a
+        reference sample of users halfway through the period."""
+        cfg = self.cfg
+        state = self._new_chunk(make_users(cfg, rng, n_users))
+        self._set_day(state, cfg.n_days // 2)
+        user = np.repeat(np.arange(n_users), per_user)
+        source = 1 + rng.choice(cfg.n_surfaces, len(user), p=self._surface_p)
+        item = self._policy_items(rng, state, user, source)
+        z = self._affinity(state, user, item) + cfg.feedback_noise * rng.standard_normal(len(item))
+        full, like, dislike = np.quantile(z, [cfg.full_listen_quantile, cfg.like_quantile, cfg.dislike_quantile])
+        return {"full_listen": float(full), "like": float(like), "dislike": float(dislike)}
+
+    @property
+    def _surface_p(self) -> np.ndarray:
+        share = np.asarray(self.cfg.surface_share, dtype=np.float64)
+        return share / share.sum()
+
+    def _new_chunk(self, users: Users) -> _Chunk:
+        cfg, n = self.cfg, len(users.activity)
+        return _Chunk(
+            users=users,
+            latent_scaled=np.empty((n, cfg.latent_dim), np.float32),
+            taste_cum=np.empty((n, cfg.n_genres), np.float32),
+            library=np.full((n, cfg.library_size), -1, dtype=np.int64),
+            library_count=np.zeros(n, dtype=np.int64),
+        )
+
+    def _set_day(self, state: _Chunk, day: int) -> None:
+        """Move the chunk's users' taste to the middle of ``day``."""
+        fraction = (day + 0.5) / self.cfg.n_days
+        state.latent_scaled[:] = state.users.latent(self.catalog, fraction) / self.scale
+        state.taste_cum[:] = np.cumsum(state.users.taste(fraction), axis=1)
+
+    def _affinity(self, state: _Chunk, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """(E,) true affinity of each (chunk user, item row) pair today."""
+        latent = self.catalog.latent[item]
+        return np.einsum("ek,ek->e", state.latent_scaled[user], latent) + self.catalog.bias[item]
+
+    def run(self, out: str | Path, *, progress: bool = True) -> SimulationSummary:
+        cfg, catalog = self.cfg, self.catalog
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        began = time.perf_counter()
+        n_chunks = -(-cfg.n_users // cfg.users_per_chunk)
+        chunk_seeds = np.random.SeedSequence([cfg.seed, 1]).spawn(n_chunks)
+        user_parts: list[Users] = []
+        totals = np.zeros(4, dtype=np.int64)  # events, liked, disliked, recommended
+        tmp = out / (EVENTS_FILE + ".partial")
+        with (
+            pq.ParquetWriter(tmp, EVENT_SCHEMA, compression="zstd") as writer,
+            tqdm(total=cfg.n_users, unit="user", desc="simulate", disable=not progress) as bar,
+        ):
+            for index, seed in enumerate(chunk_seeds):
+                first = index * cfg.users_per_chunk
+                n = min(cfg.users_per_chunk, cfg.n_users - first)
+                rng = np.random.default_rng(seed)
+                users = make_users(cfg, rng, n)
+                events = self._simulate_chunk(rng, users, first_user_id=first + 1)
+                writer.write_table(events.to_table(), row_group_size=max(len(events), 1))
+                user_parts.append(users)
+                totals += [len(events), events.liked.sum(), events.disliked.sum(), (events.source > 0).sum()]
+                bar.update(n)
+                bar.set_postfix(events=f"{totals[0]:,}")
+        tmp.replace(out / EVENTS_FILE)
+        elapsed = time.perf_counter() - began
+        self._write_truth(out / TRUTH_FILE, user_parts)
+        n_events = int(totals[0])
+        summary = SimulationSummary(
+            events=n_events,
+            users=cfg.n_users,
+            items=cfg.n_items,
+            like_rate=float(totals[1] / max(n_events, 1)),
+            dislike_rate=float(totals[2] / max(n_events, 1)),
+            recommended_share=float(totals[3] / max(n_events, 1)),
+            seconds=elapsed,
+        )
+        (out / SUMMARY_FILE).write_text(
+            json.dumps({"config": asdict(cfg), "summary": asdict(summary)}, indent=2) + "\n"
+        )
+        return summary
+
+    # -- one chunk of users over all days ---------------------------------------------------------
+
+    def _simulate_chunk(self, rng: np.random.Generator, users: Users, first_user_id: int) -> Events:
+        cfg = self.cfg
+        state = self._new_chunk(users)
+        days = [self._simulate_day(rng, state, day) for day in range(cfg.n_days)]
+        sess_user = np.concatenate([d["sess_user"] for d in days])
+        sess_start = np.concatenate([d["sess_start"] for d in days])
+        sess_duration = np.concatenate([d["sess_duration"] for d in days])
+        ev = {key: np.concatenate([d[key] for d in days]) for key in days[0] if key.startswith("ev_")}
+        sess_offset = np.cumsum([0] + [len(d["sess_user"]) for d in days[:-1]])
+        ev_sess = ev.pop("ev_sess") + np.repeat(sess_offset, [len(d["ev_sess"]) for d in days])
+
+        # Sessions of one user must not overlap: with c_j the running sum of (duration + gap) over
+        # the user's earlier sessions, start'_j = c_j + max_{i<=j} (start_i - c_i), an exact
+        # segmented running maximum (an offset per user keeps users apart).
+        order = np.lexsort((sess_start, sess_user))
+        user, start, duration = sess_user[order], sess_start[order], sess_duration[order] + 30
+        c = np.cumsum(duration) - duration
+        x = start - c
+        lift = (x.max() - x.min() + 1) * user if len(x) else x
+        fixed = np.maximum.accumulate(x + lift) - lift + c
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        session_start = np.empty_like(sess_start)
+        session_start[order] = fixed
+
+        event_order = np.argsort(rank[ev_sess], kind="stable")  # events keep their in-session order
+        timestamp = (session_start[ev_sess] + ev["ev_within"])[event_order]
+        item = ev["ev_item"][event_order]
+        return Events.from_arrays(
+            user_id=sess_user[ev_sess][event_order] + first_user_id,
+            item_id=self.catalog.item_ids[item],
+            timestamp=timestamp,
+            source=ev["ev_source"][event_order],
+            artist_id=self.catalog.artist_ids[item],
+            played_ratio=ev["ev_ratio"][event_order],
+            liked=ev["ev_liked"][event_order],
+            disliked=ev["ev_disliked"][event_order],
+        )
+
+    def _simulate_day(self, rng: np.random.Generator, state: _Chunk, day: int) -> dict[str, np.ndarray]:
+        cfg, catalog, users = self.cfg, self.catalog, state.users
+        self._set_day(state, day)
+
+        # Sessions: count, start hour, length, source.
+        n_sessions = rng.poisson(users.activity * WEEKDAY_ACTIVITY[day % 7])
+        sess_user = np.repeat(np.arange(len(n_sessions)), n_sessions)  # (S,)
+        hour = (users.peak_hour[sess_user] + 3.5 * rng.standard_normal(len(sess_user))) % 24.0
+        sess_start = cfg.start_time + day * DAY + (hour * 3600.0).astype(np.int64)
+        sess_len = np.minimum(rng.geometric(1.0 / cfg.session_length, len(sess_user)), cfg.max_session_length)
+        surface = 1 + rng.choice(cfg.n_surfaces, len(sess_user), p=self._surface_p)
+        sess_source = np.where(rng.random(len(sess_user)) < cfg.organic_share, 0, surface)
+
+        # Events: one row per position of each session.
+        ev_sess = np.repeat(np.arange(len(sess_user)), sess_len)  # (E,)
+        ev_user = sess_user[ev_sess]
+        ev_source = sess_source[ev_sess]
+        item = np.empty(len(ev_sess), dtype=np.int64)
+        replay = np.zeros(len(ev_sess), dtype=bool)
+        organic = np.flatnonzero(ev_source == 0)
+        item[organic], replay[organic] = self._organic_items(rng, state, ev_user[organic])
+        shown = np.flatnonzero(ev_source > 0)
+        item[shown] = self._policy_items(rng, state, ev_user[shown], ev_source[shown])
+
+        # Feedback from the true affinity.
+        th = self.thresholds
+        z = self._affinity(state, ev_user, item) + cfg.feedback_noise * rng.standard_normal(len(item))
+        full = rng.random(len(item)) < _sigmoid(2.0 * (z - th["full_listen"]))
+        replayed_parts = full & (rng.random(len(item)) < 0.03)
+        ratio = np.where(full, 1.0 + replayed_parts * rng.random(len(item)), 0.95 * rng.beta(0.6, 1.5, len(item)))
+        liked = full & ~replay & (rng.random(len(item)) < _sigmoid(3.0 * (z - th["like"])))
+        skipped = ratio < 0.3
+        disliked = skipped & (rng.random(len(item)) < _sigmoid(3.0 * (th["dislike"] - z)))
+        liked &= ~self._in_library(state, ev_user, item, liked)
+        self._add_to_library(state, ev_user[liked], item[liked])
+
+        # Time: each event lasts what was played of the track, plus a short gap.
+        duration = np.maximum(1, (catalog.track_length[item] * np.minimum(ratio, 1.0)).astype(np.int64))
+        duration += rng.integers(1, 6, len(item))
+        ends = np.cumsum(duration)
+        first_of_session = np.cumsum(sess_len) - sess_len
+        within = ends - duration - (ends - duration)[first_of_session][ev_sess]
+        sess_duration = np.add.reduceat(duration, first_of_session) if len(item) else np.zeros(0, np.int64)
+        return {
+            "sess_user": sess_user,
+            "sess_start": sess_start,
+            "sess_duration": sess_duration,
+            "ev_sess": ev_sess,
+            "ev_within": within,
+            "ev_item": item,
+            "ev_source": ev_source.astype(np.int16),
+            "ev_ratio": ratio.astype(np.float32),
+            "ev_liked": liked,
+            "ev_disliked": disliked,
+        }
+
+    def _organic_items(self, rng: np.random.Generator, state: _Chunk, user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Items the users pick themselves, and which of them are replays of liked items."""
+        cfg, catalog = self.cfg, self.catalog
+        count = np.minimum(state.library_count[user], cfg.library_size)
+        has_library = count > 0
+        mode = rng.random(len(user))
+        replay = has_library & (mode < cfg.replay_prob)
+        by_artist = has_library & ~replay & (mode < cfg.replay_prob + cfg.liked_artist_prob)
+        from_library = state.library[user, (rng.random(len(user)) * np.maximum(count, 1)).astype(np.int64)]
+        item = self._taste_candidates(rng, state, user, cfg.n_discovery_candidates, popular=None)
+        item = self._best_by_affinity(rng, state, user, item, noise=0.5, popularity_weight=0.0)
+        item[replay] = from_library[replay]
+        artist = catalog.artist[from_library[by_artist]]
+        item[by_artist] = catalog.sample_in_range(rng, *catalog.artist_range[artist].T)
+        return item, replay
+
+    def _policy_items(self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, source: np.ndarray) -> np.ndarray:
+        """Items the recommendation surfaces show: the logging policy."""
+        cfg = self.cfg
+        popular = rng.random((len(user), cfg.n_candidates)) < np.asarray(cfg.surface_popularity)[source - 1, None]
+        candidates = self._taste_candidates(rng, state, user, cfg.n_candidates, popular=popular)
+        return self._best_by_affinity(
+            rng, state, user, candidates, noise=cfg.policy_noise, popularity_weight=cfg.policy_popularity_weight
+        )
+
+    def _taste_candidates(
+        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, n: int, popular: np.ndarray | None
+    ) -> np.ndarray:
+        """(E, n) candidate rows: by popularity where ``popular``, else from a genre of the user's taste."""
+        catalog = self.catalog
+        draw = rng.random((len(user), n), dtype=np.float32)
+        genre = (state.taste_cum[user][:, None, :] < draw[..., None]).sum(-1)  # (E, n)
+        genre = np.minimum(genre, self.cfg.n_genres - 1)
+        start, end = catalog.genre_range[genre, 0], catalog.genre_range[genre, 1]
+        if popular is not None:
+            start = np.where(popular, 0, start)
+            end = np.where(popular, len(catalog.item_ids), end)
+        empty = start == end  # a genre with no items: fall back to the whole catalog
+        start, end = np.where(empty, 0, start), np.where(empty, len(catalog.item_ids), end)
+        return catalog.sample_in_range(rng, start, end)
+
+    def _best_by_affinity(
+        self,
+        rng: np.random.Generator,
+        state: _Chunk,
+        user: np.ndarray,
+        candidates: np.ndarray,
+        *,
+        noise: float,
+        popularity_weight: float,
+    ) -> np.ndarray:
+        """(E,) the candidate with the highest noisy affinity (+ popularity) score per row."""
+        catalog = self.catalog
+        score = np.einsum("ek,eck->ec", state.latent_scaled[user], catalog.latent[candidates])
+        score += catalog.bias[candidates] + popularity_weight * catalog.log_popularity_z[candidates]
+        score += noise * rng.standard_normal(score.shape, dtype=np.float32)
+        return candidates[np.arange(len(user)), score.argmax(1)]
+
+    @staticmethod
+    def _in_library(state: _Chunk, user: np.ndarray, item: np.ndarray, where: np.ndarray) -> np.ndarray:
+        """(E,) bool: the item is already in the user's library (checked only where ``where``)."""
+        out = np.zeros(len(item), dtype=bool)
+        index = np.flatnonzero(where)
+        out[index] = (state.library[user[index]] == item[index, None]).any(1)
+        return out
+
+    def _add_to_library(self, state: _Chunk, user: np.ndarray, item: np.ndarray) -> None:
+        """Append liked items to the users' ring buffers (``user`` is sorted)."""
+        if not len(user):
+            return
+        first = np.searchsorted(user, user, side="left")
+        position = state.library_count[user] + np.arange(len(user)) - first
+        state.library[user, position % self.cfg.library_size] = item
+        state.library_count += np.bincount(user, minlength=len(state.library_count))
+
+    def _write_truth(self, path: Path, parts: list[Users]) -> None:
+        catalog = self.catalog
+        arrays = {
+            "item_ids": catalog.item_ids,
+            "item_artist_ids": catalog.artist_ids,
+            "item_genre": catalog.genre,
+            "item_latent": catalog.latent,
+            "item_bias": catalog.bias,
+            "item_popularity": catalog.popularity,
+            "item_track_length": catalog.track_length,
+            "genre_centers": catalog.genre_centers,
+            "user_ids": np.arange(1, self.cfg.n_users + 1, dtype=np.int64),
+            "user_taste_start": np.concatenate([u.taste_start for u in parts]),
+            "user_taste_end": np.concatenate([u.taste_end for u in parts]),
+            "user_offset": np.concatenate([u.offset for u in parts]),
+            "user_activity": np.concatenate([u.activity for u in parts]),
+            "affinity_scale": np.float64(self.scale),
+            "feedback_thresholds": np.array([self.thresholds[k] for k in ("full_listen", "like", "dislike")]),
+            "start_time": np.int64(self.cfg.start_time),
+            "n_days": np.int64(self.cfg.n_days),
+        }
+        save_npz(path, arrays)
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    events: int
+    users: int
+    items: int
+    like_rate: float  # likes per event (every simulated event is a listen)
+    dislike_rate: float
+    recommended_share: float  # share of events with source > 0
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"simulated {self.events:,} events · {self.users:,} users · {self.items:,} items · "
+            f"like rate {self.like_rate:.1%} · dislike rate {self.dislike_rate:.2%} · "
+            f"recommended {self.recommended_share:.1%} · "
+            f"{self.events / max(self.seconds, 1e-9):,.0f} events/s · {self.seconds:.1f} s"
+        )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray | np.generic]) -> None:
+    """Like ``np.savez_compressed`` but byte-for-byte reproducible (fixed zip timestamps) and
+    refusing object arrays (``allow_pickle=False``)."""
+    tmp = path.with_name(path.name + ".partial")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+    tmp.replace(path)
+
+
+class Truth:
+    """The simulator's ground truth, loaded from ``truth.npz`` (never unpickles)."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / TRUTH_FILE
+        with np.load(path, allow_pickle=False) as data:
+            self.arrays = {name: data[name] for name in data.files}
+        a = self.arrays
+        self._item_row_lookup = np.full(int(a["item_ids"].max()) + 1, -1, dtype=np.int64)
+        self._item_row_lookup[a["item_ids"]] = np.arange(len(a["item_ids"]))
+
+    def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """(N,) rows of the truth arrays for external item ids; raises KeyError for unknown ids."""
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        inside = (item_ids >= 0) & (item_ids < len(self._item_row_lookup))
+        rows = np.where(inside, self._item_row_lookup[np.where(inside, item_ids, 0)], -1)
+        if (rows < 0).any():
+            raise KeyError(f"unknown item id {int(item_ids[np.flatnonzero(rows < 0)[0]])}")
+        return rows
+
+    def affinity(self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple."""
+        a = self.arrays
+        user = np.asarray(user_ids, dtype=np.int64) - 1
+        item = self.item_rows(item_ids)
+        period = float(a["n_days"]) * DAY
+        fraction = np.clip((np.asarray(timestamps) - int(a["start_time"])) / period, 0.0, 1.0)[:, None]
+        taste = (1.0 - fraction) * a["user_taste_start"][user] + fraction * a["user_taste_end"][user]
+        latent = taste @ a["genre_centers"] + a["user_offset"][user]
+        return np.einsum("nk,nk->n", latent, a["item_latent"][item]) / float(a["affinity_scale"]) + a["item_bias"][item]

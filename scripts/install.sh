@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what argus needs on a fresh Debian/Ubuntu machine, idempotently:
+#   1. system packages (redis-server for the user-vector store and the tests) with apt-get;
+#   2. a project virtual environment in .venv with the requested extras.
+# Usage: scripts/install.sh [EXTRAS]        EXTRAS defaults to "dev" (everything the tests need).
+# The Dockerfile runs this same script, so the image installs exactly what the tests exercise.
+set -euo pipefail
+extras="${1:-dev}"
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+if ((${#apt_packages[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "==> apt-get install ${apt_packages[*]}"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
+fi
+
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip_args=(--quiet)
+# Machines of this project carry the CPU torch wheel on disk; use it instead of a CUDA download.
+[ -d /opt/wheels ] && pip_args+=(--find-links /opt/wheels)
+echo "==> pip install -e '.[${extras}]' into .venv"
+.venv/bin/pip install "${pip_args[@]}" -e ".[${extras}]"
