@@ -159,14 +159,16 @@ def _match_feedback(listens: _Columns, feedback: _Columns, window: int) -> np.nd
     time = np.concatenate([listens.timestamp, feedback.timestamp])
     is_feedback = np.arange(len(uid)) >= n_listen
     order = np.lexsort((is_feedback, time, item, uid))
-    last_listen = np.maximum.accumulate(np.where(is_feedback[order], -1, order))  # -1: none yet
+    position = np.arange(len(order))
+    last_listen = np.maximum.accumulate(np.where(is_feedback[order], -1, position))  # -1: none yet
     at = np.flatnonzero(is_feedback[order])
     fb = order[at] - n_listen  # feedback row
-    listen = np.maximum(last_listen[at], 0)
+    found = last_listen[at] >= 0
+    listen = np.where(found, order[np.maximum(last_listen[at], 0)], 0)  # listen row where found
     assert listens.track_length_seconds is not None
     ends = listens.timestamp[listen] + np.nan_to_num(listens.track_length_seconds[listen], nan=0.0)
     ok = (
-        (last_listen[at] >= 0)
+        found
         & (listens.uid[listen] == feedback.uid[fb])
         & (listens.item_id[listen] == feedback.item_id[fb])
         & (feedback.timestamp[fb] <= ends + window)

@@ -147,9 +147,9 @@ def read_events(path: str | Path, *, validate: bool = True) -> Events:
     return Events.from_table(pa.concat_tables(tables).combine_chunks())
 
 
-def validate_events(path: str | Path) -> int:
+def validate_events(path: str | Path, *, batch_rows: int = 1 << 20) -> int:
     """Validate a data set without keeping it in memory; returns the number of events."""
-    return sum(table.num_rows for _, table in _iter_checked_batches(path, validate=True))
+    return sum(t.num_rows for _, t in _iter_checked_batches(path, validate=True, batch_rows=batch_rows))
 
 
 def _iter_checked_batches(

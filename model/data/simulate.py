@@ -62,7 +62,7 @@ class SimConfig:
     n_genres: int = 24
     items_per_artist: float = 12.0  # mean number of tracks per artist
     latent_dim: int = 16
-    zipf_exponent: float = 1.0  # item popularity ~ rank ** -zipf_exponent
+    zipf_exponent: float = 0.6  # item popularity ~ rank ** -zipf_exponent (top 1% of items: ~half the plays)
     # users and sessions
     sessions_per_day: float = 0.7  # mean over users; per-user rates are log-normal around it
     activity_sigma: float = 1.0  # spread of log activity across users

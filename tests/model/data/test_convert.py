@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from argus.cli import app
+from model.data.convert import convert_yambda
+from model.data.events import read_events
+
+ML100K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "ml-100k"
+
+# -- MovieLens-100K ------------------------------------------------------------------------------
+
+
+def test_ml100k_gives_100000_events_943_users_1682_items(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["convert", "ml100k", str(ML100K), str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    events = read_events(tmp_path)
+    assert len(events) == 100_000
+    assert len(np.unique(events.user_id)) == 943
+    assert len(np.unique(events.item_id)) == 1682
+    assert (events.source == 0).all() and np.isnan(events.played_ratio).all() and (events.artist_id == -1).all()
+    ratings = np.loadtxt(ML100K / "u.data", dtype=np.int64)
+    assert events.liked.sum() == (ratings[:, 2] >= 4).sum()
+    assert events.disliked.sum() == (ratings[:, 2] <= 2).sum()
+    # The rating of a given (user, item) survives the conversion.
+    user, item, rating = ratings[0, 0], ratings[0, 1], ratings[0, 2]
+    row = np.flatnonzero((events.user_id == user) & (events.item_id == item))[0]
+    assert events.liked[row] == (rating >= 4) and events.disliked[row] == (rating <= 2)
+
+
+def test_ml100k_missing_source_names_the_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["convert", "ml100k", str(tmp_path), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "u.data: not found" in result.output
+
+
+# -- Yambda --------------------------------------------------------------------------------------
+
+U32, U16, U8 = pa.uint32(), pa.uint16(), pa.uint8()
+
+LISTENS = {  # uid, timestamp, item_id, is_organic, played_ratio_pct, track_length_seconds
+    "uid": [10, 10, 10, 20, 20],
+    "timestamp": [1000, 1300, 2000, 500, 100],
+    "item_id": [500, 501, 500, 600, 601],
+    "is_organic": [1, 0, 1, 0, 1],
+    "played_ratio_pct": [100, 20, 150, 100, 5],
+    "track_length_seconds": [200, 180, 200, 240, 240],
+}
+LIKES = {
+    "uid": [10, 10, 20, 30],
+    "timestamp": [1100, 2100, 5000, 50],
+    "item_id": [500, 500, 600, 700],
+    "is_organic": [1, 1, 0, 1],
+}
+DISLIKES = {"uid": [10], "timestamp": [1310], "item_id": [501], "is_organic": [0]}
+TYPES = {"uid": U32, "timestamp": U32, "item_id": U32, "is_organic": U8, "played_ratio_pct": U16, "track_length_seconds": U32}
+
+# Hand-computed result, sorted by (user, time). Columns as in the event schema.
+EXPECTED = [
+    # user, time, item, source, artist, played_ratio, liked, disliked
+    (10, 1000, 500, 0, 7, 1.0, True, False),  # like at 1100 falls inside this listen
+    (10, 1300, 501, 1, 7, 0.2, False, True),  # dislike at 1310 attached; recommended -> source 1
+    (10, 2000, 500, 0, 7, 1.5, True, False),  # like at 2100 goes to the latest listen, not the first
+    (20, 100, 601, 0, -1, 0.05, False, False),
+    (20, 500, 600, 1, 8, 1.0, False, False),
+    (20, 5000, 600, 1, 8, None, True, False),  # like long after the listen: its own event
+    (30, 50, 700, 0, -1, None, True, False),  # like with no listen at all
+]
+
+
+def table(columns: dict[str, list[int]]) -> pa.Table:
+    return pa.table({name: pa.array(values, TYPES[name]) for name, values in columns.items()})
+
+
+def write_flat(src: Path) -> Path:
+    src.mkdir(parents=True)
+    pq.write_table(table(LISTENS), src / "listens.parquet")
+    pq.write_table(table(LIKES), src / "likes.parquet")
+    pq.write_table(table(DISLIKES), src / "dislikes.parquet")
+    pq.write_table(table({"uid": [10], "timestamp": [3000], "item_id": [500], "is_organic": [1]}), src / "unlikes.parquet")
+    write_artists(src)
+    return src
+
+
+def write_artists(src: Path) -> None:
+    pq.write_table(pa.table({"item_id": pa.array([500, 501, 600], U32), "artist_id": pa.array([7, 7, 8], U32)}),
+                   src / "artist_item_mapping.parquet")
+
+
+def write_multi_event(src: Path) -> Path:
+    src.mkdir(parents=True)
+    parts = []
+    for kind, columns in (("listen", LISTENS), ("like", LIKES), ("dislike", DISLIKES), ("unlike", {
+        "uid": [10], "timestamp": [3000], "item_id": [500], "is_organic": [1]
+    })):
+        part = table(columns)
+        n = part.num_rows
+        for name in ("played_ratio_pct", "track_length_seconds"):
+            if name not in part.column_names:
+                part = part.append_column(name, pa.nulls(n, TYPES[name]))
+        parts.append(part.append_column("event_type", pa.array([kind] * n).dictionary_encode()))
+    multi = pa.concat_tables(parts)
+    order = np.argsort(multi.column("timestamp").to_numpy(), kind="stable")  # shuffled kinds
+    pq.write_table(multi.take(order), src / "multi_event.parquet")
+    write_artists(src)
+    return src
+
+
+def rows(path: Path) -> list[tuple[object, ...]]:
+    e = read_events(path)
+    return [
+        (int(u), int(t), int(i), int(s), int(a), None if np.isnan(r) else round(float(r), 6), bool(lk), bool(dl))
+        for u, t, i, s, a, r, lk, dl in zip(e.user_id, e.timestamp, e.item_id, e.source, e.artist_id,
+                                            e.played_ratio, e.liked, e.disliked)
+    ]
+
+
+def test_yambda_flat_layout_round_trips_the_fixture(tmp_path: Path) -> None:
+    src = write_flat(tmp_path / "flat")
+    result = CliRunner().invoke(app, ["convert", "yambda", str(src), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "feedback: 3 on listens, 2 own events" in result.output
+    assert rows(tmp_path / "out") == EXPECTED
+
+
+def test_yambda_multi_event_gives_the_same_events(tmp_path: Path) -> None:
+    summary = convert_yambda(write_multi_event(tmp_path / "multi"), tmp_path / "out")
+    assert rows(tmp_path / "out") == EXPECTED
+    assert (summary.feedback_on_listens, summary.feedback_events) == (3, 2)
+
+
+def test_yambda_match_window_decides_attachment(tmp_path: Path) -> None:
+    src = write_flat(tmp_path / "flat")
+    convert_yambda(src, tmp_path / "wide", match_window=10_000)
+    wide = rows(tmp_path / "wide")
+    assert (20, 500, 600, 1, 8, 1.0, True, False) in wide  # the late like now attaches
+    assert len(wide) == len(EXPECTED) - 1
+
+
+def test_yambda_missing_file_or_column_is_named(tmp_path: Path) -> None:
+    src = write_flat(tmp_path / "flat")
+    (src / "dislikes.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"dislikes\.parquet: not found"):
+        convert_yambda(src, tmp_path / "out")
+    pq.write_table(table(DISLIKES).drop_columns(["is_organic"]), src / "dislikes.parquet")
+    with pytest.raises(ValueError, match=r"dislikes\.parquet: missing column 'is_organic'"):
+        convert_yambda(src, tmp_path / "out")

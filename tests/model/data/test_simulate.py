@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from argus.cli import app
+from model.data.events import Events, read_events
+from model.data.simulate import DAY, SimConfig, Simulator, Truth
+
+ARGS = ["simulate", "--users", "200", "--items", "1000", "--days", "14", "--seed", "1", "--quiet"]
+
+
+def simulate(out: Path, *extra: str) -> Path:
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    assert "simulated" in result.output and "events/s" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return simulate(tmp_path_factory.mktemp("sim"))
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory: pytest.TempPathFactory) -> tuple[Events, Truth]:
+    """Enough users for the weekly cycle and the popularity skew to show clearly."""
+    out = tmp_path_factory.mktemp("sim-medium")
+    Simulator(SimConfig(n_users=2000, n_items=5000, n_days=28, seed=3)).run(out, progress=False)
+    return read_events(out), Truth(out)
+
+
+def test_writes_valid_events_truth_and_summary(small: Path) -> None:
+    events = read_events(small)  # validates schema and order
+    assert len(events) > 5_000
+    assert set(np.unique(events.user_id)) <= set(range(1, 201))
+    assert set(np.unique(events.source)) == {0, 1, 2, 3}
+    assert not np.isnan(events.played_ratio).any()  # every simulated event is a listen
+    assert (np.diff(events.timestamp)[np.diff(events.user_id) == 0] > 0).all()  # sessions never overlap
+    truth = Truth(small)
+    assert truth.arrays["item_latent"].shape == (1000, SimConfig().latent_dim)
+    assert truth.arrays["user_taste_start"].shape == (200, SimConfig().n_genres)
+    assert set(np.unique(events.item_id)) <= set(truth.arrays["item_ids"].tolist())
+    summary = json.loads((small / "simulation.json").read_text())["summary"]
+    assert summary["events"] == len(events)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(small: Path, tmp_path: Path) -> None:
+    again = simulate(tmp_path / "again")
+    for name in ("events.parquet", "truth.npz"):
+        assert (small / name).read_bytes() == (again / name).read_bytes(), name
+    other = simulate(tmp_path / "other", "--set", "seed=2")
+    assert (small / "events.parquet").read_bytes() != (other / "events.parquet").read_bytes()
+
+
+def test_rates_within_the_documented_ranges(small: Path) -> None:
+    events = read_events(small)
+    assert 0.01 <= events.liked.mean() <= 0.08
+    assert 0.001 <= events.disliked.mean() <= 0.02
+    assert 0.40 <= (events.source > 0).mean() <= 0.75
+    assert not (events.liked & events.disliked).any()
+    assert 0.1 <= events.skipped.mean() <= 0.5
+
+
+def test_feedback_follows_true_affinity(small: Path) -> None:
+    events, truth = read_events(small), Truth(small)
+    affinity = truth.affinity(events.user_id, events.item_id, events.timestamp)
+    assert affinity[events.liked].mean() > affinity[events.skipped].mean() + 0.5
+    assert affinity[events.skipped].mean() > affinity[events.disliked].mean()
+    full = events.played_ratio >= 1.0
+    assert affinity[full].mean() > affinity[events.skipped].mean()
+
+
+def test_policy_shows_items_the_user_likes_more_than_random_ones(medium: tuple[Events, Truth]) -> None:
+    events, truth = medium
+    shown = events.take(events.source > 0)
+    random_items = np.random.default_rng(0).choice(truth.arrays["item_ids"], len(shown))
+    assert (
+        truth.affinity(shown.user_id, shown.item_id, shown.timestamp).mean()
+        > truth.affinity(shown.user_id, random_items, shown.timestamp).mean() + 1.0
+    )
+
+
+def test_organic_events_replay_liked_items(medium: tuple[Events, Truth]) -> None:
+    events, _ = medium
+    liked_at: dict[tuple[int, int], int] = {}
+    for user, item, ts in zip(events.user_id[events.liked], events.item_id[events.liked], events.timestamp[events.liked]):
+        liked_at.setdefault((int(user), int(item)), int(ts))
+    organic = np.flatnonzero(events.source == 0)
+    replays = sum(
+        1 for i in organic if liked_at.get((int(events.user_id[i]), int(events.item_id[i])), 1 << 62) < events.timestamp[i]
+    )
+    assert replays / len(organic) > 0.05
+
+
+def test_popularity_is_skewed_and_weekends_are_busier(medium: tuple[Events, Truth]) -> None:
+    events, truth = medium
+    counts = np.sort(np.unique(events.item_id, return_counts=True)[1])[::-1]
+    n_items = len(truth.arrays["item_ids"])
+    assert 0.2 < counts[: n_items // 100].sum() / counts.sum() < 0.8  # top 1% of items: a heavy head
+    assert len(counts) > 0.5 * n_items  # ... and a long tail that is still played
+    weekday = ((events.timestamp - int(truth.arrays["start_time"])) // DAY) % 7  # 0 = Monday
+    per_day = np.bincount(weekday, minlength=7)
+    assert per_day[5:].mean() > 1.15 * per_day[:3].mean()
+
+
+def test_truth_rejects_unknown_items(small: Path) -> None:
+    with pytest.raises(KeyError, match="unknown item id"):
+        Truth(small).affinity(np.array([1]), np.array([10**9]), np.array([0]))
+
+
+def test_bad_settings_fail_with_the_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(tmp_path), "--set", "n_genre=3"])
+    assert result.exit_code == 2 and "'n_genre' is not a setting" in result.output
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(tmp_path), "--set", "organic_share=lots"])
+    assert result.exit_code == 2 and "organic_share='lots': expected float" in result.output
+    with pytest.raises(ValueError, match="n_users must be >= 1"):
+        SimConfig(n_users=0)
