@@ -28,14 +28,18 @@ def fails_cleanly(command: F) -> F:
 
 @fails_cleanly
 def simulate(
-    out: Annotated[Path, typer.Option(help="Output directory: events.parquet, truth.npz, simulation.json.")],
+    out: Annotated[
+        Path, typer.Option(help="Output directory: events.parquet, truth.npz, simulation.json.")
+    ],
     users: Annotated[int, typer.Option(help="Number of users.")] = 1_000,
     items: Annotated[int, typer.Option(help="Number of items (tracks).")] = 5_000,
     days: Annotated[int, typer.Option(help="Number of simulated days.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override any SimConfig field, e.g. --set organic_share=0.3 (repeatable)."),
+        typer.Option(
+            "--set", help="Override any SimConfig field, e.g. --set organic_share=0.3 (repeatable)."
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -43,13 +47,17 @@ def simulate(
     from model.config import apply_overrides
     from model.data.simulate import SimConfig, Simulator
 
-    config = apply_overrides(SimConfig(n_users=users, n_items=items, n_days=days, seed=seed), set_ or [])
+    config = apply_overrides(
+        SimConfig(n_users=users, n_items=items, n_days=days, seed=seed), set_ or []
+    )
     summary = Simulator(config).run(out, progress=not quiet)
     typer.echo(summary.line())
 
 
 @fails_cleanly
-def validate(path: Annotated[Path, typer.Argument(help="An events Parquet file or a directory of them.")]) -> None:
+def validate(
+    path: Annotated[Path, typer.Argument(help="An events Parquet file or a directory of them.")],
+) -> None:
     """Check that a data set follows the event schema; name the first problem if not."""
     from model.data.events import validate_events
 
@@ -65,7 +73,7 @@ def convert_ml100k(
     src: Annotated[Path, typer.Argument(help="The MovieLens-100K directory (holding u.data).")],
     out: Annotated[Path, typer.Argument(help="Output directory for events.parquet.")],
 ) -> None:
-    """MovieLens-100K: every rating an organic event; liked = rating >= 4, disliked = rating <= 2."""
+    """MovieLens-100K: every rating an organic event; liked = rating >= 4, disliked <= 2."""
     from model.data.convert import convert_ml100k as run
 
     typer.echo(run(src, out).line("ml-100k", out))
@@ -74,19 +82,28 @@ def convert_ml100k(
 @convert.command("yambda")
 @fails_cleanly
 def convert_yambda(
-    src: Annotated[Path, typer.Argument(help="A Yambda flat directory (listens/likes/dislikes) or multi_event.parquet.")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="A Yambda flat directory (listens/likes/dislikes) or multi_event.parquet."
+        ),
+    ],
     out: Annotated[Path, typer.Argument(help="Output directory for events.parquet.")],
     match_window: Annotated[
-        int, typer.Option(help="Seconds after a listen's end within which a like still belongs to it.")
+        int,
+        typer.Option(help="Seconds after a listen's end within which a like still belongs to it."),
     ] = 300,
     artist_mapping: Annotated[
-        Path | None, typer.Option(help="artist_item_mapping.parquet (default: the one in SRC, if any).")
+        Path | None,
+        typer.Option(help="artist_item_mapping.parquet (default: the one in SRC, if any)."),
     ] = None,
 ) -> None:
     """Yandex Yambda: listens with likes/dislikes attached to their listen."""
     from model.data.convert import convert_yambda as run
 
-    typer.echo(run(src, out, match_window=match_window, artist_mapping=artist_mapping).line("yambda", out))
+    typer.echo(
+        run(src, out, match_window=match_window, artist_mapping=artist_mapping).line("yambda", out)
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -26,7 +26,9 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: run scripts/install.sh (apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed: run scripts/install.sh (apt-get redis-server)"
+            )
         self.binary, self.workdir, self.port = binary, workdir, free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -36,8 +38,21 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "no"],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -49,9 +64,13 @@ class RedisServer:
                     return
             except redis.ConnectionError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with code {self.process.returncode}") from None
+                    raise RuntimeError(
+                        f"redis-server exited with code {self.process.returncode}"
+                    ) from None
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server not ready on port {self.port} after {timeout} s") from None
+                    raise TimeoutError(
+                        f"redis-server not ready on port {self.port} after {timeout} s"
+                    ) from None
                 time.sleep(0.05)
             finally:
                 client.close()

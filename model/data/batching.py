@@ -46,7 +46,9 @@ class TemporalSplit:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         first, last = int(events.timestamp.min()), int(events.timestamp.max())
-        return cls(split_time=first + int((1.0 - test_fraction) * (last - first)), end_time=last + 1)
+        return cls(
+            split_time=first + int((1.0 - test_fraction) * (last - first)), end_time=last + 1
+        )
 
     def train(self, events: Events) -> Events:
         """Events before the split."""
@@ -109,12 +111,16 @@ def eval_spans(events: Events, split: TemporalSplit, max_len: int) -> Spans:
     ``max_len`` test events, further spans cover the earlier ones the same way.
     """
     if len(events) and int(events.timestamp.max()) >= split.end_time:
-        raise ValueError("events extend past the end of the test window; pass split.until_end(events)")
+        raise ValueError(
+            "events extend past the end of the test window; pass split.until_end(events)"
+        )
     _, offsets = events.user_offsets()
     is_test = split.in_test(events.timestamp)
     user_start, user_end = offsets[:-1], offsets[1:]
     # Rows are sorted by time within a user, so the test rows of a user are a suffix [a, b).
-    n_test = np.add.reduceat(is_test.astype(np.int64), user_start) if len(events) else user_start * 0
+    n_test = (
+        np.add.reduceat(is_test.astype(np.int64), user_start) if len(events) else user_start * 0
+    )
     has_test = n_test > 0
     a = (user_end - n_test)[has_test]
     b = user_end[has_test]
@@ -221,9 +227,16 @@ def bucket_batches(
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(spans))
         pool = batch_size * pool_batches
-        order = np.concatenate(
-            [chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.split(order, range(pool, len(order), pool))]
-        ) if len(order) else order
+        order = (
+            np.concatenate(
+                [
+                    chunk[np.argsort(lengths[chunk], kind="stable")]
+                    for chunk in np.split(order, range(pool, len(order), pool))
+                ]
+            )
+            if len(order)
+            else order
+        )
     else:
         order = np.argsort(lengths, kind="stable")
     batches: list[np.ndarray] = []
@@ -238,7 +251,7 @@ def bucket_batches(
         batches.append(order[begin:end])
         begin = end
     if shuffle:
-        rng.shuffle(batches)  # type: ignore[arg-type]
+        rng.shuffle(batches)
     return batches
 
 
@@ -253,5 +266,7 @@ def iter_batches(
     pad_to_multiple: int = 8,
 ) -> Iterator[Batch]:
     """Padded :class:`Batch` es of the spans, bucketed by length (see :func:`bucket_batches`)."""
-    for index in bucket_batches(spans, batch_size=batch_size, max_tokens=max_tokens, shuffle=shuffle, seed=seed):
+    for index in bucket_batches(
+        spans, batch_size=batch_size, max_tokens=max_tokens, shuffle=shuffle, seed=seed
+    ):
         yield make_batch(events, spans.take(index), pad_to_multiple=pad_to_multiple)

@@ -37,11 +37,12 @@ class ConvertSummary:
     def line(self, name: str, out: Path) -> str:
         extra = ""
         if self.feedback_on_listens or self.feedback_events:
-            extra = f" · feedback: {self.feedback_on_listens:,} on listens, {self.feedback_events:,} own events"
-        return (
-            f"converted {name}: {self.events:,} events · {self.users:,} users · {self.items:,} items"
-            f"{extra} → {out / EVENTS_FILE}"
-        )
+            extra = (
+                f" · feedback: {self.feedback_on_listens:,} on listens,"
+                f" {self.feedback_events:,} own events"
+            )
+        counts = f"{self.events:,} events · {self.users:,} users · {self.items:,} items"
+        return f"converted {name}: {counts}{extra} → {out / EVENTS_FILE}"
 
 
 def _summary(events: Events, **feedback: int) -> ConvertSummary:
@@ -63,7 +64,12 @@ def convert_ml100k(src: str | Path, out: str | Path) -> ConvertSummary:
         read_options=pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"]),
         parse_options=pacsv.ParseOptions(delimiter="\t"),
         convert_options=pacsv.ConvertOptions(
-            column_types={"user_id": pa.int64(), "item_id": pa.int64(), "rating": pa.int64(), "timestamp": pa.int64()}
+            column_types={
+                "user_id": pa.int64(),
+                "item_id": pa.int64(),
+                "rating": pa.int64(),
+                "timestamp": pa.int64(),
+            }
         ),
     )
     user, item = table.column("user_id").to_numpy(), table.column("item_id").to_numpy()
@@ -87,7 +93,14 @@ def convert_ml100k(src: str | Path, out: str | Path) -> ConvertSummary:
 # -- Yambda ------------------------------------------------------------------------------------
 
 YAMBDA_FILES = ("listens", "likes", "dislikes")
-_LISTEN_COLUMNS = ["uid", "timestamp", "item_id", "is_organic", "played_ratio_pct", "track_length_seconds"]
+_LISTEN_COLUMNS = [
+    "uid",
+    "timestamp",
+    "item_id",
+    "is_organic",
+    "played_ratio_pct",
+    "track_length_seconds",
+]
 _FEEDBACK_COLUMNS = ["uid", "timestamp", "item_id", "is_organic"]
 
 
@@ -107,12 +120,18 @@ class _Columns:
         wanted = _LISTEN_COLUMNS if listens else _FEEDBACK_COLUMNS
         missing = [c for c in wanted if c not in table.column_names]
         if missing:
-            raise ValueError(f"{file}: missing column {missing[0]!r} (Yambda layout: {', '.join(wanted)})")
+            raise ValueError(
+                f"{file}: missing column {missing[0]!r} (Yambda layout: {', '.join(wanted)})"
+            )
         cols = {}
         for name in wanted:
             column = table.column(name)
             if name in ("played_ratio_pct", "track_length_seconds"):
-                cols[name] = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
+                cols[name] = (
+                    column.cast(pa.float64())
+                    .fill_null(pa.scalar(float("nan"), pa.float64()))
+                    .to_numpy()
+                )
             elif column.null_count:
                 raise ValueError(f"{file}: column {name!r} holds nulls")
             else:
@@ -120,7 +139,17 @@ class _Columns:
         return cls(**cols)
 
     def take(self, mask: np.ndarray) -> _Columns:
-        return _Columns(**{k: (v[mask] if v is not None else None) for k, v in vars(self).items()})
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[mask]
+
+        return _Columns(
+            self.uid[mask],
+            self.timestamp[mask],
+            self.item_id[mask],
+            self.is_organic[mask],
+            pick(self.played_ratio_pct),
+            pick(self.track_length_seconds),
+        )
 
 
 def _read_yambda(src: Path) -> tuple[_Columns, _Columns, _Columns]:
@@ -129,17 +158,23 @@ def _read_yambda(src: Path) -> tuple[_Columns, _Columns, _Columns]:
     if multi.is_file() and (src.is_file() or not (src / "listens.parquet").is_file()):
         table = pq.read_table(multi)
         if "event_type" not in table.column_names:
-            raise ValueError(f"{multi}: missing column 'event_type' (expected a Yambda multi_event file)")
+            raise ValueError(
+                f"{multi}: missing column 'event_type' (expected a Yambda multi_event file)"
+            )
         kind = table.column("event_type").cast(pa.string()).to_numpy(zero_copy_only=False)
         return tuple(  # type: ignore[return-value]
-            _Columns.from_table(table.filter(pa.array(kind == name)), multi, listens=name == "listen")
+            _Columns.from_table(
+                table.filter(pa.array(kind == name)), multi, listens=name == "listen"
+            )
             for name in ("listen", "like", "dislike")
         )
     parts = []
     for name in YAMBDA_FILES:
         file = src / f"{name}.parquet"
         if not file.is_file():
-            raise FileNotFoundError(f"{file}: not found (expected Yambda's flat layout: {', '.join(YAMBDA_FILES)})")
+            raise FileNotFoundError(
+                f"{file}: not found (expected Yambda's flat layout: {', '.join(YAMBDA_FILES)})"
+            )
         parts.append(_Columns.from_table(pq.read_table(file), file, listens=name == "listens"))
     return parts[0], parts[1], parts[2]
 
@@ -184,7 +219,8 @@ def convert_yambda(
     match_window: int = 300,
     artist_mapping: str | Path | None = None,
 ) -> ConvertSummary:
-    """Convert Yambda's flat layout (or a ``multi_event.parquet``) in ``src`` to ``out/events.parquet``."""
+    """Convert Yambda's flat layout (or a ``multi_event.parquet``) in ``src`` to
+    ``out/events.parquet``."""
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or directory")
@@ -208,12 +244,18 @@ def convert_yambda(
         "item_id": np.concatenate([listens.item_id, *(f.item_id for f, _ in own)]),
         "timestamp": np.concatenate([listens.timestamp, *(f.timestamp for f, _ in own)]),
         "source": np.concatenate([1 - listens.is_organic, *(1 - f.is_organic for f, _ in own)]),
-        "played_ratio": np.concatenate([np.clip(ratio, 0.0, MAX_PLAYED_RATIO), np.full(feedback_rows, np.nan)]),
+        "played_ratio": np.concatenate(
+            [np.clip(ratio, 0.0, MAX_PLAYED_RATIO), np.full(feedback_rows, np.nan)]
+        ),
         "liked": np.concatenate([liked, *(np.full(len(f.uid), is_like) for f, is_like in own)]),
-        "disliked": np.concatenate([disliked, *(np.full(len(f.uid), not is_like) for f, is_like in own)]),
+        "disliked": np.concatenate(
+            [disliked, *(np.full(len(f.uid), not is_like) for f, is_like in own)]
+        ),
     }
     columns["artist_id"] = _artist_ids(src, artist_mapping, columns["item_id"])
-    kind = np.concatenate([np.zeros(n_listen), np.ones(feedback_rows)])  # listens first at equal times
+    kind = np.concatenate(
+        [np.zeros(n_listen), np.ones(feedback_rows)]
+    )  # listens first at equal times
     order = np.lexsort((kind, columns["item_id"], columns["timestamp"], columns["user_id"]))
     events = Events.from_arrays(**{name: values[order] for name, values in columns.items()})
     write_events(events, out)
@@ -222,7 +264,11 @@ def convert_yambda(
 
 def _artist_ids(src: Path, mapping: str | Path | None, item_id: np.ndarray) -> np.ndarray:
     """(N,) artist id of each item from Yambda's ``artist_item_mapping.parquet``, -1 if unknown."""
-    path = Path(mapping) if mapping is not None else (src if src.is_dir() else src.parent) / "artist_item_mapping.parquet"
+    path = (
+        Path(mapping)
+        if mapping is not None
+        else (src if src.is_dir() else src.parent) / "artist_item_mapping.parquet"
+    )
     if not path.is_file():
         if mapping is not None:
             raise FileNotFoundError(f"{path}: not found")

@@ -22,24 +22,32 @@ SKIP_THRESHOLD = 0.3  # an event is a skip when played_ratio < 0.3 (DESIGN.md §
 MAX_PLAYED_RATIO = 10.0  # >1 means the user replayed parts of the item (Yambda goes past 100%)
 EVENTS_FILE = "events.parquet"  # the file name a data-set directory uses for its events
 
-EVENT_SCHEMA = pa.schema(
-    [
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("timestamp", pa.int64(), nullable=False),  # seconds since the Unix epoch
-        pa.field("source", pa.int16(), nullable=False),  # 0 organic, 1..K recommendation surfaces
-        pa.field("artist_id", pa.int64(), nullable=False),  # -1 when unknown
-        pa.field("played_ratio", pa.float32(), nullable=True),  # NaN when not a consumption
-        pa.field("liked", pa.bool_(), nullable=False),
-        pa.field("disliked", pa.bool_(), nullable=False),
-    ]
-)
+_FIELDS: list[pa.Field] = [
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("item_id", pa.int64(), nullable=False),
+    pa.field("timestamp", pa.int64(), nullable=False),  # seconds since the Unix epoch
+    pa.field("source", pa.int16(), nullable=False),  # 0 organic, 1..K recommendation surfaces
+    pa.field("artist_id", pa.int64(), nullable=False),  # -1 when unknown
+    pa.field("played_ratio", pa.float32(), nullable=True),  # NaN when not a consumption
+    pa.field("liked", pa.bool_(), nullable=False),
+    pa.field("disliked", pa.bool_(), nullable=False),
+]
+EVENT_SCHEMA = pa.schema(_FIELDS)
 COLUMNS = tuple(EVENT_SCHEMA.names)
+_NAN32 = pa.scalar(float("nan"), pa.float32())
 
 # Types accepted for each target type because the cast to it loses nothing (or, for played_ratio,
 # nothing that matters: float64 ratios are rounded to float32).
-_ACCEPTED = {
-    pa.int64(): {pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32()},
+_ACCEPTED: dict[pa.DataType, set[pa.DataType]] = {
+    pa.int64(): {
+        pa.int8(),
+        pa.int16(),
+        pa.int32(),
+        pa.int64(),
+        pa.uint8(),
+        pa.uint16(),
+        pa.uint32(),
+    },
     pa.int16(): {pa.int8(), pa.int16(), pa.uint8()},
     pa.float32(): {pa.float16(), pa.float32(), pa.float64()},
     pa.bool_(): {pa.bool_()},
@@ -94,15 +102,19 @@ class Events:
     @classmethod
     def from_table(cls, table: pa.Table) -> Events:
         """Events from an Arrow table that already has :data:`EVENT_SCHEMA`'s types."""
-        ratio = table.column("played_ratio").fill_null(np.float32(np.nan))
-        columns = {name: table.column(name).to_numpy() for name in COLUMNS if name != "played_ratio"}
+        ratio = table.column("played_ratio").fill_null(_NAN32)
+        columns = {
+            name: table.column(name).to_numpy() for name in COLUMNS if name != "played_ratio"
+        }
         return cls(played_ratio=ratio.to_numpy(), **columns)
 
     @classmethod
     def from_arrays(cls, **columns: np.ndarray) -> Events:
         """Events from numpy arrays, cast to the schema's dtypes (no validation: see validate)."""
         dtypes = {f.name: f.type.to_pandas_dtype() for f in EVENT_SCHEMA}
-        return cls(**{name: np.ascontiguousarray(columns[name], dtype=dtypes[name]) for name in COLUMNS})
+        return cls(
+            **{name: np.ascontiguousarray(columns[name], dtype=dtypes[name]) for name in COLUMNS}
+        )
 
     def to_table(self) -> pa.Table:
         """An Arrow table with :data:`EVENT_SCHEMA` (NaN played_ratio stays NaN, not null)."""
@@ -149,7 +161,9 @@ def read_events(path: str | Path, *, validate: bool = True) -> Events:
 
 def validate_events(path: str | Path, *, batch_rows: int = 1 << 20) -> int:
     """Validate a data set without keeping it in memory; returns the number of events."""
-    return sum(t.num_rows for _, t in _iter_checked_batches(path, validate=True, batch_rows=batch_rows))
+    return sum(
+        t.num_rows for _, t in _iter_checked_batches(path, validate=True, batch_rows=batch_rows)
+    )
 
 
 def _iter_checked_batches(
@@ -161,7 +175,10 @@ def _iter_checked_batches(
     """
     previous: tuple[int, int] | None = None  # (user_id, timestamp) of the last row seen
     for file in event_files(path):
-        parquet = pq.ParquetFile(file)
+        try:
+            parquet = pq.ParquetFile(file)
+        except (pa.ArrowException, OSError) as error:
+            raise EventSchemaError(f"{file}: not a readable Parquet file ({error})") from error
         _check_columns(file, parquet.schema_arrow)
         row = 0
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
@@ -194,13 +211,17 @@ def _cast(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA.remove_metadata())
 
 
-def _check_values(file: Path, table: pa.Table, first_row: int, previous: tuple[int, int] | None) -> None:
+def _check_values(
+    file: Path, table: pa.Table, first_row: int, previous: tuple[int, int] | None
+) -> None:
     def fail(column: str, index: int, problem: str) -> None:
         raise EventSchemaError(f"{file}: column {column!r}, row {first_row + index}: {problem}")
 
     for field in EVENT_SCHEMA:
         if not field.nullable and table.column(field.name).null_count:
-            index = int(np.flatnonzero(table.column(field.name).is_null().to_numpy(zero_copy_only=False))[0])
+            index = int(
+                np.flatnonzero(table.column(field.name).is_null().to_numpy(zero_copy_only=False))[0]
+            )
             fail(field.name, index, "null value in a column that may not hold nulls")
 
     timestamp = table.column("timestamp").to_numpy()
@@ -208,7 +229,7 @@ def _check_values(file: Path, table: pa.Table, first_row: int, previous: tuple[i
     if negative.size:
         fail("timestamp", int(negative[0]), f"negative timestamp {timestamp[negative[0]]}")
 
-    ratio = table.column("played_ratio").fill_null(np.float32(np.nan)).to_numpy()
+    ratio = table.column("played_ratio").fill_null(_NAN32).to_numpy()
     with np.errstate(invalid="ignore"):
         bad = np.flatnonzero((ratio < 0) | (ratio > MAX_PLAYED_RATIO) | np.isinf(ratio))
     if bad.size:
@@ -222,6 +243,9 @@ def _check_values(file: Path, table: pa.Table, first_row: int, previous: tuple[i
     user_back = np.flatnonzero(user[1:] < user[:-1])
     time_back = np.flatnonzero((user[1:] == user[:-1]) & (timestamp[1:] < timestamp[:-1]))
     if user_back.size or time_back.size:
-        first = min(user_back[0] if user_back.size else len(user), time_back[0] if time_back.size else len(user))
+        first = min(
+            user_back[0] if user_back.size else len(user),
+            time_back[0] if time_back.size else len(user),
+        )
         column = "user_id" if user_back.size and user_back[0] == first else "timestamp"
         fail(column, int(first) + 1 - shift, "rows are not sorted by (user_id, timestamp)")

@@ -12,7 +12,7 @@ The generative story, in the order the code follows it:
 * **Organic sessions** (``source = 0``): each event replays an item from the user's library of liked
   items, picks an item of a liked artist, or discovers: the best of a few popularity-weighted
   candidates from a genre drawn from the user's current taste.
-* **Recommendation surfaces** (``source = 1..n_surfaces``, think feed, radio, playlists): the logging
+* **Recommendation surfaces** (``source = 1..n_surfaces``: feed, radio, playlists): the logging
   policy draws ``n_candidates`` candidates, some by popularity and some from the user's taste, and
   shows the best by a noisy blend of true affinity and popularity; each surface blends differently.
   Next-item prediction can therefore learn to imitate the policy.
@@ -62,11 +62,15 @@ class SimConfig:
     n_genres: int = 24
     items_per_artist: float = 12.0  # mean number of tracks per artist
     latent_dim: int = 16
-    zipf_exponent: float = 0.6  # item popularity ~ rank ** -zipf_exponent (top 1% of items: ~half the plays)
+    zipf_exponent: float = (
+        0.6  # item popularity ~ rank ** -zipf_exponent (top 1% of items: ~half the plays)
+    )
     # users and sessions
     sessions_per_day: float = 0.7  # mean over users; per-user rates are log-normal around it
     activity_sigma: float = 1.0  # spread of log activity across users
-    taste_concentration: float = 0.3  # Dirichlet concentration of the genre mixture (small = focused)
+    taste_concentration: float = (
+        0.3  # Dirichlet concentration of the genre mixture (small = focused)
+    )
     taste_drift: float = 0.4  # share of the taste mixture replaced by a new one over the period
     session_length: float = 8.0  # mean events per session (geometric)
     max_session_length: int = 60
@@ -91,7 +95,15 @@ class SimConfig:
     users_per_chunk: int = 4_096  # users simulated together and written as one row group
 
     def __post_init__(self) -> None:
-        for name in ("n_users", "n_items", "n_days", "n_genres", "latent_dim", "n_candidates", "users_per_chunk"):
+        for name in (
+            "n_users",
+            "n_items",
+            "n_days",
+            "n_genres",
+            "latent_dim",
+            "n_candidates",
+            "users_per_chunk",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if len(self.surface_share) != len(self.surface_popularity):
@@ -128,9 +140,13 @@ class Catalog:
         self.artist_range = _ranges(self.artist, n_artists)
         self.cum_popularity = np.cumsum(self.popularity)
         log_pop = np.log(self.popularity)
-        self.log_popularity_z = ((log_pop - log_pop.mean()) / (log_pop.std() + 1e-9)).astype(np.float32)
+        self.log_popularity_z = ((log_pop - log_pop.mean()) / (log_pop.std() + 1e-9)).astype(
+            np.float32
+        )
 
-    def sample_in_range(self, rng: np.random.Generator, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    def sample_in_range(
+        self, rng: np.random.Generator, start: np.ndarray, end: np.ndarray
+    ) -> np.ndarray:
         """One item per (start, end) row range, drawn proportionally to popularity."""
         cum = self.cum_popularity
         low = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
@@ -142,7 +158,9 @@ class Catalog:
 def _ranges(sorted_keys: np.ndarray, n: int) -> np.ndarray:
     """(n, 2) [start, end) of each key value in a sorted key array (empty ranges allowed)."""
     keys = np.arange(n)
-    return np.stack([np.searchsorted(sorted_keys, keys, "left"), np.searchsorted(sorted_keys, keys, "right")], 1)
+    return np.stack(
+        [np.searchsorted(sorted_keys, keys, "left"), np.searchsorted(sorted_keys, keys, "right")], 1
+    )
 
 
 def make_catalog(cfg: SimConfig, rng: np.random.Generator) -> Catalog:
@@ -204,7 +222,9 @@ def make_users(cfg: SimConfig, rng: np.random.Generator, n: int) -> Users:
         taste_start=start.astype(np.float32),
         taste_end=end.astype(np.float32),
         offset=(0.5 * rng.standard_normal((n, cfg.latent_dim))).astype(np.float32),
-        activity=(cfg.sessions_per_day * rng.lognormal(-0.5 * sigma**2, sigma, n)).astype(np.float32),
+        activity=(cfg.sessions_per_day * rng.lognormal(-0.5 * sigma**2, sigma, n)).astype(
+            np.float32
+        ),
         peak_hour=((20.0 + 3.0 * rng.standard_normal(n)) % 24.0).astype(np.float32),
     )
 
@@ -240,7 +260,9 @@ class Simulator:
         self.scale = affinity_scale(cfg, self.catalog, rng)
         self.thresholds = self._calibrate(rng)
 
-    def _calibrate(self, rng: np.random.Generator, n_users: int = 2_000, per_user: int = 8) -> dict[str, float]:
+    def _calibrate(
+        self, rng: np.random.Generator, n_users: int = 2_000, per_user: int = 8
+    ) -> dict[str, float]:
         """Feedback thresholds: quantiles of the noisy affinity of items the policy shows to a
         reference sample of users halfway through the period."""
         cfg = self.cfg
@@ -250,7 +272,9 @@ class Simulator:
         source = 1 + rng.choice(cfg.n_surfaces, len(user), p=self._surface_p)
         item = self._policy_items(rng, state, user, source)
         z = self._affinity(state, user, item) + cfg.feedback_noise * rng.standard_normal(len(item))
-        full, like, dislike = np.quantile(z, [cfg.full_listen_quantile, cfg.like_quantile, cfg.dislike_quantile])
+        full, like, dislike = np.quantile(
+            z, [cfg.full_listen_quantile, cfg.like_quantile, cfg.dislike_quantile]
+        )
         return {"full_listen": float(full), "like": float(like), "dislike": float(dislike)}
 
     @property
@@ -280,7 +304,7 @@ class Simulator:
         return np.einsum("ek,ek->e", state.latent_scaled[user], latent) + self.catalog.bias[item]
 
     def run(self, out: str | Path, *, progress: bool = True) -> SimulationSummary:
-        cfg, catalog = self.cfg, self.catalog
+        cfg = self.cfg
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         began = time.perf_counter()
@@ -301,7 +325,12 @@ class Simulator:
                 events = self._simulate_chunk(rng, users, first_user_id=first + 1)
                 writer.write_table(events.to_table(), row_group_size=max(len(events), 1))
                 user_parts.append(users)
-                totals += [len(events), events.liked.sum(), events.disliked.sum(), (events.source > 0).sum()]
+                totals += [
+                    len(events),
+                    events.liked.sum(),
+                    events.disliked.sum(),
+                    (events.source > 0).sum(),
+                ]
                 bar.update(n)
                 bar.set_postfix(events=f"{totals[0]:,}")
         tmp.replace(out / EVENTS_FILE)
@@ -331,7 +360,9 @@ class Simulator:
         sess_user = np.concatenate([d["sess_user"] for d in days])
         sess_start = np.concatenate([d["sess_start"] for d in days])
         sess_duration = np.concatenate([d["sess_duration"] for d in days])
-        ev = {key: np.concatenate([d[key] for d in days]) for key in days[0] if key.startswith("ev_")}
+        ev = {
+            key: np.concatenate([d[key] for d in days]) for key in days[0] if key.startswith("ev_")
+        }
         sess_offset = np.cumsum([0] + [len(d["sess_user"]) for d in days[:-1]])
         ev_sess = ev.pop("ev_sess") + np.repeat(sess_offset, [len(d["ev_sess"]) for d in days])
 
@@ -363,7 +394,9 @@ class Simulator:
             disliked=ev["ev_disliked"][event_order],
         )
 
-    def _simulate_day(self, rng: np.random.Generator, state: _Chunk, day: int) -> dict[str, np.ndarray]:
+    def _simulate_day(
+        self, rng: np.random.Generator, state: _Chunk, day: int
+    ) -> dict[str, np.ndarray]:
         cfg, catalog, users = self.cfg, self.catalog, state.users
         self._set_day(state, day)
 
@@ -372,7 +405,9 @@ class Simulator:
         sess_user = np.repeat(np.arange(len(n_sessions)), n_sessions)  # (S,)
         hour = (users.peak_hour[sess_user] + 3.5 * rng.standard_normal(len(sess_user))) % 24.0
         sess_start = cfg.start_time + day * DAY + (hour * 3600.0).astype(np.int64)
-        sess_len = np.minimum(rng.geometric(1.0 / cfg.session_length, len(sess_user)), cfg.max_session_length)
+        sess_len = np.minimum(
+            rng.geometric(1.0 / cfg.session_length, len(sess_user)), cfg.max_session_length
+        )
         surface = 1 + rng.choice(cfg.n_surfaces, len(sess_user), p=self._surface_p)
         sess_source = np.where(rng.random(len(sess_user)) < cfg.organic_share, 0, surface)
 
@@ -389,10 +424,14 @@ class Simulator:
 
         # Feedback from the true affinity.
         th = self.thresholds
-        z = self._affinity(state, ev_user, item) + cfg.feedback_noise * rng.standard_normal(len(item))
+        z = self._affinity(state, ev_user, item) + cfg.feedback_noise * rng.standard_normal(
+            len(item)
+        )
         full = rng.random(len(item)) < _sigmoid(2.0 * (z - th["full_listen"]))
         replayed_parts = full & (rng.random(len(item)) < 0.03)
-        ratio = np.where(full, 1.0 + replayed_parts * rng.random(len(item)), 0.95 * rng.beta(0.6, 1.5, len(item)))
+        ratio = np.where(
+            full, 1.0 + replayed_parts * rng.random(len(item)), 0.95 * rng.beta(0.6, 1.5, len(item))
+        )
         liked = full & ~replay & (rng.random(len(item)) < _sigmoid(3.0 * (z - th["like"])))
         skipped = ratio < 0.3
         disliked = skipped & (rng.random(len(item)) < _sigmoid(3.0 * (th["dislike"] - z)))
@@ -400,12 +439,16 @@ class Simulator:
         self._add_to_library(state, ev_user[liked], item[liked])
 
         # Time: each event lasts what was played of the track, plus a short gap.
-        duration = np.maximum(1, (catalog.track_length[item] * np.minimum(ratio, 1.0)).astype(np.int64))
+        duration = np.maximum(
+            1, (catalog.track_length[item] * np.minimum(ratio, 1.0)).astype(np.int64)
+        )
         duration += rng.integers(1, 6, len(item))
         ends = np.cumsum(duration)
         first_of_session = np.cumsum(sess_len) - sess_len
         within = ends - duration - (ends - duration)[first_of_session][ev_sess]
-        sess_duration = np.add.reduceat(duration, first_of_session) if len(item) else np.zeros(0, np.int64)
+        sess_duration = (
+            np.add.reduceat(duration, first_of_session) if len(item) else np.zeros(0, np.int64)
+        )
         return {
             "sess_user": sess_user,
             "sess_start": sess_start,
@@ -419,7 +462,9 @@ class Simulator:
             "ev_disliked": disliked,
         }
 
-    def _organic_items(self, rng: np.random.Generator, state: _Chunk, user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _organic_items(
+        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Items the users pick themselves, and which of them are replays of liked items."""
         cfg, catalog = self.cfg, self.catalog
         count = np.minimum(state.library_count[user], cfg.library_size)
@@ -427,7 +472,9 @@ class Simulator:
         mode = rng.random(len(user))
         replay = has_library & (mode < cfg.replay_prob)
         by_artist = has_library & ~replay & (mode < cfg.replay_prob + cfg.liked_artist_prob)
-        from_library = state.library[user, (rng.random(len(user)) * np.maximum(count, 1)).astype(np.int64)]
+        from_library = state.library[
+            user, (rng.random(len(user)) * np.maximum(count, 1)).astype(np.int64)
+        ]
         item = self._taste_candidates(rng, state, user, cfg.n_discovery_candidates, popular=None)
         item = self._best_by_affinity(rng, state, user, item, noise=0.5, popularity_weight=0.0)
         item[replay] = from_library[replay]
@@ -435,19 +482,35 @@ class Simulator:
         item[by_artist] = catalog.sample_in_range(rng, *catalog.artist_range[artist].T)
         return item, replay
 
-    def _policy_items(self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, source: np.ndarray) -> np.ndarray:
+    def _policy_items(
+        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, source: np.ndarray
+    ) -> np.ndarray:
         """Items the recommendation surfaces show: the logging policy."""
         cfg = self.cfg
-        popular = rng.random((len(user), cfg.n_candidates)) < np.asarray(cfg.surface_popularity)[source - 1, None]
+        popular = (
+            rng.random((len(user), cfg.n_candidates))
+            < np.asarray(cfg.surface_popularity)[source - 1, None]
+        )
         candidates = self._taste_candidates(rng, state, user, cfg.n_candidates, popular=popular)
         return self._best_by_affinity(
-            rng, state, user, candidates, noise=cfg.policy_noise, popularity_weight=cfg.policy_popularity_weight
+            rng,
+            state,
+            user,
+            candidates,
+            noise=cfg.policy_noise,
+            popularity_weight=cfg.policy_popularity_weight,
         )
 
     def _taste_candidates(
-        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, n: int, popular: np.ndarray | None
+        self,
+        rng: np.random.Generator,
+        state: _Chunk,
+        user: np.ndarray,
+        n: int,
+        popular: np.ndarray | None,
     ) -> np.ndarray:
-        """(E, n) candidate rows: by popularity where ``popular``, else from a genre of the user's taste."""
+        """(E, n) candidate rows: by popularity where ``popular``, else from a genre of the
+        user's taste."""
         catalog = self.catalog
         draw = rng.random((len(user), n), dtype=np.float32)
         genre = (state.taste_cum[user][:, None, :] < draw[..., None]).sum(-1)  # (E, n)
@@ -478,7 +541,9 @@ class Simulator:
         return candidates[np.arange(len(user)), score.argmax(1)]
 
     @staticmethod
-    def _in_library(state: _Chunk, user: np.ndarray, item: np.ndarray, where: np.ndarray) -> np.ndarray:
+    def _in_library(
+        state: _Chunk, user: np.ndarray, item: np.ndarray, where: np.ndarray
+    ) -> np.ndarray:
         """(E,) bool: the item is already in the user's library (checked only where ``where``)."""
         out = np.zeros(len(item), dtype=bool)
         index = np.flatnonzero(where)
@@ -496,7 +561,7 @@ class Simulator:
 
     def _write_truth(self, path: Path, parts: list[Users]) -> None:
         catalog = self.catalog
-        arrays = {
+        arrays: dict[str, np.ndarray | np.generic] = {
             "item_ids": catalog.item_ids,
             "item_artist_ids": catalog.artist_ids,
             "item_genre": catalog.genre,
@@ -511,7 +576,9 @@ class Simulator:
             "user_offset": np.concatenate([u.offset for u in parts]),
             "user_activity": np.concatenate([u.activity for u in parts]),
             "affinity_scale": np.float64(self.scale),
-            "feedback_thresholds": np.array([self.thresholds[k] for k in ("full_listen", "like", "dislike")]),
+            "feedback_thresholds": np.array(
+                [self.thresholds[k] for k in ("full_listen", "like", "dislike")]
+            ),
             "start_time": np.int64(self.cfg.start_time),
             "n_days": np.int64(self.cfg.n_days),
         }
@@ -576,13 +643,22 @@ class Truth:
             raise KeyError(f"unknown item id {int(item_ids[np.flatnonzero(rows < 0)[0]])}")
         return rows
 
-    def affinity(self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    def affinity(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray
+    ) -> np.ndarray:
         """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple."""
         a = self.arrays
         user = np.asarray(user_ids, dtype=np.int64) - 1
         item = self.item_rows(item_ids)
         period = float(a["n_days"]) * DAY
-        fraction = np.clip((np.asarray(timestamps) - int(a["start_time"])) / period, 0.0, 1.0)[:, None]
-        taste = (1.0 - fraction) * a["user_taste_start"][user] + fraction * a["user_taste_end"][user]
+        fraction = np.clip((np.asarray(timestamps) - int(a["start_time"])) / period, 0.0, 1.0)[
+            :, None
+        ]
+        taste = (1.0 - fraction) * a["user_taste_start"][user] + fraction * a["user_taste_end"][
+            user
+        ]
         latent = taste @ a["genre_centers"] + a["user_offset"][user]
-        return np.einsum("nk,nk->n", latent, a["item_latent"][item]) / float(a["affinity_scale"]) + a["item_bias"][item]
+        return (
+            np.einsum("nk,nk->n", latent, a["item_latent"][item]) / float(a["affinity_scale"])
+            + a["item_bias"][item]
+        )

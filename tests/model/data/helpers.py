@@ -7,11 +7,17 @@ import numpy as np
 from model.data.events import Events
 
 
-def make_events(user_id: list[int] | np.ndarray, timestamp: list[int] | np.ndarray | None = None) -> Events:
+def make_events(
+    user_id: list[int] | np.ndarray, timestamp: list[int] | np.ndarray | None = None
+) -> Events:
     """Events for the given users (sorted input expected); other columns get plausible values."""
     user = np.asarray(user_id, dtype=np.int64)
     n = len(user)
-    ts = np.asarray(timestamp, dtype=np.int64) if timestamp is not None else np.arange(n, dtype=np.int64) * 10
+    ts = (
+        np.asarray(timestamp, dtype=np.int64)
+        if timestamp is not None
+        else np.arange(n, dtype=np.int64) * 10
+    )
     return Events.from_arrays(
         user_id=user,
         item_id=np.arange(n) % 7 + 100,

@@ -24,7 +24,11 @@ def test_ml100k_gives_100000_events_943_users_1682_items(tmp_path: Path) -> None
     assert len(events) == 100_000
     assert len(np.unique(events.user_id)) == 943
     assert len(np.unique(events.item_id)) == 1682
-    assert (events.source == 0).all() and np.isnan(events.played_ratio).all() and (events.artist_id == -1).all()
+    assert (
+        (events.source == 0).all()
+        and np.isnan(events.played_ratio).all()
+        and (events.artist_id == -1).all()
+    )
     ratings = np.loadtxt(ML100K / "u.data", dtype=np.int64)
     assert events.liked.sum() == (ratings[:, 2] >= 4).sum()
     assert events.disliked.sum() == (ratings[:, 2] <= 2).sum()
@@ -58,14 +62,30 @@ LIKES = {
     "is_organic": [1, 1, 0, 1],
 }
 DISLIKES = {"uid": [10], "timestamp": [1310], "item_id": [501], "is_organic": [0]}
-TYPES = {"uid": U32, "timestamp": U32, "item_id": U32, "is_organic": U8, "played_ratio_pct": U16, "track_length_seconds": U32}
+TYPES: dict[str, pa.DataType] = {
+    "uid": U32,
+    "timestamp": U32,
+    "item_id": U32,
+    "is_organic": U8,
+    "played_ratio_pct": U16,
+    "track_length_seconds": U32,
+}
 
 # Hand-computed result, sorted by (user, time). Columns as in the event schema.
 EXPECTED = [
     # user, time, item, source, artist, played_ratio, liked, disliked
     (10, 1000, 500, 0, 7, 1.0, True, False),  # like at 1100 falls inside this listen
     (10, 1300, 501, 1, 7, 0.2, False, True),  # dislike at 1310 attached; recommended -> source 1
-    (10, 2000, 500, 0, 7, 1.5, True, False),  # like at 2100 goes to the latest listen, not the first
+    (
+        10,
+        2000,
+        500,
+        0,
+        7,
+        1.5,
+        True,
+        False,
+    ),  # like at 2100 goes to the latest listen, not the first
     (20, 100, 601, 0, -1, 0.05, False, False),
     (20, 500, 600, 1, 8, 1.0, False, False),
     (20, 5000, 600, 1, 8, None, True, False),  # like long after the listen: its own event
@@ -82,27 +102,37 @@ def write_flat(src: Path) -> Path:
     pq.write_table(table(LISTENS), src / "listens.parquet")
     pq.write_table(table(LIKES), src / "likes.parquet")
     pq.write_table(table(DISLIKES), src / "dislikes.parquet")
-    pq.write_table(table({"uid": [10], "timestamp": [3000], "item_id": [500], "is_organic": [1]}), src / "unlikes.parquet")
+    pq.write_table(
+        table({"uid": [10], "timestamp": [3000], "item_id": [500], "is_organic": [1]}),
+        src / "unlikes.parquet",
+    )
     write_artists(src)
     return src
 
 
 def write_artists(src: Path) -> None:
-    pq.write_table(pa.table({"item_id": pa.array([500, 501, 600], U32), "artist_id": pa.array([7, 7, 8], U32)}),
-                   src / "artist_item_mapping.parquet")
+    pq.write_table(
+        pa.table(
+            {"item_id": pa.array([500, 501, 600], U32), "artist_id": pa.array([7, 7, 8], U32)}
+        ),
+        src / "artist_item_mapping.parquet",
+    )
 
 
 def write_multi_event(src: Path) -> Path:
     src.mkdir(parents=True)
     parts = []
-    for kind, columns in (("listen", LISTENS), ("like", LIKES), ("dislike", DISLIKES), ("unlike", {
-        "uid": [10], "timestamp": [3000], "item_id": [500], "is_organic": [1]
-    })):
+    for kind, columns in (
+        ("listen", LISTENS),
+        ("like", LIKES),
+        ("dislike", DISLIKES),
+        ("unlike", {"uid": [10], "timestamp": [3000], "item_id": [500], "is_organic": [1]}),
+    ):
         part = table(columns)
         n = part.num_rows
         for name in ("played_ratio_pct", "track_length_seconds"):
             if name not in part.column_names:
-                part = part.append_column(name, pa.nulls(n, TYPES[name]))
+                part = part.append_column(name, pa.array([None] * n, TYPES[name]))
         parts.append(part.append_column("event_type", pa.array([kind] * n).dictionary_encode()))
     multi = pa.concat_tables(parts)
     order = np.argsort(multi.column("timestamp").to_numpy(), kind="stable")  # shuffled kinds
@@ -114,9 +144,27 @@ def write_multi_event(src: Path) -> Path:
 def rows(path: Path) -> list[tuple[object, ...]]:
     e = read_events(path)
     return [
-        (int(u), int(t), int(i), int(s), int(a), None if np.isnan(r) else round(float(r), 6), bool(lk), bool(dl))
-        for u, t, i, s, a, r, lk, dl in zip(e.user_id, e.timestamp, e.item_id, e.source, e.artist_id,
-                                            e.played_ratio, e.liked, e.disliked)
+        (
+            int(u),
+            int(t),
+            int(i),
+            int(s),
+            int(a),
+            None if np.isnan(r) else round(float(r), 6),
+            bool(lk),
+            bool(dl),
+        )
+        for u, t, i, s, a, r, lk, dl in zip(
+            e.user_id,
+            e.timestamp,
+            e.item_id,
+            e.source,
+            e.artist_id,
+            e.played_ratio,
+            e.liked,
+            e.disliked,
+            strict=True,
+        )
     ]
 
 

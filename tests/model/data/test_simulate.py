@@ -40,7 +40,9 @@ def test_writes_valid_events_truth_and_summary(small: Path) -> None:
     assert set(np.unique(events.user_id)) <= set(range(1, 201))
     assert set(np.unique(events.source)) == {0, 1, 2, 3}
     assert not np.isnan(events.played_ratio).any()  # every simulated event is a listen
-    assert (np.diff(events.timestamp)[np.diff(events.user_id) == 0] > 0).all()  # sessions never overlap
+    assert (
+        np.diff(events.timestamp)[np.diff(events.user_id) == 0] > 0
+    ).all()  # sessions never overlap
     truth = Truth(small)
     assert truth.arrays["item_latent"].shape == (1000, SimConfig().latent_dim)
     assert truth.arrays["user_taste_start"].shape == (200, SimConfig().n_genres)
@@ -75,7 +77,9 @@ def test_feedback_follows_true_affinity(small: Path) -> None:
     assert affinity[full].mean() > affinity[events.skipped].mean()
 
 
-def test_policy_shows_items_the_user_likes_more_than_random_ones(medium: tuple[Events, Truth]) -> None:
+def test_policy_shows_items_the_user_likes_more_than_random_ones(
+    medium: tuple[Events, Truth],
+) -> None:
     events, truth = medium
     shown = events.take(events.source > 0)
     random_items = np.random.default_rng(0).choice(truth.arrays["item_ids"], len(shown))
@@ -88,11 +92,19 @@ def test_policy_shows_items_the_user_likes_more_than_random_ones(medium: tuple[E
 def test_organic_events_replay_liked_items(medium: tuple[Events, Truth]) -> None:
     events, _ = medium
     liked_at: dict[tuple[int, int], int] = {}
-    for user, item, ts in zip(events.user_id[events.liked], events.item_id[events.liked], events.timestamp[events.liked]):
+    for user, item, ts in zip(
+        events.user_id[events.liked],
+        events.item_id[events.liked],
+        events.timestamp[events.liked],
+        strict=True,
+    ):
         liked_at.setdefault((int(user), int(item)), int(ts))
     organic = np.flatnonzero(events.source == 0)
     replays = sum(
-        1 for i in organic if liked_at.get((int(events.user_id[i]), int(events.item_id[i])), 1 << 62) < events.timestamp[i]
+        1
+        for i in organic
+        if liked_at.get((int(events.user_id[i]), int(events.item_id[i])), 1 << 62)
+        < events.timestamp[i]
     )
     assert replays / len(organic) > 0.05
 
@@ -101,7 +113,9 @@ def test_popularity_is_skewed_and_weekends_are_busier(medium: tuple[Events, Trut
     events, truth = medium
     counts = np.sort(np.unique(events.item_id, return_counts=True)[1])[::-1]
     n_items = len(truth.arrays["item_ids"])
-    assert 0.2 < counts[: n_items // 100].sum() / counts.sum() < 0.8  # top 1% of items: a heavy head
+    assert (
+        0.2 < counts[: n_items // 100].sum() / counts.sum() < 0.8
+    )  # top 1% of items: a heavy head
     assert len(counts) > 0.5 * n_items  # ... and a long tail that is still played
     weekday = ((events.timestamp - int(truth.arrays["start_time"])) // DAY) % 7  # 0 = Monday
     per_day = np.bincount(weekday, minlength=7)

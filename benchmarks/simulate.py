@@ -1,0 +1,55 @@
+"""Simulator throughput: events/s for about 10M events, and peak memory.
+
+    .venv/bin/python benchmarks/simulate.py [--users 60000 --items 100000 --days 30]
+
+Writes the data to a temporary directory (deleted afterwards) and the figures to
+runs/bench/simulate.json. Peak RSS shows that memory is bounded by one chunk of users, not by
+the number of events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from model.data.simulate import SimConfig, Simulator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=60_000)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/simulate.json"))
+    args = parser.parse_args()
+
+    config = SimConfig(n_users=args.users, n_items=args.items, n_days=args.days, seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Simulator(config).run(tmp)
+        size = (Path(tmp) / "events.parquet").stat().st_size
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        **asdict(summary),
+        "events_per_s": summary.events / summary.seconds,
+        "peak_rss_mib": peak_rss_mib,
+        "parquet_mib": size / 2**20,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(summary.line())
+    print(
+        f"events/s {result['events_per_s']:,.0f} · peak RSS {peak_rss_mib:,.0f} MiB · "
+        f"parquet {result['parquet_mib']:,.0f} MiB → {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from argus.cli import app
+
+
+def test_help_lists_only_working_commands() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("simulate", "convert", "validate"):
+        assert command in result.output
+    convert = CliRunner().invoke(app, ["convert", "--help"])
+    assert "ml100k" in convert.output and "yambda" in convert.output
+
+
+def test_validate_names_the_problem_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2 and "bad.parquet: not a readable Parquet file" in result.output
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such file or directory" in result.output
+
+
+def test_console_script_runs_end_to_end(tmp_path: Path) -> None:
+    argus = shutil.which("argus", path=str(Path(sys.executable).parent))
+    assert argus is not None, "the argus console script is not installed in this environment"
+    out = tmp_path / "sim"
+    run = subprocess.run(
+        [argus, "simulate", "--users", "20", "--items", "100", "--days", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "simulated" in run.stdout and "events/s" in run.stdout
+    assert "simulate" in run.stderr  # the progress bar goes to stderr
+    check = subprocess.run(
+        [argus, "validate", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0 and "valid events" in check.stdout
