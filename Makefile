@@ -2,10 +2,15 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test check bench clean
+.PHONY: install demo test check bench clean
 
 install:  ## set up system packages and .venv with the dev extra
 	scripts/install.sh dev
+
+demo: install  ## today's data stage: simulate a streaming service and validate it
+	$(BIN)/argus simulate --users 5000 --items 20000 --days 30 --seed 1 --out data/demo
+	$(BIN)/argus validate data/demo
+	@echo "Next: .venv/bin/argus convert ml100k PATH/TO/ml-100k data/ml100k (see README)"
 
 test: install  ## set up and run the whole test suite
 	$(BIN)/pytest -q

@@ -1,0 +1,1 @@
+"""The FastAPI service (DESIGN.md §8); built in the next issues."""

@@ -1,0 +1,1 @@
+"""Event data: schema and reader, simulator, loaders, splits and batching."""

@@ -26,9 +26,10 @@ Documented ranges (checked by the tests at default settings): likes 1-8% of even
 Deviations from a real service, for speed: the library is updated once a day, not after each like;
 a user never likes an item twice (replays of library items carry no like).
 
-Everything is vectorised over the events of a chunk of users and a day, and each chunk of users is
-written as its own Parquet row group, so memory is bounded whatever the number of events. The
-ground truth (catalog and user parameters) is written to ``truth.npz`` beside ``events.parquet``.
+Everything is vectorised over the events of a chunk of users and a day, and each chunk of users
+(sized for about 2M events) is written as its own Parquet row group, so memory is bounded whatever
+the number of events. The ground truth (catalog and user parameters) is written to ``truth.npz``
+beside ``events.parquet``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class SimConfig:
     n_items: int = 5_000
     n_days: int = 30
     seed: int = 0
-    start_time: int = 1_767_571_200  # 2026-01-05 00:00 UTC, a Monday
+    start_time: int = 1_767_571_200  # 2026-01-05 00:00 UTC; each day starts at midnight UTC
     # catalog
     n_genres: int = 24
     items_per_artist: float = 12.0  # mean number of tracks per artist
@@ -92,7 +93,7 @@ class SimConfig:
     like_quantile: float = 0.93  # a full listen is liked half the time at this quantile
     dislike_quantile: float = 0.003  # a skip is disliked half the time at this quantile
     # execution
-    users_per_chunk: int = 4_096  # users simulated together and written as one row group
+    users_per_chunk: int = 0  # users simulated together, one row group; 0: about 2M events each
 
     def __post_init__(self) -> None:
         for name in (
@@ -102,7 +103,6 @@ class SimConfig:
             "n_genres",
             "latent_dim",
             "n_candidates",
-            "users_per_chunk",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -114,6 +114,14 @@ class SimConfig:
     @property
     def n_surfaces(self) -> int:
         return len(self.surface_share)
+
+    @property
+    def chunk_users(self) -> int:
+        """Users per chunk: as set, or enough for about 2M events (memory ~ events per chunk)."""
+        if self.users_per_chunk > 0:
+            return self.users_per_chunk
+        events_per_user = self.n_days * self.sessions_per_day * self.session_length
+        return int(np.clip(2_000_000 / max(events_per_user, 1e-9), 64, 65_536))
 
 
 @dataclass
@@ -308,7 +316,7 @@ class Simulator:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         began = time.perf_counter()
-        n_chunks = -(-cfg.n_users // cfg.users_per_chunk)
+        n_chunks = -(-cfg.n_users // cfg.chunk_users)
         chunk_seeds = np.random.SeedSequence([cfg.seed, 1]).spawn(n_chunks)
         user_parts: list[Users] = []
         totals = np.zeros(4, dtype=np.int64)  # events, liked, disliked, recommended
@@ -318,8 +326,8 @@ class Simulator:
             tqdm(total=cfg.n_users, unit="user", desc="simulate", disable=not progress) as bar,
         ):
             for index, seed in enumerate(chunk_seeds):
-                first = index * cfg.users_per_chunk
-                n = min(cfg.users_per_chunk, cfg.n_users - first)
+                first = index * cfg.chunk_users
+                n = min(cfg.chunk_users, cfg.n_users - first)
                 rng = np.random.default_rng(seed)
                 users = make_users(cfg, rng, n)
                 events = self._simulate_chunk(rng, users, first_user_id=first + 1)
@@ -401,7 +409,8 @@ class Simulator:
         self._set_day(state, day)
 
         # Sessions: count, start hour, length, source.
-        n_sessions = rng.poisson(users.activity * WEEKDAY_ACTIVITY[day % 7])
+        weekday = (cfg.start_time // DAY + day + 3) % 7  # 1970-01-01 was a Thursday
+        n_sessions = rng.poisson(users.activity * WEEKDAY_ACTIVITY[weekday])
         sess_user = np.repeat(np.arange(len(n_sessions)), n_sessions)  # (S,)
         hour = (users.peak_hour[sess_user] + 3.5 * rng.standard_normal(len(sess_user))) % 24.0
         sess_start = cfg.start_time + day * DAY + (hour * 3600.0).astype(np.int64)
