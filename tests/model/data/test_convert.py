@@ -12,12 +12,15 @@ from argus.cli import app
 from model.data.convert import convert_yambda
 from model.data.events import read_events
 
-ML100K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "ml-100k"
+ML100K = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ml-100k"
 
 # -- MovieLens-100K ------------------------------------------------------------------------------
 
 
 def test_ml100k_gives_100000_events_943_users_1682_items(tmp_path: Path) -> None:
+    assert (ML100K / "u.data").is_file(), (
+        f"MovieLens-100K is read from {ML100K} (shared/ beside the repo)"
+    )
     result = CliRunner().invoke(app, ["convert", "ml100k", str(ML100K), str(tmp_path)])
     assert result.exit_code == 0, result.output
     events = read_events(tmp_path)
