@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -214,7 +215,7 @@ def _cast(table: pa.Table) -> pa.Table:
 def _check_values(
     file: Path, table: pa.Table, first_row: int, previous: tuple[int, int] | None
 ) -> None:
-    def fail(column: str, index: int, problem: str) -> None:
+    def fail(column: str, index: int, problem: str) -> NoReturn:
         raise EventSchemaError(f"{file}: column {column!r}, row {first_row + index}: {problem}")
 
     for field in EVENT_SCHEMA:
@@ -235,17 +236,15 @@ def _check_values(
     if bad.size:
         fail("played_ratio", int(bad[0]), f"{ratio[bad[0]]} is outside [0, {MAX_PLAYED_RATIO:g}]")
 
+    # Sort order, continuing from the last row of the previous batch or file.
     user = table.column("user_id").to_numpy()
-    if previous is not None and len(user):
-        user = np.concatenate([[previous[0]], user])
-        timestamp = np.concatenate([[previous[1]], timestamp])
-    shift = 1 if previous is not None and len(table) else 0
-    user_back = np.flatnonzero(user[1:] < user[:-1])
-    time_back = np.flatnonzero((user[1:] == user[:-1]) & (timestamp[1:] < timestamp[:-1]))
-    if user_back.size or time_back.size:
-        first = min(
-            user_back[0] if user_back.size else len(user),
-            time_back[0] if time_back.size else len(user),
+    if previous is not None:
+        user, timestamp = np.r_[previous[0], user], np.r_[previous[1], timestamp]
+    same_user = user[1:] == user[:-1]
+    backwards = (user[1:] < user[:-1]) | (same_user & (timestamp[1:] < timestamp[:-1]))
+    if backwards.any():
+        pair = int(np.flatnonzero(backwards)[0])
+        column = "timestamp" if same_user[pair] else "user_id"
+        fail(
+            column, pair + 1 - (previous is not None), "rows are not sorted by (user_id, timestamp)"
         )
-        column = "user_id" if user_back.size and user_back[0] == first else "timestamp"
-        fail(column, int(first) + 1 - shift, "rows are not sorted by (user_id, timestamp)")
