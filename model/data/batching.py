@@ -223,20 +223,11 @@ def bucket_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lengths = spans.length
+    rng = np.random.default_rng(seed)
     if shuffle:
-        rng = np.random.default_rng(seed)
         order = rng.permutation(len(spans))
-        pool = batch_size * pool_batches
-        order = (
-            np.concatenate(
-                [
-                    chunk[np.argsort(lengths[chunk], kind="stable")]
-                    for chunk in np.split(order, range(pool, len(order), pool))
-                ]
-            )
-            if len(order)
-            else order
-        )
+        pool = np.arange(len(order)) // (batch_size * pool_batches)
+        order = order[np.lexsort((lengths[order], pool))]  # by length within each pool
     else:
         order = np.argsort(lengths, kind="stable")
     batches: list[np.ndarray] = []
@@ -244,7 +235,7 @@ def bucket_batches(
     while begin < len(order):
         end = min(begin + batch_size, len(order))
         if max_tokens is not None:
-            # Lengths rise within a pool, so the last span of a candidate batch is its longest.
+            # Padded size of each prefix of the candidate batch: its size x its longest span.
             longest = np.maximum.accumulate(lengths[order[begin:end]])
             fits = np.flatnonzero(longest * np.arange(1, end - begin + 1) <= max_tokens)
             end = begin + (int(fits[-1]) + 1 if fits.size else 1)
