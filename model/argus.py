@@ -1,0 +1,265 @@
+"""ARGUS: AutoRegressive Generative User Sequential modeling.
+
+Khrylchenko et al., "Scaling Recommender Transformers to One Billion Parameters" (Yandex,
+arXiv 2507.15994), in its "simplified ARGUS" form (DESIGN.md §4):
+
+* one token per event: ``x_t = Norm(W [e_ctx(c_t); e_item(i_t); e_fb(f_t)])``;
+* a causal pre-norm transformer; ``h_t`` is the state after event t;
+* next-item prediction (NIP): ``q_t = MLP([h_t; e_ctx(c_{t+1})])`` scores items ``o_j = e_item(j)``;
+* feedback prediction (FP): ``MLP([h_t; e_ctx(c_{t+1}); e_item(i_{t+1})])`` -> like, dislike, skip,
+  played_ratio logits.
+
+Deviations from the paper: the item embedding is a *unified hashed* table shared by items and
+artists (different salts), used both as input and as NIP output embedding; the time gap enters the
+context as a linear feature of ``log1p(gap)``. ``objective="sasrec"`` uses the same backbone with
+item-only tokens and an MLP(h_t) query (the SASRec baseline).
+
+``forward`` returns hidden states; the heads are separate methods so that training, evaluation and
+export each call only what they need (STYLE.md 4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_P = 2_147_483_647  # 2^31 - 1, the modulus of the hash family
+_HOUR, _DAY, _WEEK = 3_600, 86_400, 604_800
+
+
+@dataclass(frozen=True)
+class ArgusConfig:
+    d_model: int = 256  # transformer width d
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * d
+    dropout: float = 0.0
+    max_len: int = 2048  # events per history chunk
+    hash_rows: int = 2**19  # rows of the unified hashed embedding table
+    n_hash: int = 3  # hash functions per id, summed
+    item_dim: int = 0  # width of item embeddings; 0 means d_model
+    n_sources: int = 16  # source ids 0..n_sources-1 (larger ones share the last row)
+    use_artist: bool = True  # add the artist id through the same table (another salt)
+    objective: str = "argus"  # "argus" (NIP + FP) or "sasrec" (positives only, no context/FP)
+    fp_weight: float = 1.0  # lambda in L = L_nip + lambda * L_fp
+    n_uniform_negatives: int = 1024  # uniform samples added to the in-batch negatives
+    init_temperature: float = 0.05  # T = exp(tau), learned, clipped to [0.01, 100]
+    hash_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("argus", "sasrec"):
+            raise ValueError(f"objective must be 'argus' or 'sasrec', got {self.objective!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.item_dim or self.d_model
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "argus-tiny": {"d_model": 32, "n_layers": 2, "n_heads": 2, "hash_rows": 4096, "max_len": 64},
+    "argus-3m": {"d_model": 256, "n_layers": 4, "n_heads": 4},
+    "argus-30m": {"d_model": 512, "n_layers": 10, "n_heads": 8},
+    "argus-130m": {"d_model": 1024, "n_layers": 10, "n_heads": 16},
+    "argus-1b": {"d_model": 2048, "n_layers": 20, "n_heads": 16},
+}
+
+
+def preset(name: str, **overrides: object) -> ArgusConfig:
+    """The named preset with ``overrides`` applied; an unknown name lists the known ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return ArgusConfig(**{**PRESETS[name], **overrides})  # type: ignore[arg-type]
+
+
+class HashedEmbedding(nn.Module):
+    """One table looked up with ``n_hash`` hash functions per id; the rows are summed.
+
+    ``h_k(x) = ((a_k * lo + b_k * hi + c_k) mod P) mod rows`` with ``x = hi * 2^31 + lo``: exact
+    in int64 (no overflow) for any int64 id, so unseen ids embed like any other. Each salt (item,
+    artist) has its own hash functions, so the same number names different rows.
+    """
+
+    coefficients: torch.Tensor  # (n_salts, n_hash, 3) int64 hash coefficients
+
+    def __init__(self, rows: int, dim: int, n_hash: int, n_salts: int, seed: int) -> None:
+        super().__init__()
+        self.rows = rows
+        self.table = nn.Embedding(rows, dim)
+        nn.init.normal_(self.table.weight, std=1.0 / math.sqrt(n_hash * dim))
+        generator = torch.Generator().manual_seed(seed)
+        coefficients = torch.randint(1, _P, (n_salts, n_hash, 3), generator=generator)
+        self.register_buffer("coefficients", coefficients, persistent=True)
+
+    def rows_of(self, ids: torch.Tensor, salt: int = 0) -> torch.Tensor:
+        """(..., n_hash) int64 table rows of each id."""
+        hi = torch.div(ids, 2**31, rounding_mode="floor")
+        lo = ids - hi * 2**31
+        a, b, c = self.coefficients[salt].unbind(-1)  # (n_hash,) each
+        hashed = (lo.unsqueeze(-1) * a + torch.remainder(hi, _P).unsqueeze(-1) * b + c) % _P
+        return hashed % self.rows
+
+    def forward(self, ids: torch.Tensor, salt: int = 0) -> torch.Tensor:
+        """(...) int64 ids -> (..., dim) embeddings."""
+        return self.table(self.rows_of(ids, salt)).sum(-2)
+
+
+class ContextEmbedding(nn.Module):
+    """e_ctx: source + hour of day + day of week + log time gap to the previous event."""
+
+    def __init__(self, n_sources: int, dim: int) -> None:
+        super().__init__()
+        self.n_sources = n_sources
+        self.source = nn.Embedding(n_sources, dim)
+        self.hour = nn.Embedding(24, dim)
+        self.weekday = nn.Embedding(7, dim)
+        self.gap = nn.Linear(1, dim)
+
+    def forward(self, source: torch.Tensor, timestamp: torch.Tensor) -> torch.Tensor:
+        """(B, L) source and timestamp (seconds) -> (B, L, dim)."""
+        gap = torch.diff(timestamp, dim=1, prepend=timestamp[:, :1]).clamp(min=0)  # (B, L)
+        hour = torch.remainder(timestamp, _DAY) // _HOUR
+        weekday = torch.remainder(timestamp // _DAY + 3, 7)  # 0 = Monday
+        return (
+            self.source(source.clamp(0, self.n_sources - 1))
+            + self.hour(hour)
+            + self.weekday(weekday)
+            + self.gap(torch.log1p(gap.float()).unsqueeze(-1))
+        )
+
+
+class FeedbackEmbedding(nn.Module):
+    """e_fb: like, dislike and skip flags plus a projection of played_ratio (0 when unknown)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.flags = nn.Embedding(2 * 4, dim)  # (flag, value) for like, dislike, skip, listened
+        self.ratio = nn.Linear(1, dim)
+
+    def forward(
+        self, liked: torch.Tensor, disliked: torch.Tensor, played_ratio: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, L) feedback -> (B, L, dim)."""
+        listened = ~torch.isnan(played_ratio)
+        ratio = torch.where(listened, played_ratio, torch.zeros_like(played_ratio))
+        skipped = listened & (ratio < 0.3)
+        flags = torch.stack([liked, disliked, skipped, listened], -1).long()  # (B, L, 4)
+        rows = flags + 2 * torch.arange(4, device=flags.device)
+        return self.flags(rows).sum(-2) + self.ratio(ratio.clamp(0, 1).unsqueeze(-1))
+
+
+class Block(nn.Module):
+    """Pre-norm causal self-attention and MLP."""
+
+    def __init__(self, cfg: ArgusConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)  # (B, T, D) each
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, Dh)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+class Argus(nn.Module):
+    """The ARGUS backbone with its NIP and FP heads. See the module docstring."""
+
+    def __init__(self, cfg: ArgusConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, e = cfg.d_model, cfg.embedding_dim
+        self.item = HashedEmbedding(cfg.hash_rows, e, cfg.n_hash, n_salts=2, seed=cfg.hash_seed)
+        self.argus = cfg.objective == "argus"
+        if self.argus:
+            self.context = ContextEmbedding(cfg.n_sources, d)
+            self.feedback = FeedbackEmbedding(d)
+            self.token = nn.Linear(d + e + d, d)
+            self.nip_head = _mlp(d + d, d, e)
+            self.fp_head = _mlp(d + d + e, d, 4)  # like, dislike, skip, played_ratio
+        else:
+            self.token = nn.Linear(e, d)
+            self.nip_head = _mlp(d, d, e)
+        self.token_norm = nn.LayerNorm(d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(d)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+
+    # -- embeddings ------------------------------------------------------------------------------
+
+    def item_embedding(
+        self, item_id: torch.Tensor, artist_id: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(...) ids -> (..., E) e_item; artist ids < 0 (unknown) add nothing."""
+        emb = self.item(item_id, salt=0)
+        if artist_id is not None and self.cfg.use_artist:
+            known = (artist_id >= 0).unsqueeze(-1)
+            emb = emb + torch.where(known, self.item(artist_id.clamp(min=0), salt=1), 0.0)
+        return emb
+
+    def context_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L, D) e_ctx of every event (argus objective only)."""
+        return self.context(batch["source"], batch["timestamp"])
+
+    # -- backbone --------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states ``h`` (B, L, D) of padded event features (B, L); causal over L."""
+        item = self.item_embedding(batch["item_id"], batch.get("artist_id"))  # (B, L, E)
+        if self.argus:
+            ctx = self.context_embedding(batch)  # (B, L, D)
+            fb = self.feedback(
+                batch["liked"], batch["disliked"], batch["played_ratio"]
+            )  # (B, L, D)
+            x = self.token(torch.cat([ctx, item, fb], dim=-1))  # (B, L, D)
+        else:
+            x = self.token(item)
+        x = self.token_norm(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    # -- heads -----------------------------------------------------------------------------------
+
+    def nip_query(self, h: torch.Tensor, next_context: torch.Tensor | None) -> torch.Tensor:
+        """(N, D) states (+ (N, D) context of the next event) -> (N, E) queries ``q``."""
+        if self.argus:
+            assert next_context is not None, "the argus objective conditions on the next context"
+            return self.nip_head(torch.cat([h, next_context], dim=-1))
+        return self.nip_head(h)
+
+    def fp_logits(
+        self, h: torch.Tensor, next_context: torch.Tensor, next_item: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, D), (N, D), (N, E) -> (N, 4) logits of like, dislike, skip, played_ratio."""
+        return self.fp_head(torch.cat([h, next_context, next_item], dim=-1))
+
+    def temperature(self) -> torch.Tensor:
+        """T = exp(tau), clipped to [0.01, 100]."""
+        return self.log_temperature.exp().clamp(0.01, 100.0)
+
+
+def count_parameters(model: nn.Module, *, transformer_only: bool = False) -> int:
+    """Number of parameters; ``transformer_only`` counts the blocks alone (embeddings excluded)."""
+    modules = model.blocks if transformer_only and isinstance(model, Argus) else model
+    return sum(p.numel() for p in modules.parameters())

@@ -1,0 +1,143 @@
+"""Pretraining losses of ARGUS (DESIGN.md §4): sampled softmax with logQ correction for next-item
+prediction, masked binary cross-entropies for feedback prediction, and ``L = L_nip + lambda L_fp``.
+
+Negatives are the batch's own targets plus uniform samples from the catalog. ``Q(j)``, the expected
+number of times item j appears among them, is ``N p(j) + U / C`` for N in-batch targets drawn
+from the training frequencies ``p``, U uniform samples and a catalog of C items
+(:class:`ItemFrequencies`).
+Output embeddings are item-only (no artist), so any candidate id can be scored the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.argus import Argus
+
+
+def sampled_softmax_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    positive_ids: torch.Tensor,
+    negative: torch.Tensor,
+    negative_ids: torch.Tensor,
+    log_q_positive: torch.Tensor,
+    log_q_negative: torch.Tensor,
+    temperature: torch.Tensor | float,
+) -> torch.Tensor:
+    """Mean cross-entropy of each positive against the shared negatives.
+
+    query (N, E), positive (N, E) with ids (N,), negative (M, E) with ids (M,), log Q of each
+    (N,) and (M,). Logits are ``<q, o>/T - log Q``; a negative equal to the row's positive (an
+    accidental hit) is masked out.
+    """
+    pos = (query * positive).sum(-1) / temperature - log_q_positive  # (N,)
+    neg = query @ negative.T / temperature - log_q_negative  # (N, M)
+    neg = neg.masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
+    logits = torch.cat([pos[:, None], neg], dim=1)  # (N, 1 + M)
+    return F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
+
+
+def feedback_losses(
+    logits: torch.Tensor, liked: torch.Tensor, disliked: torch.Tensor, played_ratio: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-head BCE losses of (N, 4) FP logits against the next events' feedback (N,).
+
+    like and dislike always have a target; skip (``played_ratio < 0.3``) and played_ratio
+    (clipped to [0, 1]) only on listens (played_ratio not NaN). A head with no target gives 0 and
+    no gradient.
+    """
+    listened = ~torch.isnan(played_ratio)
+    ratio = torch.where(listened, played_ratio, torch.zeros_like(played_ratio)).clamp(0, 1)
+    targets = [liked.float(), disliked.float(), (ratio < 0.3).float(), ratio]
+    masks = [torch.ones_like(listened), torch.ones_like(listened), listened, listened]
+    losses = {}
+    for (name, target, mask), column in zip(
+        zip(("like", "dislike", "skip", "played_ratio"), targets, masks, strict=True),
+        logits.unbind(-1),
+        strict=True,
+    ):
+        per_event = F.binary_cross_entropy_with_logits(column, target, reduction="none")
+        losses[name] = (per_event * mask).sum() / mask.sum().clamp(min=1)
+    return losses
+
+
+@dataclass
+class ItemFrequencies:
+    """Training-data item frequencies, for ``log Q(j)`` of the sampled softmax."""
+
+    ids: torch.Tensor  # (C,) sorted unique item ids of the training data
+    probability: torch.Tensor  # (C,) share of training events of each id
+
+    @classmethod
+    def from_item_ids(cls, item_ids: np.ndarray) -> ItemFrequencies:
+        ids, counts = np.unique(item_ids, return_counts=True)
+        return cls(torch.from_numpy(ids), torch.from_numpy(counts / counts.sum()).float())
+
+    @property
+    def catalog_size(self) -> int:
+        return len(self.ids)
+
+    def log_q(self, item_ids: torch.Tensor, n_in_batch: int, n_uniform: int) -> torch.Tensor:
+        """log of the expected count of each id among N in-batch targets and U uniform samples."""
+        ids = self.ids.to(item_ids.device)
+        where = torch.searchsorted(ids, item_ids).clamp(max=len(ids) - 1)
+        known = ids[where] == item_ids
+        p = torch.where(known, self.probability.to(item_ids.device)[where], 0.0)
+        return torch.log(n_in_batch * p + n_uniform / self.catalog_size)
+
+    def sample_uniform(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n,) ids drawn uniformly from the catalog."""
+        return self.ids[torch.randint(len(self.ids), (n,), generator=generator)]
+
+
+def pretraining_loss(
+    model: Argus,
+    batch: dict[str, torch.Tensor],
+    frequencies: ItemFrequencies,
+    uniform_ids: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``L = L_nip + lambda L_fp`` over every position whose next event is a target.
+
+    ``batch`` is :meth:`model.data.batching.Batch.to_torch` output; position t predicts event t+1
+    when t+1 is a real event and ``target_mask[t + 1]``. Returns the total as ``"loss"`` and each
+    part (``"nip"``, ``"like"``, ...) detached for logging.
+    """
+    h = model(batch)  # (B, L, D)
+    length = batch["item_id"].shape[1]
+    real = torch.arange(length, device=h.device) < batch["lengths"][:, None]  # (B, L)
+    valid = (real & batch["target_mask"])[:, 1:]  # (B, L-1): the next event is a target
+
+    def next_(name: str) -> torch.Tensor:
+        return batch[name][:, 1:][valid]  # (N, ...)
+
+    h_t = h[:, :-1][valid]  # (N, D)
+    next_ids = next_("item_id")  # (N,)
+    next_context = model.context_embedding(batch)[:, 1:][valid] if model.argus else None
+    query = model.nip_query(h_t, next_context)  # (N, E)
+    negative_ids = torch.cat([next_ids, uniform_ids.to(next_ids.device)])  # (M,)
+    n, u = len(next_ids), len(uniform_ids)
+    nip = sampled_softmax_loss(
+        query,
+        model.item_embedding(next_ids),
+        next_ids,
+        model.item_embedding(negative_ids),
+        negative_ids,
+        frequencies.log_q(next_ids, n, u),
+        frequencies.log_q(negative_ids, n, u),
+        model.temperature(),
+    )
+    parts = {"nip": nip}
+    total = nip
+    if model.argus:
+        assert next_context is not None
+        next_item = model.item_embedding(next_ids, next_("artist_id"))
+        logits = model.fp_logits(h_t, next_context, next_item)
+        fp = feedback_losses(logits, next_("liked"), next_("disliked"), next_("played_ratio"))
+        parts.update(fp)
+        total = total + model.cfg.fp_weight * sum(fp.values(), torch.zeros((), device=h.device))
+    return {"loss": total, **{name: value.detach() for name, value in parts.items()}}

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model.argus import Argus, ArgusConfig, count_parameters, preset
+from model.data.batching import chunk_spans, make_batch
+from model.losses import ItemFrequencies, feedback_losses, pretraining_loss, sampled_softmax_loss
+from tests.model.data.helpers import make_events
+
+
+def tiny(**overrides: object) -> Argus:
+    torch.manual_seed(0)
+    return Argus(preset("argus-tiny", **overrides)).eval()
+
+
+def batch_of(n_users: int = 3, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(1, n_users + 1), length)
+    times = np.tile(np.cumsum(rng.integers(1, 5000, length)), n_users)
+    events = make_events(users, times)
+    events = type(events).from_arrays(
+        **{
+            **vars(events),
+            "item_id": rng.integers(1, 50, len(users)),
+            "source": rng.integers(0, 4, len(users)),
+        }
+    )
+    return make_batch(events, chunk_spans(events.user_offsets()[1], max_len=length)).to_torch()
+
+
+@pytest.mark.parametrize("objective", ["argus", "sasrec"])
+def test_changing_a_future_event_never_changes_an_earlier_output(objective: str) -> None:
+    model = tiny(objective=objective)
+    batch = batch_of()
+    h = model(batch)
+    t = 5
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["item_id"][:, t + 1 :] += 17
+    changed["liked"][:, t + 1 :] = ~changed["liked"][:, t + 1 :]
+    changed["played_ratio"][:, t + 1 :] = 0.05
+    changed["source"][:, t + 1 :] = 3
+    changed["timestamp"][:, t + 1 :] += 123_456
+    h2 = model(changed)
+    assert torch.allclose(h[:, : t + 1], h2[:, : t + 1], atol=1e-6)
+    assert not torch.allclose(h[:, t + 1 :], h2[:, t + 1 :], atol=1e-4)  # the change is seen later
+
+
+def test_unseen_and_extreme_item_ids_embed() -> None:
+    model = tiny()
+    ids = torch.tensor([0, 1, 10**12, 2**62, -5, 9_223_372_036_854_775_807])
+    emb = model.item_embedding(ids)
+    assert emb.shape == (6, model.cfg.embedding_dim) and torch.isfinite(emb).all()
+    rows = model.item.rows_of(ids)
+    assert (rows >= 0).all() and (rows < model.cfg.hash_rows).all()
+    assert not torch.equal(model.item.rows_of(ids, salt=0), model.item.rows_of(ids, salt=1))
+
+
+def test_logq_loss_on_a_hand_computed_three_item_case() -> None:
+    o = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 1.0]}
+    q = torch.tensor([[1.0, 0.0]])
+    loss = sampled_softmax_loss(
+        q,
+        torch.tensor([o[1]]),
+        torch.tensor([1]),
+        torch.tensor([o[1], o[2], o[3]]),
+        torch.tensor([1, 2, 3]),
+        log_q_positive=torch.tensor([math.log(1.0)]),
+        log_q_negative=torch.tensor([math.log(1.0), math.log(0.5), math.log(2.0)]),
+        temperature=0.5,
+    )
+    # logits: positive 1/0.5 - 0 = 2; item 1 as a negative is an accidental hit (masked);
+    # item 2: 0/0.5 - log 0.5 = 0.693; item 3: 1/0.5 - log 2 = 1.307.
+    expected = -math.log(
+        math.exp(2) / (math.exp(2) + math.exp(math.log(2)) + math.exp(2 - math.log(2)))
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_whole_catalog_as_negatives_equals_full_softmax() -> None:
+    torch.manual_seed(1)
+    catalog, query = torch.randn(20, 8), torch.randn(5, 8)
+    target = torch.tensor([0, 3, 3, 19, 7])
+    ids = torch.arange(20)
+    sampled = sampled_softmax_loss(
+        query,
+        catalog[target],
+        target,
+        catalog,
+        ids,
+        torch.zeros(5),
+        torch.zeros(20),
+        temperature=0.7,
+    )
+    full = torch.nn.functional.cross_entropy(query @ catalog.T / 0.7, target)
+    assert sampled.item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_item_frequencies_give_expected_counts() -> None:
+    freq = ItemFrequencies.from_item_ids(np.array([5, 5, 5, 9]))
+    log_q = freq.log_q(torch.tensor([5, 9, 1234]), n_in_batch=8, n_uniform=4)
+    assert torch.allclose(log_q.exp(), torch.tensor([8 * 0.75 + 2, 8 * 0.25 + 2, 2.0]))
+
+
+def test_masked_feedback_targets_get_no_gradient() -> None:
+    logits = torch.zeros(4, 4, requires_grad=True)
+    ratio = torch.tensor([0.1, float("nan"), 1.0, float("nan")])
+    losses = feedback_losses(
+        logits, torch.tensor([True, False, False, True]), torch.zeros(4, dtype=torch.bool), ratio
+    )
+    sum(losses.values()).backward()  # type: ignore[union-attr]
+    grad = logits.grad
+    assert grad is not None
+    assert (grad[[1, 3], 2:] == 0).all()  # no listen: skip and played_ratio heads get nothing
+    assert (grad[[0, 2], 2:] != 0).all() and (grad[:, :2] != 0).all()
+    no_listens = feedback_losses(
+        logits[:2],
+        torch.zeros(2, dtype=torch.bool),
+        torch.zeros(2, dtype=torch.bool),
+        torch.full((2,), float("nan")),
+    )
+    assert no_listens["skip"].item() == 0.0 and no_listens["played_ratio"].item() == 0.0
+
+
+@pytest.mark.parametrize("objective", ["argus", "sasrec"])
+def test_a_tiny_model_overfits_one_batch(objective: str) -> None:
+    model = tiny(objective=objective).train()
+    batch = batch_of(n_users=4, length=16, seed=2)
+    freq = ItemFrequencies.from_item_ids(batch["item_id"][batch["target_mask"]].numpy())
+    uniform = freq.sample_uniform(16, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        losses = pretraining_loss(model, batch, freq, uniform)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        first = first if first is not None else losses["nip"].item()
+    assert first is not None and losses["nip"].item() < 0.2 * first
+
+
+def test_preset_parameter_counts() -> None:
+    small = Argus(preset("argus-3m"))
+    assert count_parameters(small, transformer_only=True) == pytest.approx(3.2e6, rel=0.05)
+    with torch.device("meta"):
+        big = Argus(preset("argus-1b"))
+    assert count_parameters(big, transformer_only=True) == pytest.approx(1.007e9, rel=0.02)
+    assert count_parameters(big) > count_parameters(big, transformer_only=True)
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown preset 'argus-2m'"):
+        preset("argus-2m")
+    with pytest.raises(ValueError, match="objective"):
+        ArgusConfig(objective="bert4rec")
+    with pytest.raises(ValueError, match="not divisible"):
+        ArgusConfig(d_model=30, n_heads=4)
