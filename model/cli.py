@@ -64,6 +64,26 @@ def validate(
     typer.echo(f"{path}: {validate_events(path):,} valid events")
 
 
+def presets() -> None:
+    """List the model size presets with transformer (embeddings excluded) and total parameters."""
+    try:
+        import torch
+
+        from model.argus import PRESETS, Argus, count_parameters, preset
+    except ImportError:
+        typer.secho(
+            "this command needs the train extra: pip install '.[train]'", err=True, fg="red"
+        )
+        raise typer.Exit(2) from None
+
+    typer.echo(f"{'preset':<12} {'transformer':>14} {'total':>14}")
+    for name in PRESETS:
+        with torch.device("meta"):  # no memory is allocated, even for argus-1b
+            model = Argus(preset(name))
+        transformer, total = count_parameters(model, transformer_only=True), count_parameters(model)
+        typer.echo(f"{name:<12} {transformer:>14,} {total:>14,}")
+
+
 convert = typer.Typer(help="Convert a public data set to the event schema.", no_args_is_help=True)
 
 
@@ -110,4 +130,5 @@ def register(app: typer.Typer) -> None:
     """Add this stage's commands to the ``argus`` app."""
     app.command()(simulate)
     app.command()(validate)
+    app.command()(presets)
     app.add_typer(convert, name="convert")

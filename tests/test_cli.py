@@ -13,7 +13,7 @@ from argus.cli import app
 def test_help_lists_only_working_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("simulate", "convert", "validate"):
+    for command in ("simulate", "convert", "validate", "presets"):
         assert command in result.output
     convert = CliRunner().invoke(app, ["convert", "--help"])
     assert "ml100k" in convert.output and "yambda" in convert.output
@@ -45,3 +45,12 @@ def test_console_script_runs_end_to_end(tmp_path: Path) -> None:
         [argus, "validate", str(out)], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0 and "valid events" in check.stdout
+
+
+def test_presets_lists_each_size_with_its_counts() -> None:
+    result = CliRunner().invoke(app, ["presets"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines()[1:]}
+    assert set(rows) == {"argus-tiny", "argus-3m", "argus-30m", "argus-130m", "argus-1b"}
+    transformer_1b = int(rows["argus-1b"][0].replace(",", ""))
+    assert abs(transformer_1b - 1.007e9) / 1.007e9 < 0.02
