@@ -223,11 +223,16 @@ class Argus(nn.Module):
 
     # -- backbone --------------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Hidden states ``h`` (B, L, D) of padded event features (B, L); causal over L."""
+    def forward(
+        self, batch: dict[str, torch.Tensor], context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden states ``h`` (B, L, D) of padded event features (B, L); causal over L.
+
+        ``context`` is :meth:`context_embedding` of the batch when the caller already has it.
+        """
         item = self.item_embedding(batch["item_id"], batch.get("artist_id"))  # (B, L, E)
         if self.argus:
-            ctx = self.context_embedding(batch)  # (B, L, D)
+            ctx = context if context is not None else self.context_embedding(batch)  # (B, L, D)
             fb = self.feedback(
                 batch["liked"], batch["disliked"], batch["played_ratio"]
             )  # (B, L, D)

@@ -56,11 +56,8 @@ def feedback_losses(
     targets = [liked.float(), disliked.float(), (ratio < 0.3).float(), ratio]
     masks = [torch.ones_like(listened), torch.ones_like(listened), listened, listened]
     losses = {}
-    for (name, target, mask), column in zip(
-        zip(("like", "dislike", "skip", "played_ratio"), targets, masks, strict=True),
-        logits.unbind(-1),
-        strict=True,
-    ):
+    names = ("like", "dislike", "skip", "played_ratio")
+    for name, target, mask, column in zip(names, targets, masks, logits.unbind(-1), strict=True):
         per_event = F.binary_cross_entropy_with_logits(column, target, reduction="none")
         losses[name] = (per_event * mask).sum() / mask.sum().clamp(min=1)
     return losses
@@ -107,7 +104,8 @@ def pretraining_loss(
     when t+1 is a real event and ``target_mask[t + 1]``. Returns the total as ``"loss"`` and each
     part (``"nip"``, ``"like"``, ...) detached for logging.
     """
-    h = model(batch)  # (B, L, D)
+    context = model.context_embedding(batch) if model.argus else None  # (B, L, D)
+    h = model(batch, context)  # (B, L, D)
     length = batch["item_id"].shape[1]
     real = torch.arange(length, device=h.device) < batch["lengths"][:, None]  # (B, L)
     valid = (real & batch["target_mask"])[:, 1:]  # (B, L-1): the next event is a target
@@ -117,7 +115,7 @@ def pretraining_loss(
 
     h_t = h[:, :-1][valid]  # (N, D)
     next_ids = next_("item_id")  # (N,)
-    next_context = model.context_embedding(batch)[:, 1:][valid] if model.argus else None
+    next_context = context[:, 1:][valid] if context is not None else None
     query = model.nip_query(h_t, next_context)  # (N, E)
     negative_ids = torch.cat([next_ids, uniform_ids.to(next_ids.device)])  # (M,)
     n, u = len(next_ids), len(uniform_ids)

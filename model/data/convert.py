@@ -238,7 +238,8 @@ def convert_yambda(
         own.append((feedback.take(match < 0), is_like))
 
     feedback_rows = sum(len(f.uid) for f, _ in own)
-    ratio = listens.played_ratio_pct / 100.0  # type: ignore[operator]
+    assert listens.played_ratio_pct is not None
+    ratio = listens.played_ratio_pct / 100.0
     columns = {
         "user_id": np.concatenate([listens.uid, *(f.uid for f, _ in own)]),
         "item_id": np.concatenate([listens.item_id, *(f.item_id for f, _ in own)]),
@@ -253,9 +254,8 @@ def convert_yambda(
         ),
     }
     columns["artist_id"] = _artist_ids(src, artist_mapping, columns["item_id"])
-    kind = np.concatenate(
-        [np.zeros(n_listen), np.ones(feedback_rows)]
-    )  # listens first at equal times
+    # Sort by (user, time, item), listens before feedback events at equal keys.
+    kind = np.concatenate([np.zeros(n_listen), np.ones(feedback_rows)])
     order = np.lexsort((kind, columns["item_id"], columns["timestamp"], columns["user_id"]))
     events = Events.from_arrays(**{name: values[order] for name, values in columns.items()})
     write_events(events, out)
@@ -276,8 +276,9 @@ def _artist_ids(src: Path, mapping: str | Path | None, item_id: np.ndarray) -> n
     table = pq.read_table(path, columns=["item_id", "artist_id"])
     items = table.column("item_id").cast(pa.int64()).to_numpy()
     artists = table.column("artist_id").cast(pa.int64()).to_numpy()
+    if not len(items):
+        return np.full(len(item_id), -1, dtype=np.int64)
     order = np.argsort(items, kind="stable")
     items, artists = items[order], artists[order]
-    position = np.clip(np.searchsorted(items, item_id), 0, max(len(items) - 1, 0))
-    found = (items[position] == item_id) if len(items) else np.zeros(len(item_id), dtype=bool)
-    return np.where(found, artists[position] if len(items) else -1, -1)
+    position = np.clip(np.searchsorted(items, item_id), 0, len(items) - 1)
+    return np.where(items[position] == item_id, artists[position], -1)

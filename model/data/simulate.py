@@ -147,10 +147,7 @@ class Catalog:
         self.genre_range = _ranges(self.genre, n_genres)
         self.artist_range = _ranges(self.artist, n_artists)
         self.cum_popularity = np.cumsum(self.popularity)
-        log_pop = np.log(self.popularity)
-        self.log_popularity_z = ((log_pop - log_pop.mean()) / (log_pop.std() + 1e-9)).astype(
-            np.float32
-        )
+        self.log_popularity_z = _zscore(np.log(self.popularity)).astype(np.float32)
 
     def sample_in_range(
         self, rng: np.random.Generator, start: np.ndarray, end: np.ndarray
@@ -161,6 +158,10 @@ class Catalog:
         high = cum[end - 1]
         draw = low + rng.random(low.shape) * (high - low)
         return np.clip(np.searchsorted(cum, draw, side="right"), start, end - 1)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / (x.std() + 1e-9)
 
 
 def _ranges(sorted_keys: np.ndarray, n: int) -> np.ndarray:
@@ -188,8 +189,7 @@ def make_catalog(cfg: SimConfig, rng: np.random.Generator) -> Catalog:
     latent = artist_center[item_artist] + 0.5 * rng.standard_normal((m, k))
     popularity = (rng.permutation(m) + 1.0) ** -cfg.zipf_exponent
     popularity /= popularity.sum()
-    log_pop = np.log(popularity)
-    bias = 0.3 * (log_pop - log_pop.mean()) / (log_pop.std() + 1e-9) + 0.3 * rng.standard_normal(m)
+    bias = 0.3 * _zscore(np.log(popularity)) + 0.3 * rng.standard_normal(m)
     track_length = np.clip(rng.lognormal(np.log(210.0), 0.3, m), 60, 900).astype(np.int64)
     return Catalog(
         item_ids=(rng.permutation(m) + 1).astype(np.int64),
@@ -212,13 +212,18 @@ class Users:
     activity: np.ndarray  # (U,) float32 mean sessions per day
     peak_hour: np.ndarray  # (U,) float32 preferred hour of day
 
-    def taste(self, fraction: float) -> np.ndarray:
-        """(U, G) genre mixture at ``fraction`` (0..1) of the simulated period."""
+    def taste(self, fraction: float | np.ndarray) -> np.ndarray:
+        """(U, G) genre mixture at ``fraction`` (0..1, scalar or (U, 1)) of the period."""
         return (1.0 - fraction) * self.taste_start + fraction * self.taste_end
 
-    def latent(self, catalog: Catalog, fraction: float) -> np.ndarray:
+    def latent(self, genre_centers: np.ndarray, fraction: float | np.ndarray) -> np.ndarray:
         """(U, k) latent vector at ``fraction`` of the simulated period."""
-        return self.taste(fraction) @ catalog.genre_centers + self.offset
+        return self.taste(fraction) @ genre_centers + self.offset
+
+
+def period_fraction(day: int | np.ndarray, n_days: int) -> float | np.ndarray:
+    """Where the middle of ``day`` (0-based) lies in the period: tastes move once a day."""
+    return (day + 0.5) / n_days
 
 
 def make_users(cfg: SimConfig, rng: np.random.Generator, n: int) -> Users:
@@ -240,7 +245,7 @@ def make_users(cfg: SimConfig, rng: np.random.Generator, n: int) -> Users:
 def affinity_scale(cfg: SimConfig, catalog: Catalog, rng: np.random.Generator) -> float:
     """Standard deviation of ``<u, v>`` over random (user, item) pairs: the affinity's unit."""
     users = make_users(cfg, rng, 2_000)
-    u = users.latent(catalog, 0.5)
+    u = users.latent(catalog.genre_centers, 0.5)
     items = rng.integers(len(catalog.item_ids), size=(2_000, 16))
     return float(np.einsum("uk,uck->uc", u, catalog.latent[items]).std())
 
@@ -262,9 +267,9 @@ class Simulator:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         root = np.random.SeedSequence(cfg.seed)
-        self._catalog_seed, self._scale_seed, self._users_seed = root.spawn(3)
-        self.catalog = make_catalog(cfg, np.random.default_rng(self._catalog_seed))
-        rng = np.random.default_rng(self._scale_seed)
+        catalog_seed, calibration_seed = root.spawn(2)
+        self.catalog = make_catalog(cfg, np.random.default_rng(catalog_seed))
+        rng = np.random.default_rng(calibration_seed)
         self.scale = affinity_scale(cfg, self.catalog, rng)
         self.thresholds = self._calibrate(rng)
 
@@ -302,8 +307,10 @@ class Simulator:
 
     def _set_day(self, state: _Chunk, day: int) -> None:
         """Move the chunk's users' taste to the middle of ``day``."""
-        fraction = (day + 0.5) / self.cfg.n_days
-        state.latent_scaled[:] = state.users.latent(self.catalog, fraction) / self.scale
+        fraction = period_fraction(day, self.cfg.n_days)
+        state.latent_scaled[:] = (
+            state.users.latent(self.catalog.genre_centers, fraction) / self.scale
+        )
         state.taste_cum[:] = np.cumsum(state.users.taste(fraction), axis=1)
 
     def _affinity(self, state: _Chunk, user: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -655,19 +662,23 @@ class Truth:
     def affinity(
         self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray
     ) -> np.ndarray:
-        """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple."""
+        """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple,
+        with the user's taste of that day, exactly as the simulator drew feedback."""
         a = self.arrays
         user = np.asarray(user_ids, dtype=np.int64) - 1
         item = self.item_rows(item_ids)
-        period = float(a["n_days"]) * DAY
-        fraction = np.clip((np.asarray(timestamps) - int(a["start_time"])) / period, 0.0, 1.0)[
-            :, None
-        ]
-        taste = (1.0 - fraction) * a["user_taste_start"][user] + fraction * a["user_taste_end"][
-            user
-        ]
-        latent = taste @ a["genre_centers"] + a["user_offset"][user]
-        return (
-            np.einsum("nk,nk->n", latent, a["item_latent"][item]) / float(a["affinity_scale"])
-            + a["item_bias"][item]
+        day = np.clip(
+            (np.asarray(timestamps) - int(a["start_time"])) // DAY, 0, int(a["n_days"]) - 1
         )
+        users = Users(
+            taste_start=a["user_taste_start"][user],
+            taste_end=a["user_taste_end"][user],
+            offset=a["user_offset"][user],
+            activity=a["user_activity"][user],
+            peak_hour=np.full(len(user), np.nan, dtype=np.float32),  # not part of the affinity
+        )
+        latent = users.latent(
+            a["genre_centers"], np.asarray(period_fraction(day, int(a["n_days"])))[:, None]
+        )
+        dot = np.einsum("nk,nk->n", latent, a["item_latent"][item])
+        return dot / float(a["affinity_scale"]) + a["item_bias"][item]
