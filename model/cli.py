@@ -1,4 +1,5 @@
-"""``argus`` subcommands of the offline data stage: simulate, convert, validate."""
+"""``argus`` subcommands of the offline stage: data (simulate, convert, validate) and model
+(presets, pretrain, evaluate)."""
 
 from __future__ import annotations
 
@@ -64,17 +65,23 @@ def validate(
     typer.echo(f"{path}: {validate_events(path):,} valid events")
 
 
+def needs_extra(extra: str, module: str) -> None:
+    """Exit with the exact install command when ``module`` (from ``extra``) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        typer.secho(
+            f"this command needs the {extra} extra: pip install '.[{extra}]'", err=True, fg="red"
+        )
+        raise typer.Exit(2)
+
+
 def presets() -> None:
     """List the model size presets with transformer (embeddings excluded) and total parameters."""
-    try:
-        import torch
+    needs_extra("train", "torch")
+    import torch
 
-        from model.argus import PRESETS, Argus, count_parameters, preset
-    except ImportError:
-        typer.secho(
-            "this command needs the train extra: pip install '.[train]'", err=True, fg="red"
-        )
-        raise typer.Exit(2) from None
+    from model.argus import PRESETS, Argus, count_parameters, preset
 
     typer.echo(f"{'preset':<12} {'transformer':>14} {'total':>14}")
     for name in PRESETS:
@@ -82,6 +89,114 @@ def presets() -> None:
             model = Argus(preset(name))
         transformer, total = count_parameters(model, transformer_only=True), count_parameters(model)
         typer.echo(f"{name:<12} {transformer:>14,} {total:>14,}")
+
+
+@fails_cleanly
+def pretrain(
+    data: Annotated[Path, typer.Option(help="Events directory or Parquet file.")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoint, metrics, curve PNG.")],
+    preset: Annotated[
+        str, typer.Option(help="Model size preset (see `argus presets`).")
+    ] = "argus-3m",
+    objective: Annotated[
+        str, typer.Option(help="argus (NIP + FP) or sasrec (the positives-only baseline).")
+    ] = "argus",
+    max_len: Annotated[
+        int, typer.Option(help="Events per history chunk; 0 keeps the preset's.")
+    ] = 0,
+    batch_size: Annotated[int, typer.Option(help="History chunks per step.")] = 32,
+    max_steps: Annotated[
+        int, typer.Option(help="Stop after this many steps (0: use --epochs).")
+    ] = 0,
+    epochs: Annotated[int, typer.Option(help="Passes over the training events.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    test_days: Annotated[
+        float, typer.Option(help="Hold out the last N days for `argus evaluate` (0: none).")
+    ] = 7.0,
+    test_fraction: Annotated[
+        float, typer.Option(help="Or hold out this fraction of the time range.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same run.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a training setting, e.g. --set warmup_steps=50."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Override a model setting, e.g. --model dropout=0.1."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Pretrain ARGUS (next-item + feedback prediction) or the SASRec baseline."""
+    needs_extra("train", "torch")
+    from model.config import apply_overrides
+    from model.train import PretrainConfig
+    from model.train import pretrain as run
+
+    config = apply_overrides(
+        PretrainConfig(
+            data=str(data),
+            out=str(out),
+            preset=preset,
+            objective=objective,
+            max_len=max_len,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            epochs=epochs,
+            lr=lr,
+            test_days=test_days,
+            test_fraction=test_fraction,
+            seed=seed,
+            device=device,
+            model=tuple(model or ()),
+        ),
+        set_ or [],
+    )
+    config.model_config()  # fail on a bad model override before reading any data
+    summary = run(config, progress=not quiet, resume=resume)
+    typer.echo(summary.line())
+    if summary.interrupted:
+        raise typer.Exit(75)  # EX_TEMPFAIL: rerun with --resume
+
+
+@fails_cleanly
+def evaluate(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Run directories or checkpoint files (one or more).")
+    ],
+    data: Annotated[Path, typer.Option(help="Events directory or Parquet file.")],
+    out: Annotated[Path, typer.Option(help="Directory for eval.json and eval.md.")],
+    test_days: Annotated[
+        float | None, typer.Option(help="Test window: last N days (default: as pretrained).")
+    ] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="Test window: last fraction of the time range.")
+    ] = None,
+    exclude_seen: Annotated[
+        bool, typer.Option(help="Drop each user's earlier items from the ranking (MovieLens).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Test-window NIP/FP losses and Recall/NDCG@10,100 over the full catalog, with MostPop."""
+    needs_extra("train", "torch")
+    from model.evaluate import EvalConfig, markdown_table
+    from model.evaluate import evaluate as run
+
+    report = run(
+        checkpoints,
+        data,
+        out,
+        test_days=test_days,
+        test_fraction=test_fraction,
+        cfg=EvalConfig(exclude_seen=exclude_seen),
+        device=device,
+        progress=not quiet,
+    )
+    typer.echo(markdown_table(report), nl=False)
+    typer.echo(f"-> {out / 'eval.json'}, {out / 'eval.md'}")
 
 
 convert = typer.Typer(help="Convert a public data set to the event schema.", no_args_is_help=True)
@@ -131,4 +246,6 @@ def register(app: typer.Typer) -> None:
     app.command()(simulate)
     app.command()(validate)
     app.command()(presets)
+    app.command()(pretrain)
+    app.command()(evaluate)
     app.add_typer(convert, name="convert")

@@ -1,15 +1,17 @@
 """Pretraining losses of ARGUS (DESIGN.md §4): sampled softmax with logQ correction for next-item
 prediction, masked binary cross-entropies for feedback prediction, and ``L = L_nip + lambda L_fp``.
 
-Negatives are the batch's own targets plus uniform samples from the catalog. ``Q(j)``, the expected
-number of times item j appears among them, is ``N p(j) + U / C`` for N in-batch targets drawn
-from the training frequencies ``p``, U uniform samples and a catalog of C items
-(:class:`ItemFrequencies`).
+Negatives are the distinct items among the batch's N targets and U uniform samples from the
+catalog of C items. ``Q(j)``, the expected number of times item j appears among these distinct
+negatives, is the probability that j was drawn at least once: ``1 - (1 - p(j))^N (1 - 1/C)^U``
+with ``p`` the training frequencies (:class:`ItemFrequencies`). Deduplication keeps the (N, M)
+logit matrix small when popular items fill the batch.
 Output embeddings are item-only (no artist), so any candidate id can be scored the same way.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +37,12 @@ def sampled_softmax_loss(
     (N,) and (M,). Logits are ``<q, o>/T - log Q``; a negative equal to the row's positive (an
     accidental hit) is masked out.
     """
-    pos = (query * positive).sum(-1) / temperature - log_q_positive  # (N,)
-    neg = query @ negative.T / temperature - log_q_negative  # (N, M)
+    scaled = query / temperature  # (N, E): scale the queries, not the (N, M) logits
+    pos = (scaled * positive).sum(-1) - log_q_positive  # (N,)
+    neg = torch.addmm(-log_q_negative[None, :], scaled, negative.T)  # (N, M)
     neg = neg.masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
-    logits = torch.cat([pos[:, None], neg], dim=1)  # (N, 1 + M)
-    return F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
+    log_normalizer = torch.logaddexp(pos, torch.logsumexp(neg, dim=1))  # (N,)
+    return (log_normalizer - pos).mean()
 
 
 def feedback_losses(
@@ -75,21 +78,26 @@ class ItemFrequencies:
         ids, counts = np.unique(item_ids, return_counts=True)
         return cls(torch.from_numpy(ids), torch.from_numpy(counts / counts.sum()).float())
 
+    def to(self, device: str | torch.device) -> ItemFrequencies:
+        return ItemFrequencies(self.ids.to(device), self.probability.to(device))
+
     @property
     def catalog_size(self) -> int:
         return len(self.ids)
 
     def log_q(self, item_ids: torch.Tensor, n_in_batch: int, n_uniform: int) -> torch.Tensor:
-        """log of the expected count of each id among N in-batch targets and U uniform samples."""
-        ids = self.ids.to(item_ids.device)
-        where = torch.searchsorted(ids, item_ids).clamp(max=len(ids) - 1)
-        known = ids[where] == item_ids
-        p = torch.where(known, self.probability.to(item_ids.device)[where], 0.0)
-        return torch.log(n_in_batch * p + n_uniform / self.catalog_size)
+        """log Q(j): log of the probability that j is among the distinct negatives drawn from N
+        in-batch targets and U uniform samples (its expected count in that set)."""
+        where = torch.searchsorted(self.ids, item_ids).clamp(max=len(self.ids) - 1)
+        known = self.ids[where] == item_ids
+        p = torch.where(known, self.probability[where], 0.0)
+        log_missed = n_in_batch * torch.log1p(-p) + n_uniform * math.log1p(-1 / self.catalog_size)
+        return torch.log(-torch.expm1(log_missed))
 
     def sample_uniform(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n,) ids drawn uniformly from the catalog."""
-        return self.ids[torch.randint(len(self.ids), (n,), generator=generator)]
+        index = torch.randint(len(self.ids), (n,), generator=generator, device=self.ids.device)
+        return self.ids[index]
 
 
 def pretraining_loss(
@@ -117,7 +125,7 @@ def pretraining_loss(
     next_ids = next_("item_id")  # (N,)
     next_context = context[:, 1:][valid] if context is not None else None
     query = model.nip_query(h_t, next_context)  # (N, E)
-    negative_ids = torch.cat([next_ids, uniform_ids.to(next_ids.device)])  # (M,)
+    negative_ids = torch.unique(torch.cat([next_ids, uniform_ids.to(next_ids.device)]))  # (M,)
     n, u = len(next_ids), len(uniform_ids)
     nip = sampled_softmax_loss(
         query,

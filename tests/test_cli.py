@@ -13,7 +13,7 @@ from argus.cli import app
 def test_help_lists_only_working_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("simulate", "convert", "validate", "presets"):
+    for command in ("simulate", "convert", "validate", "presets", "pretrain", "evaluate"):
         assert command in result.output
     convert = CliRunner().invoke(app, ["convert", "--help"])
     assert "ml100k" in convert.output and "yambda" in convert.output
@@ -54,3 +54,28 @@ def test_presets_lists_each_size_with_its_counts() -> None:
     assert set(rows) == {"argus-tiny", "argus-3m", "argus-30m", "argus-130m", "argus-1b"}
     transformer_1b = int(rows["argus-1b"][0].replace(",", ""))
     assert abs(transformer_1b - 1.007e9) / 1.007e9 < 0.02
+
+
+def test_pretrain_then_evaluate_from_the_command_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = tmp_path / "sim"
+    simulate = ["simulate", "--users", "40", "--items", "200", "--days", "8", "--out", str(data)]
+    assert runner.invoke(app, [*simulate, "--quiet"]).exit_code == 0
+    run = tmp_path / "run"
+    pretrain = [
+        "pretrain", "--data", str(data), "--out", str(run), "--preset", "argus-tiny",
+        "--max-steps", "4", "--batch-size", "4", "--test-days", "2", "--quiet",
+        "--model", "n_uniform_negatives=32", "--set", "warmup_steps=1",
+    ]  # fmt: skip
+    result = runner.invoke(app, pretrain)
+    assert result.exit_code == 0, result.output
+    assert "pretrained argus-tiny (argus" in result.output and "events/s" in result.output
+    again = runner.invoke(app, pretrain)
+    assert again.exit_code == 2 and "already exists; pass --resume" in again.output
+    bad = runner.invoke(app, [*pretrain[:4], str(tmp_path / "bad"), "--model", "d_model=big"])
+    assert bad.exit_code == 2 and "d_model='big': expected int" in bad.output
+
+    result = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "| ARGUS (run) |" in result.output and "| MostPop |" in result.output
+    assert (run / "eval.json").exists() and (run / "eval.md").exists()

@@ -85,6 +85,14 @@ class Events:
         with np.errstate(invalid="ignore"):
             return self.played_ratio < SKIP_THRESHOLD
 
+    @property
+    def positive(self) -> np.ndarray:
+        """(N,) bool: a positive interaction, not disliked and either liked or listened past the
+        skip threshold. MovieLens: rating >= 4. The SASRec baseline and the ranking metrics'
+        "next positive item" use this definition."""
+        with np.errstate(invalid="ignore"):
+            return ~self.disliked & (self.liked | (self.played_ratio >= SKIP_THRESHOLD))
+
     def take(self, index: np.ndarray | slice) -> Events:
         """The rows selected by a boolean mask, an index array or a slice, in that order."""
         return Events(**{f.name: getattr(self, f.name)[index] for f in fields(self)})

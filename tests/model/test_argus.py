@@ -99,10 +99,12 @@ def test_whole_catalog_as_negatives_equals_full_softmax() -> None:
     assert sampled.item() == pytest.approx(full.item(), rel=1e-6)
 
 
-def test_item_frequencies_give_expected_counts() -> None:
-    freq = ItemFrequencies.from_item_ids(np.array([5, 5, 5, 9]))
-    log_q = freq.log_q(torch.tensor([5, 9, 1234]), n_in_batch=8, n_uniform=4)
-    assert torch.allclose(log_q.exp(), torch.tensor([8 * 0.75 + 2, 8 * 0.25 + 2, 2.0]))
+def test_item_frequencies_give_inclusion_probabilities() -> None:
+    freq = ItemFrequencies.from_item_ids(np.array([5, 5, 5, 9]))  # p = 0.75, 0.25; C = 2
+    log_q = freq.log_q(torch.tensor([5, 9, 1234]), n_in_batch=3, n_uniform=2)
+    # P(j among the distinct negatives) = 1 - (1 - p)^3 (1 - 1/2)^2
+    expected = [1 - 0.25**3 * 0.25, 1 - 0.75**3 * 0.25, 1 - 1.0 * 0.25]
+    assert torch.allclose(log_q.exp(), torch.tensor(expected))
 
 
 def test_masked_feedback_targets_get_no_gradient() -> None:

@@ -1,0 +1,64 @@
+"""Checkpoints: the model's config and weights plus the trainer's state, written atomically.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain Python values, loaded with
+``weights_only=True``, so reading one never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.argus import Argus, ArgusConfig
+
+FORMAT = 1
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(path: str | Path, model: Argus, **state: Any) -> Path:
+    """Write ``model`` (config and weights) and ``state`` to ``path`` via a temporary file, so a
+    crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    payload = {"format": FORMAT, "model_config": asdict(model.cfg), "model": model.state_dict()}
+    torch.save({**payload, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict at ``path`` (a file, or a directory holding ``checkpoint.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there")
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, expected {FORMAT}")
+    return state
+
+
+def model_config(state: dict[str, Any]) -> ArgusConfig:
+    """The :class:`ArgusConfig` a checkpoint was trained with."""
+    known = {f.name for f in fields(ArgusConfig)}
+    config: dict[str, Any] = {k: v for k, v in state["model_config"].items() if k in known}
+    return ArgusConfig(**config)
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Argus, dict[str, Any]]:
+    """The model of a checkpoint in eval mode on ``device``, and the checkpoint dict."""
+    state = read_checkpoint(path)
+    model = Argus(model_config(state))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state

@@ -1,0 +1,399 @@
+"""``argus evaluate``: test-window losses and full-catalog ranking metrics (DESIGN.md §6).
+
+Global temporal split: the model sees every event before the end of the test window as context,
+and only test-window events are counted.
+
+* **Losses** (ARGUS and SASRec alike): NIP cross-entropy of the next event's item under a full
+  softmax over the catalog; for ARGUS also the FP losses (like, dislike, skip, played_ratio).
+* **Ranking**: targets are the positive test-window events (:attr:`Events.positive`) of users with
+  an earlier positive event, so that ARGUS (which conditions on every event) and SASRec (positives
+  only) are scored on exactly the same targets. Each target is ranked against the whole catalog
+  (every item in the data up to the end of the test window) by the model's score for the state just
+  before it; Recall@K and NDCG@K for K in ``ks``. Ties count half (the expected rank under random
+  tie-breaking), which matters only for MostPop. With ``exclude_seen`` the items a user met before
+  are removed from the ranking and targets that repeat one are dropped (MovieLens-style).
+* **MostPop** ranks by the number of positive training events of each item.
+* **ARGUS + like**: the top ``rerank_depth`` NIP candidates reordered by
+  ``log P_nip(j) + log P(like | j)``, the FP head's like probability for that candidate: the
+  probability of "the next item is j and it is liked".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.argus import Argus
+from model.checkpoint import load_model
+from model.data.batching import TemporalSplit, eval_spans, iter_batches
+from model.data.events import Events, read_events
+from model.losses import feedback_losses
+from model.train import choose_split, training_events
+
+FP_PARTS = ("like", "dislike", "skip", "played_ratio")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every item of the data set (sorted ids) with its artist (-1 when unknown)."""
+
+    ids: np.ndarray  # (C,) int64
+    artist_id: np.ndarray  # (C,) int64
+
+    @classmethod
+    def from_events(cls, events: Events) -> Catalog:
+        ids, first = np.unique(events.item_id, return_index=True)
+        return cls(ids, events.artist_id[first])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def column(self, item_id: np.ndarray) -> np.ndarray:
+        """The catalog column of each id (ids must be in the catalog)."""
+        return np.searchsorted(self.ids, item_id)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 100)
+    exclude_seen: bool = False  # remove each user's earlier items from the ranking
+    rerank_depth: int = 100  # NIP candidates re-ordered by the like probability
+    batch_size: int = 64  # spans per forward pass
+    score_chunk: int = 1 << 24  # max query x catalog scores held at once
+
+
+def ranking_targets(events: Events, split: TemporalSplit, exclude_seen: bool) -> np.ndarray:
+    """Rows of ``events`` that the ranking metrics score (see the module docstring)."""
+    positive = events.positive
+    _, offsets = events.user_offsets()
+    user_start = np.repeat(offsets[:-1], np.diff(offsets))
+    positives_before = np.cumsum(positive) - positive  # positives in rows [0, r)
+    earlier_positive = positives_before > positives_before[user_start]
+    keep = positive & split.in_test(events.timestamp) & earlier_positive
+    if exclude_seen:
+        keep &= first_occurrence(events)
+    return np.flatnonzero(keep)
+
+
+def first_occurrence(events: Events) -> np.ndarray:
+    """(N,) bool: the row is the user's first event with that item."""
+    order = np.lexsort((np.arange(len(events)), events.item_id, events.user_id))
+    user, item = events.user_id[order], events.item_id[order]
+    new = np.ones(len(events), dtype=bool)
+    new[1:] = (user[1:] != user[:-1]) | (item[1:] != item[:-1])
+    first = np.empty(len(events), dtype=bool)
+    first[order] = new
+    return first
+
+
+def ranks(
+    scores: torch.Tensor, target: torch.Tensor, excluded: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(n,) 0-based rank of each target column among (n, C) scores; ties count half."""
+    if excluded is not None:
+        scores = scores.masked_fill(excluded, float("-inf"))
+    target_score = scores.gather(1, target[:, None])  # (n, 1)
+    above = (scores > target_score).sum(1)
+    ties = (scores == target_score).sum(1) - 1
+    return above + ties // 2
+
+
+def ranking_metrics(rank: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """Recall@K and NDCG@K of single-target ranks (a miss scores 0)."""
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = rank < k
+        out[f"recall@{k}"] = float(hit.mean()) if len(rank) else math.nan
+        gain = np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
+        out[f"ndcg@{k}"] = float(gain.mean()) if len(rank) else math.nan
+    return out
+
+
+class _SeenItems:
+    """The catalog columns each user met before a row, as a boolean mask per query."""
+
+    def __init__(self, events: Events, catalog: Catalog) -> None:
+        _, offsets = events.user_offsets()
+        self.user_start = np.repeat(offsets[:-1], np.diff(offsets))
+        self.columns = catalog.column(events.item_id)
+        self.size = len(catalog)
+
+    def mask(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(n, C) bool: True for items of the user in rows before each of ``rows``."""
+        start = self.user_start[rows]
+        lengths = rows - start
+        query = np.repeat(np.arange(len(rows)), lengths)
+        position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        mask = torch.zeros((len(rows), self.size), dtype=torch.bool, device=device)
+        columns = self.columns[np.repeat(start, lengths) + position]
+        mask[torch.from_numpy(query).to(device), torch.from_numpy(columns).to(device)] = True
+        return mask
+
+
+@dataclass
+class ModelResult:
+    losses: dict[str, float]
+    ranks: dict[str, dict[int, int]]  # method -> {row of the full events table: rank}
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: Argus,
+    events: Events,
+    split: TemporalSplit,
+    catalog: Catalog,
+    targets: np.ndarray,
+    cfg: EvalConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> ModelResult:
+    """Test-window losses and target ranks of one model. ``events`` ends at ``split.end_time``."""
+    argus = model.argus
+    rows_of_model = np.flatnonzero(events.positive) if not argus else np.arange(len(events))
+    seen = _SeenItems(events, catalog) if cfg.exclude_seen else None
+    model_events = training_events(events, model.cfg.objective)
+    spans = eval_spans(model_events, split, model.cfg.max_len)
+    is_target = np.zeros(len(events), dtype=bool)
+    is_target[targets] = True
+    catalog_ids = torch.from_numpy(catalog.ids).to(device)
+    catalog_artists = torch.from_numpy(catalog.artist_id).to(device)
+    output = model.item_embedding(catalog_ids)  # (C, E), item-only like in training
+    temperature = model.temperature()
+    sums: dict[str, float] = dict.fromkeys(("nip", *FP_PARTS), 0.0)
+    counts: dict[str, float] = dict.fromkeys(("nip", *FP_PARTS), 0.0)
+    found: dict[str, dict[int, int]] = {"nip": {}, "nip+like": {}} if argus else {"nip": {}}
+    batches = iter_batches(model_events, spans, batch_size=cfg.batch_size)
+    n_batches = -(-len(spans) // cfg.batch_size)
+    for batch in tqdm(batches, total=n_batches, desc="evaluate", disable=not progress, leave=False):
+        tensors = batch.to_torch(device)
+        context = model.context_embedding(tensors) if argus else None
+        h = model(tensors, context)  # (B, L, D)
+        real = torch.from_numpy(batch.padding_mask).to(device)
+        valid = (real & tensors["target_mask"])[:, 1:]  # (B, L-1): the next event is counted
+        valid_np = valid.cpu().numpy()
+        next_rows = rows_of_model[batch.row_index[:, 1:][valid_np]]  # rows of the full table
+        h_t = h[:, :-1][valid]  # (N, D)
+        next_context = context[:, 1:][valid] if context is not None else None
+        next_ids = tensors["item_id"][:, 1:][valid]
+        target_column = torch.from_numpy(catalog.column(next_ids.cpu().numpy())).to(device)
+        query = model.nip_query(h_t, next_context)  # (N, E)
+        chunk = max(1, cfg.score_chunk // len(catalog))
+        for begin in range(0, len(query), chunk):
+            part = slice(begin, begin + chunk)
+            logits = query[part] @ output.T / temperature  # (n, C)
+            sums["nip"] += float(F.cross_entropy(logits, target_column[part], reduction="sum"))
+            counts["nip"] += len(logits)
+            scored = is_target[next_rows[part]]
+            if not scored.any():
+                continue
+            rows = next_rows[part][scored]
+            pick = torch.from_numpy(scored).to(device)
+            log_p = torch.log_softmax(logits[pick], dim=-1)  # (m, C)
+            excluded = seen.mask(rows, device) if seen is not None else None
+            column = target_column[part][pick]
+            found["nip"].update(
+                zip(rows.tolist(), ranks(log_p, column, excluded).tolist(), strict=True)
+            )
+            if argus:
+                assert next_context is not None
+                reranked = _rerank_with_like(
+                    model,
+                    h_t[part][pick],
+                    next_context[part][pick],
+                    log_p,
+                    column,
+                    excluded,
+                    catalog_ids,
+                    catalog_artists,
+                    cfg.rerank_depth,
+                )
+                found["nip+like"].update(zip(rows.tolist(), reranked.tolist(), strict=True))
+        if argus:
+            assert next_context is not None
+            next_item = model.item_embedding(next_ids, tensors["artist_id"][:, 1:][valid])
+            fp = feedback_losses(
+                model.fp_logits(h_t, next_context, next_item),
+                tensors["liked"][:, 1:][valid],
+                tensors["disliked"][:, 1:][valid],
+                tensors["played_ratio"][:, 1:][valid],
+            )
+            listened = int((~torch.isnan(tensors["played_ratio"][:, 1:][valid])).sum())
+            for name, n in zip(FP_PARTS, (len(h_t), len(h_t), listened, listened), strict=True):
+                sums[name] += float(fp[name]) * n
+                counts[name] += n
+    losses = {
+        f"{name}_loss": sums[name] / counts[name]
+        for name in sums
+        if counts[name] and (argus or name == "nip")
+    }
+    return ModelResult(losses, found)
+
+
+def _rerank_with_like(
+    model: Argus,
+    h: torch.Tensor,
+    context: torch.Tensor,
+    log_p: torch.Tensor,
+    target: torch.Tensor,
+    excluded: torch.Tensor | None,
+    catalog_ids: torch.Tensor,
+    catalog_artists: torch.Tensor,
+    depth: int,
+) -> torch.Tensor:
+    """(m,) ranks after re-ordering the top ``depth`` NIP candidates by log P_nip + log P(like).
+
+    A target outside the top ``depth`` keeps its NIP rank (which is >= depth).
+    """
+    scores = log_p.masked_fill(excluded, float("-inf")) if excluded is not None else log_p
+    nip_rank = ranks(scores, target)
+    depth = min(depth, scores.shape[1])
+    top_scores, top = scores.topk(depth, dim=1)  # (m, R)
+    m = len(top)
+    candidates = model.item_embedding(catalog_ids[top], catalog_artists[top])  # (m, R, E)
+    like_logit = model.fp_logits(
+        h[:, None].expand(m, depth, h.shape[-1]),
+        context[:, None].expand(m, depth, context.shape[-1]),
+        candidates,
+    )[..., 0]  # (m, R)
+    combined = top_scores + F.logsigmoid(like_logit)
+    in_top = top == target[:, None]  # (m, R)
+    combined_target = torch.where(in_top, combined, float("-inf")).max(1).values
+    new_rank = (combined > combined_target[:, None]).sum(1)
+    return torch.where(in_top.any(1), new_rank, nip_rank)
+
+
+def most_popular_ranks(
+    events: Events, split: TemporalSplit, catalog: Catalog, targets: np.ndarray, cfg: EvalConfig
+) -> dict[int, int]:
+    """Ranks of ``targets`` by the number of positive training events of each item."""
+    train = events.take((events.timestamp < split.split_time) & events.positive)
+    counts = np.bincount(catalog.column(train.item_id), minlength=len(catalog)).astype(np.float32)
+    scores = torch.from_numpy(counts)
+    seen = _SeenItems(events, catalog) if cfg.exclude_seen else None
+    column = torch.from_numpy(catalog.column(events.item_id[targets]))
+    found: dict[int, int] = {}
+    chunk = max(1, cfg.score_chunk // len(catalog))
+    for begin in range(0, len(targets), chunk):
+        rows = targets[begin : begin + chunk]
+        excluded = seen.mask(rows, torch.device("cpu")) if seen is not None else None
+        part = ranks(scores.expand(len(rows), -1), column[begin : begin + chunk], excluded)
+        found.update(zip(rows.tolist(), part.tolist(), strict=True))
+    return found
+
+
+def name_of(checkpoint: str | Path, state: dict[str, Any]) -> str:
+    """A short label: ``ARGUS`` or ``SASRec`` and the run directory's name."""
+    label = "ARGUS" if state["model_config"]["objective"] == "argus" else "SASRec"
+    path = Path(checkpoint)
+    return f"{label} ({(path if path.is_dir() else path.parent).name})"
+
+
+def evaluate(
+    checkpoints: Sequence[str | Path],
+    data: str | Path,
+    out: str | Path | None,
+    *,
+    test_days: float | None = None,
+    test_fraction: float | None = None,
+    cfg: EvalConfig = EvalConfig(),
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate checkpoints and MostPop on one split; write ``eval.json`` and ``eval.md``.
+
+    The split defaults to the one the (first) checkpoint held out. A checkpoint trained on events
+    after the split is refused (its metrics would be leaked).
+    """
+    chosen = torch.device(
+        "cuda"
+        if device == "auto" and torch.cuda.is_available()
+        else ("cpu" if device == "auto" else device)
+    )
+    models = [load_model(path, chosen) for path in checkpoints]
+    events = read_events(data)
+    if test_days is None and test_fraction is None:
+        if not models:
+            raise ValueError("give --test-days or --test-fraction when evaluating MostPop alone")
+        held_out = models[0][1]["train_config"]
+        test_days, test_fraction = held_out["test_days"], held_out["test_fraction"]
+    split = choose_split(events, test_days or 0.0, test_fraction or 0.0)
+    if split is None:
+        raise ValueError("the evaluation needs a test window: --test-days or --test-fraction > 0")
+    for path, (_, state) in zip(checkpoints, models, strict=True):
+        if state["train_until"] > split.split_time:
+            raise ValueError(
+                f"{path}: trained on events up to t={state['train_until']}, after the test window "
+                f"starts (t={split.split_time}); evaluating it there would leak"
+            )
+    events = split.until_end(events)
+    catalog = Catalog.from_events(events)
+    targets = ranking_targets(events, split, cfg.exclude_seen)
+    found: dict[str, dict[int, int]] = {}
+    losses: dict[str, dict[str, float]] = {}
+    for path, (model, state) in zip(checkpoints, models, strict=True):
+        name = name_of(path, state)
+        result = evaluate_model(model, events, split, catalog, targets, cfg, chosen, progress)
+        losses[name] = result.losses
+        found[name] = result.ranks["nip"]
+        if "nip+like" in result.ranks:
+            found[f"{name} + like"] = result.ranks["nip+like"]
+    common = np.array(
+        sorted(set(targets.tolist()).intersection(*(set(r) for r in found.values()))),
+        dtype=np.int64,
+    )
+    found["MostPop"] = most_popular_ranks(events, split, catalog, common, cfg)
+    rows: dict[str, dict[str, float]] = {}
+    for name, by_row in found.items():
+        rank = np.array([by_row[r] for r in common.tolist()], dtype=np.int64)
+        base = name.removesuffix(" + like")
+        rows[name] = {
+            **(losses.get(base, {}) if name == base else {}),
+            **ranking_metrics(rank, cfg.ks),
+        }
+    report = {
+        "data": str(data),
+        "split": {
+            "split_time": split.split_time,
+            "end_time": split.end_time,
+            "test_days": test_days,
+            "test_fraction": test_fraction,
+        },
+        "catalog_size": len(catalog),
+        "test_events": int(split.in_test(events.timestamp).sum()),
+        "ranking_targets": len(common),
+        "exclude_seen": cfg.exclude_seen,
+        "models": rows,
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "eval.md").write_text(markdown_table(report))
+    return report
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report's models as a Markdown table (losses and ranking metrics)."""
+    columns: list[str] = []
+    for metrics in report["models"].values():
+        columns += [c for c in metrics if c not in columns]
+    lines = [
+        f"{report['ranking_targets']:,} ranking targets over a catalog of "
+        f"{report['catalog_size']:,} items; {report['test_events']:,} test-window events.",
+        "",
+        "| model | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for name, metrics in report["models"].items():
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""Where training runs: device, rank and precision, in one place.
+
+A single process picks CUDA when present and the CPU otherwise. Under ``torchrun`` the
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` variables select the GPU, start the process group (NCCL on
+CUDA, gloo on CPU) and shard the batches; everything else in the trainer is the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def setup(cls, device: str = "auto") -> Runtime:
+        """Read the ``torchrun`` environment (if any), pick the device, join the process group.
+
+        ``device`` is ``"auto"`` (CUDA of this rank's local GPU when available, else CPU), or any
+        torch device string.
+        """
+        rank = int(os.environ.get("RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "auto":
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        chosen = torch.device(device)
+        if chosen.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device!r} requested but CUDA is not available")
+            torch.cuda.set_device(chosen)
+        if world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        return cls(chosen, rank, world_size)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, writes checkpoints and shows progress."""
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """bf16 autocast on CUDA; full precision on CPU."""
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` on the device, in DistributedDataParallel when there is more than one rank."""
+        module = module.to(self.device)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.cuda else None
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share; every rank gets as many items as the others (the rest is dropped)."""
+        usable = len(items) - len(items) % self.world_size
+        return list(items[self.rank : usable : self.world_size])
+
+    def sum(self, value: float) -> float:
+        """Sum of ``value`` over all ranks (e.g. events processed)."""
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return float(tensor.item())
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work, so that wall-clock timings are honest."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Runtime]:
+        try:
+            yield self
+        finally:
+            self.close()

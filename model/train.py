@@ -1,0 +1,418 @@
+"""``argus pretrain``: next-item + feedback prediction (or the SASRec baseline) on an event log.
+
+The trainer knows nothing model-specific beyond :func:`model.losses.pretraining_loss` (STYLE.md 4).
+AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast and ``torch.compile``
+on CUDA. Every step reseeds torch from ``(seed, step)``, so a run is deterministic for a seed and a
+resumed run continues exactly as if it had never stopped. Rank 0 writes ``checkpoint.pt``,
+``config.json``, ``metrics.jsonl`` and ``training_curve.png`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model.argus import Argus, ArgusConfig, count_parameters, preset
+from model.checkpoint import CHECKPOINT_FILE, read_checkpoint, save_checkpoint
+from model.config import apply_overrides
+from model.data.batching import Spans, TemporalSplit, bucket_batches, chunk_spans, make_batch
+from model.data.events import Events, read_events
+from model.losses import ItemFrequencies, pretraining_loss
+from model.runtime import Runtime
+
+# Fields that may differ when resuming: they change how long or where the run goes, not what it
+# computes.
+RESUMABLE = frozenset({"max_steps", "epochs", "log_every", "checkpoint_every", "device", "compile"})
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: str  # events directory or Parquet file
+    out: str  # run directory
+    preset: str = "argus-3m"
+    model: tuple[str, ...] = ()  # ArgusConfig overrides, "key=value"
+    objective: str = "argus"  # "argus" or "sasrec"
+    max_len: int = 0  # events per history chunk; 0 keeps the preset's
+    batch_size: int = 32  # chunks per step
+    max_tokens: int = 0  # padded positions per step; 0 means batch_size * max_len
+    max_steps: int = 0  # 0: train for `epochs` epochs
+    epochs: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # on weight matrices only (no embeddings, norms or biases)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0
+    test_days: float = 7.0  # hold out the last N days for `argus evaluate`; 0 trains on everything
+    test_fraction: float = 0.0  # or hold out this fraction of the time range (wins when > 0)
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    device: str = "auto"
+    compile: str = "auto"  # "auto" (on CUDA), "on" or "off"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def model_config(self) -> ArgusConfig:
+        overrides: dict[str, Any] = {"objective": self.objective}
+        if self.max_len:
+            overrides["max_len"] = self.max_len
+        return apply_overrides(preset(self.preset, **overrides), list(self.model))
+
+    def split(self, events: Events) -> TemporalSplit | None:
+        """The held-out test window, or None when training on everything."""
+        return choose_split(events, self.test_days, self.test_fraction)
+
+
+def choose_split(events: Events, test_days: float, test_fraction: float) -> TemporalSplit | None:
+    """``last_fraction`` when ``test_fraction`` > 0, else ``last_days`` when ``test_days`` > 0."""
+    if test_fraction > 0:
+        return TemporalSplit.last_fraction(events, test_fraction)
+    if test_days > 0:
+        return TemporalSplit.last_days(events, test_days)
+    return None
+
+
+def training_events(events: Events, objective: str) -> Events:
+    """The events an objective trains on: all of them, or the positives only for SASRec."""
+    return events.take(events.positive) if objective == "sasrec" else events
+
+
+@dataclass
+class PretrainSummary:
+    preset: str
+    objective: str
+    transformer_parameters: int
+    steps: int
+    events: int  # target events processed (summed over ranks)
+    elapsed_s: float
+    final_loss: float
+    peak_memory_mib: float
+    out: str
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM; the checkpoint allows --resume
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / max(self.elapsed_s, 1e-9)
+
+    def line(self) -> str:
+        if self.interrupted:
+            return (
+                f"interrupted at step {self.steps}; checkpoint saved in {self.out} "
+                "(rerun with --resume to continue)"
+            )
+        return (
+            f"pretrained {self.preset} ({self.objective}, "
+            f"{self.transformer_parameters / 1e6:.2f}M transformer params): {self.steps} steps, "
+            f"{self.events:,} events in {self.elapsed_s:.1f} s "
+            f"({self.events_per_s:,.0f} events/s), "
+            f"final loss {self.final_loss:.4f}, peak memory {self.peak_memory_mib:,.0f} MiB "
+            f"-> {self.out}"
+        )
+
+
+class PretrainingObjective(nn.Module):
+    """The loss as one module, so that DistributedDataParallel sees a single forward."""
+
+    def __init__(self, model: Argus, frequencies: ItemFrequencies) -> None:
+        super().__init__()
+        self.model = model
+        self.frequencies = frequencies
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], uniform_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return pretraining_loss(self.model, batch, self.frequencies, uniform_ids)
+
+
+def _optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
+    no_decay = {
+        id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()
+    }
+    decay: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _epoch_batches(
+    spans: Spans, cfg: PretrainConfig, max_len: int, epoch: int, runtime: Runtime
+) -> list[np.ndarray]:
+    batches = bucket_batches(
+        spans,
+        batch_size=cfg.batch_size,
+        max_tokens=cfg.max_tokens or cfg.batch_size * max_len,
+        shuffle=True,
+        seed=cfg.seed * 1_000_003 + epoch,
+    )
+    return runtime.shard(batches)
+
+
+def _peak_memory_mib(runtime: Runtime) -> float:
+    if runtime.cuda:
+        return torch.cuda.max_memory_allocated(runtime.device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
+    current = asdict(cfg)
+    differ = [
+        name
+        for name in current
+        if name not in RESUMABLE and _plain(saved.get(name)) != _plain(current[name])
+    ]
+    if differ:
+        detail = ", ".join(f"{n}: {saved.get(n)!r} -> {current[n]!r}" for n in differ)
+        raise ValueError(f"{path}: cannot resume with a different configuration ({detail})")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def pretrain(
+    cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
+) -> PretrainSummary:
+    """Train a model as ``cfg`` says; see the module docstring."""
+    runtime = Runtime.setup(cfg.device)
+    with runtime.session():
+        return _pretrain(cfg, runtime, progress=progress, resume=resume)
+
+
+def _pretrain(
+    cfg: PretrainConfig, runtime: Runtime, *, progress: bool, resume: bool
+) -> PretrainSummary:
+    out = Path(cfg.out)
+    checkpoint_path = out / CHECKPOINT_FILE
+    saved: dict[str, Any] | None = None
+    if resume:
+        saved = read_checkpoint(checkpoint_path)
+        _check_resumable(saved["train_config"], cfg, checkpoint_path)
+    elif checkpoint_path.exists():
+        raise ValueError(
+            f"{checkpoint_path} already exists; pass --resume to continue it, or another --out"
+        )
+    model_cfg = cfg.model_config()
+    events = read_events(cfg.data)
+    split = cfg.split(events)
+    train = training_events(split.train(events) if split else events, cfg.objective)
+    if len(train) == 0:
+        raise ValueError(f"{cfg.data}: no training events before the test window")
+    spans = chunk_spans(train.user_offsets()[1], model_cfg.max_len)
+    frequencies = ItemFrequencies.from_item_ids(train.item_id).to(runtime.device)
+
+    torch.manual_seed(cfg.seed)
+    model = Argus(model_cfg)
+    optimizer = _optimizer(model, cfg)
+    step, epoch, batch_in_epoch, events_seen, elapsed = 0, 0, 0, 0, 0.0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, epoch, batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+        events_seen, elapsed = saved["events_seen"], saved["elapsed_s"]
+    model.to(runtime.device).train()
+    objective = runtime.wrap(PretrainingObjective(model, frequencies))
+    if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
+        model.compile(dynamic=True)
+
+    epoch_batches = [
+        len(_epoch_batches(spans, cfg, model_cfg.max_len, e, runtime)) for e in range(cfg.epochs)
+    ]
+    total = cfg.max_steps or sum(epoch_batches)
+    warmup = min(cfg.warmup_steps, total // 10)  # a short run still gets most of its cosine
+
+    def set_lr(at: int) -> float:
+        factor = lr_factor(at, warmup, total, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        return cfg.lr * factor
+
+    metrics_path = out / "metrics.jsonl"
+    history = _read_history(metrics_path, up_to_step=step) if saved is not None else []
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(
+            json.dumps({"train": asdict(cfg), "model": asdict(model_cfg)}, indent=2) + "\n"
+        )
+        _write_history(metrics_path, history)
+    train_until = split.split_time if split else int(train.timestamp.max()) + 1
+
+    def checkpoint() -> None:
+        if runtime.is_main:
+            save_checkpoint(
+                checkpoint_path,
+                model,
+                train_config=asdict(cfg),
+                optimizer=optimizer.state_dict(),
+                step=step,
+                epoch=epoch,
+                batch_in_epoch=batch_in_epoch,
+                events_seen=events_seen,
+                elapsed_s=elapsed,
+                train_until=train_until,
+            )
+
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc=f"pretrain {cfg.preset}/{cfg.objective}",
+        unit="step",
+        disable=not (progress and runtime.is_main),
+        dynamic_ncols=True,
+    )
+    window: dict[str, float] = defaultdict(float)
+    window_steps, window_events, window_start = 0, 0, time.perf_counter()
+    last_loss = math.nan
+    with _StopRequest() as stop:
+        while step < total:
+            batches = _epoch_batches(spans, cfg, model_cfg.max_len, epoch, runtime)
+            for index in batches[batch_in_epoch:]:
+                if step >= total:
+                    break
+                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and uniform negatives
+                lr = set_lr(step)
+                batch = make_batch(train, spans.take(index))
+                tensors = batch.to_torch(runtime.device)
+                uniform = frequencies.sample_uniform(model_cfg.n_uniform_negatives)
+                with runtime.autocast():
+                    losses = objective(tensors, uniform)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                step += 1
+                batch_in_epoch += 1
+                n_events = int(runtime.sum(float(batch.lengths.sum())))
+                events_seen += n_events
+                window_events += n_events
+                window_steps += 1
+                for name, value in losses.items():
+                    window[name] += float(value.detach())
+                window["grad_norm"] += float(grad_norm)
+                if step % cfg.log_every == 0 or step == total:
+                    runtime.synchronize()
+                    now = time.perf_counter()
+                    elapsed += now - window_start
+                    row = {name: value / window_steps for name, value in window.items()}
+                    last_loss = row["loss"]
+                    row.update(
+                        step=step,
+                        epoch=epoch,
+                        lr=lr,
+                        temperature=float(model.temperature().detach()),
+                        events_per_s=window_events / max(now - window_start, 1e-9),
+                        elapsed_s=elapsed,
+                    )
+                    history.append(row)
+                    if runtime.is_main:
+                        with metrics_path.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", ev_s=f"{row['events_per_s']:,.0f}")
+                    window.clear()
+                    window_steps, window_events, window_start = 0, 0, time.perf_counter()
+                bar.update(1)
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint()
+                if runtime.sum(float(stop.requested)) > 0:
+                    break
+            else:
+                epoch += 1
+                batch_in_epoch = 0
+                if cfg.max_steps == 0 and epoch >= cfg.epochs:
+                    break
+                continue
+            break  # stop requested
+    bar.close()
+    checkpoint()
+    if runtime.is_main:
+        from model.plots import training_curve
+
+        training_curve(history, out / "training_curve.png", title=f"{cfg.preset} ({cfg.objective})")
+    return PretrainSummary(
+        preset=cfg.preset,
+        objective=cfg.objective,
+        transformer_parameters=count_parameters(model, transformer_only=True),
+        steps=step,
+        events=events_seen,
+        elapsed_s=elapsed,
+        final_loss=last_loss,
+        peak_memory_mib=_peak_memory_mib(runtime),
+        out=str(out),
+        interrupted=step < total,
+        history=history,
+    )
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM (Ctrl-C, a preempted node, ``kubectl delete``) finish the current step,
+    write a checkpoint and end the run; ``--resume`` continues it exactly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __enter__(self) -> _StopRequest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _read_history(path: Path, up_to_step: int) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["step"] <= up_to_step]
+
+
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def config_from_options(data: str, out: str, **options: Any) -> PretrainConfig:
+    """A :class:`PretrainConfig` from CLI options; ``None`` values keep the defaults."""
+    known = {f.name for f in fields(PretrainConfig)}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"unknown pretrain options: {', '.join(sorted(unknown))}")
+    return PretrainConfig(data=data, out=out, **{k: v for k, v in options.items() if v is not None})

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_model, read_checkpoint
+from model.data.events import read_events
+from model.runtime import Runtime
+from model.train import lr_factor, pretrain
+from tests.model.conftest import tiny_config
+
+
+def losses_of(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_its_artifacts_and_loss_goes_down(sim_data: Path, tmp_path: Path) -> None:
+    summary = pretrain(tiny_config(sim_data, tmp_path, max_steps=40, lr=3e-3), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(2, 41, 2))
+    assert {"loss", "nip", "like", "dislike", "skip", "played_ratio", "lr", "events_per_s"} <= set(
+        rows[0]
+    )
+    assert rows[-1]["nip"] < rows[0]["nip"] - 0.5
+    assert (tmp_path / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"]["d_model"] == 32 and config["train"]["max_steps"] == 40
+    model, state = load_model(tmp_path)
+    assert state["step"] == summary.steps == 40 and not model.training
+    events = read_events(sim_data)
+    split_time = int(events.timestamp.max()) + 1 - 3 * 86_400
+    assert state["train_until"] == split_time  # the held-out window is recorded for evaluate
+    assert summary.events > 0 and "events/s" in summary.line()
+
+
+def test_same_seed_same_run_and_another_seed_differs(sim_data: Path, tmp_path: Path) -> None:
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        pretrain(tiny_config(sim_data, tmp_path / name, seed=seed), progress=False)
+    assert losses_of(tmp_path / "a") == losses_of(tmp_path / "b")
+    assert losses_of(tmp_path / "a") != losses_of(tmp_path / "c")
+
+
+def test_sigterm_checkpoints_and_resume_continues_exactly(sim_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(sim_data, tmp_path / "stopped", max_steps=60, log_every=1)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+
+    def terminate_after_a_few_steps() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=terminate_after_a_few_steps)
+    watcher.start()
+    stopped = pretrain(config, progress=False)
+    watcher.join()
+    assert stopped.interrupted and 3 <= stopped.steps < 60, stopped.steps
+    assert "rerun with --resume" in stopped.line()
+    assert read_checkpoint(tmp_path / "stopped")["step"] == stopped.steps
+
+    resumed = pretrain(config, progress=False, resume=True)
+    straight = pretrain(replace(config, out=str(tmp_path / "straight")), progress=False)
+    assert resumed.steps == straight.steps == 60 and not resumed.interrupted
+    # Every step is reseeded from (seed, step) and the epoch order from (seed, epoch), so the
+    # resumed run is the uninterrupted one, bit for bit (several epochs are crossed).
+    assert losses_of(tmp_path / "stopped") == losses_of(tmp_path / "straight")
+    a, b = read_checkpoint(tmp_path / "straight"), read_checkpoint(tmp_path / "stopped")
+    assert a["epoch"] > 1
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_refuses_to_overwrite_or_resume_a_different_run(sim_data: Path, tmp_path: Path) -> None:
+    pretrain(tiny_config(sim_data, tmp_path), progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="already exists; pass --resume"):
+        pretrain(tiny_config(sim_data, tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"different configuration \(lr: 0.001 -> 0.01\)"):
+        pretrain(tiny_config(sim_data, tmp_path, lr=0.01), progress=False, resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        pretrain(tiny_config(sim_data, tmp_path / "empty"), progress=False, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before  # nothing was lost
+
+
+def test_bad_settings_are_named(sim_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        tiny_config(sim_data, tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="'widht' is not a setting"):
+        tiny_config(sim_data, tmp_path, model=("widht=3",)).model_config()
+    with pytest.raises(ValueError, match="no training events before the test window"):
+        pretrain(tiny_config(sim_data, tmp_path, test_days=100), progress=False)
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: not a readable checkpoint"):
+        read_checkpoint(tmp_path)
+
+
+def test_sasrec_trains_on_positive_events_only(sim_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(sim_data, tmp_path, objective="sasrec", max_steps=0, epochs=1)
+    summary = pretrain(config, progress=False)
+    events = read_events(sim_data)
+    train = events.take(events.timestamp < config.split(events).split_time)  # type: ignore[union-attr]
+    assert summary.events == int(train.positive.sum())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "like" not in rows[0] and "nip" in rows[0]
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    factors = [lr_factor(step, warmup=10, total=100, min_ratio=0.1) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_every_rank_gets_an_equal_share() -> None:
+    items = list(range(10))
+    shares = [Runtime(torch.device("cpu"), rank, 3).shard(items) for rank in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]
+    assert sorted(np.concatenate(shares).tolist()) == list(range(9))
