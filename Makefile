@@ -7,10 +7,12 @@ BIN := $(VENV)/bin
 install:  ## set up system packages and .venv with the dev extra
 	scripts/install.sh dev
 
-demo: install  ## today's data stage: simulate a streaming service and validate it
+demo: install  ## today's offline stage: simulate a service, pretrain a small model, evaluate it
 	$(BIN)/argus simulate --users 5000 --items 20000 --days 30 --seed 1 --out data/demo
 	$(BIN)/argus validate data/demo
-	@echo "Next: .venv/bin/argus convert ml100k PATH/TO/ml-100k data/ml100k (see README)"
+	test -f runs/demo/checkpoint.pt || $(BIN)/argus pretrain --data data/demo --out runs/demo \
+		--preset argus-tiny --model hash_rows=65536 --max-len 256 --batch-size 16 --max-steps 300
+	$(BIN)/argus evaluate runs/demo --data data/demo --out runs/demo
 
 test: install  ## set up and run the whole test suite
 	$(BIN)/pytest -q
@@ -22,6 +24,9 @@ check: install  ## lint and type-check
 
 bench: install  ## run every benchmark (slow; writes results under runs/bench)
 	$(BIN)/python benchmarks/simulate.py
+	$(BIN)/python benchmarks/ml100k.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -68,6 +68,7 @@ class EvalConfig:
     exclude_seen: bool = False  # remove each user's earlier items from the ranking
     rerank_depth: int = 100  # NIP candidates re-ordered by the like probability
     batch_size: int = 64  # spans per forward pass
+    max_users: int = 0  # evaluate a seeded random sample of this many test users (0: all)
     score_chunk: int = 1 << 24  # max query x catalog scores held at once
 
 
@@ -272,10 +273,17 @@ def _rerank_with_like(
 
 
 def most_popular_ranks(
-    events: Events, split: TemporalSplit, catalog: Catalog, targets: np.ndarray, cfg: EvalConfig
+    events: Events,
+    split: TemporalSplit,
+    catalog: Catalog,
+    targets: np.ndarray,
+    cfg: EvalConfig,
+    popularity: Events | None = None,
 ) -> dict[int, int]:
-    """Ranks of ``targets`` by the number of positive training events of each item."""
-    train = events.take((events.timestamp < split.split_time) & events.positive)
+    """Ranks of ``targets`` (rows of ``events``) by the number of positive training events of each
+    item in ``popularity`` (default: ``events``)."""
+    source = popularity if popularity is not None else events
+    train = source.take((source.timestamp < split.split_time) & source.positive)
     counts = np.bincount(catalog.column(train.item_id), minlength=len(catalog)).astype(np.float32)
     scores = torch.from_numpy(counts)
     seen = _SeenItems(events, catalog) if cfg.exclude_seen else None
@@ -288,6 +296,15 @@ def most_popular_ranks(
         part = ranks(scores.expand(len(rows), -1), column[begin : begin + chunk], excluded)
         found.update(zip(rows.tolist(), part.tolist(), strict=True))
     return found
+
+
+def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) -> Events:
+    """The events of ``n`` users drawn at random (seeded) among those with test-window events."""
+    users = np.unique(events.user_id[split.in_test(events.timestamp)])
+    if len(users) <= n:
+        return events
+    chosen = np.random.default_rng(seed).choice(users, n, replace=False)
+    return events.take(np.isin(events.user_id, chosen))
 
 
 def name_of(checkpoint: str | Path, state: dict[str, Any]) -> str:
@@ -335,7 +352,10 @@ def evaluate(
                 f"starts (t={split.split_time}); evaluating it there would leak"
             )
     events = split.until_end(events)
-    catalog = Catalog.from_events(events)
+    catalog = Catalog.from_events(events)  # the whole catalog, even when users are sampled
+    all_users = events
+    if cfg.max_users:
+        events = sample_users(events, split, cfg.max_users)
     targets = ranking_targets(events, split, cfg.exclude_seen)
     found: dict[str, dict[int, int]] = {}
     losses: dict[str, dict[str, float]] = {}
@@ -350,7 +370,7 @@ def evaluate(
         sorted(set(targets.tolist()).intersection(*(set(r) for r in found.values()))),
         dtype=np.int64,
     )
-    found["MostPop"] = most_popular_ranks(events, split, catalog, common, cfg)
+    found["MostPop"] = most_popular_ranks(events, split, catalog, common, cfg, all_users)
     rows: dict[str, dict[str, float]] = {}
     for name, by_row in found.items():
         rank = np.array([by_row[r] for r in common.tolist()], dtype=np.int64)
@@ -371,6 +391,7 @@ def evaluate(
         "test_events": int(split.in_test(events.timestamp).sum()),
         "ranking_targets": len(common),
         "exclude_seen": cfg.exclude_seen,
+        "users_sampled": cfg.max_users or None,
         "models": rows,
     }
     if out is not None:

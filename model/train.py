@@ -334,6 +334,7 @@ def _pretrain(
                         lr=lr,
                         temperature=float(model.temperature().detach()),
                         events_per_s=window_events / max(now - window_start, 1e-9),
+                        events=events_seen,
                         elapsed_s=elapsed,
                     )
                     history.append(row)

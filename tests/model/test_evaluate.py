@@ -18,6 +18,7 @@ from model.evaluate import (
     ranking_metrics,
     ranking_targets,
     ranks,
+    sample_users,
 )
 from model.train import pretrain
 from tests.model.conftest import tiny_config
@@ -135,23 +136,40 @@ def test_evaluate_writes_a_report_on_common_targets(
     table = (tmp_path / "eval.md").read_text()
     assert "| MostPop |" in table and "ndcg@10" in table
 
-    # MostPop, recomputed independently with numpy on the same targets.
     events = read_events(sim_data)
     split = TemporalSplit.last_days(events, 3)
     events = split.until_end(events)
     targets = ranking_targets(events, split, exclude_seen=False)
     assert report["ranking_targets"] == len(targets)
-    train = events.take((events.timestamp < split.split_time) & events.positive)
+    assert models["MostPop"]["recall@10"] == pytest.approx(mostpop_recall10(events, split, events))
+
+    # A sample of users: fewer targets, but popularity still counts every user.
+    sampled = evaluate(
+        [trained["argus"]], sim_data, None, cfg=EvalConfig(max_users=10), progress=False
+    )
+    some = sample_users(events, split, 10)
+    assert np.unique(some.user_id).size == 10
+    assert sampled["ranking_targets"] == len(ranking_targets(some, split, exclude_seen=False))
+    expected = mostpop_recall10(some, split, events)
+    assert sampled["models"]["MostPop"]["recall@10"] == pytest.approx(expected)
+
+
+def mostpop_recall10(events: Events, split: TemporalSplit, popularity_from: Events) -> float:
+    """MostPop Recall@10, recomputed independently with numpy and dicts."""
+    targets = ranking_targets(events, split, exclude_seen=False)
+    train = popularity_from.take(
+        (popularity_from.timestamp < split.split_time) & popularity_from.positive
+    )
     items, counts = np.unique(train.item_id, return_counts=True)
     popularity = dict(zip(items.tolist(), counts.tolist(), strict=True))
-    catalog = np.unique(events.item_id)
+    catalog = np.unique(popularity_from.item_id)
     score = np.array([popularity.get(i, 0) for i in catalog.tolist()])
     hits = 0
     for row in targets:
         s = popularity.get(int(events.item_id[row]), 0)
         rank = (score > s).sum() + ((score == s).sum() - 1) // 2
         hits += rank < 10
-    assert models["MostPop"]["recall@10"] == pytest.approx(hits / len(targets))
+    return hits / len(targets)
 
 
 def test_a_checkpoint_trained_on_the_test_window_is_refused(sim_data: Path, tmp_path: Path) -> None:
