@@ -326,7 +326,10 @@ def _pretrain(
                     runtime.synchronize()
                     now = time.perf_counter()
                     elapsed += now - window_start
-                    row = {name: value / window_steps for name, value in window.items()}
+                    row = {  # averaged over the steps of the window and over ranks
+                        name: runtime.sum(value) / runtime.world_size / window_steps
+                        for name, value in window.items()
+                    }
                     last_loss = row["loss"]
                     row.update(
                         step=step,

@@ -4,6 +4,8 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -18,6 +20,8 @@ from model.data.events import read_events
 from model.runtime import Runtime
 from model.train import lr_factor, pretrain
 from tests.model.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def losses_of(out: Path) -> list[float]:
@@ -131,3 +135,23 @@ def test_every_rank_gets_an_equal_share() -> None:
     shares = [Runtime(torch.device("cpu"), rank, 3).shard(items) for rank in range(3)]
     assert [len(s) for s in shares] == [3, 3, 3]
     assert sorted(np.concatenate(shares).tolist()) == list(range(9))
+
+
+def test_the_same_command_runs_data_parallel_under_torchrun(sim_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "-m", "argus", "pretrain", "--data", str(sim_data), "--out", str(out),
+        "--preset", "argus-tiny", "--max-steps", "4", "--batch-size", "4", "--test-days", "3",
+        "--model", "n_uniform_negatives=32", "--set", "log_every=2", "--quiet",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [x for x in run.stdout.splitlines() if x.startswith("pretrained")]
+    assert len(lines) == 2  # one summary per rank
+    # Logged losses are averaged over ranks, so both ranks report the same final loss.
+    assert (
+        lines[0].split("final loss")[1].split(",")[0]
+        == lines[1].split("final loss")[1].split(",")[0]
+    )
+    assert read_checkpoint(out)["step"] == 4
