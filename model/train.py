@@ -62,13 +62,17 @@ class PretrainConfig:
     checkpoint_every: int = 500
     device: str = "auto"
     compile: str = "auto"  # "auto" (on CUDA), "on" or "off"
+    # Sparse gradients + SparseAdam for the hashed table: "auto" (on, except multi-GPU, where
+    # NCCL has no sparse all-reduce), "on" or "off" (dense AdamW over the whole table).
+    sparse_embeddings: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.compile not in ("auto", "on", "off"):
-            raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
+        for name in ("compile", "sparse_embeddings"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ValueError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -145,19 +149,78 @@ class PretrainingObjective(nn.Module):
         return pretraining_loss(self.model, batch, self.frequencies, uniform_ids)
 
 
-def _optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
-    no_decay = {
-        id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()
-    }
-    decay: list[nn.Parameter] = []
-    rest: list[nn.Parameter] = []
-    for p in model.parameters():
-        (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+class Optimizers:
+    """AdamW for the dense parameters and, when the hashed table's gradient is sparse, SparseAdam
+    for the table: only the rows a batch touched are read and updated (lazy Adam), so a step costs
+    what the batch uses, not the 2^19-row table. Embeddings, norms and biases get no weight decay.
+    """
+
+    def __init__(self, model: Argus, cfg: PretrainConfig, *, sparse: bool) -> None:
+        table = model.item.table
+        table.sparse = sparse
+        no_decay = {
+            id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()
+        }
+        decay: list[nn.Parameter] = []
+        rest: list[nn.Parameter] = []
+        for p in model.parameters():
+            if sparse and p is table.weight:
+                continue
+            (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
+        betas = (0.9, 0.98)
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ]
+        self.parameters = list(model.parameters())
+        self.dense = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+        self.sparse = (
+            torch.optim.SparseAdam([table.weight], lr=cfg.lr, betas=betas) if sparse else None
+        )
+
+    @property
+    def all(self) -> list[torch.optim.Optimizer]:
+        return [self.dense] if self.sparse is None else [self.dense, self.sparse]
+
+    def set_lr(self, lr: float) -> None:
+        for optimizer in self.all:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def zero_grad(self) -> None:
+        for optimizer in self.all:
+            optimizer.zero_grad(set_to_none=True)
+
+    def clip_and_step(self, max_norm: float) -> float:
+        """Clip the global gradient norm (dense and sparse alike) to ``max_norm``, then step.
+
+        Returns the norm before clipping.
+        """
+        grads = []
+        for p in self.parameters:
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    p.grad = p.grad.coalesce()  # duplicates summed, so the norm is right
+                grads.append(p.grad)
+        norms = [g.values().norm() if g.is_sparse else g.norm() for g in grads]
+        total = torch.stack(norms).norm()
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale)
+        for optimizer in self.all:
+            optimizer.step()
+        return float(total)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dense": self.dense.state_dict(),
+            "sparse": self.sparse and self.sparse.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None:
+            self.sparse.load_state_dict(state["sparse"])
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -236,7 +299,10 @@ def _pretrain(
 
     torch.manual_seed(cfg.seed)
     model = Argus(model_cfg)
-    optimizer = _optimizer(model, cfg)
+    sparse = cfg.sparse_embeddings == "on" or (
+        cfg.sparse_embeddings == "auto" and not (runtime.cuda and runtime.world_size > 1)
+    )
+    optimizer = Optimizers(model, cfg, sparse=sparse)
     step, epoch, batch_in_epoch, events_seen, elapsed = 0, 0, 0, 0, 0.0
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -256,8 +322,7 @@ def _pretrain(
 
     def set_lr(at: int) -> float:
         factor = lr_factor(at, warmup, total, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * factor
+        optimizer.set_lr(cfg.lr * factor)
         return cfg.lr * factor
 
     metrics_path = out / "metrics.jsonl"
@@ -309,10 +374,9 @@ def _pretrain(
                 uniform = frequencies.sample_uniform(model_cfg.n_uniform_negatives)
                 with runtime.autocast():
                     losses = objective(tensors, uniform)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 losses["loss"].backward()
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                grad_norm = optimizer.clip_and_step(cfg.grad_clip)
                 step += 1
                 batch_in_epoch += 1
                 n_events = int(runtime.sum(float(batch.lengths.sum())))
