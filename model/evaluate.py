@@ -37,6 +37,7 @@ from model.checkpoint import load_model
 from model.data.batching import TemporalSplit, eval_spans, iter_batches
 from model.data.events import Events, read_events
 from model.losses import feedback_losses
+from model.runtime import pick_device
 from model.train import choose_split, training_events
 
 FP_PARTS = ("like", "dislike", "skip", "played_ratio")
@@ -330,11 +331,7 @@ def evaluate(
     The split defaults to the one the (first) checkpoint held out. A checkpoint trained on events
     after the split is refused (its metrics would be leaked).
     """
-    chosen = torch.device(
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
+    chosen = pick_device(device)
     models = [load_model(path, chosen) for path in checkpoints]
     events = read_events(data)
     if test_days is None and test_fraction is None:

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 _FP_PARTS = ("like", "dislike", "skip", "played_ratio")
 
 
-def training_curve(rows: Sequence[Mapping[str, float]], path: str | Path, title: str = "") -> Path:
-    """Loss curves of a ``metrics.jsonl`` history: total and NIP loss, FP losses, learning rate."""
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend (imported on first use: train extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def training_curve(rows: Sequence[Mapping[str, float]], path: str | Path, title: str = "") -> Path:
+    """Loss curves of a ``metrics.jsonl`` history: total and NIP loss, FP losses, learning rate."""
+    plt = _pyplot()
     path = Path(path)
     steps = [row["step"] for row in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -42,11 +49,7 @@ def compare_curves(
     runs: Mapping[str, Sequence[Mapping[str, float]]], key: str, path: str | Path, title: str = ""
 ) -> Path:
     """One line per run of ``key`` against step (e.g. NIP loss of two model sizes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, rows in runs.items():

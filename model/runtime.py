@@ -20,6 +20,18 @@ from torch import nn
 T = TypeVar("T")
 
 
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"``: this rank's local GPU (``LOCAL_RANK``) when CUDA is available, else the CPU;
+    otherwise any torch device string, refused by name when it asks for CUDA that is not there."""
+    if device == "auto":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return chosen
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -35,13 +47,8 @@ class Runtime:
         """
         rank = int(os.environ.get("RANK", "0"))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        chosen = torch.device(device)
+        chosen = pick_device(device)
         if chosen.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device {device!r} requested but CUDA is not available")
             torch.cuda.set_device(chosen)
         if world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -314,10 +314,9 @@ def _pretrain(
     if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
         model.compile(dynamic=True)
 
-    epoch_batches = [
+    total = cfg.max_steps or sum(
         len(_epoch_batches(spans, cfg, model_cfg.max_len, e, runtime)) for e in range(cfg.epochs)
-    ]
-    total = cfg.max_steps or sum(epoch_batches)
+    )
     warmup = min(cfg.warmup_steps, total // 10)  # a short run still gets most of its cosine
 
     def set_lr(at: int) -> float:
@@ -475,12 +474,3 @@ def _read_history(path: Path, up_to_step: int) -> list[dict[str, float]]:
 
 def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def config_from_options(data: str, out: str, **options: Any) -> PretrainConfig:
-    """A :class:`PretrainConfig` from CLI options; ``None`` values keep the defaults."""
-    known = {f.name for f in fields(PretrainConfig)}
-    unknown = set(options) - known
-    if unknown:
-        raise ValueError(f"unknown pretrain options: {', '.join(sorted(unknown))}")
-    return PretrainConfig(data=data, out=out, **{k: v for k, v in options.items() if v is not None})
