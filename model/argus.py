@@ -49,6 +49,7 @@ class ArgusConfig:
     n_uniform_negatives: int = 1024  # uniform samples added to the in-batch negatives
     init_temperature: float = 0.05  # T = exp(tau), learned, clipped to [0.01, 100]
     hash_seed: int = 0
+    tower_dim: int = 0  # width of the two-tower vectors u, v (fine-tuning); 0: no towers
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -204,6 +205,13 @@ class Argus(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+        if cfg.tower_dim:  # DESIGN.md §5: u = P_u h, v = MLP(e_item)
+            self.user_proj = nn.Linear(d, cfg.tower_dim, bias=False)
+            self.item_mlp = _mlp(e, d, cfg.tower_dim)
+
+    @property
+    def has_towers(self) -> bool:
+        return self.cfg.tower_dim > 0
 
     # -- embeddings ------------------------------------------------------------------------------
 
@@ -258,6 +266,16 @@ class Argus(nn.Module):
     ) -> torch.Tensor:
         """(N, D), (N, D), (N, E) -> (N, 4) logits of like, dislike, skip, played_ratio."""
         return self.fp_head(torch.cat([h, next_context, next_item], dim=-1))
+
+    def user_vector(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., D) states -> (..., tower_dim) user vectors ``u = P_u h`` (fine-tuned models)."""
+        return self.user_proj(h)
+
+    def item_vector(
+        self, item_id: torch.Tensor, artist_id: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(...) ids -> (..., tower_dim) item vectors ``v = MLP(e_item)``; score = <u, v>."""
+        return self.item_mlp(self.item_embedding(item_id, artist_id))
 
     def temperature(self) -> torch.Tensor:
         """T = exp(tau), clipped to [0.01, 100]."""

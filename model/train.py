@@ -9,6 +9,7 @@ resumed run continues exactly as if it had never stopped. Rank 0 writes ``checkp
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import resource
@@ -16,6 +17,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,8 +103,12 @@ def training_events(events: Events, objective: str) -> Events:
     return events.take(events.positive) if objective == "sasrec" else events
 
 
+_PAST = {"pretrain": "pretrained", "finetune": "fine-tuned"}
+
+
 @dataclass
-class PretrainSummary:
+class TrainSummary:
+    stage: str  # "pretrain" or "finetune"
     preset: str
     objective: str
     transformer_parameters: int
@@ -126,7 +132,7 @@ class PretrainSummary:
                 "(rerun with --resume to continue)"
             )
         return (
-            f"pretrained {self.preset} ({self.objective}, "
+            f"{_PAST[self.stage]} {self.preset} ({self.objective}, "
             f"{self.transformer_parameters / 1e6:.2f}M transformer params): {self.steps} steps, "
             f"{self.events:,} events in {self.elapsed_s:.1f} s "
             f"({self.events_per_s:,.0f} events/s), "
@@ -163,7 +169,8 @@ class Optimizers:
         }
         decay: list[nn.Parameter] = []
         rest: list[nn.Parameter] = []
-        for p in model.parameters():
+        trainable = [p for p in model.parameters() if p.requires_grad]  # fine-tuning freezes heads
+        for p in trainable:
             if sparse and p is table.weight:
                 continue
             (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
@@ -172,7 +179,7 @@ class Optimizers:
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": rest, "weight_decay": 0.0},
         ]
-        self.parameters = list(model.parameters())
+        self.parameters = trainable
         self.dense = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
         self.sparse = (
             torch.optim.SparseAdam([table.weight], lr=cfg.lr, betas=betas) if sparse else None
@@ -231,9 +238,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _epoch_batches(
-    spans: Spans, cfg: PretrainConfig, max_len: int, epoch: int, runtime: Runtime
+def epoch_batches(
+    spans: Spans, cfg: PretrainConfig, max_len: int, runtime: Runtime, epoch: int
 ) -> list[np.ndarray]:
+    """This rank's batches of spans for ``epoch``: shuffled, length-bucketed, seeded by epoch."""
     batches = bucket_batches(
         spans,
         batch_size=cfg.batch_size,
@@ -266,39 +274,78 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple | list) else value
 
 
-def pretrain(
-    cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
-) -> PretrainSummary:
+def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False) -> TrainSummary:
     """Train a model as ``cfg`` says; see the module docstring."""
     runtime = Runtime.setup(cfg.device)
     with runtime.session():
-        return _pretrain(cfg, runtime, progress=progress, resume=resume)
+        saved = _saved_state(cfg, resume)
+        model_cfg = cfg.model_config()
+        events = read_events(cfg.data)
+        split = cfg.split(events)
+        train = training_events(split.train(events) if split else events, cfg.objective)
+        if len(train) == 0:
+            raise ValueError(f"{cfg.data}: no training events before the test window")
+        spans = chunk_spans(train.user_offsets()[1], model_cfg.max_len)
+        frequencies = ItemFrequencies.from_item_ids(train.item_id).to(runtime.device)
+        torch.manual_seed(cfg.seed)
+        model = Argus(model_cfg)
+
+        def step(objective: nn.Module, index: np.ndarray) -> tuple[dict[str, torch.Tensor], int]:
+            batch = make_batch(train, spans.take(index))
+            uniform = frequencies.sample_uniform(model_cfg.n_uniform_negatives)
+            with runtime.autocast():
+                losses = objective(batch.to_torch(runtime.device), uniform)
+            return losses, int(batch.lengths.sum())
+
+        job = Job(
+            cfg=cfg,
+            stage="pretrain",
+            objective_name=cfg.objective,
+            model=model,
+            objective=PretrainingObjective(model, frequencies),
+            epoch_batches=functools.partial(epoch_batches, spans, cfg, model_cfg.max_len, runtime),
+            step=step,
+            train_until=split.split_time if split else int(train.timestamp.max()) + 1,
+        )
+        return run_job(job, runtime, saved, progress=progress)
 
 
-def _pretrain(
-    cfg: PretrainConfig, runtime: Runtime, *, progress: bool, resume: bool
-) -> PretrainSummary:
-    out = Path(cfg.out)
-    checkpoint_path = out / CHECKPOINT_FILE
-    saved: dict[str, Any] | None = None
+def _saved_state(cfg: PretrainConfig, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume (checked against ``cfg``), or None; refuses to overwrite one."""
+    checkpoint_path = Path(cfg.out) / CHECKPOINT_FILE
     if resume:
         saved = read_checkpoint(checkpoint_path)
         _check_resumable(saved["train_config"], cfg, checkpoint_path)
-    elif checkpoint_path.exists():
+        return saved
+    if checkpoint_path.exists():
         raise ValueError(
             f"{checkpoint_path} already exists; pass --resume to continue it, or another --out"
         )
-    model_cfg = cfg.model_config()
-    events = read_events(cfg.data)
-    split = cfg.split(events)
-    train = training_events(split.train(events) if split else events, cfg.objective)
-    if len(train) == 0:
-        raise ValueError(f"{cfg.data}: no training events before the test window")
-    spans = chunk_spans(train.user_offsets()[1], model_cfg.max_len)
-    frequencies = ItemFrequencies.from_item_ids(train.item_id).to(runtime.device)
+    return None
 
-    torch.manual_seed(cfg.seed)
-    model = Argus(model_cfg)
+
+@dataclass
+class Job:
+    """What differs between pretraining and fine-tuning; :func:`run_job` is the shared loop."""
+
+    cfg: PretrainConfig
+    stage: str  # "pretrain" or "finetune"
+    objective_name: str  # "argus", "sasrec" or "pairwise"
+    model: Argus
+    objective: nn.Module  # computes the losses; wrapped in DDP when there are several ranks
+    epoch_batches: Callable[[int], list[np.ndarray]]  # this rank's batches of an epoch
+    # (wrapped objective, batch) -> (losses with a "loss" entry, events the batch processed)
+    step: Callable[[nn.Module, np.ndarray], tuple[dict[str, torch.Tensor], int]]
+    train_until: int  # the model has seen no event at or after this time
+
+
+def run_job(
+    job: Job, runtime: Runtime, saved: dict[str, Any] | None, *, progress: bool
+) -> TrainSummary:
+    """Optimise ``job.objective``: schedule, clipping, checkpoints, resume, metrics, curve."""
+    cfg, model = job.cfg, job.model
+    out = Path(cfg.out)
+    checkpoint_path = out / CHECKPOINT_FILE
     sparse = cfg.sparse_embeddings == "on" or (
         cfg.sparse_embeddings == "auto" and not (runtime.cuda and runtime.world_size > 1)
     )
@@ -310,13 +357,11 @@ def _pretrain(
         step, epoch, batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         events_seen, elapsed = saved["events_seen"], saved["elapsed_s"]
     model.to(runtime.device).train()
-    objective = runtime.wrap(PretrainingObjective(model, frequencies))
+    objective = runtime.wrap(job.objective)
     if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
         model.compile(dynamic=True)
 
-    total = cfg.max_steps or sum(
-        len(_epoch_batches(spans, cfg, model_cfg.max_len, e, runtime)) for e in range(cfg.epochs)
-    )
+    total = cfg.max_steps or sum(len(job.epoch_batches(e)) for e in range(cfg.epochs))
     warmup = min(cfg.warmup_steps, total // 10)  # a short run still gets most of its cosine
 
     def set_lr(at: int) -> float:
@@ -329,10 +374,9 @@ def _pretrain(
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(
-            json.dumps({"train": asdict(cfg), "model": asdict(model_cfg)}, indent=2) + "\n"
+            json.dumps({"train": asdict(cfg), "model": asdict(model.cfg)}, indent=2) + "\n"
         )
         _write_history(metrics_path, history)
-    train_until = split.split_time if split else int(train.timestamp.max()) + 1
 
     def checkpoint() -> None:
         if runtime.is_main:
@@ -346,13 +390,14 @@ def _pretrain(
                 batch_in_epoch=batch_in_epoch,
                 events_seen=events_seen,
                 elapsed_s=elapsed,
-                train_until=train_until,
+                train_until=job.train_until,
             )
 
+    title = f"{cfg.preset} ({job.objective_name})"
     bar = tqdm(
         total=total,
         initial=step,
-        desc=f"pretrain {cfg.preset}/{cfg.objective}",
+        desc=f"{job.stage} {title}",
         unit="step",
         disable=not (progress and runtime.is_main),
         dynamic_ncols=True,
@@ -362,23 +407,19 @@ def _pretrain(
     last_loss = math.nan
     with _StopRequest() as stop:
         while step < total:
-            batches = _epoch_batches(spans, cfg, model_cfg.max_len, epoch, runtime)
+            batches = job.epoch_batches(epoch)
             for index in batches[batch_in_epoch:]:
                 if step >= total:
                     break
-                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and uniform negatives
+                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, sampling
                 lr = set_lr(step)
-                batch = make_batch(train, spans.take(index))
-                tensors = batch.to_torch(runtime.device)
-                uniform = frequencies.sample_uniform(model_cfg.n_uniform_negatives)
-                with runtime.autocast():
-                    losses = objective(tensors, uniform)
+                losses, n_batch_events = job.step(objective, index)
                 optimizer.zero_grad()
                 losses["loss"].backward()
                 grad_norm = optimizer.clip_and_step(cfg.grad_clip)
                 step += 1
                 batch_in_epoch += 1
-                n_events = int(runtime.sum(float(batch.lengths.sum())))
+                n_events = int(runtime.sum(float(n_batch_events)))
                 events_seen += n_events
                 window_events += n_events
                 window_steps += 1
@@ -398,11 +439,12 @@ def _pretrain(
                         step=step,
                         epoch=epoch,
                         lr=lr,
-                        temperature=float(model.temperature().detach()),
                         events_per_s=window_events / max(now - window_start, 1e-9),
                         events=events_seen,
                         elapsed_s=elapsed,
                     )
+                    if job.objective_name != "pairwise":
+                        row["temperature"] = float(model.temperature().detach())
                     history.append(row)
                     if runtime.is_main:
                         with metrics_path.open("a") as f:
@@ -427,10 +469,11 @@ def _pretrain(
     if runtime.is_main:
         from model.plots import training_curve
 
-        training_curve(history, out / "training_curve.png", title=f"{cfg.preset} ({cfg.objective})")
-    return PretrainSummary(
+        training_curve(history, out / "training_curve.png", title=title)
+    return TrainSummary(
+        stage=job.stage,
         preset=cfg.preset,
-        objective=cfg.objective,
+        objective=job.objective_name,
         transformer_parameters=count_parameters(model, transformer_only=True),
         steps=step,
         events=events_seen,
