@@ -1,5 +1,5 @@
 """``argus`` subcommands of the offline stage: data (simulate, convert, validate) and model
-(presets, pretrain, evaluate)."""
+(presets, pretrain, finetune, evaluate)."""
 
 from __future__ import annotations
 
@@ -91,74 +91,174 @@ def presets() -> None:
         typer.echo(f"{name:<12} {transformer:>14,} {total:>14,}")
 
 
+# Options shared by `pretrain` and `finetune`.
+Data = Annotated[Path, typer.Option(help="Events directory or Parquet file.")]
+Out = Annotated[Path, typer.Option(help="Run directory: checkpoint, metrics, curve PNG.")]
+MaxLen = Annotated[int, typer.Option(help="Events per history chunk; 0 keeps the model's.")]
+BatchSize = Annotated[int, typer.Option(help="History chunks per step.")]
+MaxSteps = Annotated[int, typer.Option(help="Stop after this many steps (0: use --epochs).")]
+Epochs = Annotated[int, typer.Option(help="Passes over the training data.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).")]
+TestDays = Annotated[
+    float, typer.Option(help="Hold out the last N days for `argus evaluate` (0: none).")
+]
+TestFraction = Annotated[float, typer.Option(help="Or hold out this fraction of the time range.")]
+Seed = Annotated[int, typer.Option(help="Random seed; same seed, same run.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda:N.")]
+Resume = Annotated[bool, typer.Option(help="Continue the checkpoint in --out.")]
+Settings = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a training setting, e.g. --set warmup_steps=50."),
+]
+ModelSettings = Annotated[
+    list[str] | None,
+    typer.Option("--model", help="Override a model setting, e.g. --model dropout=0.1."),
+]
+Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
+
+
+def _train(config: Any, set_: list[str] | None, *, quiet: bool, resume: bool) -> None:
+    """Apply ``--set`` overrides, check the model config, run the stage and report its summary."""
+    from model.config import apply_overrides
+    from model.finetune import FinetuneConfig, finetune
+    from model.train import pretrain
+
+    config = apply_overrides(config, set_ or [])
+    config.model_config()  # fail on a bad model override before reading any data
+    run = finetune if isinstance(config, FinetuneConfig) else pretrain
+    summary = run(config, progress=not quiet, resume=resume)
+    typer.echo(summary.line())
+    if summary.interrupted:
+        raise typer.Exit(75)  # EX_TEMPFAIL: rerun with --resume
+
+
 @fails_cleanly
 def pretrain(
-    data: Annotated[Path, typer.Option(help="Events directory or Parquet file.")],
-    out: Annotated[Path, typer.Option(help="Run directory: checkpoint, metrics, curve PNG.")],
+    data: Data,
+    out: Out,
     preset: Annotated[
         str, typer.Option(help="Model size preset (see `argus presets`).")
     ] = "argus-3m",
     objective: Annotated[
         str, typer.Option(help="argus (NIP + FP) or sasrec (the positives-only baseline).")
     ] = "argus",
-    max_len: Annotated[
-        int, typer.Option(help="Events per history chunk; 0 keeps the preset's.")
-    ] = 0,
-    batch_size: Annotated[int, typer.Option(help="History chunks per step.")] = 32,
-    max_steps: Annotated[
-        int, typer.Option(help="Stop after this many steps (0: use --epochs).")
-    ] = 0,
-    epochs: Annotated[int, typer.Option(help="Passes over the training events.")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
-    test_days: Annotated[
-        float, typer.Option(help="Hold out the last N days for `argus evaluate` (0: none).")
-    ] = 7.0,
-    test_fraction: Annotated[
-        float, typer.Option(help="Or hold out this fraction of the time range.")
-    ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same run.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda:N.")] = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out.")] = False,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a training setting, e.g. --set warmup_steps=50."),
-    ] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", help="Override a model setting, e.g. --model dropout=0.1."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    max_len: MaxLen = 0,
+    batch_size: BatchSize = 32,
+    max_steps: MaxSteps = 0,
+    epochs: Epochs = 1,
+    lr: Lr = 1e-3,
+    test_days: TestDays = 7.0,
+    test_fraction: TestFraction = 0.0,
+    seed: Seed = 0,
+    device: Device = "auto",
+    resume: Resume = False,
+    set_: Settings = None,
+    model: ModelSettings = None,
+    quiet: Quiet = False,
 ) -> None:
     """Pretrain ARGUS (next-item + feedback prediction) or the SASRec baseline."""
     needs_extra("train", "torch")
-    from model.config import apply_overrides
     from model.train import PretrainConfig
-    from model.train import pretrain as run
 
-    config = apply_overrides(
-        PretrainConfig(
-            data=str(data),
-            out=str(out),
-            preset=preset,
-            objective=objective,
-            max_len=max_len,
-            batch_size=batch_size,
-            max_steps=max_steps,
-            epochs=epochs,
-            lr=lr,
-            test_days=test_days,
-            test_fraction=test_fraction,
-            seed=seed,
-            device=device,
-            model=tuple(model or ()),
-        ),
-        set_ or [],
+    config = PretrainConfig(
+        data=str(data),
+        out=str(out),
+        preset=preset,
+        objective=objective,
+        max_len=max_len,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        epochs=epochs,
+        lr=lr,
+        test_days=test_days,
+        test_fraction=test_fraction,
+        seed=seed,
+        device=device,
+        model=tuple(model or ()),
     )
-    config.model_config()  # fail on a bad model override before reading any data
-    summary = run(config, progress=not quiet, resume=resume)
-    typer.echo(summary.line())
-    if summary.interrupted:
-        raise typer.Exit(75)  # EX_TEMPFAIL: rerun with --resume
+    _train(config, set_, quiet=quiet, resume=resume)
+
+
+@fails_cleanly
+def finetune(
+    data: Data,
+    out: Out,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Pretrained run directory or checkpoint (default: from scratch)."),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="Size preset when training from scratch (no --init).")
+    ] = "argus-3m",
+    lag: Annotated[
+        str,
+        typer.Option(
+            help="Score an impression with the state at or before its time minus LAG "
+            "(1d: the daily vectors; 0: the real-time encoder)."
+        ),
+    ] = "1d",
+    group: Annotated[
+        str,
+        typer.Option(
+            help="Comparison groups: lag (one user, one lag bucket; 1 day when lag is 0), "
+            "session (one user, one session), or a bucket width such as 6h."
+        ),
+    ] = "lag",
+    pair_weights: Annotated[
+        str,
+        typer.Option(
+            help="Grade-pair weights over the default (grade distance), e.g. "
+            "'like>skip=4,full>partial=0'. Grades: dislike skip partial full like."
+        ),
+    ] = "",
+    max_impressions: Annotated[
+        int, typer.Option(help="Impressions per chunk and step (random subset; 0: all).")
+    ] = 256,
+    min_history: Annotated[
+        int, typer.Option(help="Events a state must have seen for its impressions to count.")
+    ] = 1,
+    tower_dim: Annotated[int, typer.Option(help="Width of u and v (0: d_model).")] = 0,
+    max_len: MaxLen = 0,
+    batch_size: BatchSize = 32,
+    max_steps: MaxSteps = 0,
+    epochs: Epochs = 1,
+    lr: Lr = 3e-4,
+    test_days: TestDays = 7.0,
+    test_fraction: TestFraction = 0.0,
+    seed: Seed = 0,
+    device: Device = "auto",
+    resume: Resume = False,
+    set_: Settings = None,
+    model: ModelSettings = None,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune two towers (u = P h, v = MLP(e_item)) with a pairwise loss on impressions."""
+    needs_extra("train", "torch")
+    from model.finetune import FinetuneConfig
+
+    config = FinetuneConfig(
+        data=str(data),
+        out=str(out),
+        init=str(init or ""),
+        preset=preset,
+        lag=lag,
+        group=group,
+        pair_weights=pair_weights,
+        max_impressions=max_impressions,
+        min_history=min_history,
+        tower_dim=tower_dim,
+        max_len=max_len,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        epochs=epochs,
+        lr=lr,
+        test_days=test_days,
+        test_fraction=test_fraction,
+        seed=seed,
+        device=device,
+        model=tuple(model or ()),
+    )
+    _train(config, set_, quiet=quiet, resume=resume)
 
 
 @fails_cleanly
@@ -177,10 +277,22 @@ def evaluate(
     exclude_seen: Annotated[
         bool, typer.Option(help="Drop each user's earlier items from the ranking (MovieLens).")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda:N.")] = "auto",
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    max_users: Annotated[
+        int, typer.Option(help="Evaluate a seeded sample of this many test users (0: all).")
+    ] = 0,
+    lag: Annotated[
+        str | None, typer.Option(help="PairAccuracy lag (default: as fine-tuned).")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="PairAccuracy groups (default: as fine-tuned).")
+    ] = None,
+    pair_weights: Annotated[
+        str | None, typer.Option(help="PairAccuracy grade-pair weights (default: as fine-tuned).")
+    ] = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
-    """Test-window NIP/FP losses and Recall/NDCG@10,100 over the full catalog, with MostPop."""
+    """Test-window losses, Recall/NDCG@10,100 with MostPop, PairAccuracy of fine-tuned models."""
     needs_extra("train", "torch")
     from model.evaluate import EvalConfig, markdown_table
     from model.evaluate import evaluate as run
@@ -191,7 +303,13 @@ def evaluate(
         out,
         test_days=test_days,
         test_fraction=test_fraction,
-        cfg=EvalConfig(exclude_seen=exclude_seen),
+        cfg=EvalConfig(
+            exclude_seen=exclude_seen,
+            max_users=max_users,
+            lag=lag,
+            group=group,
+            pair_weights=pair_weights,
+        ),
         device=device,
         progress=not quiet,
     )
@@ -247,5 +365,6 @@ def register(app: typer.Typer) -> None:
     app.command()(validate)
     app.command()(presets)
     app.command()(pretrain)
+    app.command()(finetune)
     app.command()(evaluate)
     app.add_typer(convert, name="convert")

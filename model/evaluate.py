@@ -16,6 +16,9 @@ and only test-window events are counted.
 * **ARGUS + like**: the top ``rerank_depth`` NIP candidates reordered by
   ``log P_nip(j) + log P(like | j)``, the FP head's like probability for that candidate: the
   probability of "the next item is j and it is liked".
+* **PairAccuracy** (fine-tuned models, DESIGN.md §5): the weighted share of correctly ordered pairs
+  of test-window impressions, each scored ``<u, v>`` with the state at or before its time minus the
+  lag; MostPop scores by popularity, and on simulated data the oracle by the true affinity.
 """
 
 from __future__ import annotations
@@ -34,8 +37,17 @@ from tqdm import tqdm
 
 from model.argus import Argus
 from model.checkpoint import load_model
-from model.data.batching import TemporalSplit, eval_spans, iter_batches
+from model.data.batching import TemporalSplit, covering_spans, eval_spans, iter_batches
 from model.data.events import Events, read_events
+from model.data.simulate import TRUTH_FILE, Truth
+from model.finetune import (
+    Impressions,
+    find_impressions,
+    group_pairs,
+    pair_accuracy,
+    pair_weight_table,
+    parse_duration,
+)
 from model.losses import feedback_losses
 from model.runtime import pick_device
 from model.train import choose_split, training_events
@@ -71,6 +83,10 @@ class EvalConfig:
     batch_size: int = 64  # spans per forward pass
     max_users: int = 0  # evaluate a seeded random sample of this many test users (0: all)
     score_chunk: int = 1 << 24  # max query x catalog scores held at once
+    # PairAccuracy of fine-tuned models; None: as the first fine-tuned checkpoint was trained
+    lag: str | None = None
+    group: str | None = None
+    pair_weights: str | None = None
 
 
 def ranking_targets(events: Events, split: TemporalSplit, exclude_seen: bool) -> np.ndarray:
@@ -283,10 +299,9 @@ def most_popular_ranks(
 ) -> dict[int, int]:
     """Ranks of ``targets`` (rows of ``events``) by the number of positive training events of each
     item in ``popularity`` (default: ``events``)."""
-    source = popularity if popularity is not None else events
-    train = source.take((source.timestamp < split.split_time) & source.positive)
-    counts = np.bincount(catalog.column(train.item_id), minlength=len(catalog)).astype(np.float32)
-    scores = torch.from_numpy(counts)
+    scores = torch.from_numpy(
+        popularity_counts(popularity if popularity is not None else events, split, catalog)
+    )
     seen = _SeenItems(events, catalog) if cfg.exclude_seen else None
     column = torch.from_numpy(catalog.column(events.item_id[targets]))
     found: dict[int, int] = {}
@@ -299,6 +314,47 @@ def most_popular_ranks(
     return found
 
 
+def popularity_counts(events: Events, split: TemporalSplit, catalog: Catalog) -> np.ndarray:
+    """(C,) float32 number of positive training events of each catalog item: MostPop's score."""
+    train = events.take((events.timestamp < split.split_time) & events.positive)
+    return np.bincount(catalog.column(train.item_id), minlength=len(catalog)).astype(np.float32)
+
+
+@torch.no_grad()
+def impression_scores(
+    model: Argus,
+    events: Events,
+    impressions: Impressions,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """(M,) two-tower scores ``<u, v>`` of impressions, each from its state row's hidden state
+    computed with as much history as ``max_len`` allows (one pass per user, more if needed)."""
+    if len(impressions) == 0:
+        return np.zeros(0, dtype=np.float32)
+    _, offsets = events.user_offsets()
+    user = np.searchsorted(offsets, impressions.state, side="right") - 1
+    first_of_user = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])  # states ascend per user
+    a = np.minimum.reduceat(impressions.state, first_of_user)
+    b = np.maximum.reduceat(impressions.state, first_of_user) + 1
+    spans = covering_spans(offsets[user[first_of_user]], a, b, model.cfg.max_len)
+    needed = np.unique(impressions.state)
+    u = torch.empty(len(needed), model.cfg.tower_dim, device=device)
+    batches = iter_batches(events, spans, batch_size=batch_size)
+    n_batches = -(-len(spans) // batch_size)
+    for batch in tqdm(batches, total=n_batches, desc="score", disable=not progress, leave=False):
+        rows = batch.row_index
+        wanted = batch.target_mask & np.isin(rows, needed)
+        h = model(batch.to_torch(device))[torch.from_numpy(wanted).to(device)]
+        u[torch.from_numpy(np.searchsorted(needed, rows[wanted])).to(device)] = model.user_vector(h)
+    item = torch.from_numpy(events.item_id[impressions.row]).to(device)
+    artist = torch.from_numpy(events.artist_id[impressions.row]).to(device)
+    at = torch.from_numpy(np.searchsorted(needed, impressions.state)).to(device)
+    return (u[at] * model.item_vector(item, artist)).sum(-1).cpu().numpy()
+
+
 def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) -> Events:
     """The events of ``n`` users drawn at random (seeded) among those with test-window events."""
     users = np.unique(events.user_id[split.in_test(events.timestamp)])
@@ -309,8 +365,11 @@ def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) ->
 
 
 def name_of(checkpoint: str | Path, state: dict[str, Any]) -> str:
-    """A short label: ``ARGUS`` or ``SASRec`` and the run directory's name."""
-    label = "ARGUS" if state["model_config"]["objective"] == "argus" else "SASRec"
+    """A short label: ``ARGUS``, ``ARGUS fine-tuned`` or ``SASRec`` and the run directory."""
+    config = state["model_config"]
+    label = "ARGUS" if config["objective"] == "argus" else "SASRec"
+    if config.get("tower_dim"):
+        label += " fine-tuned"
     path = Path(checkpoint)
     return f"{label} ({(path if path.is_dir() else path.parent).name})"
 
@@ -376,6 +435,10 @@ def evaluate(
             **(losses.get(base, {}) if name == base else {}),
             **ranking_metrics(rank, cfg.ks),
         }
+    towers = [(p, m, st) for p, (m, st) in zip(checkpoints, models, strict=True) if m.has_towers]
+    pair_report = None
+    if towers:
+        pair_report = _pair_accuracies(towers, events, all_users, split, catalog, data, cfg, rows)
     report = {
         "data": str(data),
         "split": {
@@ -390,6 +453,7 @@ def evaluate(
         "exclude_seen": cfg.exclude_seen,
         "users_sampled": cfg.max_users or None,
         "models": rows,
+        "pairs": pair_report,
     }
     if out is not None:
         out = Path(out)
@@ -397,6 +461,55 @@ def evaluate(
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "eval.md").write_text(markdown_table(report))
     return report
+
+
+ORACLE = "Oracle (simulator truth)"
+
+
+def _pair_accuracies(
+    towers: list[tuple[str | Path, Argus, dict[str, Any]]],
+    events: Events,
+    all_users: Events,
+    split: TemporalSplit,
+    catalog: Catalog,
+    data: str | Path,
+    cfg: EvalConfig,
+    rows: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """Weighted PairAccuracy on the test window's impressions, added to ``rows``: each fine-tuned
+    model, MostPop, and (simulated data) the oracle that scores by the true affinity."""
+    trained = towers[0][2]["train_config"]
+    lag = cfg.lag if cfg.lag is not None else trained.get("lag", "1d")
+    group = cfg.group if cfg.group is not None else trained.get("group", "lag")
+    weights = cfg.pair_weights if cfg.pair_weights is not None else trained.get("pair_weights", "")
+    table = pair_weight_table(weights)
+    found = find_impressions(events, parse_duration(lag), group)
+    test = found.take(np.flatnonzero(split.in_test(events.timestamp[found.row])))
+    hi, lo, w = group_pairs(test.group, test.grade, table)
+    for path, model, state in towers:
+        scores = impression_scores(
+            model, events, test, batch_size=cfg.batch_size, device=next(model.parameters()).device
+        )
+        rows[name_of(path, state)]["pair_accuracy"] = pair_accuracy(scores, hi, lo, w)
+    popularity = popularity_counts(all_users, split, catalog)
+    rows["MostPop"]["pair_accuracy"] = pair_accuracy(
+        popularity[catalog.column(events.item_id[test.row])], hi, lo, w
+    )
+    data = Path(data)
+    truth_path = data / TRUTH_FILE if data.is_dir() else data.with_name(TRUTH_FILE)
+    if truth_path.exists():
+        affinity = Truth(truth_path).affinity(
+            events.user_id[test.row], events.item_id[test.row], events.timestamp[test.row]
+        )
+        rows[ORACLE] = {"pair_accuracy": pair_accuracy(affinity, hi, lo, w)}
+    return {
+        "lag": lag,
+        "group": group,
+        "pair_weights": weights,
+        "impressions": len(test),
+        "pairs": len(hi),
+        "pair_weight_sum": float(w.sum()),
+    }
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -407,6 +520,14 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['ranking_targets']:,} ranking targets over a catalog of "
         f"{report['catalog_size']:,} items; {report['test_events']:,} test-window events.",
+        *(
+            [
+                f"PairAccuracy: {p['pairs']:,} pairs of {p['impressions']:,} test impressions "
+                f"(lag {p['lag']}, groups {p['group']})."
+            ]
+            if (p := report.get("pairs"))
+            else []
+        ),
         "",
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),

@@ -278,7 +278,7 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
     """Train a model as ``cfg`` says; see the module docstring."""
     runtime = Runtime.setup(cfg.device)
     with runtime.session():
-        saved = _saved_state(cfg, resume)
+        saved = saved_state(cfg, resume)
         model_cfg = cfg.model_config()
         events = read_events(cfg.data)
         split = cfg.split(events)
@@ -300,6 +300,7 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
         job = Job(
             cfg=cfg,
             stage="pretrain",
+            preset=cfg.preset,
             objective_name=cfg.objective,
             model=model,
             objective=PretrainingObjective(model, frequencies),
@@ -310,7 +311,7 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
         return run_job(job, runtime, saved, progress=progress)
 
 
-def _saved_state(cfg: PretrainConfig, resume: bool) -> dict[str, Any] | None:
+def saved_state(cfg: PretrainConfig, resume: bool) -> dict[str, Any] | None:
     """The checkpoint to resume (checked against ``cfg``), or None; refuses to overwrite one."""
     checkpoint_path = Path(cfg.out) / CHECKPOINT_FILE
     if resume:
@@ -330,6 +331,7 @@ class Job:
 
     cfg: PretrainConfig
     stage: str  # "pretrain" or "finetune"
+    preset: str  # the model's size preset, for the summary
     objective_name: str  # "argus", "sasrec" or "pairwise"
     model: Argus
     objective: nn.Module  # computes the losses; wrapped in DDP when there are several ranks
@@ -393,7 +395,7 @@ def run_job(
                 train_until=job.train_until,
             )
 
-    title = f"{cfg.preset} ({job.objective_name})"
+    title = f"{job.preset} ({job.objective_name})"
     bar = tqdm(
         total=total,
         initial=step,
@@ -472,7 +474,7 @@ def run_job(
         training_curve(history, out / "training_curve.png", title=title)
     return TrainSummary(
         stage=job.stage,
-        preset=cfg.preset,
+        preset=job.preset,
         objective=job.objective_name,
         transformer_parameters=count_parameters(model, transformer_only=True),
         steps=step,

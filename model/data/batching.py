@@ -122,9 +122,19 @@ def eval_spans(events: Events, split: TemporalSplit, max_len: int) -> Spans:
         np.add.reduceat(is_test.astype(np.int64), user_start) if len(events) else user_start * 0
     )
     has_test = n_test > 0
-    a = (user_end - n_test)[has_test]
-    b = user_end[has_test]
-    first = user_start[has_test]
+    return covering_spans(
+        user_start[has_test], (user_end - n_test)[has_test], user_end[has_test], max_len
+    )
+
+
+def covering_spans(first: np.ndarray, a: np.ndarray, b: np.ndarray, max_len: int) -> Spans:
+    """Spans that target every row of the ranges ``[a, b)`` exactly once, each target with as
+    much context as fits (back to ``first``, the row where its user's history starts).
+
+    All arrays are (U,) int64 with ``first <= a < b``. The first span of a range ends at ``b``
+    and reaches back ``max_len`` rows; if the range is longer, further spans cover the rest the
+    same way. Spans are sorted by start.
+    """
     starts, ends, targets = [], [], []
     while len(b):
         start = np.maximum(b - max_len, first)

@@ -1,0 +1,499 @@
+"""``argus finetune``: two-tower pairwise ranking of impressions, in one transformer pass.
+
+DESIGN.md §5. The user tower is ``u = P_u h`` (``h``: the transformer's state after an event), the
+item tower ``v = MLP(e_item)``, the score ``s = <u, v>``; these are the vectors the service serves.
+
+* **Impressions** are recommended events (``source > 0``) with feedback, graded
+  like > full listen > partial > skip > dislike (:data:`GRADES`).
+* **Lag.** An impression at time ``t`` is scored with the state after the last event at or before
+  ``t - lag`` (``lag`` = 1 day: yesterday's vector, as the daily recompute serves it; ``lag`` = 0:
+  the state after the previous event, as the real-time encoder serves it). No impression sees any
+  event after that point.
+* **Groups and pairs.** Impressions are compared within a group, by default one user and one lag
+  bucket (a UTC-aligned window of width ``lag``, one day when ``lag`` is 0). Every pair of a group
+  with different grades counts with the weight of its grade pair (:func:`pair_weight_table`):
+  ``L = sum w softplus(-(s_hi - s_lo)) / sum w``; the metric is the weighted PairAccuracy.
+* **One pass.** A training sample is one history chunk of one user (the chunks of pretraining):
+  the transformer runs over it once and every impression whose state lies in the chunk gathers that
+  state by index. :func:`impression_level_backward` is the reference that re-runs the transformer
+  on each group's prefix; it exists to prove the two equal and to measure the speed-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.argus import Argus, ArgusConfig
+from model.checkpoint import model_config, read_checkpoint
+from model.config import apply_overrides
+from model.data.batching import (
+    DAY,
+    Batch,
+    Spans,
+    bucket_batches,
+    chunk_spans,
+    make_batch,
+)
+from model.data.events import SKIP_THRESHOLD, Events, read_events
+from model.runtime import Runtime
+from model.train import Job, PretrainConfig, TrainSummary, epoch_batches, run_job, saved_state
+
+GRADES = ("dislike", "skip", "partial", "full", "like")  # impression grades, lowest first
+FULL_LISTEN = 0.9  # played_ratio at or above which a listen is "full"
+SESSION_GAP = 1_800  # seconds of silence that end a session (--group session)
+_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": DAY}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``"0"``, ``"3600"``, ``"90s"``, ``"30m"``, ``"6h"`` or ``"1d"``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 0, 90s, 30m, 6h, 1d")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
+def impression_grades(events: Events) -> np.ndarray:
+    """(N,) int64 grade index into :data:`GRADES` of each event; -1 where the event is not an
+    impression (organic, or a recommendation without feedback)."""
+    ratio = events.played_ratio
+    with np.errstate(invalid="ignore"):
+        grade = np.select(
+            [ratio < SKIP_THRESHOLD, ratio < FULL_LISTEN, ratio >= FULL_LISTEN], [1, 2, 3], -1
+        ).astype(np.int64)
+    grade[events.liked] = 4
+    grade[events.disliked] = 0
+    grade[events.source <= 0] = -1
+    return grade
+
+
+def pair_weight_table(spec: str = "") -> np.ndarray:
+    """(5, 5) weights ``w[hi, lo]`` of a pair whose better impression has grade ``hi``.
+
+    The default is the grade distance (like-vs-skip 3, full-vs-skip 2, like-vs-dislike 4, ...).
+    ``spec`` overrides entries: ``"like>skip=4,full>partial=0"`` (0 drops that kind of pair).
+    """
+    index = np.arange(len(GRADES))
+    table = np.clip(index[:, None] - index[None, :], 0, None).astype(np.float64)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        match = re.fullmatch(r"(\w+)\s*>\s*(\w+)\s*=\s*([0-9.eE+-]+)", part)
+        if not match:
+            raise ValueError(f"pair weight {part!r}: expected hi>lo=weight, e.g. like>skip=4")
+        hi, lo, weight = match.groups()
+        for name in (hi, lo):
+            if name not in GRADES:
+                raise ValueError(f"pair weight {part!r}: unknown grade {name!r}; known: {GRADES}")
+        h, lo_index = GRADES.index(hi), GRADES.index(lo)
+        if h <= lo_index:
+            raise ValueError(f"pair weight {part!r}: {hi} is not above {lo}")
+        value = float(weight)
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"pair weight {part!r}: the weight must be a finite number >= 0")
+        table[h, lo_index] = value
+    return table
+
+
+def state_rows(events: Events, lag: int) -> np.ndarray:
+    """(N,) the row whose state scores an impression at each row: the user's last event at or
+    before ``timestamp - lag`` (``lag`` > 0), or the previous event (``lag`` = 0); -1 if none."""
+    n = len(events)
+    users, offsets = events.user_offsets()
+    user_index = np.repeat(np.arange(len(users)), np.diff(offsets))
+    user_start = offsets[:-1][user_index]
+    if lag <= 0:
+        state = np.arange(n) - 1
+    else:
+        # One sorted key over (user, time): search each row's cut-off among its user's rows.
+        t0 = int(events.timestamp.min()) if n else 0
+        span = int(events.timestamp.max()) - t0 + lag + 1 if n else 1
+        key = user_index * span + (events.timestamp - t0 + lag)
+        state = np.searchsorted(key, key - lag, side="right") - 1
+    return np.where(state >= user_start, state, -1)
+
+
+def group_ids(events: Events, rows: np.ndarray, group: str, lag: int) -> np.ndarray:
+    """(len(rows),) consecutive group ids of impressions at ``rows`` (sorted): one user and one
+    time bucket (``group`` = ``"lag"``: width ``lag``, one day when 0; a duration: that width),
+    or one user and one session (``"session"``: a gap of 30 minutes ends one)."""
+    if group == "session":
+        new = np.ones(len(events), dtype=bool)
+        new[1:] = (events.user_id[1:] != events.user_id[:-1]) | (
+            np.diff(events.timestamp) > SESSION_GAP
+        )
+        bucket = np.cumsum(new)[rows]
+    else:
+        width = (lag or DAY) if group == "lag" else parse_duration(group)
+        if width <= 0:
+            raise ValueError(f"group {group!r}: the bucket width must be > 0")
+        bucket = events.timestamp[rows] // width
+    user = events.user_id[rows]
+    change = np.ones(len(rows), dtype=bool)
+    change[1:] = (user[1:] != user[:-1]) | (bucket[1:] != bucket[:-1])
+    return np.cumsum(change) - 1
+
+
+@dataclass(frozen=True)
+class Impressions:
+    """Impressions with a state, sorted by row. All arrays are (M,) int64."""
+
+    row: np.ndarray  # the impression's row in the events table
+    state: np.ndarray  # the row whose state scores it
+    grade: np.ndarray  # index into GRADES
+    group: np.ndarray  # comparison group id
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def take(self, index: np.ndarray) -> Impressions:
+        return Impressions(**{k: v[index] for k, v in vars(self).items()})
+
+
+def find_impressions(events: Events, lag: int, group: str) -> Impressions:
+    """Every impression of ``events`` that has a state (see the module docstring)."""
+    grade = impression_grades(events)
+    state = state_rows(events, lag)
+    rows = np.flatnonzero((grade >= 0) & (state >= 0))
+    return Impressions(rows, state[rows], grade[rows], group_ids(events, rows, group, lag))
+
+
+def group_pairs(
+    group: np.ndarray, grade: np.ndarray, table: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hi, lo, w)``: every pair of one group with ``grade[hi] > grade[lo]`` and weight > 0."""
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(g)])
+    size_of, start_of = np.repeat(sizes, sizes), np.repeat(starts, sizes)  # per impression
+    i = np.repeat(np.arange(len(g)), size_of)  # each impression once per member of its group
+    offset = np.arange(len(i)) - np.repeat(np.cumsum(size_of) - size_of, size_of)
+    j = np.repeat(start_of, size_of) + offset
+    hi, lo = order[i], order[j]
+    keep = grade[hi] > grade[lo]
+    hi, lo = hi[keep], lo[keep]
+    weight = table[grade[hi], grade[lo]]
+    keep = weight > 0
+    return hi[keep], lo[keep], weight[keep]
+
+
+def pairwise_loss(
+    scores: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """``sum w softplus(-(s_hi - s_lo)) / sum w`` (0 with no pairs, still attached to the graph)."""
+    if len(hi) == 0:
+        return scores.sum() * 0.0
+    return (weight * F.softplus(scores[lo] - scores[hi])).sum() / weight.sum()
+
+
+def pair_accuracy(scores: np.ndarray, hi: np.ndarray, lo: np.ndarray, weight: np.ndarray) -> float:
+    """Weighted share of pairs ordered correctly (ties count half); NaN with no pairs."""
+    if len(hi) == 0:
+        return float("nan")
+    correct = (scores[hi] > scores[lo]) + 0.5 * (scores[hi] == scores[lo])
+    return float((weight * correct).sum() / weight.sum())
+
+
+# -- training samples ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Samples:
+    """History chunks with impressions: chunk k's impressions are ``offsets[k]:offsets[k + 1]``
+    of ``impressions``, each scored by a state inside the chunk."""
+
+    spans: Spans
+    offsets: np.ndarray  # (S + 1,) int64
+    impressions: Impressions
+
+
+def make_samples(
+    events: Events, impressions: Impressions, max_len: int, min_history: int
+) -> Samples:
+    """Cut every user's history into the non-overlapping chunks of pretraining and give each
+    impression to the chunk holding its state; an impression whose state has fewer than
+    ``min_history`` events of the chunk behind it is dropped, and so are chunks left without any."""
+    spans = chunk_spans(events.user_offsets()[1], max_len)
+    chunk = np.searchsorted(spans.start, impressions.state, side="right") - 1
+    keep = impressions.state - spans.start[chunk] + 1 >= min_history
+    impressions, chunk = impressions.take(np.flatnonzero(keep)), chunk[keep]
+    order = np.argsort(chunk, kind="stable")
+    impressions, chunk = impressions.take(order), chunk[order]
+    used, counts = np.unique(chunk, return_counts=True)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return Samples(spans.take(used), offsets, impressions)
+
+
+@dataclass(frozen=True)
+class ImpressionBatch:
+    """The impressions of a batch of chunks and their pairs. Arrays are numpy."""
+
+    sample: np.ndarray  # (M,) batch row of the chunk holding the state
+    position: np.ndarray  # (M,) the state's position in that row
+    item_id: np.ndarray  # (M,)
+    artist_id: np.ndarray  # (M,)
+    grade: np.ndarray  # (M,)
+    group: np.ndarray  # (M,) group id, unique within the batch (a group never spans two chunks)
+    hi: np.ndarray  # (P,) index of the better impression of each pair
+    lo: np.ndarray  # (P,)
+    weight: np.ndarray  # (P,) float32
+
+    def to_torch(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        return {
+            name: torch.from_numpy(np.ascontiguousarray(value)).to(device)
+            for name, value in vars(self).items()
+        }
+
+
+def sample_batch(
+    events: Events,
+    samples: Samples,
+    index: np.ndarray,
+    table: np.ndarray,
+    max_impressions: int = 0,
+    rng: np.random.Generator | None = None,
+) -> tuple[Batch, ImpressionBatch]:
+    """The padded chunks ``index`` of ``samples`` and their impressions; a chunk with more than
+    ``max_impressions`` (> 0) keeps a random subset of that size (drawn from ``rng``)."""
+    spans = samples.spans.take(index)
+    parts: list[np.ndarray] = []
+    for k in index.tolist():
+        members = np.arange(samples.offsets[k], samples.offsets[k + 1])
+        if 0 < max_impressions < len(members):
+            rng = rng or np.random.default_rng(0)
+            members = np.sort(rng.choice(members, max_impressions, replace=False))
+        parts.append(members)
+    members = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    imp = samples.impressions.take(members)
+    sample = np.repeat(np.arange(len(index)), [len(p) for p in parts])
+    # Groups are made unique per chunk: one split by a chunk boundary forms two groups.
+    key = np.stack([sample, imp.group])
+    _, group = np.unique(key, axis=1, return_inverse=True)
+    group = group.reshape(-1).astype(np.int64)
+    hi, lo, weight = group_pairs(group, imp.grade, table)
+    return make_batch(events, spans), ImpressionBatch(
+        sample=sample.astype(np.int64),
+        position=imp.state - spans.start[sample],
+        item_id=events.item_id[imp.row],
+        artist_id=events.artist_id[imp.row],
+        grade=imp.grade,
+        group=group,
+        hi=hi,
+        lo=lo,
+        weight=weight.astype(np.float32),
+    )
+
+
+def tower_scores(
+    model: Argus, h: torch.Tensor, item_id: torch.Tensor, artist_id: torch.Tensor
+) -> torch.Tensor:
+    """(M, D) states and (M,) impressed items -> (M,) scores ``<P_u h, MLP(e_item)>``."""
+    return (model.user_vector(h) * model.item_vector(item_id, artist_id)).sum(-1)
+
+
+class PairwiseObjective(nn.Module):
+    """One-pass fine-tuning loss: the transformer runs once over the batch of chunks."""
+
+    def __init__(self, model: Argus) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        h = self.model(batch)  # (B, L, D)
+        scores = tower_scores(
+            self.model, h[imp["sample"], imp["position"]], imp["item_id"], imp["artist_id"]
+        )
+        loss = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
+        with torch.no_grad():
+            s_hi, s_lo = scores[imp["hi"]], scores[imp["lo"]]
+            correct = (s_hi > s_lo).float() + 0.5 * (s_hi == s_lo).float()
+            accuracy = (imp["weight"] * correct).sum() / imp["weight"].sum().clamp(min=1e-12)
+        return {"loss": loss, "pair_accuracy": accuracy}
+
+
+def impression_level_backward(
+    model: Argus,
+    events: Events,
+    spans: Spans,
+    imp: ImpressionBatch,
+    *,
+    prefix_batch: int = 32,
+    device: str | torch.device = "cpu",
+) -> float:
+    """The reference trainer: the same loss as :class:`PairwiseObjective` on the same batch, but
+    the transformer re-runs on each group's own prefix (the chunk up to the group's latest state).
+
+    Prefixes go through ``prefix_batch`` at a time, length-bucketed, and each part's share of the
+    loss is back-propagated at once (gradients accumulate), so memory stays bounded. Returns the
+    loss; ``spans`` are the batch's chunks, in batch-row order.
+    """
+    n_groups = int(imp.group.max()) + 1 if len(imp.group) else 0
+    total_weight = float(imp.weight.sum())
+    if n_groups == 0 or total_weight == 0:
+        return 0.0
+    group_sample = np.zeros(n_groups, dtype=np.int64)
+    group_sample[imp.group] = imp.sample
+    group_end = np.zeros(n_groups, dtype=np.int64)
+    np.maximum.at(group_end, imp.group, imp.position + 1)
+    start = spans.start[group_sample]
+    prefixes = Spans(start, start + group_end, start.copy())
+    tensors = imp.to_torch(device)
+    pair_group = imp.group[imp.hi]
+    total = 0.0
+    for part in bucket_batches(prefixes, batch_size=prefix_batch):
+        h = model(make_batch(events, prefixes.take(part)).to_torch(device))  # (G', L', D)
+        local = np.full(n_groups, -1, dtype=np.int64)
+        local[part] = np.arange(len(part))
+        mine = np.flatnonzero(local[imp.group] >= 0)  # impressions of these groups
+        where = np.full(len(imp.group), -1, dtype=np.int64)
+        where[mine] = np.arange(len(mine))
+        rows = torch.from_numpy(local[imp.group[mine]]).to(device)
+        positions = tensors["position"][mine]
+        scores = tower_scores(
+            model, h[rows, positions], tensors["item_id"][mine], tensors["artist_id"][mine]
+        )
+        pairs = np.flatnonzero(local[pair_group] >= 0)
+        hi = torch.from_numpy(where[imp.hi[pairs]]).to(device)
+        lo = torch.from_numpy(where[imp.lo[pairs]]).to(device)
+        weight = tensors["weight"][pairs]
+        loss = (weight * F.softplus(scores[lo] - scores[hi])).sum() / total_weight
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(PretrainConfig):
+    init: str = ""  # pretrained run directory or checkpoint; "" trains from scratch
+    lag: str = "1d"  # state at or before impression time - lag; "0" = the runtime variant
+    group: str = "lag"  # "lag" (user x lag bucket), "session", or a bucket width such as "6h"
+    pair_weights: str = ""  # grade-pair weight overrides, e.g. "like>skip=4"; "" = the default
+    max_impressions: int = 256  # per chunk and step (a random subset beyond it); 0: all
+    min_history: int = 1  # events of the chunk a state must have seen
+    tower_dim: int = 0  # width of u and v; 0: the model's d_model
+    lr: float = 3e-4
+    warmup_steps: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lag_seconds < 0:
+            raise ValueError(f"lag must be >= 0, got {self.lag!r}")
+        if self.group not in ("lag", "session"):
+            parse_duration(self.group)
+        pair_weight_table(self.pair_weights)
+        for name in ("max_impressions", "tower_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_history < 1:
+            raise ValueError(f"min_history must be >= 1, got {self.min_history}")
+
+    @property
+    def lag_seconds(self) -> int:
+        return parse_duration(self.lag)
+
+    def init_state(self) -> dict[str, Any] | None:
+        return read_checkpoint(self.init) if self.init else None
+
+    def model_config(self, init: dict[str, Any] | None = None) -> ArgusConfig:
+        """The pretrained model's config (or the preset's, from scratch) with the towers added;
+        ``--max-len`` and ``--model`` overrides apply either way."""
+        if init is None and self.init:
+            init = self.init_state()
+        if init is None:
+            base = super().model_config()
+        else:
+            base = model_config(init)
+            if self.max_len:  # time features only, no positions: any length works
+                base = dataclasses.replace(base, max_len=self.max_len)
+            base = apply_overrides(base, list(self.model))
+        if base.objective != "argus":
+            raise ValueError(
+                f"{self.init}: fine-tuning needs an ARGUS backbone, not objective "
+                f"{base.objective!r} (a SASRec model never reads the impressions' context)"
+            )
+        return dataclasses.replace(base, tower_dim=self.tower_dim or base.d_model)
+
+
+# -- the job -------------------------------------------------------------------------------------
+
+
+def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False) -> TrainSummary:
+    """Fine-tune the two towers (and the backbone) as ``cfg`` says; see the module docstring.
+
+    The pretraining heads (NIP, FP, temperature) are frozen: the pairwise loss does not reach them.
+    """
+    runtime = Runtime.setup(cfg.device)
+    with runtime.session():
+        saved = saved_state(cfg, resume)
+        init = cfg.init_state()
+        model_cfg = cfg.model_config(init)
+        events = read_events(cfg.data)
+        split = cfg.split(events)
+        train = split.train(events) if split else events
+        train_until = split.split_time if split else int(events.timestamp.max()) + 1
+        if init is not None and init["train_until"] > train_until:
+            raise ValueError(
+                f"{cfg.init}: pretrained on events up to t={init['train_until']}, after this "
+                f"run's test window starts (t={train_until}); use the same or an earlier split"
+            )
+        impressions = find_impressions(train, cfg.lag_seconds, cfg.group)
+        samples = make_samples(train, impressions, model_cfg.max_len, cfg.min_history)
+        if len(samples.spans) == 0:
+            raise ValueError(
+                f"{cfg.data}: no impressions (recommended events with feedback) with a state "
+                f"before their time - lag ({cfg.lag}) in the training events"
+            )
+        torch.manual_seed(cfg.seed)
+        model = Argus(model_cfg)
+        if init is not None:
+            _load_backbone(model, init["model"], cfg.init)
+        for frozen in (model.nip_head, model.fp_head):
+            frozen.requires_grad_(False)
+        model.log_temperature.requires_grad_(False)
+        table = pair_weight_table(cfg.pair_weights)
+
+        def step(objective: nn.Module, index: np.ndarray) -> tuple[dict[str, torch.Tensor], int]:
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))  # seeded per step
+            batch, imp = sample_batch(train, samples, index, table, cfg.max_impressions, rng)
+            with runtime.autocast():
+                losses = objective(batch.to_torch(runtime.device), imp.to_torch(runtime.device))
+            return losses, int(batch.lengths.sum())
+
+        preset = init["train_config"].get("preset", cfg.preset) if init else cfg.preset
+        job = Job(
+            cfg=cfg,
+            stage="finetune",
+            preset=preset,
+            objective_name="pairwise",
+            model=model,
+            objective=PairwiseObjective(model),
+            epoch_batches=functools.partial(
+                epoch_batches, samples.spans, cfg, model_cfg.max_len, runtime
+            ),
+            step=step,
+            train_until=train_until,
+        )
+        return run_job(job, runtime, saved, progress=progress)
+
+
+def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Pretrained weights into ``model``; only the new towers may be missing from them."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    towers = ("user_proj.", "item_mlp.")
+    if unexpected or any(not name.startswith(towers) for name in missing):
+        raise ValueError(
+            f"{source}: weights do not fit the model "
+            f"(missing {[n for n in missing if not n.startswith(towers)]}, unexpected {unexpected})"
+        )
