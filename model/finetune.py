@@ -388,8 +388,7 @@ class FinetuneConfig(PretrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lag_seconds < 0:
-            raise ValueError(f"lag must be >= 0, got {self.lag!r}")
+        parse_duration(self.lag)
         if self.group not in ("lag", "session"):
             parse_duration(self.group)
         pair_weight_table(self.pair_weights)

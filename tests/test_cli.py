@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from argus.cli import app
 def test_help_lists_only_working_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("simulate", "convert", "validate", "presets", "pretrain", "evaluate"):
+    for command in (
+        "simulate", "convert", "validate", "presets", "pretrain", "finetune", "evaluate",
+    ):  # fmt: skip
         assert command in result.output
     convert = CliRunner().invoke(app, ["convert", "--help"])
     assert "ml100k" in convert.output and "yambda" in convert.output
@@ -79,3 +82,38 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "| ARGUS (run) |" in result.output and "| MostPop |" in result.output
     assert (run / "eval.json").exists() and (run / "eval.md").exists()
+
+
+def test_finetune_then_evaluate_pair_accuracy_from_the_command_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = tmp_path / "sim"
+    simulate = ["simulate", "--users", "40", "--items", "200", "--days", "8", "--out", str(data)]
+    assert runner.invoke(app, [*simulate, "--quiet"]).exit_code == 0
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    common = ["--data", str(data), "--max-steps", "4", "--batch-size", "4", "--test-days", "2"]
+    pretrain = ["pretrain", *common, "--out", str(pre), "--preset", "argus-tiny", "--quiet"]
+    assert runner.invoke(app, pretrain).exit_code == 0
+    finetune = [
+        "finetune", *common, "--out", str(fine), "--init", str(pre), "--lag", "12h",
+        "--group", "session", "--pair-weights", "like>skip=5", "--tower-dim", "8", "--quiet",
+    ]  # fmt: skip
+    result = runner.invoke(app, finetune)
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned argus-tiny (pairwise" in result.output
+    bad = runner.invoke(app, [*finetune[:-10], str(tmp_path / "bad"), "--lag", "soon"])
+    assert bad.exit_code == 2 and "'soon' is not a duration" in bad.output
+    bad = runner.invoke(app, [*finetune[:-10], str(tmp_path / "bad"), "--pair-weights", "a>b=1"])
+    assert bad.exit_code == 2 and "unknown grade 'a'" in bad.output
+
+    result = runner.invoke(
+        app, ["evaluate", str(pre), str(fine), "--data", str(data), "--out", str(fine)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "(lag 12h, groups session)" in result.output
+    for row in ("| ARGUS (pre) |", "| ARGUS fine-tuned (fine) |", "| MostPop |", "| Oracle"):
+        assert row in result.output
+    report = json.loads((fine / "eval.json").read_text())
+    assert report["pairs"]["pairs"] > 0
+    for name in ("ARGUS fine-tuned (fine)", "MostPop", "Oracle (simulator truth)"):
+        assert 0.0 <= report["models"][name]["pair_accuracy"] <= 1.0
+    assert "pair_accuracy" not in report["models"]["ARGUS (pre)"]  # no towers, no score

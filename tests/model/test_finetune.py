@@ -1,0 +1,262 @@
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.argus import Argus, preset
+from model.checkpoint import load_model
+from model.data.batching import DAY
+from model.data.events import Events, read_events
+from model.evaluate import impression_scores
+from model.finetune import (
+    FinetuneConfig,
+    PairwiseObjective,
+    find_impressions,
+    finetune,
+    group_ids,
+    group_pairs,
+    impression_grades,
+    impression_level_backward,
+    make_samples,
+    pair_accuracy,
+    pair_weight_table,
+    parse_duration,
+    sample_batch,
+    state_rows,
+    tower_scores,
+)
+from model.train import pretrain
+from tests.model.conftest import tiny_config
+
+
+def events_of(timestamps: list[int], users: list[int] | None = None, **columns: list) -> Events:
+    n = len(timestamps)
+    defaults: dict[str, object] = {
+        "user_id": users or [1] * n,
+        "item_id": list(range(10, 10 + n)),
+        "source": [1] * n,
+        "artist_id": [-1] * n,
+        "played_ratio": [1.0] * n,
+        "liked": [False] * n,
+        "disliked": [False] * n,
+    }
+    arrays = {k: np.asarray(v) for k, v in {**defaults, **columns}.items()}
+    return Events.from_arrays(timestamp=np.asarray(timestamps), **arrays)
+
+
+def tiny_towers(**overrides: object) -> Argus:
+    torch.manual_seed(0)
+    return Argus(preset("argus-tiny", tower_dim=16, max_len=512, **overrides))
+
+
+def test_grades_rank_like_full_partial_skip_dislike_and_skip_organic_events() -> None:
+    nan = float("nan")
+    events = events_of(
+        list(range(8)),
+        source=[0, 1, 1, 1, 1, 1, 1, 2],
+        played_ratio=[1.0, 1.0, 0.95, 0.5, 0.1, 0.1, nan, 0.9],
+        liked=[False, True, False, False, False, False, False, False],
+        disliked=[False, False, False, False, False, True, False, False],
+    )
+    assert impression_grades(events).tolist() == [-1, 4, 3, 2, 1, 0, -1, 3]
+
+
+def test_durations_and_the_pair_weight_table() -> None:
+    assert [parse_duration(t) for t in ("0", "90s", "30m", "6h", "1d", "3600")] == [
+        0, 90, 1800, 21_600, DAY, 3600,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="'yesterday' is not a duration"):
+        parse_duration("yesterday")
+    table = pair_weight_table()
+    like, full, skip = 4, 3, 1
+    assert table[like, skip] > table[full, skip] > 0  # like-vs-skip weighs more than listen-vs-skip
+    assert table[skip, like] == 0 and np.all(np.diag(table) == 0)
+    assert pair_weight_table("like>skip=5, full>partial=0")[like, skip] == 5
+    for spec, problem in [
+        ("skip>like=1", "skip is not above like"),
+        ("love>skip=1", "unknown grade 'love'"),
+        ("like>skip=-1", "finite number >= 0"),
+        ("like-skip", "expected hi>lo=weight"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            pair_weight_table(spec)
+
+
+def test_state_rows_take_the_last_event_at_or_before_time_minus_lag() -> None:
+    t = [0, 100, DAY + 50, DAY + 100, DAY + 200, 90_000]
+    events = events_of(t, users=[1, 1, 1, 1, 1, 2])
+    assert state_rows(events, DAY).tolist() == [-1, -1, 0, 1, 1, -1]
+    assert state_rows(events, 0).tolist() == [-1, 0, 1, 2, 3, -1]  # the previous event
+
+
+@pytest.mark.parametrize("lag", [0, 3 * 3600, DAY])
+def test_state_rows_match_a_plain_loop(sim_data: Path, lag: int) -> None:
+    events = read_events(sim_data)
+    got = state_rows(events, lag)
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(events), 300, replace=False).tolist():
+        expected = -1
+        for j in range(i - 1, -1, -1):
+            if events.user_id[j] != events.user_id[i]:
+                break
+            if lag == 0 or events.timestamp[j] <= events.timestamp[i] - lag:
+                expected = j
+                break
+        assert got[i] == expected, i
+
+
+def test_groups_are_one_user_and_one_bucket_or_session() -> None:
+    t = [0, 100, 5000, DAY + 1, DAY + 2, 10]
+    events = events_of(t, users=[1, 1, 1, 1, 1, 2])
+    rows = np.arange(len(t))
+    assert group_ids(events, rows, "lag", DAY).tolist() == [0, 0, 0, 1, 1, 2]
+    assert group_ids(events, rows, "lag", 0).tolist() == [0, 0, 0, 1, 1, 2]  # 1 day when lag is 0
+    assert group_ids(events, rows, "session", DAY).tolist() == [0, 0, 1, 2, 2, 3]
+    assert group_ids(events, rows, "1h", DAY).tolist() == [0, 0, 1, 2, 2, 3]
+
+
+def test_group_pairs_are_every_differently_graded_pair_of_a_group() -> None:
+    rng = np.random.default_rng(1)
+    group = rng.integers(0, 7, 60)
+    grade = rng.integers(0, 5, 60)
+    table = pair_weight_table("full>partial=0")
+    hi, lo, weight = group_pairs(group, grade, table)
+    got = {(a, b): w for a, b, w in zip(hi.tolist(), lo.tolist(), weight.tolist(), strict=True)}
+    expected = {
+        (a, b): table[grade[a], grade[b]]
+        for a, b in itertools.permutations(range(60), 2)
+        if group[a] == group[b] and grade[a] > grade[b] and table[grade[a], grade[b]] > 0
+    }
+    assert got == expected
+    scores = grade.astype(np.float64)
+    assert pair_accuracy(scores, hi, lo, weight) == 1.0
+    assert pair_accuracy(-scores, hi, lo, weight) == 0.0
+    assert pair_accuracy(np.zeros(60), hi, lo, weight) == 0.5  # ties count half
+
+
+def test_one_pass_and_impression_level_give_the_same_loss_and_gradients(sim_data: Path) -> None:
+    events = read_events(sim_data)
+    samples = make_samples(events, find_impressions(events, DAY, "lag"), 64, min_history=1)
+    index = np.sort(np.argsort(np.diff(samples.offsets))[-6:])  # the chunks richest in impressions
+    batch, imp = sample_batch(events, samples, index, pair_weight_table())
+    assert len(imp.hi) > 500 and len(np.unique(imp.group)) > 3 * len(index)  # many prefixes
+    model = tiny_towers()
+
+    one_pass = PairwiseObjective(model)(batch.to_torch(), imp.to_torch())["loss"]
+    one_pass.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    reference = impression_level_backward(
+        model, events, samples.spans.take(index), imp, prefix_batch=5
+    )
+    assert abs(float(one_pass.detach()) - reference) < 1e-5
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        if name in grads:
+            assert p.grad is not None
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert any(float(g.abs().max()) > 1e-3 for g in grads.values())  # the test is not vacuous
+
+
+def one_pass_scores(model: Argus, events: Events, lag: int) -> dict[int, float]:
+    """Impression row -> score through the training path (one chunk per user)."""
+    samples = make_samples(events, find_impressions(events, lag, "lag"), 512, min_history=1)
+    batch, imp = sample_batch(events, samples, np.arange(len(samples.spans)), pair_weight_table())
+    tensors, it = batch.to_torch(), imp.to_torch()
+    with torch.no_grad():
+        h = model(tensors)[it["sample"], it["position"]]
+        scores = tower_scores(model, h, it["item_id"], it["artist_id"]).numpy()
+    return dict(zip(samples.impressions.row.tolist(), scores.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("lag", [DAY, 6 * 3600])
+def test_no_impression_sees_an_event_after_its_time_minus_lag(sim_data: Path, lag: int) -> None:
+    events = read_events(sim_data)
+    impressions = find_impressions(events, lag, "lag")
+    # A user's impression with several events between its cut-off and itself.
+    k = int(np.flatnonzero(impressions.row - impressions.state > 3)[0])
+    i, s = int(impressions.row[k]), int(impressions.state[k])
+    user = events.take(events.user_id == events.user_id[i])
+    i, s = (
+        i - int(np.flatnonzero(events.user_id == events.user_id[i])[0]),
+        s - (int(np.flatnonzero(events.user_id == events.user_id[i])[0])),
+    )
+    cutoff = int(user.timestamp[i]) - lag
+    assert user.timestamp[s] <= cutoff < user.timestamp[s + 1]
+    model = tiny_towers()
+
+    def scores(changed: Events) -> tuple[float, float]:
+        found = find_impressions(changed, lag, "lag")
+        at = int(np.flatnonzero(found.row == i)[0])
+        offline = impression_scores(model, changed, found.take(np.array([at])))[0]
+        return float(offline), one_pass_scores(model, changed, lag)[i]
+
+    base = scores(user)
+    # Rewrite every event after the cut-off (the impression keeps its item, its grade may change).
+    rng = np.random.default_rng(0)
+    later = np.arange(s + 1, len(user))
+    other = later[later != i]
+    columns = {name: getattr(user, name).copy() for name in vars(user)}
+    columns["item_id"][other] += 1000
+    columns["artist_id"][other] = 7
+    columns["source"][other] = rng.integers(0, 4, len(other))
+    columns["played_ratio"][later] = rng.random(len(later)).astype(np.float32)
+    columns["liked"][later] = rng.random(len(later)) < 0.5
+    columns["disliked"][later] = ~columns["liked"][later] & (rng.random(len(later)) < 0.3)
+    columns["timestamp"][later] += 3  # later still, order unchanged
+    rewritten = scores(Events(**columns))
+    np.testing.assert_allclose(rewritten, base, rtol=0, atol=1e-6)
+
+    # Move the first event after the cut-off to the cut-off itself: now the impression sees it.
+    moved = {name: getattr(user, name).copy() for name in vars(user)}
+    moved["timestamp"][s + 1] = cutoff
+    after_move = scores(Events(**moved))
+    assert min(abs(a - b) for a, b in zip(after_move, base, strict=True)) > 1e-4
+    assert abs(after_move[0] - after_move[1]) < 1e-5  # offline and one-pass scoring agree
+
+
+def test_finetune_learns_and_leaves_the_pretraining_heads_alone(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    pretrain(tiny_config(sim_data, tmp_path / "pre", max_steps=20), progress=False)
+    cfg = FinetuneConfig(
+        data=str(sim_data),
+        out=str(tmp_path / "fine"),
+        init=str(tmp_path / "pre"),
+        test_days=3.0,
+        batch_size=8,
+        max_steps=60,
+        lr=3e-3,
+        log_every=10,
+        warmup_steps=2,
+        tower_dim=16,
+    )
+    summary = finetune(cfg, progress=False)
+    assert summary.line().startswith("fine-tuned argus-tiny (pairwise")
+    rows = [json.loads(x) for x in (tmp_path / "fine" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["pair_accuracy"] > 0.55
+    before, _ = load_model(tmp_path / "pre")
+    after, state = load_model(tmp_path / "fine")
+    assert after.cfg.tower_dim == 16 and state["train_config"]["lag"] == "1d"
+    for name in ("nip_head.0.weight", "fp_head.2.bias", "log_temperature"):
+        assert torch.equal(before.state_dict()[name], after.state_dict()[name]), name
+    assert not torch.equal(before.blocks[0].qkv.weight, after.blocks[0].qkv.weight)
+
+
+def test_finetune_refuses_a_sasrec_init_and_a_leaking_one(sim_data: Path, tmp_path: Path) -> None:
+    pretrain(tiny_config(sim_data, tmp_path / "sasrec", objective="sasrec"), progress=False)
+    pretrain(tiny_config(sim_data, tmp_path / "late", test_days=1.0), progress=False)
+    base = {"data": str(sim_data), "test_days": 3.0, "max_steps": 2}
+    with pytest.raises(ValueError, match="needs an ARGUS backbone"):
+        finetune(FinetuneConfig(out=str(tmp_path / "a"), init=str(tmp_path / "sasrec"), **base))
+    with pytest.raises(ValueError, match="after this run's test window starts"):
+        finetune(FinetuneConfig(out=str(tmp_path / "b"), init=str(tmp_path / "late"), **base))
+    with pytest.raises(ValueError, match="'-1d' is not a duration"):
+        FinetuneConfig(out=str(tmp_path / "c"), lag="-1d", **base)
+    with pytest.raises(ValueError, match="min_history must be >= 1"):
+        FinetuneConfig(out=str(tmp_path / "c"), min_history=0, **base)
