@@ -7,12 +7,14 @@ BIN := $(VENV)/bin
 install:  ## set up system packages and .venv with the dev extra
 	scripts/install.sh dev
 
-demo: install  ## today's offline stage: simulate a service, pretrain a small model, evaluate it
+demo: install  ## today's offline stage: simulate a service, pretrain and fine-tune a small model, evaluate
 	$(BIN)/argus simulate --users 5000 --items 20000 --days 30 --seed 1 --out data/demo
 	$(BIN)/argus validate data/demo
 	test -f runs/demo/checkpoint.pt || $(BIN)/argus pretrain --data data/demo --out runs/demo \
 		--preset argus-tiny --model hash_rows=65536 --max-len 256 --batch-size 16 --max-steps 300
-	$(BIN)/argus evaluate runs/demo --data data/demo --out runs/demo
+	test -f runs/demo-finetuned/checkpoint.pt || $(BIN)/argus finetune --data data/demo \
+		--init runs/demo --out runs/demo-finetuned --batch-size 16 --max-steps 200
+	$(BIN)/argus evaluate runs/demo runs/demo-finetuned --data data/demo --out runs/demo-finetuned
 
 test: install  ## set up and run the whole test suite
 	$(BIN)/pytest -q
@@ -27,6 +29,8 @@ bench: install  ## run every benchmark (slow; writes results under runs/bench)
 	$(BIN)/python benchmarks/ml100k.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/python benchmarks/finetune_speedup.py
+	$(BIN)/python benchmarks/pretrain_ablation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
