@@ -123,7 +123,8 @@ class ContextEmbedding(nn.Module):
 
     def forward(self, source: torch.Tensor, timestamp: torch.Tensor) -> torch.Tensor:
         """(B, L) source and timestamp (seconds) -> (B, L, dim)."""
-        gap = torch.diff(timestamp, dim=1, prepend=timestamp[:, :1]).clamp(min=0)  # (B, L)
+        previous = torch.cat([timestamp[:, :1], timestamp[:, :-1]], dim=1)  # (ONNX has no diff)
+        gap = (timestamp - previous).clamp(min=0)  # (B, L)
         hour = torch.remainder(timestamp, _DAY) // _HOUR
         weekday = torch.remainder(timestamp // _DAY + 3, 7)  # 0 = Monday
         return (

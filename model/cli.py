@@ -1,5 +1,5 @@
 """``argus`` subcommands of the offline stage: data (simulate, convert, validate) and model
-(presets, pretrain, finetune, evaluate)."""
+(presets, pretrain, finetune, evaluate, export)."""
 
 from __future__ import annotations
 
@@ -262,6 +262,24 @@ def finetune(
 
 
 @fails_cleanly
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Fine-tuned run directory or checkpoint.")],
+    data: Data,
+    out: Annotated[Path, typer.Option(help="New directory for the encoder and vector files.")],
+    batch_size: Annotated[int, typer.Option(help="Histories per forward pass.")] = 64,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """The ONNX user encoder, item vectors and every user's vector from their latest events."""
+    needs_extra("train", "torch")
+    from model.export import export as run
+
+    typer.echo(
+        run(checkpoint, data, out, batch_size=batch_size, device=device, progress=not quiet).line()
+    )
+
+
+@fails_cleanly
 def evaluate(
     checkpoints: Annotated[
         list[Path], typer.Argument(help="Run directories or checkpoint files (one or more).")
@@ -367,4 +385,5 @@ def register(app: typer.Typer) -> None:
     app.command()(pretrain)
     app.command()(finetune)
     app.command()(evaluate)
+    app.command()(export)
     app.add_typer(convert, name="convert")

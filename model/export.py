@@ -1,0 +1,264 @@
+"""``argus export``: a fine-tuned checkpoint and an event log -> the files the daily job ships.
+
+* ``encoder.onnx`` — the user tower as an ONNX graph: padded event features ``[B, L]`` (right
+  padding) and ``lengths [B]`` in, the user vector ``u = P_u h`` of each row's last real event out
+  (``[B, dim]``); B and L are dynamic. The service's real-time path runs it with ONNX Runtime.
+* ``item_ids.npy`` / ``item_vectors.npy`` — every item of the log and its vector
+  ``v = MLP(e_item)``.
+* ``user_ids.npy`` / ``user_vectors.npy`` — every user and the vector of their last ``max_len``
+  events, computed in length-bucketed batches.
+* ``popular.npy`` — item ids by number of positive events, most popular first (the fallback).
+* ``export.json`` — model config, dim, counts, sources and timings.
+
+The directory is written under a temporary name and renamed when complete, so a reader never sees
+a half-written export. ``index/`` turns it into a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model.argus import Argus
+from model.checkpoint import load_model
+from model.data.batching import Spans, bucket_batches, make_batch
+from model.data.events import Events, read_events
+from model.runtime import pick_device
+
+ENCODER_FILE = "encoder.onnx"
+EXPORT_MANIFEST = "export.json"
+# The encoder's inputs, in order: [B, L] event features (right-padded) and [B] lengths.
+ENCODER_INPUTS = (
+    "item_id",  # int64
+    "artist_id",  # int64, -1 when unknown
+    "timestamp",  # int64 seconds
+    "source",  # int64
+    "played_ratio",  # float32, NaN when not a consumption
+    "liked",  # bool
+    "disliked",  # bool
+    "lengths",  # int64 [B], real events per row (>= 1)
+)
+ENCODER_OUTPUT = "user_vector"
+OPSET = 17
+
+
+class UserEncoder(nn.Module):
+    """The user tower over padded histories: ``u`` at each row's last real event."""
+
+    def __init__(self, model: Argus) -> None:
+        super().__init__()
+        if not model.has_towers:
+            raise ValueError("the checkpoint has no towers; export a model from `argus finetune`")
+        self.model = model
+
+    def forward(
+        self,
+        item_id: torch.Tensor,
+        artist_id: torch.Tensor,
+        timestamp: torch.Tensor,
+        source: torch.Tensor,
+        played_ratio: torch.Tensor,
+        liked: torch.Tensor,
+        disliked: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        batch = {
+            "item_id": item_id,
+            "artist_id": artist_id,
+            "timestamp": timestamp,
+            "source": source,
+            "played_ratio": played_ratio,
+            "liked": liked,
+            "disliked": disliked,
+        }
+        h = self.model(batch)  # (B, L, D); causal, so right padding never reaches a real state
+        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]  # (B, D)
+        return self.model.user_vector(last)
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Vectors of a :meth:`model.data.batching.Batch.to_torch` batch."""
+        return self(*(batch[name] for name in ENCODER_INPUTS))
+
+
+def export_onnx(model: Argus, path: str | Path) -> Path:
+    """Write the user encoder of ``model`` as ONNX with dynamic batch and length."""
+    import warnings
+
+    path = Path(path)
+    encoder = UserEncoder(model).to("cpu").float().eval()
+    b, length = 2, 3
+    example = (
+        torch.zeros(b, length, dtype=torch.int64),
+        torch.full((b, length), -1, dtype=torch.int64),
+        torch.arange(b * length, dtype=torch.int64).view(b, length),
+        torch.zeros(b, length, dtype=torch.int64),
+        torch.full((b, length), 0.5),
+        torch.zeros(b, length, dtype=torch.bool),
+        torch.zeros(b, length, dtype=torch.bool),
+        torch.tensor([length, 1]),
+    )
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "length"} for name in ENCODER_INPUTS}
+    axes["lengths"] = {0: "batch"}
+    axes[ENCODER_OUTPUT] = {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            encoder,
+            example,
+            str(path),
+            input_names=list(ENCODER_INPUTS),
+            output_names=[ENCODER_OUTPUT],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter needs no onnxscript and handles int64 hashing
+        )
+    return path
+
+
+@dataclass
+class ExportSummary:
+    out: str
+    dim: int
+    items: int
+    users: int
+    user_events: int
+    elapsed_s: float
+    users_per_s: float
+
+    def line(self) -> str:
+        return (
+            f"exported {self.users:,} user vectors ({self.user_events:,} events) and "
+            f"{self.items:,} item vectors of dim {self.dim} + {ENCODER_FILE} in "
+            f"{self.elapsed_s:.1f} s ({self.users_per_s:,.0f} users/s) -> {self.out}"
+        )
+
+
+def last_spans(events: Events, max_len: int) -> Spans:
+    """One span per user: their last ``max_len`` events (all of them when fewer)."""
+    _, offsets = events.user_offsets()
+    end = offsets[1:]
+    start = np.maximum(end - max_len, offsets[:-1])
+    return Spans(start, end, start.copy())
+
+
+@torch.no_grad()
+def user_vectors(
+    model: Argus,
+    events: Events,
+    *,
+    batch_size: int = 64,
+    max_tokens: int = 1 << 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_ids, vectors)``: each user's vector from their last ``max_len`` events."""
+    spans = last_spans(events, model.cfg.max_len)
+    users = events.user_id[spans.start]
+    vectors = np.empty((len(spans), model.cfg.tower_dim), dtype=np.float32)
+    encoder = UserEncoder(model)
+    bar = tqdm(total=len(spans), desc="user vectors", unit="user", disable=not progress)
+    for index in bucket_batches(spans, batch_size=batch_size, max_tokens=max_tokens):
+        batch = make_batch(events, spans.take(index)).to_torch(device)
+        vectors[index] = encoder.encode(batch).float().cpu().numpy()
+        bar.update(len(index))
+    bar.close()
+    return users, vectors
+
+
+@torch.no_grad()
+def item_vectors(
+    model: Argus, events: Events, *, batch_size: int = 8192, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(item_ids, vectors)`` of every item in ``events`` (sorted ids, each with its artist)."""
+    ids, first = np.unique(events.item_id, return_index=True)
+    artists = events.artist_id[first]
+    vectors = np.empty((len(ids), model.cfg.tower_dim), dtype=np.float32)
+    for begin in range(0, len(ids), batch_size):
+        part = slice(begin, begin + batch_size)
+        item = torch.from_numpy(ids[part]).to(device)
+        artist = torch.from_numpy(artists[part]).to(device)
+        vectors[part] = model.item_vector(item, artist).float().cpu().numpy()
+    return ids, vectors
+
+
+def popular_items(events: Events) -> np.ndarray:
+    """Item ids by number of positive events, most popular first (ties: smaller id first)."""
+    ids, counts = np.unique(events.item_id[events.positive], return_counts=True)
+    rest = np.setdiff1d(np.unique(events.item_id), ids)  # items never positive go last
+    return np.concatenate([ids[np.lexsort((ids, -counts))], rest]).astype(np.int64)
+
+
+def export(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> ExportSummary:
+    """Write the export directory ``out`` (see the module docstring); refuses to overwrite one."""
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"{out} already exists; export into a new directory")
+    chosen = pick_device(device)
+    model, state = load_model(checkpoint, chosen)
+    if not model.has_towers:
+        raise ValueError(f"{checkpoint}: no towers in this checkpoint; run `argus finetune` first")
+    began = time.perf_counter()
+    events = read_events(data)
+    if len(events) == 0:
+        raise ValueError(f"{data}: no events to export")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    export_onnx(model, tmp / ENCODER_FILE)
+    model.to(chosen)
+    items, item_vecs = item_vectors(model, events, device=chosen)
+    users, user_vecs = user_vectors(
+        model, events, batch_size=batch_size, device=chosen, progress=progress
+    )
+    arrays = {
+        "item_ids": items,
+        "item_vectors": item_vecs,
+        "user_ids": users,
+        "user_vectors": user_vecs,
+        "popular": popular_items(events),
+    }
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+    elapsed = time.perf_counter() - began
+    manifest: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "model_config": asdict(model.cfg),
+        "dim": model.cfg.tower_dim,
+        "n_items": len(items),
+        "n_users": len(users),
+        "trained_until": state["train_until"],
+        "events_until": int(events.timestamp.max()) + 1,
+        "encoder": {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "opset": OPSET},
+        "elapsed_s": elapsed,
+    }
+    (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out)
+    user_events = int(np.minimum(np.diff(events.user_offsets()[1]), model.cfg.max_len).sum())
+    return ExportSummary(
+        out=str(out),
+        dim=model.cfg.tower_dim,
+        items=len(items),
+        users=len(users),
+        user_events=user_events,
+        elapsed_s=elapsed,
+        users_per_s=len(users) / max(elapsed, 1e-9),
+    )

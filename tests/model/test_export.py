@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from argus.cli import app
+from model.checkpoint import load_model
+from model.data.batching import Spans, make_batch
+from model.data.events import read_events
+from model.export import (
+    ENCODER_FILE,
+    ENCODER_INPUTS,
+    UserEncoder,
+    export,
+    export_onnx,
+    last_spans,
+    popular_items,
+)
+from model.finetune import FinetuneConfig, finetune
+from model.train import pretrain
+from tests.model.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def finetuned(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fine-tuned model (a few steps: the values, not the quality, are under test)."""
+    out = tmp_path_factory.mktemp("finetuned")
+    cfg = FinetuneConfig(
+        data=str(sim_data),
+        out=str(out),
+        preset="argus-tiny",
+        model=("max_len=96",),
+        test_days=3.0,
+        batch_size=8,
+        max_steps=3,
+        tower_dim=24,
+    )
+    finetune(cfg, progress=False)
+    return out
+
+
+def histories(sim_data: Path, b: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    """``b`` real histories cut to ``length`` events and right-padded, with random lengths
+    (1 among them), as the encoder's named inputs."""
+    events = read_events(sim_data)
+    _, offsets = events.user_offsets()
+    rng = np.random.default_rng(seed)
+    users = rng.choice(len(offsets) - 1, b, replace=False)
+    n = np.minimum(rng.integers(1, length + 1, b), np.diff(offsets)[users])
+    n[0] = 1
+    start = offsets[users]
+    batch = make_batch(events, Spans(start, start + n, start), pad_to_multiple=1)
+    inputs = {name: getattr(batch, name) for name in ENCODER_INPUTS}
+    width = inputs["item_id"].shape[1]
+    assert width <= length and width == n.max()
+    return inputs
+
+
+@pytest.mark.parametrize(("b", "length"), [(1, 1), (1, 7), (3, 1), (4, 17), (16, 96)])
+def test_onnx_encoder_equals_the_torch_user_tower(
+    finetuned: Path, sim_data: Path, tmp_path: Path, b: int, length: int
+) -> None:
+    model, _ = load_model(finetuned)
+    path = export_onnx(model, tmp_path / ENCODER_FILE)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = histories(sim_data, b, length, seed=b * 100 + length)
+    (onnx_out,) = session.run(None, inputs)
+    with torch.no_grad():
+        torch_out = UserEncoder(model)(*(torch.from_numpy(inputs[n]) for n in ENCODER_INPUTS))
+    assert onnx_out.shape == (b, 24)
+    assert np.abs(onnx_out - torch_out.numpy()).max() < 1e-4
+
+
+def test_export_writes_every_vector_and_refuses_to_overwrite(
+    finetuned: Path, sim_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "export"
+    summary = export(finetuned, sim_data, out, batch_size=7, progress=False)
+    assert "user vectors" in summary.line() and "users/s" in summary.line()
+    files = {p.name for p in out.iterdir()}
+    assert files == {
+        "encoder.onnx", "export.json", "item_ids.npy", "item_vectors.npy", "user_ids.npy",
+        "user_vectors.npy", "popular.npy",
+    }  # fmt: skip
+    load = {name: np.load(out / f"{name}.npy", allow_pickle=False) for name in (
+        "item_ids", "item_vectors", "user_ids", "user_vectors", "popular")}  # fmt: skip
+    events = read_events(sim_data)
+    model, _ = load_model(finetuned)
+    assert load["user_ids"].tolist() == np.unique(events.user_id).tolist()
+    assert load["item_ids"].tolist() == np.unique(events.item_id).tolist()
+    assert load["user_vectors"].dtype == np.float32 and load["user_vectors"].shape[1] == 24
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["dim"] == 24 and manifest["n_users"] == len(load["user_ids"])
+
+    # Every user's vector is the tower at their last event, from their last max_len events,
+    # whatever batch it was computed in; and the ONNX encoder agrees.
+    session = ort.InferenceSession(str(out / ENCODER_FILE), providers=["CPUExecutionProvider"])
+    spans = last_spans(events, model.cfg.max_len)
+    assert spans.length.max() == 96 and spans.length.min() < 96
+    for k in np.random.default_rng(0).choice(len(spans), 12, replace=False).tolist():
+        batch = make_batch(events, spans.take(np.array([k])), pad_to_multiple=1)
+        with torch.no_grad():
+            alone = UserEncoder(model).encode(batch.to_torch())[0].numpy()
+        np.testing.assert_allclose(load["user_vectors"][k], alone, rtol=0, atol=1e-5)
+        (onnx_out,) = session.run(None, {n: getattr(batch, n) for n in ENCODER_INPUTS})
+        assert np.abs(onnx_out[0] - alone).max() < 1e-4
+    ids, first = np.unique(events.item_id, return_index=True)
+    with torch.no_grad():
+        expected = model.item_vector(
+            torch.from_numpy(ids), torch.from_numpy(events.artist_id[first])
+        ).numpy()
+    np.testing.assert_allclose(load["item_vectors"], expected, rtol=0, atol=1e-6)
+
+    with pytest.raises(ValueError, match="already exists"):
+        export(finetuned, sim_data, out, progress=False)
+
+
+def test_popular_items_rank_by_positive_events() -> None:
+    from model.data.events import Events
+
+    events = Events.from_arrays(
+        user_id=np.array([1, 1, 1, 2, 2, 3]),
+        item_id=np.array([5, 6, 7, 6, 8, 6]),
+        timestamp=np.arange(6),
+        source=np.zeros(6),
+        artist_id=np.full(6, -1),
+        played_ratio=np.array([1.0, 1.0, 0.1, 1.0, 1.0, 0.0]),
+        liked=np.zeros(6, bool),
+        disliked=np.zeros(6, bool),
+    )
+    assert popular_items(events).tolist() == [6, 5, 8, 7]  # 6 twice, 5 and 8 once, 7 never
+
+
+def test_export_refuses_a_model_without_towers(sim_data: Path, tmp_path: Path) -> None:
+    pretrain(tiny_config(sim_data, tmp_path / "pre", max_steps=1), progress=False)
+    with pytest.raises(ValueError, match="no towers"):
+        export(tmp_path / "pre", sim_data, tmp_path / "export", progress=False)
+    assert not (tmp_path / "export").exists()
+
+
+def test_export_from_the_command_line(finetuned: Path, sim_data: Path, tmp_path: Path) -> None:
+    args = ["export", "--checkpoint", str(finetuned), "--data", str(sim_data)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "e"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("exported ")
+    again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "e"), "--quiet"])
+    assert again.exit_code == 2 and "already exists" in again.output
