@@ -117,16 +117,14 @@ ModelSettings = Annotated[
 Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
 
 
-def _train(config: Any, set_: list[str] | None, *, quiet: bool, resume: bool) -> None:
-    """Apply ``--set`` overrides, check the model config, run the stage and report its summary."""
+def _train(
+    run: Callable[..., Any], config: Any, set_: list[str] | None, *, quiet: bool, resume: bool
+) -> None:
+    """Apply ``--set`` overrides, run the stage (which checks the model config before reading any
+    data) and report its summary."""
     from model.config import apply_overrides
-    from model.finetune import FinetuneConfig, finetune
-    from model.train import pretrain
 
-    config = apply_overrides(config, set_ or [])
-    config.model_config()  # fail on a bad model override before reading any data
-    run = finetune if isinstance(config, FinetuneConfig) else pretrain
-    summary = run(config, progress=not quiet, resume=resume)
+    summary = run(apply_overrides(config, set_ or []), progress=not quiet, resume=resume)
     typer.echo(summary.line())
     if summary.interrupted:
         raise typer.Exit(75)  # EX_TEMPFAIL: rerun with --resume
@@ -159,6 +157,7 @@ def pretrain(
     """Pretrain ARGUS (next-item + feedback prediction) or the SASRec baseline."""
     needs_extra("train", "torch")
     from model.train import PretrainConfig
+    from model.train import pretrain as run
 
     config = PretrainConfig(
         data=str(data),
@@ -176,7 +175,7 @@ def pretrain(
         device=device,
         model=tuple(model or ()),
     )
-    _train(config, set_, quiet=quiet, resume=resume)
+    _train(run, config, set_, quiet=quiet, resume=resume)
 
 
 @fails_cleanly
@@ -235,6 +234,7 @@ def finetune(
     """Fine-tune two towers (u = P h, v = MLP(e_item)) with a pairwise loss on impressions."""
     needs_extra("train", "torch")
     from model.finetune import FinetuneConfig
+    from model.finetune import finetune as run
 
     config = FinetuneConfig(
         data=str(data),
@@ -258,7 +258,7 @@ def finetune(
         device=device,
         model=tuple(model or ()),
     )
-    _train(config, set_, quiet=quiet, resume=resume)
+    _train(run, config, set_, quiet=quiet, resume=resume)
 
 
 @fails_cleanly

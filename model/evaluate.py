@@ -47,6 +47,7 @@ from model.finetune import (
     pair_accuracy,
     pair_weight_table,
     parse_duration,
+    tower_scores,
 )
 from model.losses import feedback_losses
 from model.runtime import pick_device
@@ -314,9 +315,11 @@ def most_popular_ranks(
     return found
 
 
-def popularity_counts(events: Events, split: TemporalSplit, catalog: Catalog) -> np.ndarray:
-    """(C,) float32 number of positive training events of each catalog item: MostPop's score."""
-    train = events.take((events.timestamp < split.split_time) & events.positive)
+def popularity_counts(events: Events, split: TemporalSplit | None, catalog: Catalog) -> np.ndarray:
+    """(C,) float32 number of positive training events (all events without a ``split``) of each
+    catalog item: MostPop's score."""
+    before = events.timestamp < split.split_time if split else True
+    train = events.take(before & events.positive)
     return np.bincount(catalog.column(train.item_id), minlength=len(catalog)).astype(np.float32)
 
 
@@ -341,18 +344,18 @@ def impression_scores(
     b = np.maximum.reduceat(impressions.state, first_of_user) + 1
     spans = covering_spans(offsets[user[first_of_user]], a, b, model.cfg.max_len)
     needed = np.unique(impressions.state)
-    u = torch.empty(len(needed), model.cfg.tower_dim, device=device)
+    h = torch.empty(len(needed), model.cfg.d_model, device=device)
     batches = iter_batches(events, spans, batch_size=batch_size)
     n_batches = -(-len(spans) // batch_size)
     for batch in tqdm(batches, total=n_batches, desc="score", disable=not progress, leave=False):
         rows = batch.row_index
         wanted = batch.target_mask & np.isin(rows, needed)
-        h = model(batch.to_torch(device))[torch.from_numpy(wanted).to(device)]
-        u[torch.from_numpy(np.searchsorted(needed, rows[wanted])).to(device)] = model.user_vector(h)
+        states = model(batch.to_torch(device))[torch.from_numpy(wanted).to(device)]
+        h[torch.from_numpy(np.searchsorted(needed, rows[wanted])).to(device)] = states
     item = torch.from_numpy(events.item_id[impressions.row]).to(device)
     artist = torch.from_numpy(events.artist_id[impressions.row]).to(device)
     at = torch.from_numpy(np.searchsorted(needed, impressions.state)).to(device)
-    return (u[at] * model.item_vector(item, artist)).sum(-1).cpu().numpy()
+    return tower_scores(model, h[at], item, artist).cpu().numpy()
 
 
 def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) -> Events:
@@ -478,10 +481,10 @@ def _pair_accuracies(
 ) -> dict[str, Any]:
     """Weighted PairAccuracy on the test window's impressions, added to ``rows``: each fine-tuned
     model, MostPop, and (simulated data) the oracle that scores by the true affinity."""
-    trained = towers[0][2]["train_config"]
-    lag = cfg.lag if cfg.lag is not None else trained.get("lag", "1d")
-    group = cfg.group if cfg.group is not None else trained.get("group", "lag")
-    weights = cfg.pair_weights if cfg.pair_weights is not None else trained.get("pair_weights", "")
+    trained = towers[0][2]["train_config"]  # a FinetuneConfig: towers come from `argus finetune`
+    lag = cfg.lag if cfg.lag is not None else trained["lag"]
+    group = cfg.group if cfg.group is not None else trained["group"]
+    weights = cfg.pair_weights if cfg.pair_weights is not None else trained["pair_weights"]
     table = pair_weight_table(weights)
     found = find_impressions(events, parse_duration(lag), group)
     test = found.take(np.flatnonzero(split.in_test(events.timestamp[found.row])))

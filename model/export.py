@@ -33,6 +33,7 @@ from model.argus import Argus
 from model.checkpoint import load_model
 from model.data.batching import Spans, bucket_batches, make_batch
 from model.data.events import Events, read_events
+from model.evaluate import Catalog, popularity_counts
 from model.runtime import pick_device
 
 ENCODER_FILE = "encoder.onnx"
@@ -91,7 +92,8 @@ class UserEncoder(nn.Module):
 
 
 def export_onnx(model: Argus, path: str | Path) -> Path:
-    """Write the user encoder of ``model`` as ONNX with dynamic batch and length."""
+    """Write the user encoder of ``model`` as ONNX with dynamic batch and length (traced on the
+    CPU in float32: the model is moved there)."""
     import warnings
 
     path = Path(path)
@@ -180,8 +182,8 @@ def item_vectors(
     model: Argus, events: Events, *, batch_size: int = 8192, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(item_ids, vectors)`` of every item in ``events`` (sorted ids, each with its artist)."""
-    ids, first = np.unique(events.item_id, return_index=True)
-    artists = events.artist_id[first]
+    catalog = Catalog.from_events(events)
+    ids, artists = catalog.ids, catalog.artist_id
     vectors = np.empty((len(ids), model.cfg.tower_dim), dtype=np.float32)
     for begin in range(0, len(ids), batch_size):
         part = slice(begin, begin + batch_size)
@@ -193,9 +195,9 @@ def item_vectors(
 
 def popular_items(events: Events) -> np.ndarray:
     """Item ids by number of positive events, most popular first (ties: smaller id first)."""
-    ids, counts = np.unique(events.item_id[events.positive], return_counts=True)
-    rest = np.setdiff1d(np.unique(events.item_id), ids)  # items never positive go last
-    return np.concatenate([ids[np.lexsort((ids, -counts))], rest]).astype(np.int64)
+    catalog = Catalog.from_events(events)
+    counts = popularity_counts(events, None, catalog)
+    return catalog.ids[np.lexsort((catalog.ids, -counts))]
 
 
 def export(
@@ -212,7 +214,7 @@ def export(
     if out.exists():
         raise ValueError(f"{out} already exists; export into a new directory")
     chosen = pick_device(device)
-    model, state = load_model(checkpoint, chosen)
+    model, state = load_model(checkpoint, "cpu")  # the ONNX graph is traced on the CPU
     if not model.has_towers:
         raise ValueError(f"{checkpoint}: no towers in this checkpoint; run `argus finetune` first")
     began = time.perf_counter()

@@ -185,12 +185,20 @@ def group_pairs(
 
 
 def pairwise_loss(
-    scores: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, weight: torch.Tensor
+    scores: torch.Tensor,
+    hi: torch.Tensor,
+    lo: torch.Tensor,
+    weight: torch.Tensor,
+    total_weight: float | None = None,
 ) -> torch.Tensor:
-    """``sum w softplus(-(s_hi - s_lo)) / sum w`` (0 with no pairs, still attached to the graph)."""
+    """``sum w softplus(-(s_hi - s_lo)) / sum w`` (0 with no pairs, still attached to the graph).
+
+    ``total_weight`` replaces the denominator when these pairs are one part of a larger set.
+    """
     if len(hi) == 0:
         return scores.sum() * 0.0
-    return (weight * F.softplus(scores[lo] - scores[hi])).sum() / weight.sum()
+    denominator = weight.sum() if total_weight is None else total_weight
+    return (weight * F.softplus(scores[lo] - scores[hi])).sum() / denominator
 
 
 def pair_accuracy(scores: np.ndarray, hi: np.ndarray, lo: np.ndarray, weight: np.ndarray) -> float:
@@ -364,8 +372,7 @@ def impression_level_backward(
         pairs = np.flatnonzero(local[pair_group] >= 0)
         hi = torch.from_numpy(where[imp.hi[pairs]]).to(device)
         lo = torch.from_numpy(where[imp.lo[pairs]]).to(device)
-        weight = tensors["weight"][pairs]
-        loss = (weight * F.softplus(scores[lo] - scores[hi])).sum() / total_weight
+        loss = pairwise_loss(scores, hi, lo, tensors["weight"][pairs], total_weight)
         loss.backward()
         total += float(loss.detach())
     return total
@@ -456,7 +463,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             )
         torch.manual_seed(cfg.seed)
         model = Argus(model_cfg)
-        if init is not None:
+        if init is not None and saved is None:  # a resumed run loads its own weights
             _load_backbone(model, init["model"], cfg.init)
         for frozen in (model.nip_head, model.fp_head):
             frozen.requires_grad_(False)

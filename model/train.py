@@ -307,6 +307,7 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
             epoch_batches=functools.partial(epoch_batches, spans, cfg, model_cfg.max_len, runtime),
             step=step,
             train_until=split.split_time if split else int(train.timestamp.max()) + 1,
+            extra_metrics=lambda: {"temperature": float(model.temperature().detach())},
         )
         return run_job(job, runtime, saved, progress=progress)
 
@@ -339,6 +340,8 @@ class Job:
     # (wrapped objective, batch) -> (losses with a "loss" entry, events the batch processed)
     step: Callable[[nn.Module, np.ndarray], tuple[dict[str, torch.Tensor], int]]
     train_until: int  # the model has seen no event at or after this time
+    # values logged with each metrics row besides the losses (e.g. the learned temperature)
+    extra_metrics: Callable[[], dict[str, float]] = dict
 
 
 def run_job(
@@ -445,8 +448,7 @@ def run_job(
                         events=events_seen,
                         elapsed_s=elapsed,
                     )
-                    if job.objective_name != "pairwise":
-                        row["temperature"] = float(model.temperature().detach())
+                    row.update(job.extra_metrics())
                     history.append(row)
                     if runtime.is_main:
                         with metrics_path.open("a") as f:
