@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+import index.cli
 import model.cli
 
 app = typer.Typer(
@@ -14,3 +15,4 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 model.cli.register(app)
+index.cli.register(app)

@@ -20,7 +20,7 @@ def fails_cleanly(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError) as error:
+        except (ValueError, FileNotFoundError, LookupError, ConnectionError) as error:
             typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 

@@ -31,26 +31,11 @@ from tqdm import tqdm
 
 from model.argus import Argus
 from model.checkpoint import load_model
+from model.contract import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, EXPORT_MANIFEST, OPSET
 from model.data.batching import Spans, bucket_batches, make_batch
 from model.data.events import Events, read_events
 from model.evaluate import Catalog, popularity_counts
 from model.runtime import pick_device
-
-ENCODER_FILE = "encoder.onnx"
-EXPORT_MANIFEST = "export.json"
-# The encoder's inputs, in order: [B, L] event features (right-padded) and [B] lengths.
-ENCODER_INPUTS = (
-    "item_id",  # int64
-    "artist_id",  # int64, -1 when unknown
-    "timestamp",  # int64 seconds
-    "source",  # int64
-    "played_ratio",  # float32, NaN when not a consumption
-    "liked",  # bool
-    "disliked",  # bool
-    "lengths",  # int64 [B], real events per row (>= 1)
-)
-ENCODER_OUTPUT = "user_vector"
-OPSET = 17
 
 
 class UserEncoder(nn.Module):

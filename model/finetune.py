@@ -42,6 +42,7 @@ from model.data.batching import (
     bucket_batches,
     chunk_spans,
     make_batch,
+    parse_duration,
 )
 from model.data.events import SKIP_THRESHOLD, Events, read_events
 from model.runtime import Runtime
@@ -50,15 +51,6 @@ from model.train import Job, PretrainConfig, TrainSummary, epoch_batches, run_jo
 GRADES = ("dislike", "skip", "partial", "full", "like")  # impression grades, lowest first
 FULL_LISTEN = 0.9  # played_ratio at or above which a listen is "full"
 SESSION_GAP = 1_800  # seconds of silence that end a session (--group session)
-_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": DAY}
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in ``"0"``, ``"3600"``, ``"90s"``, ``"30m"``, ``"6h"`` or ``"1d"``."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration; use e.g. 0, 90s, 30m, 6h, 1d")
-    return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
 
 
 def impression_grades(events: Events) -> np.ndarray:

@@ -3,83 +3,13 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server on 127.0.0.1 that tests can stop and restart (same port)."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(
-                "redis-server is not installed: run scripts/install.sh (apt-get redis-server)"
-            )
-        self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with code {self.process.returncode}"
-                    ) from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"redis-server not ready on port {self.port} after {timeout} s"
-                    ) from None
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
+from index.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +29,43 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def sim_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated service (about 10k events over 12 days), shared by the model tests."""
+    from model.data.simulate import SimConfig, Simulator
+
+    out = tmp_path_factory.mktemp("sim")
+    Simulator(SimConfig(n_users=80, n_items=400, n_days=12, seed=3)).run(out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def finetuned(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fine-tuned model (a few steps: the values, not the quality, are under test)."""
+    from model.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("finetuned")
+    cfg = FinetuneConfig(
+        data=str(sim_data),
+        out=str(out),
+        preset="argus-tiny",
+        model=("max_len=96",),
+        test_days=3.0,
+        batch_size=8,
+        max_steps=3,
+        tower_dim=24,
+    )
+    finetune(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(finetuned: Path, sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``argus export`` of the tiny fine-tuned model: a real encoder and real vectors."""
+    from model.export import export
+
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    export(finetuned, sim_data, out, progress=False)
+    return out

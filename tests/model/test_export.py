@@ -22,27 +22,8 @@ from model.export import (
     last_spans,
     popular_items,
 )
-from model.finetune import FinetuneConfig, finetune
 from model.train import pretrain
 from tests.model.conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def finetuned(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny fine-tuned model (a few steps: the values, not the quality, are under test)."""
-    out = tmp_path_factory.mktemp("finetuned")
-    cfg = FinetuneConfig(
-        data=str(sim_data),
-        out=str(out),
-        preset="argus-tiny",
-        model=("max_len=96",),
-        test_days=3.0,
-        batch_size=8,
-        max_steps=3,
-        tower_dim=24,
-    )
-    finetune(cfg, progress=False)
-    return out
 
 
 def histories(sim_data: Path, b: int, length: int, seed: int) -> dict[str, np.ndarray]:

@@ -1,0 +1,391 @@
+"""Bundles: one immutable, verified directory per daily version (DESIGN.md §7).
+
+``build`` turns an ``argus export`` directory into ``ROOT/<version>/``::
+
+    manifest.json      schema version, model config, dim, counts, HNSW parameters and measured
+                       recall, sha256 and size of every other file, and its own checksum
+    items.hnsw         hnswlib index over item_vectors for inner-product search (label = row;
+                       index.hnsw.ItemIndex: the MIPS-to-L2 transform by default)
+    item_ids.npy       int64 [n_items], sorted; row i of the index is item_ids[i]
+    item_vectors.npy   float32 [n_items, dim]
+    encoder.onnx       the user encoder
+    popular.npy        int64 item ids, most popular first: the fallback ranking
+    user_ids.npy       int64 [n_users], sorted
+    user_vectors.npy   float32 [n_users, dim] (the local store maps it; publish sends it to Redis)
+
+The version is the UTC build time and a short hash of the files' contents
+(``20261123T0400Z-3f9a1c``), so versions sort by time and two different bundles never share a
+name. The directory is written under a hidden name and renamed when complete: a reader never sees
+a half-built bundle.
+
+``Bundle.open`` checks the manifest's own checksum, then every file's size and sha256, then every
+array's dtype and shape against the manifest, and refuses anything else with a
+:class:`BundleError` naming the file. Arrays are loaded with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from index.hnsw import ItemIndex, Tuning, tune_ef
+from model.contract import ENCODER_FILE, EXPORT_ARRAYS, EXPORT_MANIFEST
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_FILE = "items.hnsw"
+ARRAY_FILES = {f"{name}.npy": spec for name, spec in EXPORT_ARRAYS.items()}
+BUNDLE_FILES = (INDEX_FILE, *ARRAY_FILES, ENCODER_FILE)
+
+
+class BundleError(ValueError):
+    """A bundle (or export) that must not be used; the message starts with the offending file."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    m: int = 16  # graph degree: memory and recall grow with it
+    ef_construction: int = 200  # build-time beam width: build time and graph quality
+    k: int = 100  # recall@k is measured at this k (the service's usual number of candidates)
+    target_recall: float = 0.95  # ef_search = smallest ef reaching this recall@k vs exact search
+    sample: int = 1_000  # user vectors used as tuning queries
+    threads: int = 0  # build threads, 0 = every core
+    seed: int = 0
+    space: str = "mips"  # see index.hnsw.ItemIndex; "ip" is hnswlib's raw inner-product space
+    allow_low_recall: bool = False  # write the bundle even when no ef reaches target_recall
+
+    def __post_init__(self) -> None:
+        if self.m < 2 or self.ef_construction < 1 or self.k < 1 or self.sample < 1:
+            raise ValueError("M >= 2, ef_construction >= 1, k >= 1 and sample >= 1 are required")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _manifest_checksum(manifest: dict[str, Any]) -> str:
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` with its own checksum (over every other field)."""
+    manifest = {**manifest, "checksum": _manifest_checksum(manifest)}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def load_array(path: Path, *, mmap: bool = False) -> np.ndarray:
+    """``np.load`` that never unpickles and names the file in every error."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise BundleError(path, "missing") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise BundleError(path, f"not a readable .npy array ({error})") from None
+
+
+def check_array(path: Path, array: np.ndarray, dtype: str, shape: tuple[int | None, ...]) -> None:
+    """Refuse ``array`` unless it has ``dtype`` and ``shape`` (``None`` matches any length)."""
+    if array.dtype != np.dtype(dtype):
+        raise BundleError(path, f"dtype {array.dtype}, expected {dtype}")
+    if len(array.shape) != len(shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
+    ):
+        wanted = tuple("*" if want is None else want for want in shape)
+        raise BundleError(path, f"shape {array.shape}, expected {wanted}")
+
+
+def _expected_shapes(dim: int, n_items: int, n_users: int) -> dict[str, tuple[int | None, ...]]:
+    return {
+        "item_ids.npy": (n_items,),
+        "item_vectors.npy": (n_items, dim),
+        "user_ids.npy": (n_users,),
+        "user_vectors.npy": (n_users, dim),
+        "popular.npy": (None,),
+    }
+
+
+def _check_ids(path: Path, ids: np.ndarray) -> None:
+    if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+        raise BundleError(path, "ids are not strictly increasing")
+
+
+def read_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and arrays of an ``argus export`` directory, checked for consistency."""
+    directory = Path(directory)
+    manifest_path = directory / EXPORT_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        dim = int(manifest["dim"])
+    except FileNotFoundError:
+        raise BundleError(manifest_path, "missing; is this an `argus export` directory?") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(manifest_path, f"unreadable ({error})") from None
+    arrays = {name: load_array(directory / name) for name in ARRAY_FILES}
+    shapes = _expected_shapes(dim, len(arrays["item_ids.npy"]), len(arrays["user_ids.npy"]))
+    for name, array in arrays.items():
+        check_array(directory / name, array, ARRAY_FILES[name][0], shapes[name])
+    _check_ids(directory / "item_ids.npy", arrays["item_ids.npy"])
+    _check_ids(directory / "user_ids.npy", arrays["user_ids.npy"])
+    if len(arrays["item_ids.npy"]) == 0:
+        raise BundleError(directory / "item_ids.npy", "no items")
+    if not (directory / ENCODER_FILE).is_file():
+        raise BundleError(directory / ENCODER_FILE, "missing")
+    return manifest, arrays
+
+
+@dataclass
+class BuildSummary:
+    path: str
+    version: str
+    dim: int
+    items: int
+    users: int
+    tuning: Tuning
+    build_s: float
+    elapsed_s: float
+    params: HnswParams = field(default_factory=HnswParams)
+
+    def line(self) -> str:
+        t = self.tuning
+        status = "" if t.reached else f" (TARGET {t.target} NOT REACHED)"
+        return (
+            f"built bundle {self.version}: {self.items:,} items x {self.dim}, "
+            f"HNSW M={self.params.m} ef_construction={self.params.ef_construction} in "
+            f"{self.build_s:.1f} s ({self.items / max(self.build_s, 1e-9):,.0f} items/s), "
+            f"ef_search={t.ef_search} recall@{t.k}={t.recall:.4f}{status} on {t.queries:,} "
+            f"user queries; {self.users:,} user vectors; {self.elapsed_s:.1f} s -> {self.path}"
+        )
+
+
+def build(
+    export_dir: str | Path,
+    bundles: str | Path,
+    params: HnswParams | None = None,
+    *,
+    progress: bool = True,
+) -> BuildSummary:
+    """Build ``bundles/<version>/`` from ``export_dir`` (see the module docstring)."""
+    params = params or HnswParams()
+    began = time.perf_counter()
+    export_manifest, arrays = read_export(export_dir)
+    items, users = arrays["item_vectors.npy"], arrays["user_vectors.npy"]
+    n_items, dim = items.shape
+    root = Path(bundles)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".building-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        with tqdm(total=1, desc="HNSW build", disable=not progress, unit="index") as bar:
+            t0 = time.perf_counter()
+            index = ItemIndex.build(
+                items,
+                space=params.space,
+                m=params.m,
+                ef_construction=params.ef_construction,
+                threads=params.threads,
+                seed=params.seed,
+            )
+            build_s = time.perf_counter() - t0
+            bar.update()
+        rng = np.random.default_rng(params.seed)
+        pool = users if len(users) else items  # a catalog with no users yet: tune on items
+        queries = pool[rng.choice(len(pool), size=min(params.sample, len(pool)), replace=False)]
+        tuning = tune_ef(index, items, queries, k=params.k, target=params.target_recall)
+        if not tuning.reached and not params.allow_low_recall:
+            raise ValueError(
+                f"HNSW recall@{tuning.k} reaches only {tuning.recall:.4f} < {tuning.target} "
+                f"(best ef {tuning.ef_search}); raise --m/--ef-construction, use --space mips, "
+                "or pass --allow-low-recall"
+            )
+        index.save(str(tmp / INDEX_FILE))
+        for name in (*ARRAY_FILES, ENCODER_FILE):
+            shutil.copyfile(Path(export_dir) / name, tmp / name)
+        files = {
+            name: {"sha256": sha256_of(tmp / name), "bytes": (tmp / name).stat().st_size}
+            for name in BUNDLE_FILES
+        }
+        content = hashlib.sha256("".join(f["sha256"] for f in files.values()).encode())
+        version = f"{datetime.now(UTC):%Y%m%dT%H%MZ}-{content.hexdigest()[:6]}"
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model_config": export_manifest.get("model_config", {}),
+            "dim": int(dim),
+            "n_items": int(n_items),
+            "n_users": len(users),
+            "n_popular": len(arrays["popular.npy"]),
+            "trained_until": export_manifest.get("trained_until"),
+            "events_until": export_manifest.get("events_until"),
+            "encoder": export_manifest.get("encoder", {}),
+            "hnsw": {
+                "space": params.space,
+                "max_norm": index.max_norm,
+                "M": params.m,
+                "ef_construction": params.ef_construction,
+                "ef_search": tuning.ef_search,
+                "k": tuning.k,
+                "target_recall": tuning.target,
+                "recall": tuning.recall,
+                "reached": tuning.reached,
+                "tuning_queries": tuning.queries,
+                "tried": {str(ef): r for ef, r in tuning.tried.items()},
+                "build_seconds": round(build_s, 3),
+                "build_threads": params.threads or os.cpu_count(),
+            },
+            "source": str(export_dir),
+            "files": files,
+        }
+        write_manifest(tmp, manifest)
+        final = root / version
+        if final.exists():
+            raise BundleError(final, "a bundle with this version already exists")
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BuildSummary(
+        path=str(final),
+        version=version,
+        dim=int(dim),
+        items=int(n_items),
+        users=len(users),
+        tuning=tuning,
+        build_s=build_s,
+        elapsed_s=time.perf_counter() - began,
+        params=params,
+    )
+
+
+def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The manifest of bundle ``path``; with ``verify``, after checking its checksum and the size
+    and sha256 of every file it lists."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise BundleError(manifest_path, "missing; not a bundle directory") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BundleError(manifest_path, f"not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("checksum") != _manifest_checksum(manifest):
+        raise BundleError(manifest_path, "checksum mismatch: the manifest is corrupt or was edited")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            manifest_path,
+            f"schema version {manifest.get('schema_version')}, this reader needs {SCHEMA_VERSION}",
+        )
+    if manifest["version"] != path.name:
+        raise BundleError(path, f"directory name does not match version {manifest['version']}")
+    missing = [name for name in BUNDLE_FILES if name not in manifest["files"]]
+    if missing:
+        raise BundleError(manifest_path, f"lists no checksum for {', '.join(missing)}")
+    if verify:
+        for name, expected in manifest["files"].items():
+            file = path / name
+            if not file.is_file():
+                raise BundleError(file, "missing")
+            size = file.stat().st_size
+            if size != expected["bytes"]:
+                raise BundleError(file, f"{size} bytes, the manifest says {expected['bytes']}")
+            if sha256_of(file) != expected["sha256"]:
+                raise BundleError(file, "sha256 mismatch: the file is corrupt or was replaced")
+    return manifest
+
+
+@dataclass
+class Bundle:
+    """A verified, read-only bundle: arrays (user vectors memory-mapped), the HNSW index with its
+    tuned ``ef`` set, and the encoder's path."""
+
+    path: Path
+    manifest: dict[str, Any]
+    item_ids: np.ndarray
+    item_vectors: np.ndarray
+    user_ids: np.ndarray
+    user_vectors: np.ndarray
+    popular: np.ndarray
+    index: ItemIndex | None
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.path / ENCODER_FILE
+
+    @classmethod
+    def open(cls, path: str | Path, *, verify: bool = True, with_index: bool = True) -> Bundle:
+        """Open bundle ``path``. ``verify`` checks every checksum first (seconds per GB);
+        ``with_index=False`` skips loading the HNSW graph (publish needs only the vectors)."""
+        path = Path(path)
+        manifest = read_manifest(path, verify=verify)
+        dim, n_items, n_users = manifest["dim"], manifest["n_items"], manifest["n_users"]
+        shapes = _expected_shapes(dim, n_items, n_users)
+        arrays = {name: load_array(path / name, mmap=name == "user_vectors.npy") for name in shapes}
+        for name, array in arrays.items():
+            check_array(path / name, array, ARRAY_FILES[name][0], shapes[name])
+        _check_ids(path / "item_ids.npy", arrays["item_ids.npy"])
+        _check_ids(path / "user_ids.npy", arrays["user_ids.npy"])
+        index = None
+        if with_index:
+            index_path, hnsw = path / INDEX_FILE, manifest["hnsw"]
+            try:
+                index = ItemIndex.load(
+                    str(index_path),
+                    space=hnsw["space"],
+                    dim=dim,
+                    max_norm=hnsw["max_norm"],
+                    n=n_items,
+                )
+            except RuntimeError as error:
+                raise BundleError(index_path, f"not a loadable hnswlib index ({error})") from None
+            if index.count != n_items:
+                raise BundleError(index_path, f"{index.count} items, the manifest says {n_items}")
+            index.set_ef(int(manifest["hnsw"]["ef_search"]))
+        return cls(
+            path=path,
+            manifest=manifest,
+            item_ids=arrays["item_ids.npy"],
+            item_vectors=arrays["item_vectors.npy"],
+            user_ids=arrays["user_ids.npy"],
+            user_vectors=arrays["user_vectors.npy"],
+            popular=arrays["popular.npy"],
+            index=index,
+        )
+
+
+def list_versions(bundles: str | Path) -> list[Path]:
+    """Complete bundle directories under ``bundles``, oldest first (versions sort by time)."""
+    root = Path(bundles)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+    )

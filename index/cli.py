@@ -1,0 +1,86 @@
+"""``argus`` subcommands of the index stage: build a bundle, publish its user vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.cli import Quiet, fails_cleanly, needs_extra
+from model.data.batching import parse_duration
+
+RedisUrl = Annotated[
+    str, typer.Option(envvar="ARGUS_REDIS_URL", help="Redis to publish to (redis://host:port/db).")
+]
+
+
+@fails_cleanly
+def build(
+    export: Annotated[Path, typer.Option(help="Directory written by `argus export`.")],
+    bundles: Annotated[Path, typer.Option(help="Bundle root; the bundle goes in ROOT/<version>.")],
+    m: Annotated[int, typer.Option("--m", help="HNSW graph degree M.")] = 16,
+    ef_construction: Annotated[int, typer.Option(help="HNSW build beam width.")] = 200,
+    target_recall: Annotated[
+        float, typer.Option(help="ef_search = smallest ef reaching this recall@k vs exact.")
+    ] = 0.95,
+    k: Annotated[int, typer.Option(help="The k of recall@k.")] = 100,
+    sample: Annotated[int, typer.Option(help="User vectors used as tuning queries.")] = 1_000,
+    threads: Annotated[int, typer.Option(help="Build threads (0: every core).")] = 0,
+    seed: Annotated[int, typer.Option(help="HNSW and sampling seed.")] = 0,
+    space: Annotated[
+        str, typer.Option(help="mips (inner product via the L2 transform) or ip (hnswlib raw).")
+    ] = "mips",
+    allow_low_recall: Annotated[
+        bool, typer.Option(help="Write the bundle even if no ef reaches the target recall.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Build a verified bundle: HNSW index (ef_search auto-tuned), vectors, encoder, manifest."""
+    needs_extra("serve", "hnswlib")
+    from index.bundle import HnswParams
+    from index.bundle import build as run
+
+    params = HnswParams(
+        m, ef_construction, k, target_recall, sample, threads, seed, space, allow_low_recall
+    )
+    summary = run(export, bundles, params, progress=not quiet)
+    typer.echo(summary.line())
+    typer.echo(summary.path)
+
+
+@fails_cleanly
+def publish(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory (ROOT/<version>).")],
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    layout: Annotated[str, typer.Option(help="Key layout: hash (buckets) or plain.")] = "hash",
+    grace: Annotated[
+        str, typer.Option(help="How long older versions stay readable: 0, 90s, 30m, 6h, 1d.")
+    ] = "1d",
+    chunk: Annotated[int, typer.Option(help="Vectors per MULTI/EXEC transaction.")] = 4_096,
+    quiet: Quiet = False,
+) -> None:
+    """Write a bundle's user vectors to Redis under its version, then flip argus:current."""
+    needs_extra("serve", "redis")
+    import redis
+
+    from index.bundle import Bundle
+    from index.store import connect
+    from index.store import publish as run
+
+    grace_s = parse_duration(grace)
+    opened = Bundle.open(bundle, with_index=False)
+    client = connect(redis_url)
+    try:
+        summary = run(
+            opened, client, layout=layout, chunk=chunk, grace_s=grace_s, progress=not quiet
+        )
+    except redis.RedisError as error:
+        raise ConnectionError(f"Redis at {redis_url} failed: {error}; rerun to resume") from None
+    typer.echo(summary.line())
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the ``argus`` app."""
+    app.command()(build)
+    app.command()(publish)

@@ -1,0 +1,440 @@
+"""User-vector stores, the versioned publish to Redis, and live histories (DESIGN.md §7).
+
+Redis keys (every vector key contains the bundle version, so a reader asks for the version of the
+items it serves and can never mix two)::
+
+    argus:current                 the live version (a string), flipped only after a full write
+    argus:versions                set of versions that have keys in Redis
+    argus:version:<v>             hash: layout, dim, n_users, buckets, written (units), complete
+    argus:uv:<v>:b<bucket>        "hash" layout: field = decimal user id, value = vector bytes
+    argus:uv:<v>:<user_id>        "plain" layout: value = vector bytes
+    argus:hist:<user_id>          list of packed events (model.contract.HISTORY_EVENT), capped
+
+Vectors are raw little-endian float32. ``benchmarks/publish.py`` compares the two layouts; "hash"
+(about 128 users per bucket) is the default because it is the better one there — see the README.
+
+A publish writes a version in order, a chunk of whole keys per MULTI/EXEC transaction that also
+advances ``written``; a killed publish leaves ``argus:current`` untouched and a rerun resumes from
+``written``. Readers refuse a version whose ``complete`` flag is not set. After the flip every
+other version gets a TTL (the grace period), so services still holding the previous bundle keep
+reading its vectors until they reload.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import redis
+from tqdm import tqdm
+
+from index.bundle import Bundle
+from model.contract import HISTORY_EVENT
+
+CURRENT = "argus:current"
+VERSIONS = "argus:versions"
+LAYOUTS = ("hash", "plain")
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads any id pattern over buckets
+
+
+def meta_key(version: str) -> str:
+    return f"argus:version:{version}"
+
+
+def vector_prefix(version: str) -> str:
+    return f"argus:uv:{version}:"
+
+
+def history_key(user_id: int) -> str:
+    return f"argus:hist:{user_id}"
+
+
+class VersionUnavailable(LookupError):
+    """The asked-for version is not (completely) in the store."""
+
+
+Ids = Sequence[int] | np.ndarray
+
+
+def as_ids(user_ids: Ids) -> np.ndarray:
+    return np.asarray(user_ids, dtype=np.int64).reshape(-1)
+
+
+class UserVectorStore(Protocol):
+    """Where the service reads the stored user vectors of the version it serves."""
+
+    def current_version(self) -> str | None:
+        """The version the store calls live (``None`` when there is none)."""
+        ...
+
+    def get(self, version: str, user_ids: Ids) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors [n, dim] float32, found [n] bool)``: rows of unknown users are zero.
+        Raises :class:`VersionUnavailable` for a version the store does not fully hold."""
+        ...
+
+
+class LocalStore:
+    """The embedded store: the bundle's own ``user_vectors.npy``, memory-mapped."""
+
+    def __init__(self, version: str, user_ids: np.ndarray, user_vectors: np.ndarray) -> None:
+        self.version, self.user_ids, self.user_vectors = version, user_ids, user_vectors
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> LocalStore:
+        return cls(bundle.version, bundle.user_ids, bundle.user_vectors)
+
+    def current_version(self) -> str | None:
+        return self.version
+
+    def get(self, version: str, user_ids: Ids) -> tuple[np.ndarray, np.ndarray]:
+        if version != self.version:
+            raise VersionUnavailable(f"the local store holds {self.version}, not {version}")
+        ids = as_ids(user_ids)
+        rows = np.searchsorted(self.user_ids, ids)
+        found = rows < len(self.user_ids)
+        found[found] = self.user_ids[rows[found]] == ids[found]
+        vectors = np.zeros((len(ids), self.user_vectors.shape[1]), dtype=np.float32)
+        vectors[found] = self.user_vectors[rows[found]]
+        return vectors, found
+
+
+class Layout(Protocol):
+    """How one version's vectors map onto Redis keys. A unit is one key; publish writes whole
+    units in order and counts progress in units."""
+
+    name: str
+    buckets: int
+
+    def units(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, offsets)``: unit ``i`` holds users ``order[offsets[i]:offsets[i + 1]]``."""
+        ...
+
+    def write(self, pipe: Any, version: str, user_ids: np.ndarray, blobs: list[bytes]) -> None: ...
+
+    def read(self, client: redis.Redis, version: str, user_ids: np.ndarray) -> list[Any]: ...
+
+
+class PlainKeys:
+    """One key per user: MSET to write, MGET to read."""
+
+    name, buckets = "plain", 0
+
+    def units(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(len(user_ids)), np.arange(len(user_ids) + 1)
+
+    def write(self, pipe: Any, version: str, user_ids: np.ndarray, blobs: list[bytes]) -> None:
+        prefix = vector_prefix(version)
+        pipe.mset({f"{prefix}{u}": blob for u, blob in zip(user_ids.tolist(), blobs, strict=True)})
+
+    def read(self, client: redis.Redis, version: str, user_ids: np.ndarray) -> list[Any]:
+        prefix = vector_prefix(version)
+        return list(client.mget([f"{prefix}{u}" for u in user_ids.tolist()]))
+
+
+class HashBuckets:
+    """Users hashed into ``buckets`` Redis hashes: one HSET per bucket to write, HMGETs to read."""
+
+    name = "hash"
+
+    def __init__(self, buckets: int) -> None:
+        if buckets < 1:
+            raise ValueError("the hash layout needs at least one bucket")
+        self.buckets = buckets
+
+    @classmethod
+    def for_users(cls, n_users: int, per_bucket: int = 128) -> HashBuckets:
+        return cls(max(1, -(-n_users // per_bucket)))
+
+    def bucket_of(self, user_ids: np.ndarray) -> np.ndarray:
+        return ((user_ids.astype(np.uint64) * GOLDEN) >> np.uint64(32)) % np.uint64(self.buckets)
+
+    def units(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bucket = self.bucket_of(user_ids)
+        order = np.argsort(bucket, kind="stable")
+        offsets = np.searchsorted(bucket[order], np.arange(self.buckets + 1, dtype=np.uint64))
+        return order, offsets
+
+    def _groups(self, user_ids: np.ndarray) -> Iterable[tuple[int, np.ndarray]]:
+        bucket = self.bucket_of(user_ids)
+        order = np.argsort(bucket, kind="stable")
+        starts = np.flatnonzero(np.r_[True, bucket[order][1:] != bucket[order][:-1]])
+        for rows in np.split(order, starts[1:]):
+            yield int(bucket[rows[0]]), rows
+
+    def write(self, pipe: Any, version: str, user_ids: np.ndarray, blobs: list[bytes]) -> None:
+        prefix = vector_prefix(version)
+        for b, rows in self._groups(user_ids):
+            pipe.hset(f"{prefix}b{b}", mapping={str(user_ids[r]): blobs[r] for r in rows.tolist()})
+
+    def read(self, client: redis.Redis, version: str, user_ids: np.ndarray) -> list[Any]:
+        prefix = vector_prefix(version)
+        groups = list(self._groups(user_ids))
+        pipe = client.pipeline(transaction=False)
+        for b, rows in groups:
+            pipe.hmget(f"{prefix}b{b}", [str(u) for u in user_ids[rows].tolist()])
+        out: list[Any] = [None] * len(user_ids)
+        for (_, rows), values in zip(groups, pipe.execute(), strict=True):
+            for r, value in zip(rows.tolist(), values, strict=True):
+                out[r] = value
+        return out
+
+
+def make_layout(name: str, buckets: int) -> Layout:
+    if name == "hash":
+        return HashBuckets(buckets)
+    if name == "plain":
+        return PlainKeys()
+    raise ValueError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
+    """A client for ``url`` (``redis://host:port/db``); raises a clear error when unreachable."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        raise ConnectionError(f"cannot reach Redis at {url}: {error}") from None
+    return client
+
+
+class RedisStore:
+    """User vectors of any fully published version, read in batches."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._layouts: dict[str, tuple[Layout, int]] = {}
+
+    def current_version(self) -> str | None:
+        value = self.client.get(CURRENT)
+        return None if value is None else bytes(value).decode()  # type: ignore[arg-type]
+
+    def layout(self, version: str) -> tuple[Layout, int]:
+        """``(layout, dim)`` of a complete version (cached once seen complete)."""
+        if version not in self._layouts:
+            meta = decoded(self.client.hgetall(meta_key(version)))
+            if not meta:
+                raise VersionUnavailable(
+                    f"version {version} is not in Redis (never published, or expired)"
+                )
+            if meta.get("complete") != "1":
+                raise VersionUnavailable(f"version {version} is only partly published")
+            layout = make_layout(meta["layout"], int(meta["buckets"]))
+            self._layouts[version] = (layout, int(meta["dim"]))
+        return self._layouts[version]
+
+    def get(self, version: str, user_ids: Ids) -> tuple[np.ndarray, np.ndarray]:
+        layout, dim = self.layout(version)
+        ids = as_ids(user_ids)
+        vectors = np.zeros((len(ids), dim), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
+        if len(ids) == 0:
+            return vectors, found
+        for row, blob in enumerate(layout.read(self.client, version, ids)):
+            if blob is None:
+                continue
+            if len(blob) != 4 * dim:
+                raise ValueError(
+                    f"Redis vector of user {ids[row]} in {version} has {len(blob)} bytes, "
+                    f"expected {4 * dim}"
+                )
+            vectors[row] = np.frombuffer(blob, dtype="<f4")
+            found[row] = True
+        return vectors, found
+
+
+def decoded(mapping: Any) -> dict[str, str]:
+    return {bytes(k).decode(): bytes(v).decode() for k, v in mapping.items()}
+
+
+@dataclass
+class PublishSummary:
+    version: str
+    previous: str | None
+    users: int
+    dim: int
+    layout: str
+    written: int  # users written by this run (less than ``users`` when resumed)
+    elapsed_s: float
+    grace_s: int
+    already: bool = False
+
+    @property
+    def vectors_per_s(self) -> float:
+        return self.written / max(self.elapsed_s, 1e-9)
+
+    def line(self) -> str:
+        if self.already:
+            return f"{self.version} is already the published version; nothing to do"
+        resumed = "" if self.written == self.users else f" (resumed: {self.written:,} this run)"
+        return (
+            f"published {self.version}: {self.users:,} user vectors x {self.dim} "
+            f"({self.layout} layout){resumed} in {self.elapsed_s:.1f} s "
+            f"({self.vectors_per_s:,.0f} vectors/s); argus:current {self.previous} -> "
+            f"{self.version}; older versions expire in {self.grace_s} s"
+        )
+
+
+def expire_version(client: redis.Redis, version: str, grace_s: int) -> int:
+    """Give every key of ``version`` a TTL of ``grace_s`` (0: delete now); returns the key count."""
+    pipe = client.pipeline(transaction=False)
+    keys = [meta_key(version)]
+    pattern = f"{vector_prefix(version)}*"
+    keys += [bytes(k).decode() for k in client.scan_iter(pattern, count=10_000)]
+    for key in keys:
+        if grace_s > 0:
+            pipe.expire(key, grace_s)
+        else:
+            pipe.unlink(key)
+    pipe.srem(VERSIONS, version)
+    pipe.execute()
+    return len(keys)
+
+
+def publish(
+    bundle: Bundle,
+    client: redis.Redis,
+    *,
+    layout: str = "hash",
+    per_bucket: int = 128,
+    chunk: int = 4_096,
+    grace_s: int = 86_400,
+    progress: bool = True,
+) -> PublishSummary:
+    """Write ``bundle``'s user vectors under its version, then flip ``argus:current`` to it and
+    give every other version a TTL of ``grace_s``. Safe to kill and rerun at any point."""
+    began = time.perf_counter()
+    version, user_ids, vectors = bundle.version, bundle.user_ids, bundle.user_vectors
+    n_users, dim = len(user_ids), bundle.dim
+    current = client.get(CURRENT)
+    previous = None if current is None else bytes(current).decode()  # type: ignore[arg-type]
+    meta = decoded(client.hgetall(meta_key(version)))
+    if meta.get("complete") == "1" and previous == version:
+        layout = meta["layout"]
+        return PublishSummary(version, previous, n_users, dim, layout, 0, 0.0, grace_s, True)
+    lay = make_layout(layout, HashBuckets.for_users(n_users, per_bucket).buckets)
+    wanted = {"layout": lay.name, "dim": str(dim), "n_users": str(n_users)}
+    wanted["buckets"] = str(lay.buckets)
+    if meta and (meta.get("complete") == "1" or any(meta.get(k) != v for k, v in wanted.items())):
+        # A rollback to an expiring version, or a partial write in another layout: start over.
+        expire_version(client, version, 0)
+        meta = {}
+    if not meta:
+        pipe = client.pipeline(transaction=True)
+        pipe.sadd(VERSIONS, version)
+        pipe.hset(meta_key(version), mapping={**wanted, "written": 0, "complete": 0})
+        pipe.execute()
+    order, offsets = lay.units(user_ids)
+    n_units, unit = len(offsets) - 1, int(meta.get("written", 0))
+    done_before = int(offsets[unit])
+    bar = tqdm(total=n_users, initial=done_before, desc="publish", unit="vec", disable=not progress)
+    width = 4 * dim
+    while unit < n_units:
+        end = int(np.searchsorted(offsets, offsets[unit] + chunk, side="right")) - 1
+        end = min(max(end, unit + 1), n_units)
+        rows = order[offsets[unit] : offsets[end]]
+        data = np.ascontiguousarray(vectors[rows], dtype="<f4").tobytes()
+        blobs = [data[i : i + width] for i in range(0, len(data), width)]
+        pipe = client.pipeline(transaction=True)
+        lay.write(pipe, version, user_ids[rows], blobs)
+        pipe.hset(meta_key(version), "written", end)
+        pipe.execute()
+        bar.update(len(rows))
+        unit = end
+    bar.close()
+    pipe = client.pipeline(transaction=True)
+    published_at = datetime.now(UTC).isoformat(timespec="seconds")
+    pipe.hset(meta_key(version), mapping={"complete": 1, "published_at": published_at})
+    pipe.persist(meta_key(version))
+    pipe.set(CURRENT, version, get=True)
+    previous_value = pipe.execute()[-1]
+    previous = None if previous_value is None else bytes(previous_value).decode()
+    for other in client.smembers(VERSIONS):
+        name = bytes(other).decode()  # type: ignore[arg-type]
+        if name != version:
+            expire_version(client, name, grace_s)
+    return PublishSummary(
+        version=version,
+        previous=previous,
+        users=n_users,
+        dim=dim,
+        layout=lay.name,
+        written=n_users - done_before,
+        elapsed_s=time.perf_counter() - began,
+        grace_s=grace_s,
+    )
+
+
+class LiveHistory(Protocol):
+    """Each user's most recent events (oldest first), capped at ``cap`` events per user."""
+
+    cap: int
+
+    def append(self, user_id: int, events: np.ndarray) -> None: ...
+
+    def get(self, user_ids: Sequence[int]) -> list[np.ndarray]: ...
+
+
+def as_events(events: np.ndarray) -> np.ndarray:
+    if events.dtype != HISTORY_EVENT:
+        raise TypeError(
+            f"history events need dtype model.contract.HISTORY_EVENT, not {events.dtype}"
+        )
+    return events
+
+
+def in_time_order(events: np.ndarray, cap: int) -> np.ndarray:
+    return events[np.argsort(events["timestamp"], kind="stable")][-cap:]
+
+
+class RedisHistory:
+    """``argus:hist:<user>``: one packed event per list element, trimmed to ``cap`` and expiring
+    ``ttl_s`` after the user's last event."""
+
+    def __init__(self, client: redis.Redis, *, cap: int = 2_048, ttl_s: int = 30 * 86_400) -> None:
+        self.client, self.cap, self.ttl_s = client, cap, ttl_s
+
+    def append(self, user_id: int, events: np.ndarray) -> None:
+        events = as_events(events)
+        if len(events) == 0:
+            return
+        key = history_key(user_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(key, *(events[i : i + 1].tobytes() for i in range(len(events))))
+        pipe.ltrim(key, -self.cap, -1)
+        pipe.expire(key, self.ttl_s)
+        pipe.execute()
+
+    def get(self, user_ids: Sequence[int]) -> list[np.ndarray]:
+        pipe = self.client.pipeline(transaction=False)
+        for user in user_ids:
+            pipe.lrange(history_key(int(user)), 0, -1)
+        return [
+            in_time_order(np.frombuffer(b"".join(items), dtype=HISTORY_EVENT), self.cap)
+            for items in pipe.execute()
+        ]
+
+
+class LocalHistory:
+    """The embedded equivalent of :class:`RedisHistory`, in this process's memory."""
+
+    def __init__(self, *, cap: int = 2_048) -> None:
+        self.cap = cap
+        self._events: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def append(self, user_id: int, events: np.ndarray) -> None:
+        events = as_events(events)
+        with self._lock:
+            old = self._events.get(user_id, np.empty(0, dtype=HISTORY_EVENT))
+            self._events[user_id] = np.concatenate([old, events])[-self.cap :]
+
+    def get(self, user_ids: Sequence[int]) -> list[np.ndarray]:
+        empty = np.empty(0, dtype=HISTORY_EVENT)
+        with self._lock:
+            stored = [self._events.get(int(user), empty) for user in user_ids]
+        return [in_time_order(events, self.cap) for events in stored]

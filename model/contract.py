@@ -1,0 +1,44 @@
+"""What the offline stage hands to ``index/`` and ``service/``: file names, the encoder's inputs
+and the packed form of one history event. Numpy only, so the serving side can import it without
+torch (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+ENCODER_FILE = "encoder.onnx"
+EXPORT_MANIFEST = "export.json"
+# The arrays of an export directory (``<name>.npy``), each with its dtype and rank.
+EXPORT_ARRAYS: dict[str, tuple[str, int]] = {
+    "item_ids": ("int64", 1),  # [n_items], sorted
+    "item_vectors": ("float32", 2),  # [n_items, dim]
+    "user_ids": ("int64", 1),  # [n_users], sorted
+    "user_vectors": ("float32", 2),  # [n_users, dim]
+    "popular": ("int64", 1),  # item ids, most popular first
+}
+# The encoder's inputs, in order: [B, L] event features (right-padded) and [B] lengths.
+ENCODER_INPUTS = (
+    "item_id",  # int64
+    "artist_id",  # int64, -1 when unknown
+    "timestamp",  # int64 seconds
+    "source",  # int64
+    "played_ratio",  # float32, NaN when not a consumption
+    "liked",  # bool
+    "disliked",  # bool
+    "lengths",  # int64 [B], real events per row (>= 1)
+)
+ENCODER_OUTPUT = "user_vector"
+OPSET = 17
+
+# One event of a live history as stored in Redis (little-endian, packed: 29 bytes).
+HISTORY_EVENT = np.dtype(
+    [
+        ("item_id", "<i8"),
+        ("artist_id", "<i8"),
+        ("timestamp", "<i8"),
+        ("source", "<i2"),
+        ("played_ratio", "<f4"),
+        ("liked", "?"),
+        ("disliked", "?"),
+    ]
+)
