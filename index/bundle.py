@@ -219,11 +219,12 @@ def build(
         index.save(str(tmp / INDEX_FILE))
         for name in (*ARRAY_FILES, ENCODER_FILE):
             shutil.copyfile(Path(export_dir) / name, tmp / name)
+        digests = {name: sha256_of(tmp / name) for name in BUNDLE_FILES}
         files = {
-            name: {"sha256": sha256_of(tmp / name), "bytes": (tmp / name).stat().st_size}
-            for name in BUNDLE_FILES
+            name: {"sha256": digest, "bytes": (tmp / name).stat().st_size}
+            for name, digest in digests.items()
         }
-        content = hashlib.sha256("".join(f["sha256"] for f in files.values()).encode())
+        content = hashlib.sha256("".join(digests.values()).encode())
         version = f"{datetime.now(UTC):%Y%m%dT%H%MZ}-{content.hexdigest()[:6]}"
         manifest = {
             "schema_version": SCHEMA_VERSION,

@@ -310,14 +310,14 @@ def publish(
     began = time.perf_counter()
     version, user_ids, vectors = bundle.version, bundle.user_ids, bundle.user_vectors
     n_users, dim = len(user_ids), bundle.dim
+    lay = make_layout(layout, HashBuckets.for_users(n_users, per_bucket).buckets)
     current = client.get(CURRENT)
     previous = None if current is None else bytes(current).decode()  # type: ignore[arg-type]
     meta = decoded(client.hgetall(meta_key(version)))
     if meta.get("complete") == "1" and previous == version:
         layout = meta["layout"]
         return PublishSummary(version, previous, n_users, dim, layout, 0, 0.0, grace_s, True)
-    lay = make_layout(layout, HashBuckets.for_users(n_users, per_bucket).buckets)
-    wanted = {"layout": lay.name, "dim": str(dim), "n_users": str(n_users)}
+    wanted: dict[Any, Any] = {"layout": lay.name, "dim": str(dim), "n_users": str(n_users)}
     wanted["buckets"] = str(lay.buckets)
     if meta and (meta.get("complete") == "1" or any(meta.get(k) != v for k, v in wanted.items())):
         # A rollback to an expiring version, or a partial write in another layout: start over.
@@ -326,7 +326,7 @@ def publish(
     if not meta:
         pipe = client.pipeline(transaction=True)
         pipe.sadd(VERSIONS, version)
-        pipe.hset(meta_key(version), mapping={**wanted, "written": 0, "complete": 0})
+        pipe.hset(meta_key(version), mapping={**wanted, "written": "0", "complete": "0"})
         pipe.execute()
     order, offsets = lay.units(user_ids)
     n_units, unit = len(offsets) - 1, int(meta.get("written", 0))

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.bundle import (
+    BUNDLE_FILES,
+    MANIFEST,
+    Bundle,
+    BundleError,
+    HnswParams,
+    build,
+    list_versions,
+    read_manifest,
+    sha256_of,
+    write_manifest,
+)
+from index.hnsw import exact_top_k, recall
+from tests.index.test_hnsw import latents
+
+
+def test_a_bundle_holds_exactly_the_design_files_and_the_export(
+    bundle_dir: Path, exported: Path
+) -> None:
+    assert re.fullmatch(r"\d{8}T\d{4}Z-[0-9a-f]{6}", bundle_dir.name)
+    assert {p.name for p in bundle_dir.iterdir()} == {MANIFEST, *BUNDLE_FILES}
+    manifest = read_manifest(bundle_dir)
+    assert manifest["version"] == bundle_dir.name and manifest["schema_version"] == 1
+    assert manifest["dim"] == 24 and manifest["model_config"]["tower_dim"] == 24
+    hnsw = manifest["hnsw"]
+    assert hnsw["M"] == 16 and hnsw["k"] == 20 and hnsw["recall"] >= hnsw["target_recall"]
+    for name in BUNDLE_FILES:
+        assert manifest["files"][name]["sha256"] == sha256_of(bundle_dir / name)
+
+    bundle = Bundle.open(bundle_dir)
+    for name in ("item_ids", "item_vectors", "user_ids", "user_vectors", "popular"):
+        assert np.array_equal(getattr(bundle, name), np.load(exported / f"{name}.npy"))
+    assert isinstance(bundle.user_vectors, np.memmap)
+    assert manifest["n_items"] == len(bundle.item_ids) and manifest["n_users"] == len(
+        bundle.user_ids
+    )
+    # The loaded index answers at the recall the manifest states.
+    assert bundle.index is not None
+    rows, _ = bundle.index.knn(np.asarray(bundle.user_vectors), 20)
+    truth = exact_top_k(np.asarray(bundle.user_vectors), bundle.item_vectors, 20)
+    assert recall(rows, truth) >= hnsw["target_recall"]
+
+
+@pytest.mark.parametrize("name", [MANIFEST, *BUNDLE_FILES])
+def test_one_corrupt_byte_in_any_file_is_refused_naming_it(bundle_dir: Path, name: str) -> None:
+    path = bundle_dir / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=re.escape(name)):
+        Bundle.open(bundle_dir)
+
+
+@pytest.mark.parametrize("name", ["items.hnsw", "user_vectors.npy", MANIFEST])
+def test_a_truncated_file_is_refused_naming_it(bundle_dir: Path, name: str) -> None:
+    path = bundle_dir / name
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(BundleError, match=re.escape(name)):
+        Bundle.open(bundle_dir)
+
+
+def rewrite(bundle_dir: Path, name: str, array: np.ndarray, *, allow_pickle: bool = False) -> None:
+    """Replace one array *and* fix its checksum: a consistent but wrong bundle."""
+    np.save(bundle_dir / name, array, allow_pickle=allow_pickle)
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    manifest["files"][name] = {
+        "sha256": sha256_of(bundle_dir / name),
+        "bytes": (bundle_dir / name).stat().st_size,
+    }
+    write_manifest(bundle_dir, manifest)
+
+
+def test_arrays_that_disagree_with_the_manifest_are_refused(bundle_dir: Path) -> None:
+    item_vectors = np.load(bundle_dir / "item_vectors.npy")
+    rewrite(bundle_dir, "item_vectors.npy", item_vectors[:, :-1])
+    with pytest.raises(BundleError, match=r"item_vectors\.npy: shape"):
+        Bundle.open(bundle_dir)
+    rewrite(bundle_dir, "item_vectors.npy", item_vectors.astype(np.float64))
+    with pytest.raises(BundleError, match=r"item_vectors\.npy: dtype float64"):
+        Bundle.open(bundle_dir)
+    rewrite(bundle_dir, "item_vectors.npy", item_vectors)
+    user_ids = np.load(bundle_dir / "user_ids.npy")
+    rewrite(bundle_dir, "user_ids.npy", user_ids[::-1].copy())
+    with pytest.raises(BundleError, match=r"user_ids\.npy: ids are not strictly increasing"):
+        Bundle.open(bundle_dir)
+
+
+def test_a_bundle_under_another_name_or_schema_is_refused(bundle_dir: Path) -> None:
+    renamed = bundle_dir.with_name("20990101T0000Z-000000")
+    bundle_dir.rename(renamed)
+    with pytest.raises(BundleError, match="does not match version"):
+        Bundle.open(renamed)
+    manifest = json.loads((renamed / MANIFEST).read_text())
+    write_manifest(renamed, {**manifest, "version": renamed.name, "schema_version": 2})
+    with pytest.raises(BundleError, match="schema version 2"):
+        Bundle.open(renamed)
+
+
+def test_arrays_are_never_unpickled(bundle_dir: Path, tmp_path: Path) -> None:
+    """A bundle whose checksums are right but whose array is a pickle must not run it."""
+    marker = tmp_path / "pickle-ran"
+    payload = np.array([Exploit(str(marker))], dtype=object)
+    rewrite(bundle_dir, "popular.npy", payload, allow_pickle=True)
+    with pytest.raises(BundleError, match=r"popular\.npy: not a readable \.npy array"):
+        Bundle.open(bundle_dir)
+    assert not marker.exists()
+    # The same file loaded *with* pickles does run it: the test would notice a regression.
+    np.load(bundle_dir / "popular.npy", allow_pickle=True)
+    assert marker.exists()
+
+
+class Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (Path(self.path), "ran"))  # type: ignore[return-value]
+
+
+def test_a_failed_build_leaves_nothing_visible(exported: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "export"
+    shutil.copytree(exported, broken)
+    (broken / "encoder.onnx").unlink()
+    root = tmp_path / "bundles"
+    root.mkdir()
+    with pytest.raises(BundleError, match=r"encoder\.onnx: missing"):
+        build(broken, root, progress=False)
+    assert list(root.iterdir()) == []
+    shutil.copyfile(exported / "encoder.onnx", broken / "encoder.onnx")
+    np.save(broken / "user_vectors.npy", np.zeros((3, 24), np.float32))
+    with pytest.raises(BundleError, match=r"user_vectors\.npy: shape"):
+        build(broken, root, progress=False)
+    assert list(root.iterdir()) == []
+
+
+def test_an_unreachable_recall_target_writes_no_bundle(exported: Path, tmp_path: Path) -> None:
+    """Raw inner-product HNSW on clustered latents cannot reach recall 0.999 (test_hnsw shows
+    about 0.98 at ef = every item): the build refuses unless told to allow it."""
+    hard = tmp_path / "export"
+    shutil.copytree(exported, hard)
+    items, users = latents(3_000, 200, 24)
+    np.save(hard / "item_ids.npy", np.arange(1, 3_001, dtype=np.int64))
+    np.save(hard / "item_vectors.npy", items)
+    np.save(hard / "popular.npy", np.arange(1, 3_001, dtype=np.int64))
+    np.save(hard / "user_ids.npy", np.arange(1, 201, dtype=np.int64))
+    np.save(hard / "user_vectors.npy", users)
+    root = tmp_path / "bundles"
+    params = dict(k=50, sample=200, space="ip", m=8, ef_construction=64, threads=1)
+    with pytest.raises(ValueError, match="allow-low-recall"):
+        build(hard, root, HnswParams(target_recall=0.999, **params), progress=False)  # type: ignore[arg-type]
+    assert list(root.iterdir()) == []
+    low = HnswParams(target_recall=0.999, allow_low_recall=True, **params)  # type: ignore[arg-type]
+    kept = build(hard, root, low, progress=False)
+    assert not kept.tuning.reached and "NOT REACHED" in kept.line()
+    assert list_versions(root) == [Path(kept.path)]
+    assert read_manifest(kept.path)["hnsw"]["reached"] is False
