@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 install:  ## set up system packages and .venv with the dev extra
 	scripts/install.sh dev
 
-demo: install  ## today's offline stage: simulate a service, pretrain and fine-tune a small model, evaluate
+demo: install  ## the offline stage: simulate a service, pretrain, fine-tune, evaluate, export, build a bundle
 	$(BIN)/argus simulate --users 5000 --items 20000 --days 30 --seed 1 --out data/demo
 	$(BIN)/argus validate data/demo
 	test -f runs/demo/checkpoint.pt || $(BIN)/argus pretrain --data data/demo --out runs/demo \
@@ -15,6 +15,10 @@ demo: install  ## today's offline stage: simulate a service, pretrain and fine-t
 	test -f runs/demo-finetuned/checkpoint.pt || $(BIN)/argus finetune --data data/demo \
 		--init runs/demo --out runs/demo-finetuned --batch-size 16 --max-steps 200
 	$(BIN)/argus evaluate runs/demo runs/demo-finetuned --data data/demo --out runs/demo-finetuned
+	test -d exports/demo || $(BIN)/argus export --checkpoint runs/demo-finetuned --data data/demo \
+		--out exports/demo
+	ls bundles/demo/*/manifest.json >/dev/null 2>&1 || $(BIN)/argus build --export exports/demo \
+		--bundles bundles/demo
 
 test: install  ## set up and run the whole test suite
 	$(BIN)/pytest -q
@@ -31,6 +35,8 @@ bench: install  ## run every benchmark (slow; writes results under runs/bench)
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/finetune_speedup.py
 	$(BIN)/python benchmarks/pretrain_ablation.py
+	$(BIN)/python benchmarks/index.py
+	$(BIN)/python benchmarks/publish.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -53,7 +53,9 @@ def build(
 def publish(
     bundle: Annotated[Path, typer.Option(help="Bundle directory (ROOT/<version>).")],
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
-    layout: Annotated[str, typer.Option(help="Key layout: hash (buckets) or plain.")] = "hash",
+    layout: Annotated[
+        str, typer.Option(help="Key layout: plain (key per user) or hash.")
+    ] = "plain",
     grace: Annotated[
         str, typer.Option(help="How long older versions stay readable: 0, 90s, 30m, 6h, 1d.")
     ] = "1d",

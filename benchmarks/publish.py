@@ -1,0 +1,158 @@
+"""Publishing user vectors to Redis: vectors/s, Redis memory per vector, read latency, by layout.
+
+A real ``redis-server`` on loopback (started here, no persistence). Each layout of
+``index/store.py`` ("hash": users hashed into buckets of ~128; "plain": one key per user)
+publishes the same ``--users`` vectors with the same code path as ``argus publish``
+(MULTI/EXEC chunks that also advance the resume marker), alternating layouts over ``--rounds`` to
+spread the machine's noise. Memory per vector is Redis's ``used_memory`` growth divided by the
+number of vectors; reads are ``RedisStore.get`` of ``--batch`` random users.
+
+    .venv/bin/python benchmarks/publish.py [--users 1000000] [--dim 128]
+
+Writes ``runs/bench/publish.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this directory leads sys.path and benchmarks/index.py would shadow ``index``.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+
+from index.bundle import Bundle  # noqa: E402
+from index.redis_server import RedisServer  # noqa: E402
+from index.store import LAYOUTS, RedisStore, publish  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_bundle(users: int, dim: int, seed: int) -> Bundle:
+    """A bundle holding only what publish reads: sorted sparse user ids and their vectors."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(10 * users, users, replace=False)).astype(np.int64) + 1
+    vectors = rng.standard_normal((users, dim), dtype=np.float32)
+    manifest = {"version": f"20260101T0000Z-{seed:06x}", "dim": dim}
+    empty = np.empty(0, np.int64)
+    return Bundle(
+        Path("."), manifest, empty, np.empty((0, dim), np.float32), ids, vectors, empty, None
+    )
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def read_latencies(store: RedisStore, bundle: Bundle, batch: int, n: int) -> list[float]:
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):
+        ids = rng.choice(bundle.user_ids, batch, replace=False)
+        began = time.perf_counter()
+        _, found = store.get(bundle.version, ids)
+        out.append(time.perf_counter() - began)
+        assert found.all()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=4_096)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64, help="users per read")
+    parser.add_argument("--reads", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    args = parser.parse_args()
+
+    bundle = fake_bundle(args.users, args.dim, seed=7)
+    runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp))
+        server.start()
+        try:
+            client = redis.Redis.from_url(server.url)
+            version = client.info("server")["redis_version"]
+            for round_ in range(args.rounds):
+                for layout in LAYOUTS:
+                    client.flushall()
+                    before = used_memory(client)
+                    summary = publish(
+                        bundle, client, layout=layout, chunk=args.chunk, grace_s=0, progress=False
+                    )
+                    memory = (used_memory(client) - before) / args.users
+                    single = read_latencies(RedisStore(client), bundle, 1, args.reads)
+                    batched = read_latencies(RedisStore(client), bundle, args.batch, args.reads)
+                    runs[layout].append(
+                        {
+                            "vectors_per_s": summary.vectors_per_s,
+                            "elapsed_s": summary.elapsed_s,
+                            "bytes_per_vector": memory,
+                            "read_1_p50_ms": 1e3 * statistics.median(single),
+                            f"read_{args.batch}_p50_ms": 1e3 * statistics.median(batched),
+                            f"read_{args.batch}_p99_ms": 1e3 * float(np.quantile(batched, 0.99)),
+                        }
+                    )
+                    print(f"round {round_ + 1} {layout}: {runs[layout][-1]}", flush=True)
+        finally:
+            server.stop()
+
+    def median(layout: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[layout])
+
+    keys = list(runs[LAYOUTS[0]][0])
+    table = {layout: {key: median(layout, key) for key in keys} for layout in LAYOUTS}
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "redis": version,
+        "users": args.users,
+        "dim": args.dim,
+        "raw_vector_bytes": 4 * args.dim,
+        "chunk": args.chunk,
+        "rounds": args.rounds,
+        "median": table,
+        "runs": runs,
+        "hash_vs_plain_speed": table["hash"]["vectors_per_s"] / table["plain"]["vectors_per_s"],
+        "hash_vs_plain_memory": table["hash"]["bytes_per_vector"]
+        / table["plain"]["bytes_per_vector"],
+        "goal_vectors_per_s": 200_000,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "publish.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"{args.users:,} user vectors x {args.dim} (raw {4 * args.dim} B) to Redis {version} on "
+        f"loopback, {result['machine']}; medians of {args.rounds} alternating rounds.",
+        "",
+        "| layout | vectors/s | Redis bytes/vector | read 1 user p50 | "
+        f"read {args.batch} users p50 / p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for layout, row in table.items():
+        lines.append(
+            f"| {layout} | {row['vectors_per_s']:,.0f} | {row['bytes_per_vector']:.0f} | "
+            f"{row['read_1_p50_ms']:.2f} ms | {row[f'read_{args.batch}_p50_ms']:.2f} / "
+            f"{row[f'read_{args.batch}_p99_ms']:.2f} ms |"
+        )
+    lines += [
+        "",
+        f"hash / plain: speed {result['hash_vs_plain_speed']:.2f}x, "
+        f"memory {result['hash_vs_plain_memory']:.2f}x (goal: >= 200,000 vectors/s)",
+    ]
+    (args.out / "publish.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
