@@ -6,6 +6,7 @@ import typer
 
 import index.cli
 import model.cli
+import service.cli
 
 app = typer.Typer(
     name="argus",
@@ -16,3 +17,4 @@ app = typer.Typer(
 )
 model.cli.register(app)
 index.cli.register(app)
+service.cli.register(app)

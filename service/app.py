@@ -1,0 +1,406 @@
+"""The FastAPI app (DESIGN.md §8): ``/candidates``, ``/score``, ``/events`` and the ops endpoints.
+
+Every request takes one reference to the served bundle and uses only it, so a reload in the
+middle of a request never mixes versions. Blocking work (Redis, hnswlib, numpy) runs in worker
+threads, the runtime encoder in its own batching thread; the event loop only routes.
+
+User vector, in order (the response's ``source``):
+
+1. ``realtime`` — the live history (the request's, else the user's list in the store) through the
+   runtime encoder, when the request asks (``mode="realtime"``, or ``"auto"`` with a history in
+   the request) or the service is configured to (``realtime_first``);
+2. ``stored`` — the user's vector of the served version;
+3. ``history`` — the runtime encoder on the stored live history (a user newer than the bundle);
+4. ``popular`` — no vector: the bundle's popularity ranking (``/candidates``) or no scores.
+
+``degraded`` is true when the store failed and a later source had to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+import redis
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from index.store import VersionUnavailable
+from model.contract import HISTORY_EVENT
+from service.metrics import Metrics
+from service.settings import Mode, Settings
+from service.state import Backend, Served
+
+# -- request and response bodies ---------------------------------------------------------------
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: int
+    timestamp: int  # seconds
+    source: int = Field(0, ge=0, le=32_767)
+    artist_id: int = -1
+    played_ratio: float | None = Field(None, ge=0)
+    liked: bool = False
+    disliked: bool = False
+
+
+class CandidatesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: int
+    k: int = Field(100, ge=1)
+    exclude_seen: bool = True
+    exclude_item_ids: list[int] = []
+    history: list[Event] | None = None
+    mode: Mode | None = None
+
+
+class Candidate(BaseModel):
+    item_id: int
+    score: float | None
+
+
+class CandidatesResponse(BaseModel):
+    user_id: int
+    model_version: str
+    source: str
+    degraded: bool
+    items: list[Candidate]
+    took_ms: float
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: int
+    item_ids: list[int] = Field(min_length=1)
+    history: list[Event] | None = None
+    mode: Mode | None = None
+    return_vectors: bool = False
+
+
+class ScoreResponse(BaseModel):
+    user_id: int
+    model_version: str
+    source: str
+    degraded: bool
+    scores: list[float | None]
+    unknown_item_ids: list[int]
+    user_vector: list[float] | None = None
+    item_vectors: list[list[float] | None] | None = None
+    took_ms: float
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: int
+    events: list[Event] = Field(min_length=1)
+
+
+def as_history(events: list[Event]) -> np.ndarray:
+    out = np.zeros(len(events), dtype=HISTORY_EVENT)
+    for i, e in enumerate(events):
+        ratio = np.nan if e.played_ratio is None else e.played_ratio
+        out[i] = (e.item_id, e.artist_id, e.timestamp, e.source, ratio, e.liked, e.disliked)
+    return out[np.argsort(out["timestamp"], kind="stable")]
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    """orjson with numpy arrays serialised natively (cheap ``return_vectors``)."""
+    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(data, status_code=status, media_type="application/json")
+
+
+def problem(status: int, field: str, message: str) -> HTTPException:
+    """An error in the shape FastAPI uses for validation errors: the field, then the message."""
+    return HTTPException(status, detail=[{"loc": ["body", field], "msg": message}])
+
+
+def current_bundle(request: Request) -> Served:
+    """The bundle this request uses from start to end (one reference, taken once)."""
+    backend: Backend = request.app.state.backend
+    current = backend.served
+    if current is None:
+        raise HTTPException(503, detail=backend.not_ready_because())
+    return current
+
+
+ServedBundle = Annotated[Served, Depends(current_bundle)]
+
+
+# -- the user vector ---------------------------------------------------------------------------
+
+
+@dataclass
+class UserVector:
+    vector: np.ndarray | None
+    source: str
+    degraded: bool
+    history: np.ndarray  # the live history used (for exclude_seen), maybe empty
+
+
+class Resolver:
+    def __init__(self, backend: Backend, settings: Settings, metrics: Metrics) -> None:
+        self.backend, self.settings, self.metrics = backend, settings, metrics
+
+    async def stage(self, name: str, work: Callable[[], Any]) -> Any:
+        began = time.perf_counter()
+        try:
+            return await asyncio.to_thread(work)
+        finally:
+            self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - began)
+
+    async def encode(self, served: Served, history: np.ndarray) -> np.ndarray:
+        began = time.perf_counter()
+        try:
+            return await served.batcher.encode(history[-self.settings.max_history :])
+        finally:
+            self.metrics.stage_seconds.labels("encoder").observe(time.perf_counter() - began)
+
+    async def stored_history(self, user_id: int) -> tuple[np.ndarray, bool]:
+        try:
+            (events,) = await self.stage("store", lambda: self.backend.history.get([user_id]))
+            return events, False
+        except redis.RedisError:
+            self.metrics.store_errors.inc()
+            return np.empty(0, dtype=HISTORY_EVENT), True
+
+    async def resolve(
+        self, served: Served, user_id: int, events: list[Event] | None, mode: Mode | None
+    ) -> UserVector:
+        mode = mode or self.settings.default_mode
+        degraded = False
+        history = as_history(events) if events is not None else None
+        wants_realtime = mode == "realtime" or (
+            mode == "auto" and (history is not None or self.settings.realtime_first)
+        )
+        if history is None:
+            history, degraded = await self.stored_history(user_id)
+        if wants_realtime and len(history):
+            return UserVector(await self.encode(served, history), "realtime", degraded, history)
+        try:
+            vectors, found = await self.stage(
+                "store", lambda: served.store.get(served.version, [user_id])
+            )
+            if found[0]:
+                return UserVector(vectors[0], "stored", degraded, history)
+        except (redis.RedisError, VersionUnavailable):
+            self.metrics.store_errors.inc()
+            degraded = True
+        if mode != "offline" and len(history):
+            return UserVector(await self.encode(served, history), "history", degraded, history)
+        return UserVector(None, "popular", degraded, history)
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    backend = Backend(settings, metrics)
+    resolver = Resolver(backend, settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await backend.refresh()
+        reloader = asyncio.create_task(backend.reload_forever())
+        yield
+        reloader.cancel()
+        backend.close()
+
+    app = FastAPI(
+        title="argus",
+        summary="ARGUS candidates and ranking features from the daily bundle and live histories.",
+        lifespan=lifespan,
+    )
+    app.state.backend, app.state.metrics, app.state.settings = backend, metrics, settings
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse(
+                {
+                    "detail": [
+                        {
+                            "loc": ["body"],
+                            "msg": f"body of {length} bytes is over the limit of "
+                            f"{settings.max_body_bytes}",
+                        }
+                    ]
+                },
+                status_code=413,
+            )
+        began = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.post("/candidates", response_model=CandidatesResponse)
+    async def candidates(body: CandidatesRequest, bundle: ServedBundle) -> Response:
+        began = time.perf_counter()
+        if body.k > settings.max_k:
+            raise problem(422, "k", f"k = {body.k} is over the limit of {settings.max_k}")
+        check_history(body.history)
+        user = await resolver.resolve(bundle, body.user_id, body.history, body.mode)
+        metrics.vector_source.labels("/candidates", user.source).inc()
+        excluded = set(body.exclude_item_ids)
+        if body.exclude_seen:
+            excluded.update(user.history["item_id"].tolist())
+        items = await resolver.stage("ann", lambda: top_k(bundle, user.vector, body.k, excluded))
+        ser = time.perf_counter()
+        response = json_response(
+            {
+                "user_id": body.user_id,
+                "model_version": bundle.version,
+                "source": user.source,
+                "degraded": user.degraded,
+                "items": items,
+                "took_ms": 1e3 * (time.perf_counter() - began),
+            }
+        )
+        metrics.stage_seconds.labels("serialize").observe(time.perf_counter() - ser)
+        return response
+
+    @app.post("/score", response_model=ScoreResponse)
+    async def score(body: ScoreRequest, bundle: ServedBundle) -> Response:
+        began = time.perf_counter()
+        if len(body.item_ids) > settings.max_score_items:
+            raise problem(
+                422, "item_ids",
+                f"{len(body.item_ids)} items is over the limit of {settings.max_score_items}",
+            )  # fmt: skip
+        check_history(body.history)
+        user = await resolver.resolve(bundle, body.user_id, body.history, body.mode)
+        metrics.vector_source.labels("/score", user.source).inc()
+        ids = np.asarray(body.item_ids, dtype=np.int64)
+        rows, known = bundle.item_rows(ids)
+        vectors = bundle.bundle.item_vectors[rows]
+        scores: list[float | None] = [None] * len(ids)
+        if user.vector is not None:
+            values = vectors @ user.vector
+            scores = [
+                float(v) if k else None
+                for v, k in zip(values.tolist(), known.tolist(), strict=True)
+            ]
+        out: dict[str, Any] = {
+            "user_id": body.user_id,
+            "model_version": bundle.version,
+            "source": user.source,
+            "degraded": user.degraded,
+            "scores": scores,
+            "unknown_item_ids": ids[~known].tolist(),
+        }
+        if body.return_vectors:
+            out["user_vector"] = user.vector
+            out["item_vectors"] = (
+                vectors
+                if known.all()
+                else [v if k else None for v, k in zip(vectors, known, strict=True)]
+            )
+        ser = time.perf_counter()
+        out["took_ms"] = 1e3 * (ser - began)
+        response = json_response(out)
+        metrics.stage_seconds.labels("serialize").observe(time.perf_counter() - ser)
+        return response
+
+    @app.post("/events", status_code=202)
+    async def events(
+        body: EventsRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        if settings.events_token is not None:
+            expected = f"Bearer {settings.events_token}"
+            if authorization is None or not hmac.compare_digest(authorization, expected):
+                raise HTTPException(
+                    401, detail="POST /events needs 'Authorization: Bearer <token>'"
+                )
+        check_history(body.events, field="events")
+        history = as_history(body.events)
+        try:
+            await resolver.stage("store", lambda: backend.history.append(body.user_id, history))
+        except redis.RedisError as error:
+            metrics.store_errors.inc()
+            raise HTTPException(503, detail=f"live history store unavailable: {error}") from None
+        return {"user_id": body.user_id, "appended": len(history)}
+
+    def check_history(events: list[Event] | None, field: str = "history") -> None:
+        if events is not None and len(events) > settings.max_history:
+            raise problem(
+                422, field, f"{len(events)} events is over the limit of {settings.max_history}"
+            )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        reason = await asyncio.to_thread(backend.not_ready_because)
+        if reason is not None:
+            return json_response(
+                {"ready": False, "reason": reason, "model_version": backend.version}, 503
+            )
+        return json_response({"ready": True, "model_version": backend.version})
+
+    @app.get("/bundle")
+    async def bundle_manifest(bundle: ServedBundle) -> Response:
+        return json_response(bundle.bundle.manifest)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        metrics.bundle_age.set(backend.bundle_age_s())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, error: RequestValidationError) -> Response:
+        return json_response({"detail": [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()
+        ]}, 422)  # fmt: skip
+
+    return app
+
+
+def top_k(
+    served: Served, vector: np.ndarray | None, k: int, excluded: set[int]
+) -> list[dict[str, Any]]:
+    """The ``k`` best items for ``vector`` (or the popular ones) not in ``excluded``; fetches more
+    and retries until it has ``k`` or the whole catalog was searched."""
+    bundle = served.bundle
+    n = len(bundle.item_ids)
+    if vector is None:
+        popular = bundle.popular
+        keep = popular[~np.isin(popular, np.fromiter(excluded, np.int64, len(excluded)))][:k]
+        return [{"item_id": int(i), "score": None} for i in keep]
+    assert bundle.index is not None
+    banned = np.fromiter(excluded, np.int64, len(excluded))
+    fetch = min(n, k + len(excluded))
+    while True:
+        if 2 * fetch > n:  # most of the catalog: exact search is as cheap and never comes up short
+            all_scores = bundle.item_vectors @ vector
+            rows = np.argsort(-all_scores, kind="stable")[: k + len(excluded)]
+            ids, scores = bundle.item_ids[rows], all_scores[rows]
+        else:
+            found, found_scores = bundle.index.knn(vector[None, :], fetch)
+            ids, scores = bundle.item_ids[found[0]], found_scores[0]
+        keep = ~np.isin(ids, banned)
+        if keep.sum() >= k or 2 * fetch > n:
+            return [
+                {"item_id": int(i), "score": float(s)}
+                for i, s in zip(ids[keep][:k], scores[keep][:k], strict=True)
+            ]
+        fetch = min(n, 2 * fetch)

@@ -1,0 +1,53 @@
+"""Prometheus series of the service (DESIGN.md §8), in a registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "argus_request_duration_seconds", "Request latency by endpoint.", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.requests = Counter(
+            "argus_requests_total", "Requests by endpoint and status code.", ["endpoint", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.stage_seconds = Histogram(
+            "argus_stage_duration_seconds", "Latency of one stage of a request.", ["stage"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.vector_source = Counter(
+            "argus_vector_source_total", "User vectors by source.", ["endpoint", "source"],
+            registry=r,
+        )  # fmt: skip
+        self.store_errors = Counter(
+            "argus_store_errors_total", "Failed user-vector store or history calls.", registry=r
+        )
+        self.encoder_batch = Histogram(
+            "argus_encoder_batch_size", "Histories per runtime encoder batch.",
+            buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.encoder_queue_seconds = Histogram(
+            "argus_encoder_queue_delay_seconds", "Wait before a history's batch ran.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.bundle_info = Gauge(
+            "argus_bundle_info", "The loaded bundle (value 1).", ["version"], registry=r
+        )
+        self.bundle_age = Gauge(
+            "argus_bundle_age_seconds", "Seconds since the loaded bundle was built.", registry=r
+        )
+        self.reloads = Counter(
+            "argus_bundle_reloads_total", "Bundle loads by result.", ["result"], registry=r
+        )
+
+    def observe_batch(self, size: int, queue_delay_s: float) -> None:
+        self.encoder_batch.observe(size)
+        self.encoder_queue_seconds.observe(queue_delay_s)

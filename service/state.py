@@ -1,0 +1,175 @@
+"""What the service serves: one immutable :class:`Served` bundle, swapped whole by a reloader.
+
+The version pointer is Redis's ``argus:current`` when a Redis is configured (falling back to the
+newest local bundle while nothing is published), else the newest bundle under the bundle root.
+A new version is opened and verified off the event loop; only then is the reference swapped, so
+in-flight requests finish on the bundle they started with and a bad bundle never replaces a good
+one (it is remembered and not retried until the pointer moves again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import redis
+
+from index.bundle import Bundle, list_versions
+from index.store import (
+    LiveHistory,
+    LocalHistory,
+    LocalStore,
+    RedisHistory,
+    RedisStore,
+    UserVectorStore,
+)
+from service.encoder import DynamicBatcher, Encoder
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("argus.service")
+RETIRE_AFTER_S = 30.0  # an old bundle's encoder thread stops this long after the swap
+
+
+@dataclass(frozen=True)
+class Served:
+    bundle: Bundle
+    store: UserVectorStore
+    batcher: DynamicBatcher
+    built_at: float  # epoch seconds
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def item_rows(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, known)`` of ``item_ids`` in the bundle's sorted catalog."""
+        ids = self.bundle.item_ids
+        rows = np.minimum(np.searchsorted(ids, item_ids), len(ids) - 1)
+        return rows, ids[rows] == item_ids
+
+
+class Backend:
+    """The bundle, the stores and the reloader of one service process."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.redis: redis.Redis | None = None
+        self.redis_store: RedisStore | None = None
+        self.history: LiveHistory
+        if settings.redis_url:
+            timeout = settings.redis_timeout_s
+            self.redis = redis.Redis.from_url(
+                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            self.redis_store = RedisStore(self.redis)
+            self.history = RedisHistory(
+                self.redis, cap=settings.history_cap, ttl_s=settings.history_ttl_s
+            )
+        else:
+            self.history = LocalHistory(cap=settings.history_cap)
+        self.served: Served | None = None
+        self.rejected: dict[str, str] = {}  # version -> why it was refused
+        self.last_reload_error: str | None = None
+
+    # -- the pointer and loading -------------------------------------------------------------
+
+    def latest_local(self) -> str | None:
+        versions = list_versions(self.settings.bundles)
+        return versions[-1].name if versions else None
+
+    def pointer(self) -> str | None:
+        """The version that should be served (``None``: nothing to serve, or Redis is down and
+        the current bundle stays)."""
+        if self.redis_store is not None:
+            try:
+                current = self.redis_store.current_version()
+            except redis.RedisError:
+                return None if self.served is not None else self.latest_local()
+            if current is not None:
+                return current
+        return self.latest_local()
+
+    def load(self, version: str) -> Served:
+        """Open, verify and wrap bundle ``version`` (blocking: call it off the event loop)."""
+        bundle = Bundle.open(self.settings.bundles / version)
+        s = self.settings
+        encoder = Encoder(
+            bundle.encoder_path,
+            max_len=int(bundle.manifest["model_config"].get("max_len", 512)),
+            device=s.encoder_device,
+            threads=s.encoder_threads,
+        )
+        batcher = DynamicBatcher(
+            encoder,
+            max_batch=s.encoder_max_batch,
+            max_delay_ms=s.encoder_max_delay_ms,
+            observe=self.metrics.observe_batch,
+        )
+        store: UserVectorStore = self.redis_store or LocalStore.from_bundle(bundle)
+        built = datetime.fromisoformat(bundle.manifest["created_at"]).timestamp()
+        return Served(bundle, store, batcher, built)
+
+    async def refresh(self) -> None:
+        """Load the pointed-to version if it is new and not known to be bad."""
+        version = await asyncio.to_thread(self.pointer)
+        if version is None or version in self.rejected:
+            return
+        if self.served is not None and self.served.version == version:
+            return
+        try:
+            served = await asyncio.to_thread(self.load, version)
+        except Exception as error:  # any failure keeps the old bundle serving
+            self.rejected[version] = str(error)
+            self.last_reload_error = f"{version}: {error}"
+            self.metrics.reloads.labels("rejected").inc()
+            log.error("bundle %s rejected, still serving %s: %s", version, self.version, error)
+            return
+        old, self.served = self.served, served
+        self.metrics.reloads.labels("loaded").inc()
+        self.metrics.bundle_info.clear()
+        self.metrics.bundle_info.labels(version).set(1)
+        log.info("serving bundle %s (was %s)", version, old and old.version)
+        if old is not None:
+            asyncio.get_running_loop().call_later(
+                RETIRE_AFTER_S, lambda: old.batcher.close(wait=False)
+            )
+
+    async def reload_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # the reloader must outlive any single failure
+                log.exception("reload check failed")
+
+    @property
+    def version(self) -> str | None:
+        return None if self.served is None else self.served.version
+
+    def close(self) -> None:
+        if self.served is not None:
+            self.served.batcher.close()
+        if self.redis is not None:
+            self.redis.close()
+
+    # -- readiness ---------------------------------------------------------------------------
+
+    def not_ready_because(self) -> str | None:
+        if self.served is None:
+            return f"no bundle loaded from {self.settings.bundles}" + (
+                f" (last error: {self.last_reload_error})" if self.last_reload_error else ""
+            )
+        if self.redis is not None:
+            try:
+                self.redis.ping()
+            except redis.RedisError as error:
+                return f"Redis unreachable at {self.settings.redis_url}: {error}"
+        return None
+
+    def bundle_age_s(self) -> float:
+        return 0.0 if self.served is None else time.time() - self.served.built_at
