@@ -13,8 +13,8 @@
     user_ids.npy       int64 [n_users], sorted
     user_vectors.npy   float32 [n_users, dim] (the local store maps it; publish sends it to Redis)
 
-The version is the UTC build time and a short hash of the files' contents
-(``20261123T0400Z-3f9a1c``), so versions sort by time and two different bundles never share a
+The version is the UTC build time, to the second, and a short hash of the files' contents
+(``20261123T040012Z-3f9a1c``), so versions sort by time and two different bundles never share a
 name. The directory is written under a hidden name and renamed when complete: a reader never sees
 a half-built bundle.
 
@@ -225,7 +225,7 @@ def build(
             for name, digest in digests.items()
         }
         content = hashlib.sha256("".join(digests.values()).encode())
-        version = f"{datetime.now(UTC):%Y%m%dT%H%MZ}-{content.hexdigest()[:6]}"
+        version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{content.hexdigest()[:6]}"
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "version": version,

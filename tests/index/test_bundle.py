@@ -27,7 +27,7 @@ from tests.index.test_hnsw import latents
 def test_a_bundle_holds_exactly_the_design_files_and_the_export(
     bundle_dir: Path, exported: Path
 ) -> None:
-    assert re.fullmatch(r"\d{8}T\d{4}Z-[0-9a-f]{6}", bundle_dir.name)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", bundle_dir.name)
     assert {p.name for p in bundle_dir.iterdir()} == {MANIFEST, *BUNDLE_FILES}
     manifest = read_manifest(bundle_dir)
     assert manifest["version"] == bundle_dir.name and manifest["schema_version"] == 1

@@ -1,0 +1,286 @@
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from index.bundle import Bundle, HnswParams, build
+from index.redis_server import RedisServer
+from index.store import publish
+from service.encoder import Encoder
+from service.settings import Settings
+from tests.index.conftest import export_with_users
+from tests.service.conftest import client_for
+
+
+def served(client: TestClient) -> Bundle:
+    bundle = client.app.state.backend.served.bundle  # type: ignore[attr-defined]
+    assert isinstance(bundle, Bundle)
+    return bundle
+
+
+def history(bundle: Bundle, n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    items = rng.choice(bundle.item_ids, n, replace=False)
+    return [
+        {"item_id": int(i), "timestamp": 1_700_000_000 + 60 * t, "played_ratio": 1.0, "source": 1}
+        for t, i in enumerate(items)
+    ]
+
+
+def test_score_is_the_dot_product_of_the_bundle_vectors(local: TestClient) -> None:
+    bundle = served(local)
+    user = int(bundle.user_ids[5])
+    items = [int(i) for i in bundle.item_ids[[3, 0, 77, 12]]] + [-1, 10**15]
+    body = local.post("/score", json={"user_id": user, "item_ids": items, "return_vectors": True})
+    assert body.status_code == 200, body.text
+    out = body.json()
+    assert out["source"] == "stored" and out["model_version"] == bundle.version
+    u = bundle.user_vectors[5]
+    expected = bundle.item_vectors[[3, 0, 77, 12]] @ u
+    assert [np.float32(s) for s in out["scores"][:4]] == expected.tolist()  # exactly
+    assert out["scores"][4:] == [None, None] and out["unknown_item_ids"] == [-1, 10**15]
+    assert np.array_equal(np.array(out["user_vector"], np.float32), u)
+    assert np.array_equal(
+        np.array(out["item_vectors"][:4], np.float32), bundle.item_vectors[[3, 0, 77, 12]]
+    )
+    assert out["item_vectors"][4:] == [None, None]
+
+
+def test_candidates_are_the_top_k_without_seen_or_excluded_items(local: TestClient) -> None:
+    bundle = served(local)
+    user = int(bundle.user_ids[7])
+    u = bundle.user_vectors[7]
+    best = bundle.item_ids[np.argsort(-(bundle.item_vectors @ u))]
+    excluded = [int(i) for i in best[:5]]
+    events = [{"item_id": int(i), "timestamp": 10 + t} for t, i in enumerate(best[5:8])]
+    local.post("/events", json={"user_id": user, "events": events})  # now "seen"
+    out = local.post(
+        "/candidates", json={"user_id": user, "k": 30, "exclude_item_ids": excluded}
+    ).json()
+    assert out["source"] == "stored"
+    ids = [c["item_id"] for c in out["items"]]
+    scores = [c["score"] for c in out["items"]]
+    assert len(ids) == 30 and len(set(ids)) == 30
+    assert not set(ids) & set(excluded) and not set(ids) & {int(i) for i in best[5:8]}
+    assert scores == sorted(scores, reverse=True)
+    rows = np.searchsorted(bundle.item_ids, ids)
+    np.testing.assert_allclose(scores, bundle.item_vectors[rows] @ u, rtol=1e-5, atol=1e-5)
+    # With exclude_seen off the seen items may come back; asking for more than is left gets all.
+    n = len(bundle.item_ids)
+    every = local.post(
+        "/candidates",
+        json={"user_id": user, "k": n, "exclude_item_ids": excluded, "exclude_seen": False},
+    ).json()["items"]
+    assert len(every) == n - len(excluded)
+
+
+def test_every_vector_source_is_reached(local: TestClient) -> None:
+    bundle = served(local)
+    encoder = Encoder(bundle.encoder_path, max_len=96, device="cpu")
+    stranger = int(bundle.user_ids.max()) + 1_000
+    events = history(bundle, 6)
+
+    # realtime: the request's history, through the runtime encoder.
+    out = local.post(
+        "/score",
+        json={
+            "user_id": stranger,
+            "item_ids": [int(bundle.item_ids[0])],
+            "history": events,
+            "return_vectors": True,
+        },
+    ).json()
+    from service.app import Event, as_history
+
+    direct = encoder.encode([as_history([Event(**e) for e in events])])[0]
+    assert out["source"] == "realtime"
+    np.testing.assert_allclose(out["user_vector"], direct, rtol=0, atol=1e-6)
+    # stored: a known user, no history.
+    assert (
+        local.post("/candidates", json={"user_id": int(bundle.user_ids[0]), "k": 3}).json()[
+            "source"
+        ]
+        == "stored"
+    )
+    # mode offline ignores the request's history.
+    assert (
+        local.post(
+            "/candidates",
+            json={"user_id": int(bundle.user_ids[0]), "k": 3, "history": events, "mode": "offline"},
+        ).json()["source"]
+        == "stored"
+    )
+    # popular: nobody knows this user.
+    out = local.post("/candidates", json={"user_id": stranger, "k": 4}).json()
+    assert out["source"] == "popular"
+    assert [c["item_id"] for c in out["items"]] == bundle.popular[:4].tolist()
+    # history: the user's live events, posted to /events, re-encoded.
+    assert local.post("/events", json={"user_id": stranger, "events": events}).status_code == 202
+    out = local.post(
+        "/score",
+        json={"user_id": stranger, "item_ids": [int(bundle.item_ids[0])], "return_vectors": True},
+    ).json()
+    assert out["source"] == "history"
+    np.testing.assert_allclose(out["user_vector"], direct, rtol=0, atol=1e-6)
+    metrics = local.get("/metrics").text
+    for source in ("realtime", "stored", "history", "popular"):
+        assert f'source="{source}"' in metrics
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/candidates", {"k": 5}, "user_id"),
+        ("/candidates", {"user_id": "abc"}, "user_id"),
+        ("/candidates", {"user_id": 1, "k": 0}, "k"),
+        ("/candidates", {"user_id": 1, "k": 5000}, "k"),
+        ("/candidates", {"user_id": 1, "mode": "fast"}, "mode"),
+        ("/candidates", {"user_id": 1, "colour": "red"}, "colour"),
+        ("/candidates", {"user_id": 1, "history": [{"item_id": 1}]}, "timestamp"),
+        (
+            "/candidates",
+            {"user_id": 1, "history": [{"item_id": 1, "timestamp": t} for t in range(3000)]},
+            "history",
+        ),
+        ("/score", {"user_id": 1, "item_ids": []}, "item_ids"),
+        ("/score", {"user_id": 1, "item_ids": list(range(1001))}, "item_ids"),
+        ("/score", {"user_id": 1, "item_ids": ["x"]}, "item_ids"),
+        ("/events", {"user_id": 1, "events": []}, "events"),
+        (
+            "/events",
+            {"user_id": 1, "events": [{"item_id": 1, "timestamp": 1, "played_ratio": -1}]},
+            "played_ratio",
+        ),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(
+    local: TestClient, path: str, body: dict, field: str
+) -> None:
+    response = local.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert any(field in [str(part) for part in error["loc"]] for error in response.json()["detail"])
+
+
+def test_limits_and_the_events_token(bundles: Path) -> None:
+    settings = Settings(bundles=bundles, max_body_bytes=2_000, events_token="s3cret")
+    with client_for(settings) as client:
+        big = client.post("/score", json={"user_id": 1, "item_ids": list(range(900))})
+        assert big.status_code == 413 and "limit" in big.text
+        event = {"user_id": 1, "events": [{"item_id": 1, "timestamp": 1}]}
+        assert client.post("/events", json=event).status_code == 401
+        wrong = client.post("/events", json=event, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = client.post("/events", json=event, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 202 and ok.json() == {"user_id": 1, "appended": 1}
+
+
+def test_ops_endpoints_and_every_metric_series(local: TestClient) -> None:
+    bundle = served(local)
+    assert local.get("/healthz").json() == {"status": "alive"}
+    assert local.get("/readyz").json() == {"ready": True, "model_version": bundle.version}
+    assert local.get("/bundle").json()["files"] == bundle.manifest["files"]
+    assert (
+        local.get("/docs").status_code == 200 and "/candidates" in local.get("/openapi.json").text
+    )
+    local.post("/candidates", json={"user_id": 10**9, "k": 2, "history": history(bundle, 3)})
+    local.post("/candidates", json={"user_id": int(bundle.user_ids[0]), "k": 2})
+    metrics = local.get("/metrics").text
+    for series in (
+        "argus_request_duration_seconds_bucket",
+        "argus_requests_total",
+        "argus_stage_duration_seconds_bucket",
+        "argus_vector_source_total",
+        "argus_store_errors_total",
+        "argus_encoder_batch_size_bucket",
+        "argus_encoder_queue_delay_seconds_bucket",
+        "argus_bundle_info",
+        "argus_bundle_age_seconds",
+        "argus_bundle_reloads_total",
+    ):
+        assert series in metrics, series
+    for stage in ("store", "encoder", "ann", "serialize"):
+        assert f'stage="{stage}"' in metrics
+    assert f'argus_bundle_info{{version="{bundle.version}"}} 1.0' in metrics
+
+
+def test_a_new_bundle_is_swapped_in_and_a_bad_one_rejected(
+    bundles: Path, exported: Path, tmp_path: Path
+) -> None:
+    settings = Settings(bundles=bundles, reload_interval_s=0.05)
+    with client_for(settings) as client:
+        old = served(client).version
+        # A newer, corrupt bundle: rejected, the old one keeps serving.
+        bad = bundles / "29990101T0000Z-badbad"
+        shutil.copytree(bundles / old, bad)
+        (bad / "manifest.json").write_text("{}")
+        time.sleep(0.5)
+        assert (
+            client.post("/candidates", json={"user_id": 1, "k": 2}).json()["model_version"] == old
+        )
+        assert "29990101T0000Z-badbad" in client.app.state.backend.rejected  # type: ignore[attr-defined]
+        assert 'argus_bundle_reloads_total{result="rejected"} 1.0' in client.get("/metrics").text
+        shutil.rmtree(bad)
+        # A good newer bundle is picked up.
+        other = export_with_users(exported, tmp_path / "export2", 50, seed=3)
+        new = Path(build(other, bundles, HnswParams(k=20), progress=False).path).name
+        deadline = time.monotonic() + 5
+        while (
+            client.post("/candidates", json={"user_id": 1, "k": 2}).json()["model_version"] != new
+        ):
+            assert time.monotonic() < deadline, "the new bundle was not loaded"
+            time.sleep(0.05)
+
+
+def test_redis_down_degrades_and_a_restart_recovers(
+    bundles: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    (path,) = [p for p in bundles.iterdir()]
+    bundle = Bundle.open(path, with_index=False)
+    publish(bundle, redis.Redis.from_url(redis_url), progress=False)
+    settings = Settings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.1)
+    user = int(bundle.user_ids[2])
+    with client_for(settings) as client:
+        out = client.post("/candidates", json={"user_id": user, "k": 3}).json()
+        assert out["source"] == "stored" and not out["degraded"]
+        assert client.get("/readyz").status_code == 200
+        redis_server.stop()
+        try:
+            out = client.post("/candidates", json={"user_id": user, "k": 3})
+            assert (
+                out.status_code == 200
+                and out.json()["source"] == "popular"
+                and out.json()["degraded"]
+            )
+            live = client.post(
+                "/score",
+                json={
+                    "user_id": user,
+                    "item_ids": [int(bundle.item_ids[0])],
+                    "history": history(bundle, 4),
+                },
+            )
+            assert live.status_code == 200 and live.json()["source"] == "realtime"
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "Redis unreachable" in ready.json()["reason"]
+            assert (
+                client.post(
+                    "/events", json={"user_id": 1, "events": [{"item_id": 1, "timestamp": 1}]}
+                ).status_code
+                == 503
+            )
+        finally:
+            redis_server.start()
+        publish(bundle, redis.Redis.from_url(redis_url), progress=False)  # a fresh server is empty
+        deadline = time.monotonic() + 5
+        while (
+            client.post("/candidates", json={"user_id": user, "k": 3}).json()["source"] != "stored"
+        ):
+            assert time.monotonic() < deadline, "did not recover within 5 s"
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 200
