@@ -123,6 +123,15 @@ def _expected_shapes(dim: int, n_items: int, n_users: int) -> dict[str, tuple[in
     }
 
 
+def rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, found)`` of ``ids`` in the sorted id array of a bundle (rows of missing ids are
+    valid indices, to be masked with ``found``)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+    rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return rows, sorted_ids[rows] == ids
+
+
 def _check_ids(path: Path, ids: np.ndarray) -> None:
     if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
         raise BundleError(path, "ids are not strictly increasing")

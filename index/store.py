@@ -36,7 +36,7 @@ import numpy as np
 import redis
 from tqdm import tqdm
 
-from index.bundle import Bundle
+from index.bundle import Bundle, rows_of
 from model.contract import HISTORY_EVENT
 
 CURRENT = "argus:current"
@@ -98,9 +98,7 @@ class LocalStore:
         if version != self.version:
             raise VersionUnavailable(f"the local store holds {self.version}, not {version}")
         ids = as_ids(user_ids)
-        rows = np.searchsorted(self.user_ids, ids)
-        found = rows < len(self.user_ids)
-        found[found] = self.user_ids[rows[found]] == ids[found]
+        rows, found = rows_of(self.user_ids, ids)
         vectors = np.zeros((len(ids), self.user_vectors.shape[1]), dtype=np.float32)
         vectors[found] = self.user_vectors[rows[found]]
         return vectors, found
@@ -163,11 +161,10 @@ class HashBuckets:
         return order, offsets
 
     def _groups(self, user_ids: np.ndarray) -> Iterable[tuple[int, np.ndarray]]:
-        bucket = self.bucket_of(user_ids)
-        order = np.argsort(bucket, kind="stable")
-        starts = np.flatnonzero(np.r_[True, bucket[order][1:] != bucket[order][:-1]])
-        for rows in np.split(order, starts[1:]):
-            yield int(bucket[rows[0]]), rows
+        """The non-empty units: ``(bucket, rows of user_ids in it)``."""
+        order, offsets = self.units(user_ids)
+        for b in np.flatnonzero(np.diff(offsets)).tolist():
+            yield b, order[offsets[b] : offsets[b + 1]]
 
     def write(self, pipe: Any, version: str, user_ids: np.ndarray, blobs: list[bytes]) -> None:
         prefix = vector_prefix(version)

@@ -31,10 +31,11 @@ import orjson
 import redis
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from index.bundle import rows_of
+from index.hnsw import exact_top_k
 from index.store import VersionUnavailable
 from model.contract import HISTORY_EVENT
 from service.metrics import Metrics
@@ -107,10 +108,15 @@ class EventsRequest(BaseModel):
 
 
 def as_history(events: list[Event]) -> np.ndarray:
-    out = np.zeros(len(events), dtype=HISTORY_EVENT)
-    for i, e in enumerate(events):
-        ratio = np.nan if e.played_ratio is None else e.played_ratio
-        out[i] = (e.item_id, e.artist_id, e.timestamp, e.source, ratio, e.liked, e.disliked)
+    """The events as HISTORY_EVENT records, oldest first."""
+    out = np.array(
+        [
+            (e.item_id, e.artist_id, e.timestamp, e.source,
+             np.nan if e.played_ratio is None else e.played_ratio, e.liked, e.disliked)
+            for e in events
+        ],
+        dtype=HISTORY_EVENT,
+    )  # fmt: skip
     return out[np.argsort(out["timestamp"], kind="stable")]
 
 
@@ -162,7 +168,7 @@ class Resolver:
     async def encode(self, served: Served, history: np.ndarray) -> np.ndarray:
         began = time.perf_counter()
         try:
-            return await served.batcher.encode(history[-self.settings.max_history :])
+            return await served.batcher.encode(history)  # the encoder keeps the newest max_len
         finally:
             self.metrics.stage_seconds.labels("encoder").observe(time.perf_counter() - began)
 
@@ -223,7 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="ARGUS candidates and ranking features from the daily bundle and live histories.",
         lifespan=lifespan,
     )
-    app.state.backend, app.state.metrics, app.state.settings = backend, metrics, settings
+    app.state.backend = backend
 
     @app.middleware("http")
     async def measure(
@@ -231,18 +237,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {
-                    "detail": [
-                        {
-                            "loc": ["body"],
-                            "msg": f"body of {length} bytes is over the limit of "
-                            f"{settings.max_body_bytes}",
-                        }
-                    ]
-                },
-                status_code=413,
-            )
+            message = f"body of {length} bytes is over the limit of {settings.max_body_bytes}"
+            return json_response({"detail": [{"loc": ["body"], "msg": message}]}, 413)
         began = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
@@ -289,7 +285,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         user = await resolver.resolve(bundle, body.user_id, body.history, body.mode)
         metrics.vector_source.labels("/score", user.source).inc()
         ids = np.asarray(body.item_ids, dtype=np.int64)
-        rows, known = bundle.item_rows(ids)
+        rows, known = rows_of(bundle.bundle.item_ids, ids)
         vectors = bundle.bundle.item_vectors[rows]
         scores: list[float | None] = [None] * len(ids)
         if user.vector is not None:
@@ -382,18 +378,16 @@ def top_k(
     and retries until it has ``k`` or the whole catalog was searched."""
     bundle = served.bundle
     n = len(bundle.item_ids)
+    banned = np.fromiter(excluded, np.int64, len(excluded))
     if vector is None:
         popular = bundle.popular
-        keep = popular[~np.isin(popular, np.fromiter(excluded, np.int64, len(excluded)))][:k]
-        return [{"item_id": int(i), "score": None} for i in keep]
+        return [{"item_id": int(i), "score": None} for i in popular[~np.isin(popular, banned)][:k]]
     assert bundle.index is not None
-    banned = np.fromiter(excluded, np.int64, len(excluded))
     fetch = min(n, k + len(excluded))
     while True:
         if 2 * fetch > n:  # most of the catalog: exact search is as cheap and never comes up short
-            all_scores = bundle.item_vectors @ vector
-            rows = np.argsort(-all_scores, kind="stable")[: k + len(excluded)]
-            ids, scores = bundle.item_ids[rows], all_scores[rows]
+            rows = exact_top_k(vector[None, :], bundle.item_vectors, k + len(excluded))[0]
+            ids, scores = bundle.item_ids[rows], bundle.item_vectors[rows] @ vector
         else:
             found, found_scores = bundle.index.knn(vector[None, :], fetch)
             ids, scores = bundle.item_ids[found[0]], found_scores[0]

@@ -4,7 +4,7 @@ The version pointer is Redis's ``argus:current`` when a Redis is configured (fal
 newest local bundle while nothing is published), else the newest bundle under the bundle root.
 A new version is opened and verified off the event loop; only then is the reference swapped, so
 in-flight requests finish on the bundle they started with and a bad bundle never replaces a good
-one (it is remembered and not retried until the pointer moves again).
+one (it is remembered and not retried: a rebuilt bundle has a new version).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 import redis
 
 from index.bundle import Bundle, list_versions
@@ -45,12 +44,6 @@ class Served:
     @property
     def version(self) -> str:
         return self.bundle.version
-
-    def item_rows(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, known)`` of ``item_ids`` in the bundle's sorted catalog."""
-        ids = self.bundle.item_ids
-        rows = np.minimum(np.searchsorted(ids, item_ids), len(ids) - 1)
-        return rows, ids[rows] == item_ids
 
 
 class Backend:
