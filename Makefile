@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 install:  ## set up system packages and .venv with the dev extra
 	scripts/install.sh dev
 
-demo: install  ## the offline stage: simulate a service, pretrain, fine-tune, evaluate, export, build a bundle
+demo: install  ## simulate a service, pretrain, fine-tune, evaluate, export, build a bundle, serve it
 	$(BIN)/argus simulate --users 5000 --items 20000 --days 30 --seed 1 --out data/demo
 	$(BIN)/argus validate data/demo
 	test -f runs/demo/checkpoint.pt || $(BIN)/argus pretrain --data data/demo --out runs/demo \
@@ -19,6 +19,7 @@ demo: install  ## the offline stage: simulate a service, pretrain, fine-tune, ev
 		--out exports/demo
 	ls bundles/demo/*/manifest.json >/dev/null 2>&1 || $(BIN)/argus build --export exports/demo \
 		--bundles bundles/demo
+	$(BIN)/argus serve --bundles bundles/demo --host 127.0.0.1 --port 8000
 
 test: install  ## set up and run the whole test suite
 	$(BIN)/pytest -q
