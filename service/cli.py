@@ -4,42 +4,65 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from model.cli import fails_cleanly, needs_extra
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-@fails_cleanly
-def serve(
-    bundles: Annotated[Path, typer.Option(help="Bundle root (ROOT/<version>/).")] = Path("bundles"),
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Redis with the published vectors; default: the embedded local store."),
-    ] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes, each with its own bundle.")] = 1,
+
+def run_server(
+    app: str | FastAPI, *, host: str, port: int, workers: int = 1, access_log: bool = False
 ) -> None:
-    """Serve /candidates, /score, /events, /healthz, /readyz, /metrics, /bundle (and /docs).
-    Every other setting is an ARGUS_* environment variable (service/settings.py)."""
-    needs_extra("serve", "fastapi")
+    """uvicorn as ``argus serve`` runs it (``app``: an instance, or ``module:factory``). The
+    benchmarks serve their baseline through this too, so both sides run the same server."""
     import uvicorn
 
-    # Workers are separate processes: the settings travel as environment variables.
-    os.environ["ARGUS_BUNDLES"] = str(bundles)
-    if redis_url:
-        os.environ["ARGUS_REDIS_URL"] = redis_url
     uvicorn.run(
-        "service.app:create_app",
-        factory=True,
+        app,
+        factory=isinstance(app, str),
         host=host,
         port=port,
         workers=workers,
         loop="uvloop",
         http="httptools",
         log_level="info",
+        access_log=access_log,
+    )
+
+
+@fails_cleanly
+def serve(
+    bundles: Annotated[
+        Path, typer.Option(envvar="ARGUS_BUNDLES", help="Bundle root (ROOT/<version>/).")
+    ] = Path("bundles"),
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ARGUS_REDIS_URL",
+            help="Redis with the published vectors; default: the embedded local store.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes, each with its own bundle.")] = 1,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request (the /metrics series count them anyway).")
+    ] = False,
+) -> None:
+    """Serve /candidates, /score, /events, /healthz, /readyz, /metrics, /bundle (and /docs).
+    Every other setting is an ARGUS_* environment variable (service/settings.py)."""
+    needs_extra("serve", "fastapi")
+
+    # Workers are separate processes: the settings travel as environment variables.
+    os.environ["ARGUS_BUNDLES"] = str(bundles)
+    if redis_url:
+        os.environ["ARGUS_REDIS_URL"] = redis_url
+    run_server(
+        "service.app:create_app", host=host, port=port, workers=workers, access_log=access_log
     )
 
 

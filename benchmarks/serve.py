@@ -1,0 +1,579 @@
+"""The service under load: /candidates vs a trivial FastAPI endpoint, latency at half load,
+/score with 1000 items, the runtime encoder at history 512 (argus-3m), dynamic batching.
+
+One run, one load generator (wrk, a C program, with ``benchmarks/wrk_post.lua``), one worker
+process per server. Every server is pinned to ``--server-cpus`` and wrk and Redis to
+``--load-cpus`` (taskset), so the load generator never takes CPU from the server it measures.
+The servers are started side by side and stay up; runs alternate between them over ``--rounds``
+to spread the machine's noise, and the figures are medians.
+
+* **Bundle**: ``--items`` (1M) item vectors x ``--dim`` (128) — the simulator's item latents with
+  16 taste factors lifted to 128 dims, as in ``benchmarks/index.py`` — and ``--users`` user
+  vectors, indexed by ``argus build`` (ef_search tuned to recall@100 >= 0.95), with the ONNX user
+  encoder of an untrained ``argus-3m`` with 128-wide towers (runtime cost does not depend on
+  the weights). Cached under ``--work`` and reused.
+* **Servers**: ``argus serve`` with the vectors published to a real ``redis-server``; the same
+  with the embedded local store; the same with ``ARGUS_ENCODER_MAX_BATCH=1``; and a trivial
+  ``async def`` FastAPI endpoint returning ``{"ok": true}`` on the same uvicorn settings
+  (``service.cli.run_server``: uvloop, httptools, no access log).
+* **Requests**: users drawn Zipf(1) from the published ones, k = 100, ``exclude_seen`` on.
+
+Reported: throughput at saturation (``--connections`` keep-alive connections) and its ratio to
+the trivial endpoint's (goal >= 0.5); p50/p99 at half the measured maximum (Poisson arrivals);
+``/score`` with 1000 items (one connection; also with ``return_vectors`` as JSON numbers and as
+base64 float32); the realtime path with a 512-event history in the
+request (one connection); throughput at 16 concurrent realtime requests with the dynamic
+batcher (max_batch 32) vs ``max_batch = 1``. The service's own per-stage histograms are
+scraped around each run to show where the time goes.
+
+    .venv/bin/python benchmarks/serve.py [--items 1000000] [--rounds 2]
+
+Needs ``wrk`` (``apt-get install -y wrk``; ``make bench`` installs it). Writes
+``runs/bench/serve.json``, ``.md`` and ``serve.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Run as a script, this directory leads sys.path and benchmarks/index.py would shadow ``index``;
+# the repository root goes first instead, so ``benchmarks.index`` imports as a package.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [
+    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)
+]
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+import redis  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from benchmarks.index import catalog_vectors  # noqa: E402
+from index.bundle import Bundle, HnswParams, build, list_versions, read_manifest  # noqa: E402
+from index.redis_server import RedisServer, free_port  # noqa: E402
+from index.store import publish  # noqa: E402
+from model.contract import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, OPSET  # noqa: E402
+
+WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
+TRIVIAL = "trivial"
+
+
+def trivial_app() -> Any:
+    """The baseline: the cheapest async FastAPI endpoint, on the same server settings."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/trivial")
+    async def trivial() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/readyz")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    return app
+
+
+# -- the bundle --------------------------------------------------------------------------------
+
+
+def bench_bundle(args: argparse.Namespace) -> Path:
+    """A bundle of ``args.items`` x ``args.dim`` under ``args.work`` (built once, then reused)."""
+    bundles = args.work / "bundles"
+    for path in reversed(list_versions(bundles)):
+        manifest = read_manifest(path, verify=False)
+        if (manifest["n_items"], manifest["n_users"], manifest["dim"]) == (
+            args.items, args.users, args.dim
+        ):  # fmt: skip
+            print(f"reusing bundle {path}")
+            return path
+    import torch
+
+    from model.argus import Argus, preset
+    from model.export import export_onnx
+
+    export = args.work / "export"
+    shutil.rmtree(export, ignore_errors=True)
+    export.mkdir(parents=True)
+    torch.manual_seed(args.seed)
+    config = preset("argus-3m", tower_dim=args.dim)
+    export_onnx(Argus(config).eval(), export / ENCODER_FILE)
+    items, users = catalog_vectors(args.items, args.dim, 16, 200, args.users, args.seed)
+    arrays = {
+        "item_ids": np.arange(1, args.items + 1, dtype=np.int64),
+        "item_vectors": items,
+        "user_ids": np.arange(1, args.users + 1, dtype=np.int64),
+        "user_vectors": users,
+        # the largest norms stand in for popularity
+        "popular": np.argsort(-np.linalg.norm(items, axis=1))[:1000].astype(np.int64) + 1,
+    }
+    for name, array in arrays.items():
+        np.save(export / f"{name}.npy", array, allow_pickle=False)
+    manifest = {
+        "model_config": asdict(config),
+        "dim": args.dim,
+        "n_items": args.items,
+        "n_users": args.users,
+        "encoder": {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "opset": OPSET},
+        "note": "benchmarks/serve.py: untrained argus-3m encoder, simulator latents as vectors",
+    }
+    (export / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    summary = build(export, bundles, HnswParams(seed=args.seed))
+    print(summary.line())
+    shutil.rmtree(export)
+    return Path(summary.path)
+
+
+# -- request bodies ----------------------------------------------------------------------------
+
+
+def zipf_users(user_ids: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` user ids, the r-th most active (a random order of ``user_ids``) drawn ~ 1/r."""
+    weights = 1.0 / np.arange(1, len(user_ids) + 1)
+    ranked = rng.permutation(user_ids)
+    return ranked[rng.choice(len(ranked), n, p=weights / weights.sum())]
+
+
+def history(item_ids: np.ndarray, length: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """A plausible live history of ``length`` events, oldest first."""
+    now = 1_790_000_000
+    times = np.sort(rng.integers(now - 30 * 86_400, now, length))
+    return [
+        {
+            "item_id": int(item), "timestamp": int(t), "source": int(rng.integers(0, 4)),
+            "played_ratio": round(float(rng.random()), 3), "liked": bool(rng.random() < 0.05),
+        }
+        for item, t in zip(rng.choice(item_ids, length), times, strict=True)
+    ]  # fmt: skip
+
+
+def write_bodies(path: Path, bodies: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"\n".join(orjson.dumps(body) for body in bodies) + b"\n")
+    return path
+
+
+# -- servers and load --------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log}:\n{self.log.read_text()}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f} s; see {self.log}")
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}{path}", orjson.dumps(body), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return dict(orjson.loads(response.read()))
+
+    def stages(self) -> dict[str, tuple[float, float]]:
+        """``stage -> (sum of seconds, count)`` of the service's stage histogram."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        out: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "argus_stage_duration_seconds":
+                continue
+            for sample in family.samples:
+                stage = sample.labels.get("stage", "")
+                if sample.name.endswith("_sum"):
+                    out.setdefault(stage, [0.0, 0.0])[0] = sample.value
+                elif sample.name.endswith("_count"):
+                    out.setdefault(stage, [0.0, 0.0])[1] = sample.value
+        return {stage: (s, c) for stage, (s, c) in out.items()}
+
+
+def wrk(
+    args: argparse.Namespace,
+    url: str,
+    bodies: Path,
+    *,
+    connections: int,
+    seconds: float,
+    rate: float = 0.0,
+) -> dict[str, float]:
+    """One wrk run on the load CPUs: requests/s and latency percentiles in ms."""
+    command = [
+        "taskset", "-c", args.load_cpus, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
+        "--timeout", "30s", "-s", str(WRK_SCRIPT), url, "--", str(bodies), str(rate),
+        str(connections),
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next((x for x in output.splitlines() if x.startswith("WRK_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{output}")
+    raw = json.loads(line.removeprefix("WRK_RESULT "))
+    return {
+        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "requests": raw["requests"],
+        "errors": raw["socket_errors"] + raw["http_errors"],
+        **{f"{p}_ms": raw[f"{p}_us"] / 1e3 for p in ("mean", "p50", "p90", "p99", "max")},
+    }
+
+
+def measured(
+    args: argparse.Namespace,
+    server: Server,
+    path: str,
+    bodies: Path,
+    label: str,
+    **load: Any,
+) -> dict[str, Any]:
+    """A wrk run against ``server`` plus the mean time per request in each service stage."""
+    before = server.stages() if server.name != TRIVIAL else {}
+    result: dict[str, Any] = wrk(args, f"{server.url}{path}", bodies, **load)
+    if server.name != TRIVIAL:
+        after, per_stage = server.stages(), {}
+        for stage, (total, count) in after.items():
+            s0, c0 = before.get(stage, (0.0, 0.0))
+            if count > c0:
+                per_stage[stage] = 1e3 * (total - s0) / max(result["requests"], 1)
+        result["stage_ms_per_request"] = per_stage
+    load_text = ", ".join(f"{k}={v:g}" for k, v in load.items())
+    print(
+        f"{label:<34} {result['rps']:9,.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+        f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  ({load_text})",
+        flush=True,
+    )
+    if result["errors"]:
+        raise RuntimeError(f"{label}: {result['errors']} failed requests; see {server.log}")
+    return result
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(run[key] for run in runs))
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=15.0, help="per saturation run")
+    parser.add_argument("--slow-seconds", type=float, default=20.0, help="per realtime run")
+    parser.add_argument("--connections", type=int, default=32, help="for saturation runs")
+    parser.add_argument("--server-cpus", default="0", help="taskset list for every server")
+    parser.add_argument("--load-cpus", default="1", help="taskset list for wrk and Redis")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "serve")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    # Child mode: serve the trivial endpoint (started like ``argus serve``, with --port).
+    parser.add_argument("--trivial-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    from service.cli import run_server
+
+    if args.trivial_server:
+        run_server(trivial_app(), host="127.0.0.1", port=args.port)
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk (make bench installs it)")
+
+    bundle_path = bench_bundle(args)
+    bundle = Bundle.open(bundle_path, with_index=False)
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        redis_server = RedisServer(work / "redis")
+        (work / "redis").mkdir()
+        redis_server.start()
+        stack.callback(redis_server.stop)
+        assert redis_server.process is not None
+        subprocess.run(
+            ["taskset", "-pc", args.load_cpus, str(redis_server.process.pid)],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        client = redis.Redis.from_url(redis_server.url)
+        print(publish(bundle, client, progress=False).line())
+        redis_version = client.info("server")["redis_version"]
+
+        def start(name: str, argv: list[str], **env: str) -> Server:
+            port = free_port()
+            log = work / f"{name}.log"
+            environment = {
+                **os.environ,
+                "ARGUS_BUNDLES": str(bundle_path.parent),
+                "ARGUS_ENCODER_THREADS": "1",
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                **env,
+            }
+            process = subprocess.Popen(
+                ["taskset", "-c", args.server_cpus, *argv, "--port", str(port)],
+                env=environment,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            server = Server(name, f"http://127.0.0.1:{port}", process, log)
+            stack.callback(process.wait, 30)
+            stack.callback(process.terminate)  # callbacks run last first: terminate, then wait
+            return server
+
+        argus = str(Path(sys.executable).with_name("argus"))
+        servers = {
+            TRIVIAL: start(TRIVIAL, [sys.executable, __file__, "--trivial-server"]),
+            "redis": start("redis", [argus, "serve"], ARGUS_REDIS_URL=redis_server.url),
+            "local": start("local", [argus, "serve"]),
+            "batch1": start(
+                "batch1", [argus, "serve"], ARGUS_REDIS_URL=redis_server.url,
+                ARGUS_ENCODER_MAX_BATCH="1",
+            ),
+        }  # fmt: skip
+        for server in servers.values():
+            server.wait_ready()
+        print("servers ready: " + ", ".join(f"{n} {s.url}" for n, s in servers.items()))
+
+        users = zipf_users(bundle.user_ids, 20_000, rng)
+        item_ids = bundle.item_ids
+
+        def score_body(user: int, vectors: str | None) -> dict[str, Any]:
+            body = {"user_id": user, "item_ids": rng.choice(item_ids, 1000).tolist()}
+            if vectors:
+                body |= {"return_vectors": True, "vectors_format": vectors}
+            return body
+
+        def realtime_body(user: int, length: int) -> dict[str, Any]:
+            events = history(item_ids, length, rng)
+            return {"user_id": user, "k": 100, "mode": "realtime", "history": events}
+
+        requests: dict[str, list[dict[str, Any]]] = {
+            "trivial": [{"user_id": int(u)} for u in users],
+            "candidates": [{"user_id": int(u), "k": 100} for u in users],
+            "score": [score_body(int(u), None) for u in users[:200]],
+            "score_vectors": [score_body(int(u), "json") for u in users[:200]],
+            "score_base64": [score_body(int(u), "base64") for u in users[:200]],
+            "realtime512": [realtime_body(int(u), 512) for u in users[:64]],
+            "realtime32": [realtime_body(int(u), 32) for u in users[:64]],
+        }
+        bodies = {key: write_bodies(work / f"{key}.jsonl", b) for key, b in requests.items()}
+
+        # The responses are what they should be before anything is timed.
+        for name in ("redis", "local"):
+            answer = servers[name].post("/candidates", requests["candidates"][0])
+            assert answer["source"] == "stored" and len(answer["items"]) == 100, answer
+        answer = servers["redis"].post("/candidates", requests["realtime512"][0])
+        assert answer["source"] == "realtime", answer
+
+        S = servers
+        # Warm-up: touch the index pages and fill every connection pool.
+        for name, path, key in (
+            (TRIVIAL, "/trivial", "trivial"),
+            ("redis", "/candidates", "candidates"),
+            ("local", "/candidates", "candidates"),
+        ):
+            wrk(args, f"{S[name].url}{path}", bodies[key], connections=args.connections, seconds=5)
+        for name in ("redis", "batch1"):
+            wrk(args, f"{S[name].url}/candidates", bodies["realtime32"], connections=16, seconds=3)
+
+        def run(name: str, path: str, key: str, label: str, **load: Any) -> dict[str, Any]:
+            return measured(args, S[name], path, bodies[key], label, **load)
+
+        full = {"connections": args.connections, "seconds": args.seconds}
+        slow = args.slow_seconds
+        offline = ((TRIVIAL, "/trivial", "trivial"), ("redis", "/candidates", "candidates"),
+                   ("local", "/candidates", "candidates"))  # fmt: skip
+        saturated: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in offline}
+        batching: dict[str, list[dict[str, Any]]] = {
+            f"{name}_{length}": [] for length in (512, 32) for name in ("redis", "batch1")
+        }
+        for round_ in range(1, args.rounds + 1):
+            print(f"-- round {round_}/{args.rounds}")
+            for name, path, key in offline:
+                saturated[name].append(run(name, path, key, f"{path} {name}", **full))
+            for length in (512, 32):
+                for name in ("redis", "batch1"):
+                    label = f"realtime h={length} c=16 {name}"
+                    batching[f"{name}_{length}"].append(
+                        run(name, "/candidates", f"realtime{length}", label, connections=16,
+                            seconds=slow)
+                    )  # fmt: skip
+
+        max_rps = {name: median_of(runs, "rps") for name, runs in saturated.items()}
+        print("-- half load, then one connection")
+        half = {
+            name: run(name, path, key, f"{path} {name} at half load", connections=args.connections,
+                      seconds=slow, rate=max_rps[name] / 2)
+            for name, path, key in offline
+        }  # fmt: skip
+        one = {"connections": 1, "seconds": slow / 2}
+        single = {
+            "score_1000": run("redis", "/score", "score", "/score 1000 items", **one),
+            "score_1000_vectors": run(
+                "redis", "/score", "score_vectors", "/score 1000 items + vectors", **one
+            ),
+            "score_1000_base64": run(
+                "redis", "/score", "score_base64", "/score 1000 items + base64 vectors", **one
+            ),
+            "realtime_512": run(
+                "redis",
+                "/candidates",
+                "realtime512",
+                "realtime h=512 c=1",
+                connections=1,
+                seconds=slow,
+            ),
+        }
+
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "device": "cpu (no GPU lent)",
+        "server_cpus": args.server_cpus,
+        "load_cpus": args.load_cpus,
+        "redis": redis_version,
+        "bundle": {
+            "version": bundle.version,
+            "items": len(bundle.item_ids),
+            "users": len(bundle.user_ids),
+            "dim": bundle.dim,
+            "ef_search": bundle.manifest["hnsw"]["ef_search"],
+            "recall_at_100": bundle.manifest["hnsw"]["recall"],
+            "encoder": "argus-3m (untrained), tower 128",
+        },
+        "rounds": args.rounds,
+        "connections": args.connections,
+        "max_rps": max_rps,
+        "ratio_redis_vs_trivial": max_rps["redis"] / max_rps[TRIVIAL],
+        "ratio_local_vs_trivial": max_rps["local"] / max_rps[TRIVIAL],
+        "goal_ratio": 0.5,
+        "half_load": half,
+        "single_connection": single,
+        "batcher_rps": {name: median_of(runs, "rps") for name, runs in batching.items()},
+        "batcher_speedup": {
+            length: median_of(batching[f"redis_{length}"], "rps")
+            / median_of(batching[f"batch1_{length}"], "rps")
+            for length in (512, 32)
+        },
+        "saturated_runs": saturated,
+        "batching_runs": batching,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (args.out / "serve.md").write_text(text)
+    plot(result, args.out / "serve.png")
+    print(text)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    b, half, single = r["bundle"], r["half_load"], r["single_connection"]
+
+    def stages(run: dict[str, Any]) -> str:
+        parts = run.get("stage_ms_per_request", {})
+        return ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts.items(), key=lambda x: -x[1]))
+
+    lines = [
+        f"Bundle {b['items']:,} items x {b['dim']} (HNSW ef_search {b['ef_search']}, recall@100 "
+        f"{b['recall_at_100']:.3f}), {b['users']:,} users, encoder {b['encoder']}. "
+        f"{r['machine']}; every server one worker pinned to CPU {r['server_cpus']}, wrk and "
+        f"Redis {r['redis']} on CPU {r['load_cpus']}; {r['device']}; medians of {r['rounds']} "
+        "alternating rounds.",
+        "",
+        f"| endpoint | max req/s ({r['connections']} connections) | ratio to trivial | "
+        "p50 / p99 at half load | ms per request by stage (at half load) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in (
+        (TRIVIAL, "trivial `async def` FastAPI endpoint"),
+        ("redis", "`/candidates` k=100, Redis store"),
+        ("local", "`/candidates` k=100, local store"),
+    ):
+        ratio = r["max_rps"][name] / r["max_rps"][TRIVIAL]
+        lines.append(
+            f"| {label} | {r['max_rps'][name]:,.0f} | {ratio:.2f} | "
+            f"{half[name]['p50_ms']:.2f} / {half[name]['p99_ms']:.2f} ms | {stages(half[name])} |"
+        )
+    lines += ["", "| one connection | p50 | p99 | req/s | ms per request by stage |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for key, label in (
+        ("score_1000", "`/score` 1000 items"),
+        ("score_1000_vectors", "`/score` 1000 items, `return_vectors` (JSON numbers)"),
+        ("score_1000_base64", "`/score` 1000 items, `return_vectors`, `vectors_format=base64`"),
+        ("realtime_512", "`/candidates` realtime, history 512 (argus-3m)"),
+    ):
+        run = single[key]
+        lines.append(
+            f"| {label} | {run['p50_ms']:.2f} ms | {run['p99_ms']:.2f} ms | {run['rps']:,.1f} | "
+            f"{stages(run)} |"
+        )
+    lines += ["", "| 16 concurrent realtime requests | max_batch 32 (req/s) | max_batch 1 (req/s) "
+              "| speed-up |", "|---|---|---|---|"]  # fmt: skip
+    for length in (512, 32):
+        with_batching = r["batcher_rps"][f"redis_{length}"]
+        without = r["batcher_rps"][f"batch1_{length}"]
+        lines.append(
+            f"| history {length} | {with_batching:,.1f} | {without:,.1f} | "
+            f"{r['batcher_speedup'][length]:.2f}x |"
+        )
+    lines += [
+        "",
+        f"`/candidates` (Redis) / trivial: {r['ratio_redis_vs_trivial']:.2f} "
+        f"(goal >= {r['goal_ratio']})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [TRIVIAL, "redis", "local"]
+    labels = ["trivial", "/candidates\nRedis", "/candidates\nlocal"]
+    left.bar(labels, [r["max_rps"][n] for n in names], color=["grey", "C0", "C1"])
+    left.set_ylabel("requests/s, one worker on one core")
+    left.set_title("throughput at saturation")
+    x = np.arange(2)
+    for offset, (name, label) in enumerate((("redis", "max_batch 32"), ("batch1", "max_batch 1"))):
+        values = [r["batcher_rps"][f"{name}_{length}"] for length in (512, 32)]
+        right.bar(x + 0.4 * offset - 0.2, values, 0.4, label=label)
+    right.set_xticks(x, ["history 512", "history 32"])
+    right.set_ylabel("requests/s")
+    right.set_title("16 concurrent realtime requests (argus-3m)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
