@@ -38,6 +38,8 @@ bench: install  ## run every benchmark (slow; writes results under runs/bench)
 	$(BIN)/python benchmarks/pretrain_ablation.py
 	$(BIN)/python benchmarks/index.py
 	$(BIN)/python benchmarks/publish.py
+	command -v wrk >/dev/null || scripts/install.sh dev wrk
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,14 +2,19 @@
 # Installs what argus needs on a fresh Debian/Ubuntu machine, idempotently:
 #   1. system packages (redis-server for the user-vector store and the tests) with apt-get;
 #   2. a project virtual environment in .venv with the requested extras.
-# Usage: scripts/install.sh [EXTRAS]        EXTRAS defaults to "dev" (everything the tests need).
+# Usage: scripts/install.sh [EXTRAS [APT_PACKAGE...]]   EXTRAS defaults to "dev" (everything the
+# tests need); further Debian packages are installed when their command is missing (wrk for the
+# load benchmark, say).
 # The Dockerfile runs this same script, so the image installs exactly what the tests exercise.
 set -euo pipefail
 extras="${1:-dev}"
+shift || true
 cd "$(dirname "$0")/.."
 
 apt_packages=()
-command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+for package in redis-server "$@"; do
+    command -v "$package" >/dev/null 2>&1 || apt_packages+=("$package")
+done
 if ((${#apt_packages[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
