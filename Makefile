@@ -7,19 +7,8 @@ BIN := $(VENV)/bin
 install:  ## set up system packages and .venv with the dev extra
 	scripts/install.sh dev
 
-demo: install  ## simulate a service, pretrain, fine-tune, evaluate, export, build a bundle, serve it
-	$(BIN)/argus simulate --users 5000 --items 20000 --days 30 --seed 1 --out data/demo
-	$(BIN)/argus validate data/demo
-	test -f runs/demo/checkpoint.pt || $(BIN)/argus pretrain --data data/demo --out runs/demo \
-		--preset argus-tiny --model hash_rows=65536 --max-len 256 --batch-size 16 --max-steps 300
-	test -f runs/demo-finetuned/checkpoint.pt || $(BIN)/argus finetune --data data/demo \
-		--init runs/demo --out runs/demo-finetuned --batch-size 16 --max-steps 200
-	$(BIN)/argus evaluate runs/demo runs/demo-finetuned --data data/demo --out runs/demo-finetuned
-	test -d exports/demo || $(BIN)/argus export --checkpoint runs/demo-finetuned --data data/demo \
-		--out exports/demo
-	ls bundles/demo/*/manifest.json >/dev/null 2>&1 || $(BIN)/argus build --export exports/demo \
-		--bundles bundles/demo
-	$(BIN)/argus serve --bundles bundles/demo --host 127.0.0.1 --port 8000
+demo: install  ## simulate a service, train a tiny ARGUS, export, build, publish, serve on :8000
+	$(BIN)/argus demo
 
 test: install  ## set up and run the whole test suite
 	$(BIN)/pytest -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+import argus.demo
 import index.cli
 import model.cli
 import service.cli
@@ -18,3 +19,4 @@ app = typer.Typer(
 model.cli.register(app)
 index.cli.register(app)
 service.cli.register(app)
+argus.demo.register(app)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what argus needs on a fresh Debian/Ubuntu machine, idempotently:
-#   1. system packages (redis-server for the user-vector store and the tests) with apt-get;
+#   1. system packages with apt-get (for the dev extra: redis-server and prometheus, which the
+#      tests run for real);
 #   2. a project virtual environment in .venv with the requested extras.
 # Usage: scripts/install.sh [EXTRAS [APT_PACKAGE...]]   EXTRAS defaults to "dev" (everything the
 # tests need); further Debian packages are installed when their command is missing (wrk for the
@@ -11,8 +12,12 @@ extras="${1:-dev}"
 shift || true
 cd "$(dirname "$0")/.."
 
+# The tests (the dev extra) run a real redis-server and Prometheus (with promtool); the images
+# (serve, train extras) need no system package.
+system=("$@")
+[[ ",$extras," == *",dev,"* ]] && system+=(redis-server prometheus curl)
 apt_packages=()
-for package in redis-server "$@"; do
+for package in "${system[@]}"; do
     command -v "$package" >/dev/null 2>&1 || apt_packages+=("$package")
 done
 if ((${#apt_packages[@]})); then

@@ -342,7 +342,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.stage_seconds.labels("serialize").observe(time.perf_counter() - ser)
         return response
 
-    @app.post("/events", status_code=202)
+    @app.post("/events")  # 200: the events are stored when it answers
     async def events(
         body: EventsRequest, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:

@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import uvicorn
 
-from index.redis_server import RedisServer
+from index.bundle import HnswParams, build
+from index.redis_server import RedisServer, free_port
+from service.app import create_app
+from service.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +76,41 @@ def exported(finetuned: Path, sim_data: Path, tmp_path_factory: pytest.TempPathF
     out = tmp_path_factory.mktemp("exports") / "tiny"
     export(finetuned, sim_data, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def serving_root(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serving") / "bundles"
+    build(exported, root, HnswParams(k=20, sample=100), progress=False)
+    return root
+
+
+@pytest.fixture
+def bundles(serving_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the bundle root (tests add and damage bundles)."""
+    copy = tmp_path / "bundles"
+    shutil.copytree(serving_root, copy)
+    return copy
+
+
+class ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test thread owns the signals
+        pass
+
+
+def serving(settings: Settings) -> Iterator[str]:
+    """A real uvicorn server of the app on a free port, in a thread; yields its URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = ThreadedServer(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

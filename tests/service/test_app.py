@@ -138,7 +138,7 @@ def test_every_vector_source_is_reached(local: TestClient) -> None:
     assert out["source"] == "popular"
     assert [c["item_id"] for c in out["items"]] == bundle.popular[:4].tolist()
     # history: the user's live events, posted to /events, re-encoded.
-    assert local.post("/events", json={"user_id": stranger, "events": events}).status_code == 202
+    assert local.post("/events", json={"user_id": stranger, "events": events}).status_code == 200
     out = local.post(
         "/score",
         json={"user_id": stranger, "item_ids": [int(bundle.item_ids[0])], "return_vectors": True},
@@ -208,7 +208,7 @@ def test_limits_and_the_events_token(bundles: Path) -> None:
         wrong = client.post("/events", json=event, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         ok = client.post("/events", json=event, headers={"Authorization": "Bearer s3cret"})
-        assert ok.status_code == 202 and ok.json() == {"user_id": 1, "appended": 1}
+        assert ok.status_code == 200 and ok.json() == {"user_id": 1, "appended": 1}
 
 
 def test_ops_endpoints_and_every_metric_series(local: TestClient) -> None:

@@ -12,35 +12,11 @@ import httpx
 import numpy as np
 import pytest
 import redis
-import uvicorn
 
 from index.bundle import Bundle, HnswParams, build
-from index.redis_server import free_port
 from index.store import publish
-from service.app import create_app
 from service.settings import Settings
-
-
-class ThreadedServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test thread owns the signals
-        pass
-
-
-def serving(settings: Settings) -> Iterator[str]:
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    server = ThreadedServer(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+from tests.conftest import serving
 
 
 def changed_export(exported: Path, out: Path) -> Path:

@@ -1,0 +1,181 @@
+"""``argus demo``: the whole pipeline on a simulated service, then the service itself.
+
+simulate → pretrain → fine-tune → export → build → publish (Redis when ``ARGUS_REDIS_URL`` is
+set, otherwise the embedded local store) → serve, printing ``curl`` examples that work against
+the result. Every stage is the real ``argus`` subcommand (with its own progress bar), run in a
+child process; a stage whose output is already there is reused, so a second run goes straight to
+serving. The outputs live under ``--root`` (``data/``, ``runs/``, ``exports/``, ``bundles/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.cli import fails_cleanly
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / "demo"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "runs" / "demo"
+
+    @property
+    def finetuned(self) -> Path:
+        return self.root / "runs" / "demo-finetuned"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "exports" / "demo"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles" / "demo"
+
+
+def argus(*args: str | Path) -> None:
+    """Run one ``argus`` subcommand (the same executable as this one), failing loudly."""
+    command = [sys.executable, "-m", "argus", *map(str, args)]
+    print(f"\n$ argus {shlex.join(map(str, args))}", flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"argus demo: stage `argus {args[0]}` failed (see above)")
+
+
+def stage(name: str, done: bool, *args: str | Path) -> None:
+    if done:
+        print(f"\n= {name}: already done, reusing it", flush=True)
+    else:
+        argus(*args)
+
+
+def latest_bundle(bundles: Path) -> Path:
+    from index.bundle import list_versions
+
+    versions = list_versions(bundles)
+    if not versions:
+        raise SystemExit(f"argus demo: no bundle under {bundles}")
+    return versions[-1]
+
+
+def examples(base: str, bundle: Path, token: str | None) -> list[str]:
+    """Ready-to-paste ``curl`` commands for a real user and real items of ``bundle``."""
+    from index.bundle import load_array
+
+    users = load_array(bundle / "user_ids.npy", mmap=True)
+    items = load_array(bundle / "popular.npy")
+    user, picks = int(users[len(users) // 2]), [int(i) for i in items[:3]]
+    json_header = "-H 'Content-Type: application/json'"
+    event = {"user_id": user, "events": [{"item_id": picks[0], "timestamp": int(time.time())}]}
+    auth = f" -H 'Authorization: Bearer {token}'" if token else ""
+    history = [{"item_id": i, "timestamp": int(time.time()) - 60 * n} for n, i in enumerate(picks)]
+
+    def post(path: str, body: object, extra: str = "") -> str:
+        return f"curl -s {json_header}{extra} -d '{json.dumps(body)}' {base}{path}"
+
+    return [
+        post("/candidates", {"user_id": user, "k": 10}),
+        post("/score", {"user_id": user, "item_ids": picks}),
+        post("/events", event, auth),
+        post("/candidates", {"user_id": user, "k": 5, "history": history}),
+    ]
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"argus demo: the service exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"argus demo: the service was not ready after {timeout_s:.0f} s ({url})")
+
+
+@fails_cleanly
+def demo(
+    root: Annotated[Path, typer.Option(help="Where data/, runs/, exports/, bundles/ go.")] = Path(
+        "."
+    ),
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 5_000,
+    items: Annotated[int, typer.Option(help="Simulated items.")] = 20_000,
+    days: Annotated[int, typer.Option(help="Simulated days.")] = 30,
+    pretrain_steps: Annotated[int, typer.Option(help="Pretraining steps.")] = 300,
+    finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 200,
+    host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+    serve: Annotated[bool, typer.Option(help="Serve at the end (else stop after publishing).")] = (
+        True
+    ),
+) -> None:
+    """Simulate a service, train a tiny ARGUS, export, build, publish and serve it on port 8000,
+    with curl examples. Re-running reuses the finished stages."""
+    began = time.perf_counter()
+    p = Paths(root)
+    redis_url = os.environ.get("ARGUS_REDIS_URL")
+    stage("simulate", (p.data / "events.parquet").is_file(), "simulate", "--users", str(users),
+          "--items", str(items), "--days", str(days), "--seed", "1", "--out", p.data)  # fmt: skip
+    stage("pretrain", (p.pretrained / "checkpoint.pt").is_file(), "pretrain", "--data", p.data,
+          "--out", p.pretrained, "--preset", "argus-tiny", "--model", "hash_rows=65536",
+          "--max-len", "256", "--batch-size", "16", "--max-steps", str(pretrain_steps))  # fmt: skip
+    stage("finetune", (p.finetuned / "checkpoint.pt").is_file(), "finetune", "--data", p.data,
+          "--init", p.pretrained, "--out", p.finetuned, "--batch-size", "16", "--max-steps",
+          str(finetune_steps))  # fmt: skip
+    stage("export", p.export.is_dir(), "export", "--checkpoint", p.finetuned, "--data", p.data,
+          "--out", p.export)  # fmt: skip
+    built = p.bundles.is_dir() and any(p.bundles.glob("*/manifest.json"))
+    stage("build", built, "build", "--export", p.export, "--bundles", p.bundles)
+    bundle = latest_bundle(p.bundles)
+    if redis_url:
+        argus("publish", "--bundle", bundle, "--redis-url", redis_url)  # idempotent: resumes
+    store = f"Redis at {redis_url}" if redis_url else "the embedded local store"
+    print(
+        f"\nargus demo: bundle {bundle.name} ready in {time.perf_counter() - began:.0f} s "
+        f"(user vectors in {store})",
+        flush=True,
+    )
+    if not serve:
+        return
+
+    base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    command = [sys.executable, "-m", "argus", "serve", "--bundles", str(p.bundles), "--host",
+               host, "--port", str(port)]  # fmt: skip
+    print(f"\n$ argus {shlex.join(command[3:])}", flush=True)
+    process = subprocess.Popen(command)
+    try:
+        wait_ready(process, base)
+        lines = examples(base, bundle, os.environ.get("ARGUS_EVENTS_TOKEN"))
+        print("\nargus demo: serving on " + base + " (API docs at /docs). Try:\n", flush=True)
+        print("\n".join(lines) + "\n", flush=True)
+        print("Ctrl-C stops the service.", flush=True)
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
