@@ -416,8 +416,13 @@ def top_k(
             rows = exact_top_k(vector[None, :], bundle.item_vectors, k + len(excluded))[0]
             ids, scores = bundle.item_ids[rows], bundle.item_vectors[rows] @ vector
         else:
-            found, found_scores = bundle.index.knn(vector[None, :], fetch)
-            ids, scores = bundle.item_ids[found[0]], found_scores[0]
+            found, _ = bundle.index.knn(vector[None, :], fetch)
+            # Exact inner products (the MIPS transform's are off in the 7th digit), so a score
+            # here equals /score's for the same item, and the order follows it.
+            rows = found[0]
+            scores = bundle.item_vectors[rows] @ vector
+            order = np.argsort(-scores, kind="stable")
+            ids, scores = bundle.item_ids[rows[order]], scores[order]
         keep = ~np.isin(ids, banned)
         if keep.sum() >= k or 2 * fetch > n:
             return [
