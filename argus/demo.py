@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +98,10 @@ def examples(base: str, bundle: Path, token: str | None) -> list[str]:
     ]
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -162,6 +167,8 @@ def demo(
                host, "--port", str(port)]  # fmt: skip
     print(f"\n$ argus {shlex.join(command[3:])}", flush=True)
     process = subprocess.Popen(command)
+    # SIGTERM (docker stop, kill) ends the demo like Ctrl-C: the service stops with it.
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         wait_ready(process, base)
         lines = examples(base, bundle, os.environ.get("ARGUS_EVENTS_TOKEN"))

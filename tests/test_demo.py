@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +59,7 @@ class Demo:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        """SIGTERM, as ``docker stop`` sends: the demo stops its service too."""
         self.process.terminate()
         self.process.wait(timeout=30)
 
@@ -71,6 +73,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Demo, Path,
         yield running, root, f"http://127.0.0.1:{port}"
     finally:
         running.stop()
+    with socket.socket() as probe:  # the service went with the demo: nothing listens there
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        probe.bind(("127.0.0.1", port))
 
 
 def test_demo_serves_and_its_curl_examples_answer_200(demo: tuple[Demo, Path, str]) -> None:
