@@ -18,19 +18,24 @@ RUN if ! python3 -c 'import sys, venv; assert sys.version_info >= (3, 11)' 2>/de
     fi
 WORKDIR /app
 
-# -- build the service's virtual environment ------------------------------------------------
-FROM base AS build-serve
+# -- the source, then each image's virtual environment built from it ---------------------------
+FROM base AS source
 COPY pyproject.toml README.md ./
 COPY scripts/ scripts/
 COPY argus/ argus/
 COPY model/ model/
 COPY index/ index/
 COPY service/ service/
+
+FROM source AS build-serve
 RUN scripts/install.sh serve
 
-# -- the service -------------------------------------------------------------------------------
-FROM base AS serve
+# -- the runtime images: a non-root user owning the data directories -------------------------
+FROM base AS runtime
 RUN useradd --system --uid 10001 --home-dir /app argus && mkdir -p /work /bundles && chown argus /work /bundles
+
+# -- the service -------------------------------------------------------------------------------
+FROM runtime AS serve
 COPY --from=build-serve /app /app
 ENV PATH=/app/.venv/bin:$PATH ARGUS_BUNDLES=/bundles
 USER argus
@@ -40,17 +45,10 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
 CMD ["argus", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # -- the offline job (export, build, publish; also training) ----------------------------------
-FROM base AS build-offline
-COPY pyproject.toml README.md ./
-COPY scripts/ scripts/
-COPY argus/ argus/
-COPY model/ model/
-COPY index/ index/
-COPY service/ service/
+FROM source AS build-offline
 RUN scripts/install.sh train,serve
 
-FROM base AS offline
-RUN useradd --system --uid 10001 --home-dir /app argus && mkdir -p /work /bundles && chown argus /work /bundles
+FROM runtime AS offline
 COPY --from=build-offline /app /app
 ENV PATH=/app/.venv/bin:$PATH
 USER argus

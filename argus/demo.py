@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +23,7 @@ from typing import Annotated
 import typer
 
 from model.cli import fails_cleanly
+from service.cli import wait_ready
 
 
 @dataclass(frozen=True)
@@ -102,21 +102,6 @@ def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"argus demo: the service exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"argus demo: the service was not ready after {timeout_s:.0f} s ({url})")
-
-
 @fails_cleanly
 def demo(
     root: Annotated[Path, typer.Option(help="Where data/, runs/, exports/, bundles/ go.")] = Path(
@@ -170,7 +155,10 @@ def demo(
     # SIGTERM (docker stop, kill) ends the demo like Ctrl-C: the service stops with it.
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        wait_ready(process, base)
+        try:
+            wait_ready(process, base)
+        except RuntimeError as error:
+            raise SystemExit(f"argus demo: {error}") from None
         lines = examples(base, bundle, os.environ.get("ARGUS_EVENTS_TOKEN"))
         print("\nargus demo: serving on " + base + " (API docs at /docs). Try:\n", flush=True)
         print("\n".join(lines) + "\n", flush=True)

@@ -53,7 +53,6 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 import urllib.request  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from typing import Any  # noqa: E402
@@ -67,7 +66,8 @@ from benchmarks.index import catalog_vectors  # noqa: E402
 from index.bundle import Bundle, HnswParams, build, list_versions, read_manifest  # noqa: E402
 from index.redis_server import RedisServer, free_port  # noqa: E402
 from index.store import publish  # noqa: E402
-from model.contract import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, OPSET  # noqa: E402
+from model.contract import ENCODER_FILE  # noqa: E402
+from service.cli import run_server, wait_ready  # noqa: E402
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
 TRIVIAL = "trivial"
@@ -106,7 +106,7 @@ def bench_bundle(args: argparse.Namespace) -> Path:
     import torch
 
     from model.argus import Argus, preset
-    from model.export import export_onnx
+    from model.export import export_onnx, write_files
 
     export = args.work / "export"
     shutil.rmtree(export, ignore_errors=True)
@@ -123,17 +123,14 @@ def bench_bundle(args: argparse.Namespace) -> Path:
         # the largest norms stand in for popularity
         "popular": np.argsort(-np.linalg.norm(items, axis=1))[:1000].astype(np.int64) + 1,
     }
-    for name, array in arrays.items():
-        np.save(export / f"{name}.npy", array, allow_pickle=False)
     manifest = {
         "model_config": asdict(config),
         "dim": args.dim,
         "n_items": args.items,
         "n_users": args.users,
-        "encoder": {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "opset": OPSET},
         "note": "benchmarks/serve.py: untrained argus-3m encoder, simulator latents as vectors",
     }
-    (export / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_files(export, arrays, manifest)
     summary = build(export, bundles, HnswParams(seed=args.seed))
     print(summary.line())
     shutil.rmtree(export)
@@ -178,19 +175,12 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def wait_ready(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log}:\n{self.log.read_text()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f} s; see {self.log}")
+    def wait_ready(self) -> None:
+        try:
+            wait_ready(self.process, self.url, timeout_s=300)
+        except RuntimeError as error:
+            raise RuntimeError(f"{self.name}: {error}; its log {self.log}:\n"
+                               f"{self.log.read_text()[-3000:]}") from None  # fmt: skip
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -298,8 +288,6 @@ def main() -> None:
     parser.add_argument("--trivial-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    from service.cli import run_server
 
     if args.trivial_server:
         run_server(trivial_app(), host="127.0.0.1", port=args.port)

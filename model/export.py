@@ -185,6 +185,16 @@ def popular_items(events: Events) -> np.ndarray:
     return catalog.ids[np.lexsort((catalog.ids, -counts))]
 
 
+def write_files(directory: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """``arrays`` as ``<name>.npy`` (never pickled) and ``manifest`` plus the encoder's signature
+    as ``export.json``: every file of an export but ``encoder.onnx``."""
+    for name, array in arrays.items():
+        np.save(directory / f"{name}.npy", array, allow_pickle=False)
+    signature = {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "opset": OPSET}
+    text = json.dumps({**manifest, "encoder": signature}, indent=2)
+    (directory / EXPORT_MANIFEST).write_text(text + "\n")
+
+
 def export(
     checkpoint: str | Path,
     data: str | Path,
@@ -222,8 +232,6 @@ def export(
         "user_vectors": user_vecs,
         "popular": popular_items(events),
     }
-    for name, array in arrays.items():
-        np.save(tmp / f"{name}.npy", array, allow_pickle=False)
     elapsed = time.perf_counter() - began
     manifest: dict[str, Any] = {
         "checkpoint": str(checkpoint),
@@ -234,10 +242,9 @@ def export(
         "n_users": len(users),
         "trained_until": state["train_until"],
         "events_until": int(events.timestamp.max()) + 1,
-        "encoder": {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "opset": OPSET},
         "elapsed_s": elapsed,
     }
-    (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_files(tmp, arrays, manifest)
     os.replace(tmp, out)
     user_events = int(np.minimum(np.diff(events.user_offsets()[1]), model.cfg.max_len).sum())
     return ExportSummary(

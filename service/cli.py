@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,6 +35,23 @@ def run_server(
         log_level="info",
         access_log=access_log,
     )
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, *, timeout_s: float = 120.0) -> None:
+    """Wait until the ``argus serve`` child ``process`` answers ``url/readyz`` with 200; raise
+    RuntimeError when it exits or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 while it loads
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the service was not ready after {timeout_s:.0f} s ({url})")
 
 
 @fails_cleanly
