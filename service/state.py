@@ -54,17 +54,18 @@ class Backend:
         self.redis: redis.Redis | None = None
         self.redis_store: RedisStore | None = None
         self.history: LiveHistory
-        if settings.redis_url:
-            timeout = settings.redis_timeout_s
+        store = settings.store
+        if store.redis_url:
+            timeout = store.redis_timeout_s
             self.redis = redis.Redis.from_url(
-                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+                store.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
             self.redis_store = RedisStore(self.redis)
             self.history = RedisHistory(
-                self.redis, cap=settings.history_cap, ttl_s=settings.history_ttl_s
+                self.redis, cap=store.history_cap, ttl_s=store.history_ttl_s
             )
         else:
-            self.history = LocalHistory(cap=settings.history_cap)
+            self.history = LocalHistory(cap=store.history_cap)
         self.served: Served | None = None
         self.rejected: dict[str, str] = {}  # version -> why it was refused
         self.last_reload_error: str | None = None
@@ -72,7 +73,7 @@ class Backend:
     # -- the pointer and loading -------------------------------------------------------------
 
     def latest_local(self) -> str | None:
-        versions = list_versions(self.settings.bundles)
+        versions = list_versions(self.settings.store.bundles)
         return versions[-1].name if versions else None
 
     def pointer(self) -> str | None:
@@ -89,18 +90,18 @@ class Backend:
 
     def load(self, version: str) -> Served:
         """Open, verify and wrap bundle ``version`` (blocking: call it off the event loop)."""
-        bundle = Bundle.open(self.settings.bundles / version)
-        s = self.settings
+        bundle = Bundle.open(self.settings.store.bundles / version)
+        s = self.settings.encoder
         encoder = Encoder(
             bundle.encoder_path,
             max_len=int(bundle.manifest["model_config"].get("max_len", 512)),
-            device=s.encoder_device,
-            threads=s.encoder_threads,
+            device=s.device,
+            threads=s.threads,
         )
         batcher = DynamicBatcher(
             encoder,
-            max_batch=s.encoder_max_batch,
-            max_delay_ms=s.encoder_max_delay_ms,
+            max_batch=s.max_batch,
+            max_delay_ms=s.max_delay_ms,
             observe=self.metrics.observe_batch,
         )
         store: UserVectorStore = self.redis_store or LocalStore.from_bundle(bundle)
@@ -134,7 +135,7 @@ class Backend:
 
     async def reload_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.reload_interval_s)
+            await asyncio.sleep(self.settings.store.reload_interval_s)
             try:
                 await self.refresh()
             except Exception:  # the reloader must outlive any single failure
@@ -154,14 +155,14 @@ class Backend:
 
     def not_ready_because(self) -> str | None:
         if self.served is None:
-            return f"no bundle loaded from {self.settings.bundles}" + (
+            return f"no bundle loaded from {self.settings.store.bundles}" + (
                 f" (last error: {self.last_reload_error})" if self.last_reload_error else ""
             )
         if self.redis is not None:
             try:
                 self.redis.ping()
             except redis.RedisError as error:
-                return f"Redis unreachable at {self.settings.redis_url}: {error}"
+                return f"Redis unreachable at {self.settings.store.redis_url}: {error}"
         return None
 
     def bundle_age_s(self) -> float:

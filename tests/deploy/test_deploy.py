@@ -20,7 +20,7 @@ from kubernetes_validate import validate as kubernetes_validate
 from kubernetes_validate.utils import ValidationError
 
 from index.redis_server import free_port
-from service.settings import Settings
+from service.settings import EncoderSettings, Settings, StoreSettings
 from tests.conftest import serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +65,9 @@ def alert_expressions() -> list[str]:
 
 @pytest.fixture
 def service(bundles: Path) -> Iterator[str]:
-    yield from serving(Settings(bundles=bundles, encoder_max_delay_ms=0))
+    yield from serving(
+        Settings(store=StoreSettings(bundles=bundles), encoder=EncoderSettings(max_delay_ms=0))
+    )
 
 
 def exposed_families(url: str) -> set[str]:
@@ -172,7 +174,7 @@ def test_kubernetes_probes_resources_and_the_daily_job() -> None:
     job = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert job["command"] == ["scripts/daily.sh"] and (ROOT / "scripts" / "daily.sh").is_file()
     settings = set(docs["ConfigMap"]["data"])
-    known = {f"ARGUS_{name.upper()}" for name in Settings.model_fields}
+    known = set(Settings.environment())
     daily = {"ARGUS_CHECKPOINT", "ARGUS_DATA", "ARGUS_EXPORTS"}  # scripts/daily.sh's own
     assert settings - known - daily == set(), "ConfigMap sets variables nothing reads"
 

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.settings import EncoderSettings, Settings, StoreSettings
 
 
 def client_for(settings: Settings) -> TestClient:
@@ -17,5 +17,7 @@ def client_for(settings: Settings) -> TestClient:
 @pytest.fixture
 def local(bundles: Path) -> Iterator[TestClient]:
     """The service on the embedded local store."""
-    with client_for(Settings(bundles=bundles, encoder_max_delay_ms=0)) as client:
+    with client_for(
+        Settings(store=StoreSettings(bundles=bundles), encoder=EncoderSettings(max_delay_ms=0))
+    ) as client:
         yield client

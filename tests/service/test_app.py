@@ -15,7 +15,7 @@ from index.bundle import Bundle, HnswParams, build
 from index.redis_server import RedisServer
 from index.store import publish
 from service.encoder import Encoder
-from service.settings import Settings
+from service.settings import LimitSettings, RequestSettings, Settings, StoreSettings
 from tests.index.conftest import export_with_users
 from tests.service.conftest import client_for
 
@@ -113,7 +113,7 @@ def test_every_vector_source_is_reached(local: TestClient) -> None:
             "return_vectors": True,
         },
     ).json()
-    from service.app import Event, as_history
+    from service.schemas import Event, as_history
 
     direct = encoder.encode([as_history([Event(**e) for e in events])])[0]
     assert out["source"] == "realtime"
@@ -186,7 +186,11 @@ def test_bad_input_is_a_422_naming_the_field(
 
 
 def test_limits_and_the_events_token(bundles: Path) -> None:
-    settings = Settings(bundles=bundles, max_body_bytes=2_000, events_token="s3cret")
+    settings = Settings(
+        store=StoreSettings(bundles=bundles),
+        limits=LimitSettings(max_body_bytes=2_000),
+        requests=RequestSettings(events_token="s3cret"),
+    )
     with client_for(settings) as client:
         big = client.post("/score", json={"user_id": 1, "item_ids": list(range(900))})
         assert big.status_code == 413 and "limit" in big.text
@@ -243,7 +247,7 @@ def test_ops_endpoints_and_every_metric_series(local: TestClient) -> None:
 def test_a_new_bundle_is_swapped_in_and_a_bad_one_rejected(
     bundles: Path, exported: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(bundles=bundles, reload_interval_s=0.05)
+    settings = Settings(store=StoreSettings(bundles=bundles, reload_interval_s=0.05))
     with client_for(settings) as client:
         old = served(client).version
         # A newer, corrupt bundle: rejected, the old one keeps serving.
@@ -274,7 +278,9 @@ def test_redis_down_degrades_and_a_restart_recovers(
     (path,) = [p for p in bundles.iterdir()]
     bundle = Bundle.open(path, with_index=False)
     publish(bundle, redis.Redis.from_url(redis_url), progress=False)
-    settings = Settings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.1)
+    settings = Settings(
+        store=StoreSettings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.1)
+    )
     user = int(bundle.user_ids[2])
     with client_for(settings) as client:
         out = client.post("/candidates", json={"user_id": user, "k": 3}).json()

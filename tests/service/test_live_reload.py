@@ -15,7 +15,7 @@ import redis
 
 from index.bundle import Bundle, HnswParams, build
 from index.store import publish
-from service.settings import Settings
+from service.settings import Settings, StoreSettings
 from tests.conftest import serving
 
 
@@ -31,7 +31,9 @@ def changed_export(exported: Path, out: Path) -> Path:
 def server_url(bundles: Path, redis_url: str) -> Iterator[str]:
     (path,) = list(bundles.iterdir())
     publish(Bundle.open(path, with_index=False), redis.Redis.from_url(redis_url), progress=False)
-    settings = Settings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.05)
+    settings = Settings(
+        store=StoreSettings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.05)
+    )
     yield from serving(settings)
 
 

@@ -1,0 +1,43 @@
+"""How the routes answer: orjson bodies (numpy arrays natively), base64 vectors, and errors in
+the shape FastAPI gives validation errors."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sized
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    """orjson with numpy arrays serialised natively (cheap ``return_vectors``)."""
+    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(data, status_code=status, media_type="application/json")
+
+
+def base64_f32(array: np.ndarray) -> str:
+    """``array`` as base64 of its little-endian float32 bytes, row-major (numpy reads it back
+    with ``np.frombuffer(base64.b64decode(text), "<f4")``)."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def problem(status: int, field: str, message: str) -> HTTPException:
+    """An error in the shape FastAPI uses for validation errors: the field, then the message."""
+    return HTTPException(status, detail=[{"loc": ["body", field], "msg": message}])
+
+
+def check_length(values: Sized | None, limit: int, field: str, what: str) -> None:
+    """A 422 naming ``field`` when ``values`` holds more than ``limit`` entries."""
+    if values is not None and len(values) > limit:
+        raise problem(422, field, f"{len(values)} {what} is over the limit of {limit}")
+
+
+async def validation_error(request: Request, error: Exception) -> Response:
+    """422 with each error's location, message and type (and nothing of the input)."""
+    assert isinstance(error, RequestValidationError)
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    return json_response({"detail": details}, 422)

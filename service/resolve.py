@@ -1,0 +1,115 @@
+"""Which user vector answers a request (DESIGN.md §8), in order (the response's ``source``):
+
+1. ``realtime`` — the live history (the request's, else the user's list in the store) through the
+   runtime encoder, when the request asks (``mode="realtime"``, or ``"auto"`` with a history in
+   the request) or the service is configured to (``realtime_first``);
+2. ``stored`` — the user's vector of the served version;
+3. ``history`` — the runtime encoder on the stored live history (a user newer than the bundle);
+4. ``popular`` — no vector: the bundle's popularity ranking (``/candidates``) or no scores.
+
+``degraded`` is true when the store failed and a later source had to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import redis
+
+from index.store import VersionUnavailable
+from model.contract import HISTORY_EVENT
+from service.metrics import Metrics
+from service.schemas import Event, as_history
+from service.settings import Mode, RequestSettings
+from service.state import Backend, Served
+
+T = TypeVar("T")
+
+
+@dataclass
+class UserVector:
+    vector: np.ndarray | None
+    source: str
+    degraded: bool
+    history: np.ndarray  # the live history used (for exclude_seen), maybe empty
+
+
+@dataclass
+class Lookup:
+    history: np.ndarray  # the stored live history, maybe empty
+    vector: np.ndarray | None  # the stored vector of the served version, when found and asked
+    degraded: bool  # a store failed
+
+
+class Resolver:
+    """The user vector of a request, and the timed stages it takes (store, encoder, search)."""
+
+    def __init__(self, backend: Backend, settings: RequestSettings, metrics: Metrics) -> None:
+        self.backend, self.settings, self.metrics = backend, settings, metrics
+
+    async def stage(self, name: str, work: Callable[[], T], *, offload: bool) -> T:
+        """``work()`` timed as ``name``, in a worker thread when ``offload``, else inline (a
+        thread hop costs more than a lookup in memory)."""
+        began = time.perf_counter()
+        try:
+            return await asyncio.to_thread(work) if offload else work()
+        finally:
+            self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - began)
+
+    async def store(self, work: Callable[[], T]) -> T:
+        """A store call: in a worker thread when it may wait on Redis."""
+        return await self.stage("store", work, offload=self.backend.redis is not None)
+
+    async def encode(self, served: Served, history: np.ndarray) -> np.ndarray:
+        began = time.perf_counter()
+        try:
+            return await served.batcher.encode(history)  # the encoder keeps the newest max_len
+        finally:
+            self.metrics.stage_seconds.labels("encoder").observe(time.perf_counter() - began)
+
+    def lookup(self, served: Served, user_id: int, history: bool, realtime: bool) -> Lookup:
+        """One trip to the stores (blocking): the live history when ``history`` is asked, then
+        the stored vector unless the realtime path will answer from a non-empty history."""
+        events, degraded = np.empty(0, dtype=HISTORY_EVENT), False
+        if history:
+            try:
+                (events,) = self.backend.history.get([user_id])
+            except redis.RedisError:
+                self.metrics.store_errors.inc()
+                degraded = True
+        if realtime and len(events):
+            return Lookup(events, None, degraded)
+        try:
+            vectors, found = served.store.get(served.version, [user_id])
+            return Lookup(events, vectors[0] if found[0] else None, degraded)
+        except (redis.RedisError, VersionUnavailable):
+            self.metrics.store_errors.inc()
+            return Lookup(events, None, True)
+
+    async def resolve(
+        self, served: Served, user_id: int, events: list[Event] | None, mode: Mode | None
+    ) -> UserVector:
+        mode = mode or self.settings.default_mode
+        given = as_history(events) if events is not None else None
+        realtime = mode == "realtime" or (
+            mode == "auto" and (given is not None or self.settings.realtime_first)
+        )
+        if realtime and given is not None and len(given):
+            return UserVector(await self.encode(served, given), "realtime", False, given)
+        found = await self.store(lambda: self.lookup(served, user_id, given is None, realtime))
+        history = found.history if given is None else given
+        if realtime and len(history):
+            return UserVector(
+                await self.encode(served, history), "realtime", found.degraded, history
+            )
+        if found.vector is not None:
+            return UserVector(found.vector, "stored", found.degraded, history)
+        if mode != "offline" and len(history):
+            encoded = await self.encode(served, history)
+            return UserVector(encoded, "history", found.degraded, history)
+        return UserVector(None, "popular", found.degraded, history)

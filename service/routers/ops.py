@@ -1,0 +1,39 @@
+"""The operations endpoints: liveness, readiness, the served bundle's manifest, Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import BackendDep, MetricsDep, ServedBundle
+from service.replies import json_response
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/readyz")
+async def readyz(backend: BackendDep) -> Response:
+    reason = await asyncio.to_thread(backend.not_ready_because)
+    if reason is not None:
+        return json_response(
+            {"ready": False, "reason": reason, "model_version": backend.version}, 503
+        )
+    return json_response({"ready": True, "model_version": backend.version})
+
+
+@router.get("/bundle")
+async def bundle_manifest(bundle: ServedBundle) -> Response:
+    return json_response(bundle.bundle.manifest)
+
+
+@router.get("/metrics")
+async def metrics_endpoint(backend: BackendDep, metrics: MetricsDep) -> Response:
+    metrics.bundle_age.set(backend.bundle_age_s())
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

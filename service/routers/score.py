@@ -1,0 +1,64 @@
+"""``POST /score``: the ranking feature ``<u, v>`` of given items, optionally with the vectors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Response
+
+from index.bundle import rows_of
+from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
+from service.replies import base64_f32, check_length, json_response
+from service.schemas import ScoreRequest, ScoreResponse
+
+router = APIRouter()
+
+
+@router.post("/score", response_model=ScoreResponse)
+async def score(
+    body: ScoreRequest,
+    bundle: ServedBundle,
+    settings: SettingsDep,
+    resolver: ResolverDep,
+    metrics: MetricsDep,
+) -> Response:
+    began = time.perf_counter()
+    limits = settings.limits
+    check_length(body.item_ids, limits.max_score_items, "item_ids", "items")
+    check_length(body.history, limits.max_history, "history", "events")
+    user = await resolver.resolve(bundle, body.user_id, body.history, body.mode)
+    metrics.vector_source.labels("/score", user.source).inc()
+    ids = np.asarray(body.item_ids, dtype=np.int64)
+    rows, known = rows_of(bundle.bundle.item_ids, ids)
+    vectors = bundle.bundle.item_vectors[rows]
+    scores: list[float | None] = [None] * len(ids)
+    if user.vector is not None:
+        values = vectors @ user.vector
+        scores = [
+            float(v) if k else None for v, k in zip(values.tolist(), known.tolist(), strict=True)
+        ]
+    out: dict[str, Any] = {
+        "user_id": body.user_id,
+        "model_version": bundle.version,
+        "source": user.source,
+        "degraded": user.degraded,
+        "scores": scores,
+        "unknown_item_ids": ids[~known].tolist(),
+    }
+    if body.return_vectors and body.vectors_format == "base64":
+        out["user_vector"] = None if user.vector is None else base64_f32(user.vector)
+        out["item_vectors"] = base64_f32(np.where(known[:, None], vectors, 0))
+    elif body.return_vectors:
+        out["user_vector"] = user.vector
+        out["item_vectors"] = (
+            vectors
+            if known.all()
+            else [v if k else None for v, k in zip(vectors, known, strict=True)]
+        )
+    serialize = time.perf_counter()
+    out["took_ms"] = 1e3 * (serialize - began)
+    response = json_response(out)
+    metrics.stage_seconds.labels("serialize").observe(time.perf_counter() - serialize)
+    return response
