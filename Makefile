@@ -19,16 +19,16 @@ check: install  ## lint and type-check
 	$(BIN)/mypy
 
 bench: install  ## run every benchmark (slow; writes results under runs/bench)
-	$(BIN)/python benchmarks/simulate.py
-	$(BIN)/python benchmarks/ml100k.py
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/scaling.py
-	$(BIN)/python benchmarks/finetune_speedup.py
-	$(BIN)/python benchmarks/pretrain_ablation.py
-	$(BIN)/python benchmarks/index.py
-	$(BIN)/python benchmarks/publish.py
+	$(BIN)/python -m benchmarks.simulate
+	$(BIN)/python -m benchmarks.ml100k
+	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.scaling
+	$(BIN)/python -m benchmarks.finetune_speedup
+	$(BIN)/python -m benchmarks.pretrain_ablation
+	$(BIN)/python -m benchmarks.ann
+	$(BIN)/python -m benchmarks.publish
 	command -v wrk >/dev/null || scripts/install.sh dev wrk
-	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python -m benchmarks.serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from model.cli import fails_cleanly
+from argus.console import fails_cleanly
 from service.cli import wait_ready
 
 
@@ -123,16 +123,66 @@ def demo(
     began = time.perf_counter()
     p = Paths(root)
     redis_url = os.environ.get("ARGUS_REDIS_URL")
-    stage("simulate", (p.data / "events.parquet").is_file(), "simulate", "--users", str(users),
-          "--items", str(items), "--days", str(days), "--seed", "1", "--out", p.data)  # fmt: skip
-    stage("pretrain", (p.pretrained / "checkpoint.pt").is_file(), "pretrain", "--data", p.data,
-          "--out", p.pretrained, "--preset", "argus-tiny", "--model", "hash_rows=65536",
-          "--max-len", "256", "--batch-size", "16", "--max-steps", str(pretrain_steps))  # fmt: skip
-    stage("finetune", (p.finetuned / "checkpoint.pt").is_file(), "finetune", "--data", p.data,
-          "--init", p.pretrained, "--out", p.finetuned, "--batch-size", "16", "--max-steps",
-          str(finetune_steps))  # fmt: skip
-    stage("export", p.export.is_dir(), "export", "--checkpoint", p.finetuned, "--data", p.data,
-          "--out", p.export)  # fmt: skip
+    stage(
+        "simulate",
+        (p.data / "events.parquet").is_file(),
+        "simulate",
+        "--users",
+        str(users),
+        "--items",
+        str(items),
+        "--days",
+        str(days),
+        "--seed",
+        "1",
+        "--out",
+        p.data,
+    )
+    stage(
+        "pretrain",
+        (p.pretrained / "checkpoint.pt").is_file(),
+        "pretrain",
+        "--data",
+        p.data,
+        "--out",
+        p.pretrained,
+        "--preset",
+        "argus-tiny",
+        "--model",
+        "hash_rows=65536",
+        "--max-len",
+        "256",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        str(pretrain_steps),
+    )
+    stage(
+        "finetune",
+        (p.finetuned / "checkpoint.pt").is_file(),
+        "finetune",
+        "--data",
+        p.data,
+        "--init",
+        p.pretrained,
+        "--out",
+        p.finetuned,
+        "--batch-size",
+        "16",
+        "--max-steps",
+        str(finetune_steps),
+    )
+    stage(
+        "export",
+        p.export.is_dir(),
+        "export",
+        "--checkpoint",
+        p.finetuned,
+        "--data",
+        p.data,
+        "--out",
+        p.export,
+    )
     built = p.bundles.is_dir() and any(p.bundles.glob("*/manifest.json"))
     stage("build", built, "build", "--export", p.export, "--bundles", p.bundles)
     bundle = latest_bundle(p.bundles)
@@ -148,8 +198,18 @@ def demo(
         return
 
     base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
-    command = [sys.executable, "-m", "argus", "serve", "--bundles", str(p.bundles), "--host",
-               host, "--port", str(port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "argus",
+        "serve",
+        "--bundles",
+        str(p.bundles),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     print(f"\n$ argus {shlex.join(command[3:])}", flush=True)
     process = subprocess.Popen(command)
     # SIGTERM (docker stop, kill) ends the demo like Ctrl-C: the service stops with it.

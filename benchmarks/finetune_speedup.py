@@ -6,7 +6,7 @@ a day (Yambda-5B averages ~16 listens per user per day) over ``--days`` days, so
 chunk holds months of history and one group per day with recommendations (the default grouping,
 one user and one lag bucket of a day).
 
-    .venv/bin/python benchmarks/finetune_speedup.py [--users 32] [--days 120] [--max-len 2048]
+    .venv/bin/python -m benchmarks.finetune_speedup [--users 32] [--days 120] [--max-len 2048]
 
 Writes ``runs/bench/finetune_speedup.json`` and ``.md``.
 """
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model.argus import Argus, preset
 from model.data.batching import bucket_batches
-from model.data.events import read_events
+from model.data.events import parse_duration, read_events
 from model.data.simulate import SimConfig, Simulator
 from model.finetune import (
     FinetuneConfig,
@@ -34,7 +34,6 @@ from model.finetune import (
     impression_level_backward,
     make_samples,
     pair_weight_table,
-    parse_duration,
     sample_batch,
 )
 from model.train import Optimizers

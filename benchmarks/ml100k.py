@@ -6,7 +6,7 @@ like/dislike heads, with context), SASRec on the positive ratings only (rating >
 full-catalog NDCG@10 and Recall@10 of the next positive item, seen items excluded, on the same
 targets for all three. Seeds are reported one by one and as mean ± std.
 
-    .venv/bin/python benchmarks/ml100k.py [--seeds 0 1 2] [--steps 1500]
+    .venv/bin/python -m benchmarks.ml100k [--seeds 0 1 2] [--steps 1500]
 
 Writes ``runs/bench/ml100k/results.json`` and ``results.md``.
 """

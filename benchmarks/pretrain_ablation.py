@@ -7,7 +7,7 @@ batches, learning rate, lag and number of steps). ``argus evaluate`` scores both
 window: weighted PairAccuracy next to MostPop's and the oracle's (the simulator's true affinity),
 on the same pairs.
 
-    .venv/bin/python benchmarks/pretrain_ablation.py [--pretrain-steps 600] [--finetune-steps 300]
+    .venv/bin/python -m benchmarks.pretrain_ablation [--pretrain-steps 600] [--finetune-steps 300]
 
 Writes ``runs/bench/pretrain_ablation/results.json``, ``results.md`` and ``finetune_curves.png``.
 """

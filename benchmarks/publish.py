@@ -7,33 +7,28 @@ publishes the same ``--users`` vectors with the same code path as ``argus publis
 spread the machine's noise. Memory per vector is Redis's ``used_memory`` growth divided by the
 number of vectors; reads are ``RedisStore.get`` of ``--batch`` random users.
 
-    .venv/bin/python benchmarks/publish.py [--users 1000000] [--dim 128]
+    .venv/bin/python -m benchmarks.publish [--users 1000000] [--dim 128]
 
 Writes ``runs/bench/publish.json`` and ``.md``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-import sys
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
-# Run as a script, this directory leads sys.path and benchmarks/index.py would shadow ``index``.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+import numpy as np
+import redis
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import redis  # noqa: E402
-
-from index.bundle import Bundle  # noqa: E402
-from index.redis_server import RedisServer  # noqa: E402
-from index.store import LAYOUTS, RedisStore, publish  # noqa: E402
+from index.bundle import Bundle
+from index.store import LAYOUTS, RedisStore, publish
+from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

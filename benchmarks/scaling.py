@@ -7,7 +7,7 @@ update of the embedding does not dominate a CPU run; the transformer is the pres
 the training NIP loss (mean of the last ``--tail`` logged windows) and the held-out NIP loss
 (full softmax over the catalog) and Recall/NDCG on a sample of test users.
 
-    .venv/bin/python benchmarks/scaling.py [--steps 300] [--users 7000]
+    .venv/bin/python -m benchmarks.scaling [--steps 300] [--users 7000]
 
 Writes ``runs/bench/scaling/results.json`` and ``nip_loss.png``.
 """
@@ -54,10 +54,19 @@ def main() -> None:
         for stale in (run / "checkpoint.pt", run / "metrics.jsonl"):
             stale.unlink(missing_ok=True)
         config = PretrainConfig(
-            data=str(data), out=str(run), preset=name, model=(f"hash_rows={args.hash_rows}",),
-            max_len=args.max_len, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-            warmup_steps=args.steps // 10, test_days=7, log_every=10, checkpoint_every=10**9,
-        )  # fmt: skip
+            data=str(data),
+            out=str(run),
+            preset=name,
+            model=(f"hash_rows={args.hash_rows}",),
+            max_len=args.max_len,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            lr=args.lr,
+            warmup_steps=args.steps // 10,
+            test_days=7,
+            log_every=10,
+            checkpoint_every=10**9,
+        )
         started = time.perf_counter()
         summary = pretrain(config)
         print(summary.line())
@@ -77,14 +86,18 @@ def main() -> None:
     compare_curves(curves, "nip", args.out / "nip_loss.png", title="training NIP loss, equal steps")
     first, last = args.presets[0], args.presets[-1]
     out = {
-        "steps": args.steps, "batch_size": args.batch_size, "max_len": args.max_len,
-        "hash_rows": args.hash_rows, "lr": args.lr, "events": summary.events,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_len": args.max_len,
+        "hash_rows": args.hash_rows,
+        "lr": args.lr,
+        "events": summary.events,
         "results": results,
-        "larger_has_lower_test_nip_loss":
-            results[last]["test_nip_loss"] < results[first]["test_nip_loss"],
-        "larger_has_lower_train_nip_loss":
-            results[last]["train_nip_loss"] < results[first]["train_nip_loss"],
-    }  # fmt: skip
+        "larger_has_lower_test_nip_loss": results[last]["test_nip_loss"]
+        < results[first]["test_nip_loss"],
+        "larger_has_lower_train_nip_loss": results[last]["train_nip_loss"]
+        < results[first]["train_nip_loss"],
+    }
     (args.out / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     for name, r in results.items():
         print(

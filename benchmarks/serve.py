@@ -8,7 +8,7 @@ The servers are started side by side and stay up; runs alternate between them ov
 to spread the machine's noise, and the figures are medians.
 
 * **Bundle**: ``--items`` (1M) item vectors x ``--dim`` (128) — the simulator's item latents with
-  16 taste factors lifted to 128 dims, as in ``benchmarks/index.py`` — and ``--users`` user
+  16 taste factors lifted to 128 dims, as in ``benchmarks/ann.py`` — and ``--users`` user
   vectors, indexed by ``argus build`` (ef_search tuned to recall@100 >= 0.95), with the ONNX user
   encoder of an untrained ``argus-3m`` with 128-wide towers (runtime cost does not depend on
   the weights). Cached under ``--work`` and reused.
@@ -26,7 +26,7 @@ request (one connection); throughput at 16 concurrent realtime requests with the
 batcher (max_batch 32) vs ``max_batch = 1``. The service's own per-stage histograms are
 scraped around each run to show where the time goes.
 
-    .venv/bin/python benchmarks/serve.py [--items 1000000] [--rounds 2]
+    .venv/bin/python -m benchmarks.serve [--items 1000000] [--rounds 2]
 
 Needs ``wrk`` (``apt-get install -y wrk``; ``make bench`` installs it). Writes
 ``runs/bench/serve.json``, ``.md`` and ``serve.png``.
@@ -34,41 +34,34 @@ Needs ``wrk`` (``apt-get install -y wrk``; ``make bench`` installs it). Writes
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import os
+import platform
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-# Run as a script, this directory leads sys.path and benchmarks/index.py would shadow ``index``;
-# the repository root goes first instead, so ``benchmarks.index`` imports as a package.
+import numpy as np
+import orjson
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.ann import catalog_vectors
+from index.bundle import Bundle, HnswParams, build, list_versions, read_manifest
+from index.store import publish
+from model.contract import ENCODER_FILE
+from service.cli import run_server, wait_ready
+from tests.servers import RedisServer, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [str(ROOT)] + [
-    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)
-]
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import urllib.request  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
-import redis  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from benchmarks.index import catalog_vectors  # noqa: E402
-from index.bundle import Bundle, HnswParams, build, list_versions, read_manifest  # noqa: E402
-from index.redis_server import RedisServer, free_port  # noqa: E402
-from index.store import publish  # noqa: E402
-from model.contract import ENCODER_FILE  # noqa: E402
-from service.cli import run_server, wait_ready  # noqa: E402
-
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
 TRIVIAL = "trivial"
 
@@ -99,8 +92,10 @@ def bench_bundle(args: argparse.Namespace) -> Path:
     for path in reversed(list_versions(bundles)):
         manifest = read_manifest(path, verify=False)
         if (manifest["n_items"], manifest["n_users"], manifest["dim"]) == (
-            args.items, args.users, args.dim
-        ):  # fmt: skip
+            args.items,
+            args.users,
+            args.dim,
+        ):
             print(f"reusing bundle {path}")
             return path
     import torch
@@ -153,11 +148,14 @@ def history(item_ids: np.ndarray, length: int, rng: np.random.Generator) -> list
     times = np.sort(rng.integers(now - 30 * 86_400, now, length))
     return [
         {
-            "item_id": int(item), "timestamp": int(t), "source": int(rng.integers(0, 4)),
-            "played_ratio": round(float(rng.random()), 3), "liked": bool(rng.random() < 0.05),
+            "item_id": int(item),
+            "timestamp": int(t),
+            "source": int(rng.integers(0, 4)),
+            "played_ratio": round(float(rng.random()), 3),
+            "liked": bool(rng.random() < 0.05),
         }
         for item, t in zip(rng.choice(item_ids, length), times, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def write_bodies(path: Path, bodies: list[dict[str, Any]]) -> Path:
@@ -179,8 +177,9 @@ class Server:
         try:
             wait_ready(self.process, self.url, timeout_s=300)
         except RuntimeError as error:
-            raise RuntimeError(f"{self.name}: {error}; its log {self.log}:\n"
-                               f"{self.log.read_text()[-3000:]}") from None  # fmt: skip
+            raise RuntimeError(
+                f"{self.name}: {error}; its log {self.log}:\n{self.log.read_text()[-3000:]}"
+            ) from None
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -217,10 +216,23 @@ def wrk(
 ) -> dict[str, float]:
     """One wrk run on the load CPUs: requests/s and latency percentiles in ms."""
     command = [
-        "taskset", "-c", args.load_cpus, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
-        "--timeout", "30s", "-s", str(WRK_SCRIPT), url, "--", str(bodies), str(rate),
+        "taskset",
+        "-c",
+        args.load_cpus,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+        "--",
+        str(bodies),
+        str(rate),
         str(connections),
-    ]  # fmt: skip
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next((x for x in output.splitlines() if x.startswith("WRK_RESULT ")), None)
     if line is None:
@@ -307,8 +319,9 @@ def main() -> None:
         assert redis_server.process is not None
         subprocess.run(
             ["taskset", "-pc", args.load_cpus, str(redis_server.process.pid)],
-            capture_output=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            check=True,
+        )
         client = redis.Redis.from_url(redis_server.url)
         print(publish(bundle, client, progress=False).line())
         redis_version = client.info("server")["redis_version"]
@@ -327,6 +340,7 @@ def main() -> None:
             process = subprocess.Popen(
                 ["taskset", "-c", args.server_cpus, *argv, "--port", str(port)],
                 env=environment,
+                cwd=ROOT,  # `python -m benchmarks.serve` finds the package here
                 stdout=log.open("wb"),
                 stderr=subprocess.STDOUT,
             )
@@ -337,14 +351,16 @@ def main() -> None:
 
         argus = str(Path(sys.executable).with_name("argus"))
         servers = {
-            TRIVIAL: start(TRIVIAL, [sys.executable, __file__, "--trivial-server"]),
+            TRIVIAL: start(TRIVIAL, [sys.executable, "-m", "benchmarks.serve", "--trivial-server"]),
             "redis": start("redis", [argus, "serve"], ARGUS_REDIS_URL=redis_server.url),
             "local": start("local", [argus, "serve"]),
             "batch1": start(
-                "batch1", [argus, "serve"], ARGUS_REDIS_URL=redis_server.url,
+                "batch1",
+                [argus, "serve"],
+                ARGUS_REDIS_URL=redis_server.url,
                 ARGUS_ENCODER_MAX_BATCH="1",
             ),
-        }  # fmt: skip
+        }
         for server in servers.values():
             server.wait_ready()
         print("servers ready: " + ", ".join(f"{n} {s.url}" for n, s in servers.items()))
@@ -396,8 +412,11 @@ def main() -> None:
 
         full = {"connections": args.connections, "seconds": args.seconds}
         slow = args.slow_seconds
-        offline = ((TRIVIAL, "/trivial", "trivial"), ("redis", "/candidates", "candidates"),
-                   ("local", "/candidates", "candidates"))  # fmt: skip
+        offline = (
+            (TRIVIAL, "/trivial", "trivial"),
+            ("redis", "/candidates", "candidates"),
+            ("local", "/candidates", "candidates"),
+        )
         saturated: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in offline}
         batching: dict[str, list[dict[str, Any]]] = {
             f"{name}_{length}": [] for length in (512, 32) for name in ("redis", "batch1")
@@ -410,17 +429,30 @@ def main() -> None:
                 for name in ("redis", "batch1"):
                     label = f"realtime h={length} c=16 {name}"
                     batching[f"{name}_{length}"].append(
-                        run(name, "/candidates", f"realtime{length}", label, connections=16,
-                            seconds=slow)
-                    )  # fmt: skip
+                        run(
+                            name,
+                            "/candidates",
+                            f"realtime{length}",
+                            label,
+                            connections=16,
+                            seconds=slow,
+                        )
+                    )
 
         max_rps = {name: median_of(runs, "rps") for name, runs in saturated.items()}
         print("-- half load, then one connection")
         half = {
-            name: run(name, path, key, f"{path} {name} at half load", connections=args.connections,
-                      seconds=slow, rate=max_rps[name] / 2)
+            name: run(
+                name,
+                path,
+                key,
+                f"{path} {name} at half load",
+                connections=args.connections,
+                seconds=slow,
+                rate=max_rps[name] / 2,
+            )
             for name, path, key in offline
-        }  # fmt: skip
+        }
         one = {"connections": 1, "seconds": slow / 2}
         single = {
             "score_1000": run("redis", "/score", "score", "/score 1000 items", **one),
@@ -508,8 +540,11 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {label} | {r['max_rps'][name]:,.0f} | {ratio:.2f} | "
             f"{half[name]['p50_ms']:.2f} / {half[name]['p99_ms']:.2f} ms | {stages(half[name])} |"
         )
-    lines += ["", "| one connection | p50 | p99 | req/s | ms per request by stage |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| one connection | p50 | p99 | req/s | ms per request by stage |",
+        "|---|---|---|---|---|",
+    ]
     for key, label in (
         ("score_1000", "`/score` 1000 items"),
         ("score_1000_vectors", "`/score` 1000 items, `return_vectors` (JSON numbers)"),
@@ -521,8 +556,12 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {label} | {run['p50_ms']:.2f} ms | {run['p99_ms']:.2f} ms | {run['rps']:,.1f} | "
             f"{stages(run)} |"
         )
-    lines += ["", "| 16 concurrent realtime requests | max_batch 32 (req/s) | max_batch 1 (req/s) "
-              "| speed-up |", "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| 16 concurrent realtime requests | max_batch 32 (req/s) | max_batch 1 (req/s) "
+        "| speed-up |",
+        "|---|---|---|---|",
+    ]
     for length in (512, 32):
         with_batching = r["batcher_rps"][f"redis_{length}"]
         without = r["batcher_rps"][f"batch1_{length}"]

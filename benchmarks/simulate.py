@@ -1,6 +1,6 @@
 """Simulator throughput: events/s for about 10M events, and peak memory.
 
-    .venv/bin/python benchmarks/simulate.py [--users 60000 --items 100000 --days 30]
+    .venv/bin/python -m benchmarks.simulate [--users 60000 --items 100000 --days 30]
 
 Writes the data to a temporary directory (deleted afterwards) and the figures to
 runs/bench/simulate.json. Peak RSS shows that memory is bounded by one chunk of users, not by

@@ -5,7 +5,7 @@ simulated data with the same preset, batch and step count. Throughput is measure
 ``--warmup`` steps: training events (sequence positions) per second, and peak memory (RSS on CPU,
 allocated memory on CUDA).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 30] [--batch-size 8] [--device auto]
+    .venv/bin/python -m benchmarks.train_throughput [--steps 30] [--batch-size 8] [--device auto]
 
 Writes ``runs/bench/train_throughput.json``.
 """
@@ -81,22 +81,44 @@ def main() -> None:
         print(sim.line())
         for objective in ("argus", "sasrec"):
             command = [
-                sys.executable, __file__, "--objective", objective, "--data", str(data),
-                "--run", str(Path(tmp) / objective), "--preset", args.preset,
-                "--max-len", str(args.max_len), "--batch-size", str(args.batch_size),
-                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "benchmarks.train_throughput",
+                "--objective",
+                objective,
+                "--data",
+                str(data),
+                "--run",
+                str(Path(tmp) / objective),
+                "--preset",
+                args.preset,
+                "--max-len",
+                str(args.max_len),
+                "--batch-size",
+                str(args.batch_size),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--device",
+                args.device,
+            ]
             done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
             line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
             results[objective] = json.loads(line.removeprefix("RESULT "))
             print(f"{objective}: {results[objective]}")
     ratio = results["argus"]["events_per_s"] / results["sasrec"]["events_per_s"]
     report = {
-        "preset": args.preset, "max_len": args.max_len, "batch_size": args.batch_size,
-        "steps": args.steps, "warmup": args.warmup, "simulated_events": sim.events,
+        "preset": args.preset,
+        "max_len": args.max_len,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "simulated_events": sim.events,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, device {args.device}",
-        "results": results, "argus_over_sasrec_events_per_s": ratio,
-    }  # fmt: skip
+        "results": results,
+        "argus_over_sasrec_events_per_s": ratio,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for objective, r in results.items():

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from model.cli import Quiet, fails_cleanly, needs_extra
-from model.data.batching import parse_duration
+from argus.console import Quiet, fails_cleanly, needs_extra
+from model.data.events import parse_duration
 
 RedisUrl = Annotated[
     str, typer.Option(envvar="ARGUS_REDIS_URL", help="Redis to publish to (redis://host:port/db).")

@@ -84,10 +84,14 @@ class ArgusUser(FastHttpUser):
         now = int(time.time())
         length = random.choice((8, 32, 128, 256))
         return [
-            {"item_id": item, "timestamp": now - 60 * (length - n), "source": 0,
-             "played_ratio": round(random.random(), 2)}
+            {
+                "item_id": item,
+                "timestamp": now - 60 * (length - n),
+                "source": 0,
+                "played_ratio": round(random.random(), 2),
+            }
             for n, item in enumerate(self.ids.item_ids(length))
-        ]  # fmt: skip
+        ]
 
     def post(self, path: str, body: dict[str, Any]) -> None:
         name = f"{path} realtime" if body.get("history") else path

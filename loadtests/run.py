@@ -51,11 +51,29 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.out / "locust"
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--host", args.host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
-        "--run-time", args.duration, "--csv", str(prefix), "--html", f"{prefix}.html",
-        "--only-summary", "--realtime-share", str(args.realtime_share), *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        args.host,
+        "--users",
+        str(args.users),
+        "--spawn-rate",
+        str(args.spawn_rate),
+        "--run-time",
+        args.duration,
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--realtime-share",
+        str(args.realtime_share),
+        *extra,
+    ]
     if args.processes > 1:
         command += ["--processes", str(args.processes)]
     if args.bundle:

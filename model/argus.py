@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.data.events import DAY, FEEDBACK, HOUR, SKIP_THRESHOLD
+
 _P = 2_147_483_647  # 2^31 - 1, the modulus of the hash family
-_HOUR, _DAY, _WEEK = 3_600, 86_400, 604_800
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ class ContextEmbedding(nn.Module):
         """(B, L) source and timestamp (seconds) -> (B, L, dim)."""
         previous = torch.cat([timestamp[:, :1], timestamp[:, :-1]], dim=1)  # (ONNX has no diff)
         gap = (timestamp - previous).clamp(min=0)  # (B, L)
-        hour = torch.remainder(timestamp, _DAY) // _HOUR
-        weekday = torch.remainder(timestamp // _DAY + 3, 7)  # 0 = Monday
+        hour = torch.remainder(timestamp, DAY) // HOUR
+        weekday = torch.remainder(timestamp // DAY + 3, 7)  # 0 = Monday
         return (
             self.source(source.clamp(0, self.n_sources - 1))
             + self.hour(hour)
@@ -149,7 +150,7 @@ class FeedbackEmbedding(nn.Module):
         """(B, L) feedback -> (B, L, dim)."""
         listened = ~torch.isnan(played_ratio)
         ratio = torch.where(listened, played_ratio, torch.zeros_like(played_ratio))
-        skipped = listened & (ratio < 0.3)
+        skipped = listened & (ratio < SKIP_THRESHOLD)
         flags = torch.stack([liked, disliked, skipped, listened], -1).long()  # (B, L, 4)
         rows = flags + 2 * torch.arange(4, device=flags.device)
         return self.flags(rows).sum(-2) + self.ratio(ratio.clamp(0, 1).unsqueeze(-1))
@@ -198,7 +199,7 @@ class Argus(nn.Module):
             self.feedback = FeedbackEmbedding(d)
             self.token = nn.Linear(d + e + d, d)
             self.nip_head = _mlp(d + d, d, e)
-            self.fp_head = _mlp(d + d + e, d, 4)  # like, dislike, skip, played_ratio
+            self.fp_head = _mlp(d + d + e, d, len(FEEDBACK))  # one logit per FEEDBACK name
         else:
             self.token = nn.Linear(e, d)
             self.nip_head = _mlp(d, d, e)

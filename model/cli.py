@@ -3,28 +3,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fails_cleanly(command: F) -> F:
-    """Turn the errors a user can fix (bad input, missing files) into one red line and exit 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, LookupError, ConnectionError) as error:
-            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+from argus.console import Quiet, fails_cleanly, needs_extra
 
 
 @fails_cleanly
@@ -42,7 +27,7 @@ def simulate(
             "--set", help="Override any SimConfig field, e.g. --set organic_share=0.3 (repeatable)."
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Simulate a music-streaming service's event log, with its ground truth."""
     from model.config import apply_overrides
@@ -63,17 +48,6 @@ def validate(
     from model.data.events import validate_events
 
     typer.echo(f"{path}: {validate_events(path):,} valid events")
-
-
-def needs_extra(extra: str, module: str) -> None:
-    """Exit with the exact install command when ``module`` (from ``extra``) is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        typer.secho(
-            f"this command needs the {extra} extra: pip install '.[{extra}]'", err=True, fg="red"
-        )
-        raise typer.Exit(2)
 
 
 def presets() -> None:
@@ -114,7 +88,6 @@ ModelSettings = Annotated[
     list[str] | None,
     typer.Option("--model", help="Override a model setting, e.g. --model dropout=0.1."),
 ]
-Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
 
 
 def _train(

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from model.argus import Argus
 from model.checkpoint import load_model
 from model.data.batching import TemporalSplit, covering_spans, eval_spans, iter_batches
-from model.data.events import Events, read_events
+from model.data.events import FEEDBACK, Catalog, Events, parse_duration, read_events
 from model.data.simulate import TRUTH_FILE, Truth
 from model.finetune import (
     Impressions,
@@ -46,34 +46,11 @@ from model.finetune import (
     group_pairs,
     pair_accuracy,
     pair_weight_table,
-    parse_duration,
     tower_scores,
 )
 from model.losses import feedback_losses
 from model.runtime import pick_device
 from model.train import choose_split, training_events
-
-FP_PARTS = ("like", "dislike", "skip", "played_ratio")
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Every item of the data set (sorted ids) with its artist (-1 when unknown)."""
-
-    ids: np.ndarray  # (C,) int64
-    artist_id: np.ndarray  # (C,) int64
-
-    @classmethod
-    def from_events(cls, events: Events) -> Catalog:
-        ids, first = np.unique(events.item_id, return_index=True)
-        return cls(ids, events.artist_id[first])
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def column(self, item_id: np.ndarray) -> np.ndarray:
-        """The catalog column of each id (ids must be in the catalog)."""
-        return np.searchsorted(self.ids, item_id)
 
 
 @dataclass(frozen=True)
@@ -187,8 +164,8 @@ def evaluate_model(
     catalog_artists = torch.from_numpy(catalog.artist_id).to(device)
     output = model.item_embedding(catalog_ids)  # (C, E), item-only like in training
     temperature = model.temperature()
-    sums: dict[str, float] = dict.fromkeys(("nip", *FP_PARTS), 0.0)
-    counts: dict[str, float] = dict.fromkeys(("nip", *FP_PARTS), 0.0)
+    sums: dict[str, float] = dict.fromkeys(("nip", *FEEDBACK), 0.0)
+    counts: dict[str, float] = dict.fromkeys(("nip", *FEEDBACK), 0.0)
     found: dict[str, dict[int, int]] = {"nip": {}, "nip+like": {}} if argus else {"nip": {}}
     batches = iter_batches(model_events, spans, batch_size=cfg.batch_size)
     n_batches = -(-len(spans) // cfg.batch_size)
@@ -246,7 +223,7 @@ def evaluate_model(
                 tensors["played_ratio"][:, 1:][valid],
             )
             listened = int((~torch.isnan(tensors["played_ratio"][:, 1:][valid])).sum())
-            for name, n in zip(FP_PARTS, (len(h_t), len(h_t), listened, listened), strict=True):
+            for name, n in zip(FEEDBACK, (len(h_t), len(h_t), listened, listened), strict=True):
                 sums[name] += float(fp[name]) * n
                 counts[name] += n
     losses = {

@@ -33,8 +33,8 @@ from model.argus import Argus
 from model.checkpoint import load_model
 from model.contract import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, EXPORT_MANIFEST, OPSET
 from model.data.batching import Spans, bucket_batches, make_batch
-from model.data.events import Events, read_events
-from model.evaluate import Catalog, popularity_counts
+from model.data.events import Catalog, Events, read_events
+from model.evaluate import popularity_counts
 from model.runtime import pick_device
 
 

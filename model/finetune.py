@@ -35,16 +35,8 @@ from torch import nn
 from model.argus import Argus, ArgusConfig
 from model.checkpoint import model_config, read_checkpoint
 from model.config import apply_overrides
-from model.data.batching import (
-    DAY,
-    Batch,
-    Spans,
-    bucket_batches,
-    chunk_spans,
-    make_batch,
-    parse_duration,
-)
-from model.data.events import SKIP_THRESHOLD, Events, read_events
+from model.data.batching import Batch, Spans, bucket_batches, chunk_spans, make_batch
+from model.data.events import DAY, SKIP_THRESHOLD, Events, parse_duration, read_events
 from model.runtime import Runtime
 from model.train import Job, PretrainConfig, TrainSummary, epoch_batches, run_job, saved_state
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from model.argus import Argus
+from model.data.events import FEEDBACK, SKIP_THRESHOLD
 
 
 def sampled_softmax_loss(
@@ -50,17 +51,16 @@ def feedback_losses(
 ) -> dict[str, torch.Tensor]:
     """Per-head BCE losses of (N, 4) FP logits against the next events' feedback (N,).
 
-    like and dislike always have a target; skip (``played_ratio < 0.3``) and played_ratio
+    like and dislike always have a target; skip (``played_ratio < SKIP_THRESHOLD``) and played_ratio
     (clipped to [0, 1]) only on listens (played_ratio not NaN). A head with no target gives 0 and
     no gradient.
     """
     listened = ~torch.isnan(played_ratio)
     ratio = torch.where(listened, played_ratio, torch.zeros_like(played_ratio)).clamp(0, 1)
-    targets = [liked.float(), disliked.float(), (ratio < 0.3).float(), ratio]
+    targets = [liked.float(), disliked.float(), (ratio < SKIP_THRESHOLD).float(), ratio]
     masks = [torch.ones_like(listened), torch.ones_like(listened), listened, listened]
     losses = {}
-    names = ("like", "dislike", "skip", "played_ratio")
-    for name, target, mask, column in zip(names, targets, masks, logits.unbind(-1), strict=True):
+    for name, target, mask, column in zip(FEEDBACK, targets, masks, logits.unbind(-1), strict=True):
         per_event = F.binary_cross_entropy_with_logits(column, target, reduction="none")
         losses[name] = (per_event * mask).sum() / mask.sum().clamp(min=1)
     return losses

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-_FP_PARTS = ("like", "dislike", "skip", "played_ratio")
+from model.data.events import FEEDBACK
 
 
 def _pyplot() -> Any:
@@ -28,7 +28,7 @@ def training_curve(rows: Sequence[Mapping[str, float]], path: str | Path, title:
     for name in ("loss", "nip"):
         axes[0].plot(steps, [row.get(name, float("nan")) for row in rows], label=name)
     axes[0].set_title("total and next-item loss")
-    for name in _FP_PARTS:
+    for name in FEEDBACK:
         if any(name in row for row in rows):
             axes[1].plot(steps, [row.get(name, float("nan")) for row in rows], label=name)
     axes[1].set_title("feedback-prediction losses")

@@ -21,32 +21,46 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.request_seconds = Histogram(
-            "argus_request_duration_seconds", "Request latency by endpoint.", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "argus_request_duration_seconds",
+            "Request latency by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.requests = Counter(
-            "argus_requests_total", "Requests by endpoint and status code.", ["endpoint", "status"],
+            "argus_requests_total",
+            "Requests by endpoint and status code.",
+            ["endpoint", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.stage_seconds = Histogram(
-            "argus_stage_duration_seconds", "Latency of one stage of a request.", ["stage"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.vector_source = Counter(
-            "argus_vector_source_total", "User vectors by source.", ["endpoint", "source"],
+            "argus_stage_duration_seconds",
+            "Latency of one stage of a request.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
+        self.vector_source = Counter(
+            "argus_vector_source_total",
+            "User vectors by source.",
+            ["endpoint", "source"],
+            registry=r,
+        )
         self.store_errors = Counter(
             "argus_store_errors_total", "Failed user-vector store or history calls.", registry=r
         )
         self.encoder_batch = Histogram(
-            "argus_encoder_batch_size", "Histories per runtime encoder batch.",
-            buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
+            "argus_encoder_batch_size",
+            "Histories per runtime encoder batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.encoder_queue_seconds = Histogram(
-            "argus_encoder_queue_delay_seconds", "Wait before a history's batch ran.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "argus_encoder_queue_delay_seconds",
+            "Wait before a history's batch ran.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.bundle_info = Gauge(
             "argus_bundle_info", "The loaded bundle (value 1).", ["version"], registry=r
         )

@@ -14,9 +14,9 @@ import redis
 import uvicorn
 
 from index.bundle import HnswParams, build
-from index.redis_server import RedisServer, free_port
 from service.app import create_app
 from service.settings import Settings
+from tests.servers import RedisServer, free_port
 
 
 @pytest.fixture(scope="session")

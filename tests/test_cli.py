@@ -15,8 +15,14 @@ def test_help_lists_only_working_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in (
-        "simulate", "convert", "validate", "presets", "pretrain", "finetune", "evaluate",
-    ):  # fmt: skip
+        "simulate",
+        "convert",
+        "validate",
+        "presets",
+        "pretrain",
+        "finetune",
+        "evaluate",
+    ):
         assert command in result.output
     convert = CliRunner().invoke(app, ["convert", "--help"])
     assert "ml100k" in convert.output and "yambda" in convert.output
@@ -66,10 +72,25 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert runner.invoke(app, [*simulate, "--quiet"]).exit_code == 0
     run = tmp_path / "run"
     pretrain = [
-        "pretrain", "--data", str(data), "--out", str(run), "--preset", "argus-tiny",
-        "--max-steps", "4", "--batch-size", "4", "--test-days", "2", "--quiet",
-        "--model", "n_uniform_negatives=32", "--set", "warmup_steps=1",
-    ]  # fmt: skip
+        "pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--preset",
+        "argus-tiny",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--test-days",
+        "2",
+        "--quiet",
+        "--model",
+        "n_uniform_negatives=32",
+        "--set",
+        "warmup_steps=1",
+    ]
     result = runner.invoke(app, pretrain)
     assert result.exit_code == 0, result.output
     assert "pretrained argus-tiny (argus" in result.output and "events/s" in result.output
@@ -94,9 +115,22 @@ def test_finetune_then_evaluate_pair_accuracy_from_the_command_line(tmp_path: Pa
     pretrain = ["pretrain", *common, "--out", str(pre), "--preset", "argus-tiny", "--quiet"]
     assert runner.invoke(app, pretrain).exit_code == 0
     finetune = [
-        "finetune", *common, "--out", str(fine), "--init", str(pre), "--lag", "12h",
-        "--group", "session", "--pair-weights", "like>skip=5", "--tower-dim", "8", "--quiet",
-    ]  # fmt: skip
+        "finetune",
+        *common,
+        "--out",
+        str(fine),
+        "--init",
+        str(pre),
+        "--lag",
+        "12h",
+        "--group",
+        "session",
+        "--pair-weights",
+        "like>skip=5",
+        "--tower-dim",
+        "8",
+        "--quiet",
+    ]
     result = runner.invoke(app, finetune)
     assert result.exit_code == 0, result.output
     assert "fine-tuned argus-tiny (pairwise" in result.output

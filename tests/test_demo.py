@@ -19,11 +19,21 @@ import pytest
 import redis
 
 from index.bundle import list_versions
-from index.redis_server import free_port
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--users", "300", "--items", "2000", "--days", "10", "--pretrain-steps", "20",
-         "--finetune-steps", "20"]  # fmt: skip
+SMALL = [
+    "--users",
+    "300",
+    "--items",
+    "2000",
+    "--days",
+    "10",
+    "--pretrain-steps",
+    "20",
+    "--finetune-steps",
+    "20",
+]
 
 
 def argus_env(**extra: str) -> dict[str, str]:
@@ -35,8 +45,17 @@ class Demo:
     """``argus demo`` in a child process, its output collected line by line."""
 
     def __init__(self, root: Path, port: int) -> None:
-        command = [sys.executable, "-m", "argus", "demo", "--root", str(root), *SMALL,
-                   "--port", str(port)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "argus",
+            "demo",
+            "--root",
+            str(root),
+            *SMALL,
+            "--port",
+            str(port),
+        ]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=argus_env()
         )
@@ -94,8 +113,21 @@ def test_demo_serves_and_its_curl_examples_answer_200(demo: tuple[Demo, Path, st
 
 
 def loadtest(url: str, out: Path, duration: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(ROOT / "loadtests" / "run.py"), "--host", url, "--users", "8",
-               "--spawn-rate", "8", "--duration", duration, "--out", str(out), *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "loadtests" / "run.py"),
+        "--host",
+        url,
+        "--users",
+        "8",
+        "--spawn-rate",
+        "8",
+        "--duration",
+        duration,
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
 
@@ -104,8 +136,17 @@ def test_a_20_second_locust_run_against_the_demo_has_no_failure(
 ) -> None:
     _, root, url = demo
     bundle = list_versions(root / "bundles" / "demo")[-1]
-    run = loadtest(url, tmp_path, "20s", "--bundle", str(bundle), "--max-fail-ratio", "0",
-                   "--max-p99-ms", "5000")  # fmt: skip
+    run = loadtest(
+        url,
+        tmp_path,
+        "20s",
+        "--bundle",
+        str(bundle),
+        "--max-fail-ratio",
+        "0",
+        "--max-p99-ms",
+        "5000",
+    )
     summary = run.stdout.strip().splitlines()[-1]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert summary.endswith("PASS") and " 0 failures" in summary, summary
@@ -146,15 +187,20 @@ def test_the_daily_script_exports_builds_and_publishes(
 ) -> None:
     bundles = tmp_path / "bundles"
     env = argus_env(
-        ARGUS_CHECKPOINT=str(finetuned), ARGUS_DATA=str(sim_data), ARGUS_BUNDLES=str(bundles),
-        ARGUS_REDIS_URL=redis_url, ARGUS_BIN=str(Path(sys.executable).with_name("argus")),
-    )  # fmt: skip
-    run = subprocess.run([str(ROOT / "scripts" / "daily.sh")], capture_output=True, text=True,
-                         env=env)  # fmt: skip
+        ARGUS_CHECKPOINT=str(finetuned),
+        ARGUS_DATA=str(sim_data),
+        ARGUS_BUNDLES=str(bundles),
+        ARGUS_REDIS_URL=redis_url,
+        ARGUS_BIN=str(Path(sys.executable).with_name("argus")),
+    )
+    run = subprocess.run(
+        [str(ROOT / "scripts" / "daily.sh")], capture_output=True, text=True, env=env
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (bundle,) = list_versions(bundles)
     assert redis.Redis.from_url(redis_url).get("argus:current") == bundle.name.encode()
     assert list((tmp_path / "exports").iterdir()) == []  # the export was cleaned up
-    missing = subprocess.run([str(ROOT / "scripts" / "daily.sh")], capture_output=True,
-                             text=True, env=argus_env())  # fmt: skip
+    missing = subprocess.run(
+        [str(ROOT / "scripts" / "daily.sh")], capture_output=True, text=True, env=argus_env()
+    )
     assert missing.returncode != 0 and "ARGUS_CHECKPOINT" in missing.stderr

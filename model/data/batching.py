@@ -12,20 +12,16 @@ they become tensors, so the model never converts numpy itself (STYLE.md 5).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.data.events import Events
+from model.data.events import DAY, Events
 
 if TYPE_CHECKING:
     import torch
-
-DAY = 86_400
-_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": DAY}
 
 
 @dataclass(frozen=True)
@@ -273,11 +269,3 @@ def iter_batches(
         spans, batch_size=batch_size, max_tokens=max_tokens, shuffle=shuffle, seed=seed
     ):
         yield make_batch(events, spans.take(index), pad_to_multiple=pad_to_multiple)
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in ``"0"``, ``"3600"``, ``"90s"``, ``"30m"``, ``"6h"`` or ``"1d"``."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration; use e.g. 0, 90s, 30m, 6h, 1d")
-    return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])

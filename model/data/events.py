@@ -10,6 +10,7 @@ accepted and cast; anything else of the wrong type is an error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SKIP_THRESHOLD = 0.3  # an event is a skip when played_ratio < 0.3 (DESIGN.md §3)
+# What feedback prediction (FP) predicts of an event, in the FP head's output order.
+FEEDBACK = ("like", "dislike", "skip", "played_ratio")
+# Timestamps are seconds since the Unix epoch (UTC).
+HOUR, DAY = 3_600, 86_400
+_UNITS = {"s": 1, "m": 60, "h": HOUR, "d": DAY}
 MAX_PLAYED_RATIO = 10.0  # >1 means the user replayed parts of the item (Yambda goes past 100%)
 EVENTS_FILE = "events.parquet"  # the file name a data-set directory uses for its events
 
@@ -81,7 +87,7 @@ class Events:
 
     @property
     def skipped(self) -> np.ndarray:
-        """(N,) bool: ``played_ratio < 0.3`` (False where played_ratio is NaN)."""
+        """(N,) bool: ``played_ratio < SKIP_THRESHOLD`` (False where played_ratio is NaN)."""
         with np.errstate(invalid="ignore"):
             return self.played_ratio < SKIP_THRESHOLD
 
@@ -256,3 +262,31 @@ def _check_values(
         fail(
             column, pair + 1 - (previous is not None), "rows are not sorted by (user_id, timestamp)"
         )
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every item of a data set (sorted ids) with its artist (-1 when unknown)."""
+
+    ids: np.ndarray  # (C,) int64
+    artist_id: np.ndarray  # (C,) int64
+
+    @classmethod
+    def from_events(cls, events: Events) -> Catalog:
+        ids, first = np.unique(events.item_id, return_index=True)
+        return cls(ids, events.artist_id[first])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def column(self, item_id: np.ndarray) -> np.ndarray:
+        """The catalog column of each id (ids must be in the catalog)."""
+        return np.searchsorted(self.ids, item_id)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``"0"``, ``"3600"``, ``"90s"``, ``"30m"``, ``"6h"`` or ``"1d"``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 0, 90s, 30m, 6h, 1d")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])

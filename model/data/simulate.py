@@ -2,9 +2,10 @@
 
 The generative story, in the order the code follows it:
 
-* **Catalog.** ``n_genres`` genre centres in a ``latent_dim`` space; artists scattered around their
-  genre's centre; items (tracks) scattered around their artist's. Item popularity is Zipf-like
-  (``rank ** -zipf_exponent`` over a random ranking) and a quality bias correlated with popularity.
+* **Catalog** (:class:`SimCatalog`). ``n_genres`` genre centres in a ``latent_dim`` space;
+  artists scattered around their genre's centre; items (tracks) scattered around their artist's.
+  Item popularity is Zipf-like (``rank ** -zipf_exponent`` over a random ranking) and a quality
+  bias correlated with popularity.
 * **Users.** A taste mixture over genres (sparse Dirichlet) that drifts linearly from
   ``taste_start`` to ``taste_end`` over the simulated period, a personal offset in latent space, a
   heavy-tailed activity rate and a preferred hour of day. Sessions follow a weekly cycle (weekends
@@ -44,9 +45,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from model.data.events import EVENT_SCHEMA, EVENTS_FILE, Events
+from model.data.events import DAY, EVENT_SCHEMA, EVENTS_FILE, SKIP_THRESHOLD, Events
 
-DAY = 86_400
 TRUTH_FILE = "truth.npz"
 SUMMARY_FILE = "simulation.json"
 WEEKDAY_ACTIVITY = np.array([0.9, 0.9, 0.92, 0.95, 1.1, 1.3, 1.2])  # Monday .. Sunday
@@ -125,7 +125,7 @@ class SimConfig:
 
 
 @dataclass
-class Catalog:
+class SimCatalog:
     """Items sorted by (genre, artist), so each genre and each artist is a contiguous row range."""
 
     item_ids: np.ndarray  # (M,) int64 external ids
@@ -172,7 +172,7 @@ def _ranges(sorted_keys: np.ndarray, n: int) -> np.ndarray:
     )
 
 
-def make_catalog(cfg: SimConfig, rng: np.random.Generator) -> Catalog:
+def make_catalog(cfg: SimConfig, rng: np.random.Generator) -> SimCatalog:
     g, k, m = cfg.n_genres, cfg.latent_dim, cfg.n_items
     n_artists = max(g, round(m / cfg.items_per_artist))
     genre_centers = rng.standard_normal((g, k)).astype(np.float32)
@@ -191,7 +191,7 @@ def make_catalog(cfg: SimConfig, rng: np.random.Generator) -> Catalog:
     popularity /= popularity.sum()
     bias = 0.3 * _zscore(np.log(popularity)) + 0.3 * rng.standard_normal(m)
     track_length = np.clip(rng.lognormal(np.log(210.0), 0.3, m), 60, 900).astype(np.int64)
-    return Catalog(
+    return SimCatalog(
         item_ids=(rng.permutation(m) + 1).astype(np.int64),
         artist_ids=(rng.permutation(n_artists) + 1).astype(np.int64)[item_artist],
         genre=artist_genre[item_artist].astype(np.int64),
@@ -242,7 +242,7 @@ def make_users(cfg: SimConfig, rng: np.random.Generator, n: int) -> Users:
     )
 
 
-def affinity_scale(cfg: SimConfig, catalog: Catalog, rng: np.random.Generator) -> float:
+def affinity_scale(cfg: SimConfig, catalog: SimCatalog, rng: np.random.Generator) -> float:
     """Standard deviation of ``<u, v>`` over random (user, item) pairs: the affinity's unit."""
     users = make_users(cfg, rng, 2_000)
     u = users.latent(catalog.genre_centers, 0.5)
@@ -449,7 +449,7 @@ class Simulator:
             full, 1.0 + replayed_parts * rng.random(len(item)), 0.95 * rng.beta(0.6, 1.5, len(item))
         )
         liked = full & ~replay & (rng.random(len(item)) < _sigmoid(3.0 * (z - th["like"])))
-        skipped = ratio < 0.3
+        skipped = ratio < SKIP_THRESHOLD
         disliked = skipped & (rng.random(len(item)) < _sigmoid(3.0 * (th["dislike"] - z)))
         liked &= ~self._in_library(state, ev_user, item, liked)
         self._add_to_library(state, ev_user[liked], item[liked])

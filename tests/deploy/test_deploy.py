@@ -19,9 +19,9 @@ import yaml
 from kubernetes_validate import validate as kubernetes_validate
 from kubernetes_validate.utils import ValidationError
 
-from index.redis_server import free_port
 from service.settings import EncoderSettings, Settings, StoreSettings
 from tests.conftest import serving
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -109,10 +109,15 @@ def test_a_real_prometheus_scrapes_the_service_with_the_repository_config(
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
     port = free_port()
     process = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         httpx.post(f"{service}/candidates", json={"user_id": 1, "k": 5}, timeout=10)
@@ -165,8 +170,14 @@ def test_the_validator_rejects_a_wrong_manifest() -> None:
 
 def test_kubernetes_probes_resources_and_the_daily_job() -> None:
     docs = {d["kind"]: d for p in manifests() for d in yaml.safe_load_all(p.read_text()) if d}
-    assert {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-            "PodDisruptionBudget", "CronJob"} <= set(docs)  # fmt: skip
+    assert {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "CronJob",
+    } <= set(docs)
     container = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -125,9 +125,18 @@ def test_a_publish_killed_midway_changes_nothing_and_a_rerun_finishes(
     big = export_with_users(exported, tmp_path / "export-big", 200_000, seed=2)
     new = Bundle.open(build(big, tmp_path / "b", HnswParams(k=20), progress=False).path)
     command = [
-        sys.executable, "-m", "argus", "publish", "--bundle", str(new.path),
-        "--redis-url", redis_url, "--chunk", "500", "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "argus",
+        "publish",
+        "--bundle",
+        str(new.path),
+        "--redis-url",
+        redis_url,
+        "--chunk",
+        "500",
+        "--quiet",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     written = 0

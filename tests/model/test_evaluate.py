@@ -9,9 +9,8 @@ import torch
 
 from model.checkpoint import load_model
 from model.data.batching import Spans, TemporalSplit, make_batch
-from model.data.events import Events, read_events
+from model.data.events import Catalog, Events, read_events
 from model.evaluate import (
-    Catalog,
     EvalConfig,
     evaluate,
     evaluate_model,

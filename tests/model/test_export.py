@@ -66,11 +66,18 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     assert "user vectors" in summary.line() and "users/s" in summary.line()
     files = {p.name for p in out.iterdir()}
     assert files == {
-        "encoder.onnx", "export.json", "item_ids.npy", "item_vectors.npy", "user_ids.npy",
-        "user_vectors.npy", "popular.npy",
-    }  # fmt: skip
-    load = {name: np.load(out / f"{name}.npy", allow_pickle=False) for name in (
-        "item_ids", "item_vectors", "user_ids", "user_vectors", "popular")}  # fmt: skip
+        "encoder.onnx",
+        "export.json",
+        "item_ids.npy",
+        "item_vectors.npy",
+        "user_ids.npy",
+        "user_vectors.npy",
+        "popular.npy",
+    }
+    load = {
+        name: np.load(out / f"{name}.npy", allow_pickle=False)
+        for name in ("item_ids", "item_vectors", "user_ids", "user_vectors", "popular")
+    }
     events = read_events(sim_data)
     model, _ = load_model(finetuned)
     assert load["user_ids"].tolist() == np.unique(events.user_id).tolist()

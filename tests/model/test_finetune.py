@@ -11,8 +11,7 @@ import torch
 
 from model.argus import Argus, preset
 from model.checkpoint import load_model
-from model.data.batching import DAY
-from model.data.events import Events, read_events
+from model.data.events import DAY, Events, parse_duration, read_events
 from model.evaluate import impression_scores
 from model.finetune import (
     FinetuneConfig,
@@ -26,7 +25,6 @@ from model.finetune import (
     make_samples,
     pair_accuracy,
     pair_weight_table,
-    parse_duration,
     sample_batch,
     state_rows,
     tower_scores,
@@ -69,8 +67,13 @@ def test_grades_rank_like_full_partial_skip_dislike_and_skip_organic_events() ->
 
 def test_durations_and_the_pair_weight_table() -> None:
     assert [parse_duration(t) for t in ("0", "90s", "30m", "6h", "1d", "3600")] == [
-        0, 90, 1800, 21_600, DAY, 3600,
-    ]  # fmt: skip
+        0,
+        90,
+        1800,
+        21_600,
+        DAY,
+        3600,
+    ]
     with pytest.raises(ValueError, match="'yesterday' is not a duration"):
         parse_duration("yesterday")
     table = pair_weight_table()

@@ -143,11 +143,32 @@ def test_every_rank_gets_an_equal_share() -> None:
 def test_the_same_command_runs_data_parallel_under_torchrun(sim_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "-m", "argus", "pretrain", "--data", str(sim_data), "--out", str(out),
-        "--preset", "argus-tiny", "--max-steps", "4", "--batch-size", "4", "--test-days", "3",
-        "--model", "n_uniform_negatives=32", "--set", "log_every=2", "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "argus",
+        "pretrain",
+        "--data",
+        str(sim_data),
+        "--out",
+        str(out),
+        "--preset",
+        "argus-tiny",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--test-days",
+        "3",
+        "--model",
+        "n_uniform_negatives=32",
+        "--set",
+        "log_every=2",
+        "--quiet",
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [x for x in run.stdout.splitlines() if x.startswith("pretrained")]

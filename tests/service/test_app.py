@@ -12,11 +12,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from index.bundle import Bundle, HnswParams, build
-from index.redis_server import RedisServer
 from index.store import publish
 from service.encoder import Encoder
 from service.settings import LimitSettings, RequestSettings, Settings, StoreSettings
 from tests.index.conftest import export_with_users
+from tests.servers import RedisServer
 from tests.service.conftest import client_for
 
 

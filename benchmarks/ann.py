@@ -10,7 +10,7 @@ within an artist: the hard case). ``ef_search`` is tuned exactly as ``argus buil
 on one thread, for HNSW and for numpy brute force (BLAS pinned to one thread) on the same
 queries. Also measures the recall/QPS curve over the ``ef`` values tuning tried.
 
-    .venv/bin/python benchmarks/index.py [--items 1000000] [--dim 128]
+    .venv/bin/python -m benchmarks.ann [--items 1000000] [--dim 128]
 
 Writes ``runs/bench/index.json``, ``.md`` and ``index.png``.
 """
@@ -18,28 +18,23 @@ Writes ``runs/bench/index.json``, ``.md`` and ``index.png``.
 from __future__ import annotations
 
 import os
-import sys
-
-# Run as a script, this file's directory leads sys.path and its name would shadow the ``index``
-# package it measures.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
 
 # One BLAS thread: the exact baseline is single-threaded like the HNSW queries (set before numpy).
 for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from index.hnsw import ItemIndex, exact_top_k, recall, tune_ef  # noqa: E402
-from model.data.simulate import SimConfig, make_catalog, make_users  # noqa: E402
+from index.hnsw import ItemIndex, exact_top_k, recall, tune_ef
+from model.data.simulate import SimConfig, make_catalog, make_users
 
 ROOT = Path(__file__).resolve().parents[1]
 
