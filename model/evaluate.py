@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from model.argus import Argus
 from model.checkpoint import load_model
-from model.data.batching import TemporalSplit, covering_spans, eval_spans, iter_batches
+from model.data.batching import Batch, TemporalSplit, covering_spans, eval_spans, iter_batches
 from model.data.events import FEEDBACK, Catalog, Events, parse_duration, read_events
 from model.data.simulate import TRUTH_FILE, Truth
 from model.finetune import (
@@ -141,6 +141,133 @@ class ModelResult:
     ranks: dict[str, dict[int, int]]  # method -> {row of the full events table: rank}
 
 
+@dataclass
+class NextEvents:
+    """The counted positions of one batch: each state ``h_t`` with the event ``t+1`` it predicts."""
+
+    rows: np.ndarray  # (N,) rows of the full events table of the next events
+    h: torch.Tensor  # (N, D) the states before them
+    context: torch.Tensor | None  # (N, C) their context embedding (ARGUS only)
+    item_id: torch.Tensor  # (N,)
+    artist_id: torch.Tensor  # (N,)
+    liked: torch.Tensor  # (N,)
+    disliked: torch.Tensor  # (N,)
+    played_ratio: torch.Tensor  # (N,)
+
+    @classmethod
+    def of(
+        cls, model: Argus, batch: Batch, rows_of_model: np.ndarray, device: torch.device
+    ) -> NextEvents:
+        tensors = batch.to_torch(device)
+        context = model.context_embedding(tensors) if model.argus else None
+        h = model(tensors, context)  # (B, L, D)
+        real = torch.from_numpy(batch.padding_mask).to(device)
+        valid = (real & tensors["target_mask"])[:, 1:]  # (B, L-1): the next event is counted
+
+        def following(name: str) -> torch.Tensor:
+            return tensors[name][:, 1:][valid]
+
+        return cls(
+            rows=rows_of_model[batch.row_index[:, 1:][valid.cpu().numpy()]],
+            h=h[:, :-1][valid],
+            context=context[:, 1:][valid] if context is not None else None,
+            item_id=following("item_id"),
+            artist_id=following("artist_id"),
+            liked=following("liked"),
+            disliked=following("disliked"),
+            played_ratio=following("played_ratio"),
+        )
+
+
+class NipRanking:
+    """Next-item prediction: cross-entropy of the next item under a full softmax over the catalog,
+    and the rank of each ranking target (for ARGUS also after re-ranking by the like head)."""
+
+    def __init__(
+        self,
+        model: Argus,
+        catalog: Catalog,
+        is_target: np.ndarray,
+        seen: _SeenItems | None,
+        cfg: EvalConfig,
+        device: torch.device,
+    ) -> None:
+        self.model, self.catalog, self.cfg, self.device = model, catalog, cfg, device
+        self.is_target = is_target  # (events,) bool: the rows whose rank is recorded
+        self.seen = seen  # each user's earlier items, removed from the ranking (or None)
+        self.catalog_ids = torch.from_numpy(catalog.ids).to(device)
+        self.catalog_artists = torch.from_numpy(catalog.artist_id).to(device)
+        self.output = model.item_embedding(self.catalog_ids)  # (C, E), item-only as in training
+        self.temperature = model.temperature()
+        self.loss_sum, self.count = 0.0, 0
+        self.ranks: dict[str, dict[int, int]] = {"nip": {}}
+        if model.argus:
+            self.ranks["nip+like"] = {}
+
+    def add(self, nxt: NextEvents) -> None:
+        model, cfg = self.model, self.cfg
+        column = torch.from_numpy(self.catalog.column(nxt.item_id.cpu().numpy())).to(self.device)
+        query = model.nip_query(nxt.h, nxt.context)  # (N, E)
+        chunk = max(1, cfg.score_chunk // len(self.catalog))
+        for begin in range(0, len(query), chunk):
+            part = slice(begin, begin + chunk)
+            logits = query[part] @ self.output.T / self.temperature  # (n, C)
+            self.loss_sum += float(F.cross_entropy(logits, column[part], reduction="sum"))
+            self.count += len(logits)
+            scored = self.is_target[nxt.rows[part]]
+            if not scored.any():
+                continue
+            rows = nxt.rows[part][scored]
+            pick = torch.from_numpy(scored).to(self.device)
+            log_p = torch.log_softmax(logits[pick], dim=-1)  # (m, C)
+            excluded = self.seen.mask(rows, self.device) if self.seen is not None else None
+            target = column[part][pick]
+            found = ranks(log_p, target, excluded)
+            self.ranks["nip"].update(zip(rows.tolist(), found.tolist(), strict=True))
+            if nxt.context is not None:
+                reranked = _rerank_with_like(
+                    model,
+                    nxt.h[part][pick],
+                    nxt.context[part][pick],
+                    log_p,
+                    target,
+                    excluded,
+                    self.catalog_ids,
+                    self.catalog_artists,
+                    cfg.rerank_depth,
+                )
+                self.ranks["nip+like"].update(zip(rows.tolist(), reranked.tolist(), strict=True))
+
+    def losses(self) -> dict[str, float]:
+        return {"nip_loss": self.loss_sum / self.count} if self.count else {}
+
+
+class FeedbackLosses:
+    """Feedback prediction: the FP head's losses on the next events (ARGUS only); skip and
+    played_ratio count listens only."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(FEEDBACK, 0.0)
+        self.counts = dict.fromkeys(FEEDBACK, 0)
+
+    def add(self, model: Argus, nxt: NextEvents) -> None:
+        assert nxt.context is not None
+        next_item = model.item_embedding(nxt.item_id, nxt.artist_id)
+        fp = feedback_losses(
+            model.fp_logits(nxt.h, nxt.context, next_item),
+            nxt.liked,
+            nxt.disliked,
+            nxt.played_ratio,
+        )
+        everyone, listened = len(nxt.h), int((~torch.isnan(nxt.played_ratio)).sum())
+        for name, n in zip(FEEDBACK, (everyone, everyone, listened, listened), strict=True):
+            self.sums[name] += float(fp[name]) * n
+            self.counts[name] += n
+
+    def losses(self) -> dict[str, float]:
+        return {f"{n}_loss": self.sums[n] / self.counts[n] for n in FEEDBACK if self.counts[n]}
+
+
 @torch.no_grad()
 def evaluate_model(
     model: Argus,
@@ -153,85 +280,23 @@ def evaluate_model(
     progress: bool = True,
 ) -> ModelResult:
     """Test-window losses and target ranks of one model. ``events`` ends at ``split.end_time``."""
-    argus = model.argus
-    rows_of_model = np.flatnonzero(events.positive) if not argus else np.arange(len(events))
+    rows_of_model = np.arange(len(events)) if model.argus else np.flatnonzero(events.positive)
     seen = _SeenItems(events, catalog) if cfg.exclude_seen else None
     model_events = training_events(events, model.cfg.objective)
     spans = eval_spans(model_events, split, model.cfg.max_len)
     is_target = np.zeros(len(events), dtype=bool)
     is_target[targets] = True
-    catalog_ids = torch.from_numpy(catalog.ids).to(device)
-    catalog_artists = torch.from_numpy(catalog.artist_id).to(device)
-    output = model.item_embedding(catalog_ids)  # (C, E), item-only like in training
-    temperature = model.temperature()
-    sums: dict[str, float] = dict.fromkeys(("nip", *FEEDBACK), 0.0)
-    counts: dict[str, float] = dict.fromkeys(("nip", *FEEDBACK), 0.0)
-    found: dict[str, dict[int, int]] = {"nip": {}, "nip+like": {}} if argus else {"nip": {}}
+    nip = NipRanking(model, catalog, is_target, seen, cfg, device)
+    feedback = FeedbackLosses() if model.argus else None
     batches = iter_batches(model_events, spans, batch_size=cfg.batch_size)
     n_batches = -(-len(spans) // cfg.batch_size)
     for batch in tqdm(batches, total=n_batches, desc="evaluate", disable=not progress, leave=False):
-        tensors = batch.to_torch(device)
-        context = model.context_embedding(tensors) if argus else None
-        h = model(tensors, context)  # (B, L, D)
-        real = torch.from_numpy(batch.padding_mask).to(device)
-        valid = (real & tensors["target_mask"])[:, 1:]  # (B, L-1): the next event is counted
-        valid_np = valid.cpu().numpy()
-        next_rows = rows_of_model[batch.row_index[:, 1:][valid_np]]  # rows of the full table
-        h_t = h[:, :-1][valid]  # (N, D)
-        next_context = context[:, 1:][valid] if context is not None else None
-        next_ids = tensors["item_id"][:, 1:][valid]
-        target_column = torch.from_numpy(catalog.column(next_ids.cpu().numpy())).to(device)
-        query = model.nip_query(h_t, next_context)  # (N, E)
-        chunk = max(1, cfg.score_chunk // len(catalog))
-        for begin in range(0, len(query), chunk):
-            part = slice(begin, begin + chunk)
-            logits = query[part] @ output.T / temperature  # (n, C)
-            sums["nip"] += float(F.cross_entropy(logits, target_column[part], reduction="sum"))
-            counts["nip"] += len(logits)
-            scored = is_target[next_rows[part]]
-            if not scored.any():
-                continue
-            rows = next_rows[part][scored]
-            pick = torch.from_numpy(scored).to(device)
-            log_p = torch.log_softmax(logits[pick], dim=-1)  # (m, C)
-            excluded = seen.mask(rows, device) if seen is not None else None
-            column = target_column[part][pick]
-            found["nip"].update(
-                zip(rows.tolist(), ranks(log_p, column, excluded).tolist(), strict=True)
-            )
-            if argus:
-                assert next_context is not None
-                reranked = _rerank_with_like(
-                    model,
-                    h_t[part][pick],
-                    next_context[part][pick],
-                    log_p,
-                    column,
-                    excluded,
-                    catalog_ids,
-                    catalog_artists,
-                    cfg.rerank_depth,
-                )
-                found["nip+like"].update(zip(rows.tolist(), reranked.tolist(), strict=True))
-        if argus:
-            assert next_context is not None
-            next_item = model.item_embedding(next_ids, tensors["artist_id"][:, 1:][valid])
-            fp = feedback_losses(
-                model.fp_logits(h_t, next_context, next_item),
-                tensors["liked"][:, 1:][valid],
-                tensors["disliked"][:, 1:][valid],
-                tensors["played_ratio"][:, 1:][valid],
-            )
-            listened = int((~torch.isnan(tensors["played_ratio"][:, 1:][valid])).sum())
-            for name, n in zip(FEEDBACK, (len(h_t), len(h_t), listened, listened), strict=True):
-                sums[name] += float(fp[name]) * n
-                counts[name] += n
-    losses = {
-        f"{name}_loss": sums[name] / counts[name]
-        for name in sums
-        if counts[name] and (argus or name == "nip")
-    }
-    return ModelResult(losses, found)
+        nxt = NextEvents.of(model, batch, rows_of_model, device)
+        nip.add(nxt)
+        if feedback is not None:
+            feedback.add(model, nxt)
+    losses = {**nip.losses(), **(feedback.losses() if feedback is not None else {})}
+    return ModelResult(losses, nip.ranks)
 
 
 def _rerank_with_like(

@@ -38,7 +38,7 @@ from model.config import apply_overrides
 from model.data.batching import Batch, Spans, bucket_batches, chunk_spans, make_batch
 from model.data.events import DAY, SKIP_THRESHOLD, Events, parse_duration, read_events
 from model.runtime import Runtime
-from model.train import Job, PretrainConfig, TrainSummary, epoch_batches, run_job, saved_state
+from model.train import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
 
 GRADES = ("dislike", "skip", "partial", "full", "like")  # impression grades, lowest first
 FULL_LISTEN = 0.9  # played_ratio at or above which a listen is "full"
@@ -366,7 +366,7 @@ def impression_level_backward(
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(PretrainConfig):
+class FinetuneConfig(TrainConfig):
     init: str = ""  # pretrained run directory or checkpoint; "" trains from scratch
     lag: str = "1d"  # state at or before impression time - lag; "0" = the runtime variant
     group: str = "lag"  # "lag" (user x lag bucket), "session", or a bucket width such as "6h"
@@ -402,7 +402,7 @@ class FinetuneConfig(PretrainConfig):
         if init is None and self.init:
             init = self.init_state()
         if init is None:
-            base = super().model_config()
+            base = self.preset_config()
         else:
             base = model_config(init)
             if self.max_len:  # time features only, no positions: any length works
@@ -475,7 +475,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             step=step,
             train_until=train_until,
         )
-        return run_job(job, runtime, saved, progress=progress)
+        return Trainer(job, runtime, saved, progress=progress).run()
 
 
 def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:

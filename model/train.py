@@ -41,12 +41,13 @@ RESUMABLE = frozenset({"max_steps", "epochs", "log_every", "checkpoint_every", "
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class TrainConfig:
+    """What every training stage shares: data, run directory, model size, schedule, logging."""
+
     data: str  # events directory or Parquet file
     out: str  # run directory
     preset: str = "argus-3m"
     model: tuple[str, ...] = ()  # ArgusConfig overrides, "key=value"
-    objective: str = "argus"  # "argus" or "sasrec"
     max_len: int = 0  # events per history chunk; 0 keeps the preset's
     batch_size: int = 32  # chunks per step
     max_tokens: int = 0  # padded positions per step; 0 means batch_size * max_len
@@ -78,8 +79,8 @@ class PretrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
-    def model_config(self) -> ArgusConfig:
-        overrides: dict[str, Any] = {"objective": self.objective}
+    def preset_config(self, **overrides: Any) -> ArgusConfig:
+        """The preset's model config with ``overrides``, ``--max-len`` and ``--model`` applied."""
         if self.max_len:
             overrides["max_len"] = self.max_len
         return apply_overrides(preset(self.preset, **overrides), list(self.model))
@@ -87,6 +88,14 @@ class PretrainConfig:
     def split(self, events: Events) -> TemporalSplit | None:
         """The held-out test window, or None when training on everything."""
         return choose_split(events, self.test_days, self.test_fraction)
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainConfig):
+    objective: str = "argus"  # "argus" or "sasrec"
+
+    def model_config(self) -> ArgusConfig:
+        return self.preset_config(objective=self.objective)
 
 
 def choose_split(events: Events, test_days: float, test_fraction: float) -> TemporalSplit | None:
@@ -161,7 +170,7 @@ class Optimizers:
     what the batch uses, not the 2^19-row table. Embeddings, norms and biases get no weight decay.
     """
 
-    def __init__(self, model: Argus, cfg: PretrainConfig, *, sparse: bool) -> None:
+    def __init__(self, model: Argus, cfg: TrainConfig, *, sparse: bool) -> None:
         table = model.item.table
         table.sparse = sparse
         no_decay = {
@@ -239,7 +248,7 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def epoch_batches(
-    spans: Spans, cfg: PretrainConfig, max_len: int, runtime: Runtime, epoch: int
+    spans: Spans, cfg: TrainConfig, max_len: int, runtime: Runtime, epoch: int
 ) -> list[np.ndarray]:
     """This rank's batches of spans for ``epoch``: shuffled, length-bucketed, seeded by epoch."""
     batches = bucket_batches(
@@ -258,7 +267,7 @@ def _peak_memory_mib(runtime: Runtime) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     current = asdict(cfg)
     differ = [
         name
@@ -309,10 +318,10 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
             train_until=split.split_time if split else int(train.timestamp.max()) + 1,
             extra_metrics=lambda: {"temperature": float(model.temperature().detach())},
         )
-        return run_job(job, runtime, saved, progress=progress)
+        return Trainer(job, runtime, saved, progress=progress).run()
 
 
-def saved_state(cfg: PretrainConfig, resume: bool) -> dict[str, Any] | None:
+def saved_state(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
     """The checkpoint to resume (checked against ``cfg``), or None; refuses to overwrite one."""
     checkpoint_path = Path(cfg.out) / CHECKPOINT_FILE
     if resume:
@@ -328,9 +337,9 @@ def saved_state(cfg: PretrainConfig, resume: bool) -> dict[str, Any] | None:
 
 @dataclass
 class Job:
-    """What differs between pretraining and fine-tuning; :func:`run_job` is the shared loop."""
+    """What differs between pretraining and fine-tuning; :class:`Trainer` runs it."""
 
-    cfg: PretrainConfig
+    cfg: TrainConfig
     stage: str  # "pretrain" or "finetune"
     preset: str  # the model's size preset, for the summary
     objective_name: str  # "argus", "sasrec" or "pairwise"
@@ -344,150 +353,193 @@ class Job:
     extra_metrics: Callable[[], dict[str, float]] = dict
 
 
-def run_job(
-    job: Job, runtime: Runtime, saved: dict[str, Any] | None, *, progress: bool
-) -> TrainSummary:
-    """Optimise ``job.objective``: schedule, clipping, checkpoints, resume, metrics, curve."""
-    cfg, model = job.cfg, job.model
-    out = Path(cfg.out)
-    checkpoint_path = out / CHECKPOINT_FILE
-    sparse = cfg.sparse_embeddings == "on" or (
-        cfg.sparse_embeddings == "auto" and not (runtime.cuda and runtime.world_size > 1)
-    )
-    optimizer = Optimizers(model, cfg, sparse=sparse)
-    step, epoch, batch_in_epoch, events_seen, elapsed = 0, 0, 0, 0, 0.0
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, epoch, batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
-        events_seen, elapsed = saved["events_seen"], saved["elapsed_s"]
-    model.to(runtime.device).train()
-    objective = runtime.wrap(job.objective)
-    if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
-        model.compile(dynamic=True)
+@dataclass
+class Position:
+    """Where a run is; a checkpoint stores it, so a resumed run continues exactly."""
 
-    total = cfg.max_steps or sum(len(job.epoch_batches(e)) for e in range(cfg.epochs))
-    warmup = min(cfg.warmup_steps, total // 10)  # a short run still gets most of its cosine
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    events_seen: int = 0  # target events, summed over ranks
+    elapsed_s: float = 0.0  # training time, logging and checkpoints excluded
 
-    def set_lr(at: int) -> float:
-        factor = lr_factor(at, warmup, total, cfg.min_lr_ratio)
-        optimizer.set_lr(cfg.lr * factor)
-        return cfg.lr * factor
 
-    metrics_path = out / "metrics.jsonl"
-    history = _read_history(metrics_path, up_to_step=step) if saved is not None else []
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(
-            json.dumps({"train": asdict(cfg), "model": asdict(model.cfg)}, indent=2) + "\n"
+class MetricsWindow:
+    """Sums over the steps since the last logged row: losses, gradient norm, events, time."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.steps, self.events, self.started = 0, 0, time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor], grad_norm: float, events: int) -> None:
+        for name, value in losses.items():
+            self.sums[name] += float(value.detach())
+        self.sums["grad_norm"] += grad_norm
+        self.steps += 1
+        self.events += events
+
+    def close(self, runtime: Runtime) -> tuple[dict[str, float], float]:
+        """The window's means (over its steps and the ranks) and its seconds; starts anew."""
+        seconds = time.perf_counter() - self.started
+        means = {
+            name: runtime.sum(value) / runtime.world_size / self.steps
+            for name, value in self.sums.items()
+        }
+        means["events_per_s"] = self.events / max(seconds, 1e-9)
+        self.reset()
+        return means, seconds
+
+
+class Trainer:
+    """Optimises ``job.objective``: schedule, clipping, logging, checkpoints, resume, curve."""
+
+    def __init__(
+        self, job: Job, runtime: Runtime, saved: dict[str, Any] | None, *, progress: bool
+    ) -> None:
+        self.job, self.runtime, self.cfg = job, runtime, job.cfg
+        cfg, model = job.cfg, job.model
+        self.out = Path(cfg.out)
+        sparse = cfg.sparse_embeddings == "on" or (
+            cfg.sparse_embeddings == "auto" and not (runtime.cuda and runtime.world_size > 1)
         )
-        _write_history(metrics_path, history)
-
-    def checkpoint() -> None:
+        self.optimizer = Optimizers(model, cfg, sparse=sparse)
+        self.position = Position()
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.position = Position(**{name: saved[name] for name in asdict(self.position)})
+        model.to(runtime.device).train()
+        self.objective = runtime.wrap(job.objective)
+        if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
+            model.compile(dynamic=True)
+        self.total = cfg.max_steps or sum(len(job.epoch_batches(e)) for e in range(cfg.epochs))
+        self.warmup = min(cfg.warmup_steps, self.total // 10)  # a short run keeps its cosine
+        self.window = MetricsWindow()
+        self.lr, self.last_loss = cfg.lr, math.nan
+        self.metrics_path = self.out / "metrics.jsonl"
+        step = self.position.step
+        self.history = _read_history(self.metrics_path, step) if saved is not None else []
         if runtime.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(
+                json.dumps({"train": asdict(cfg), "model": asdict(model.cfg)}, indent=2) + "\n"
+            )
+            _write_history(self.metrics_path, self.history)
+        self.title = f"{job.preset} ({job.objective_name})"
+        self.bar = tqdm(
+            total=self.total,
+            initial=step,
+            desc=f"{job.stage} {self.title}",
+            unit="step",
+            disable=not (progress and runtime.is_main),
+            dynamic_ncols=True,
+        )
+
+    @property
+    def finished(self) -> bool:
+        at = self.position
+        return at.step >= self.total or (self.cfg.max_steps == 0 and at.epoch >= self.cfg.epochs)
+
+    def run(self) -> TrainSummary:
+        """Train until ``finished`` or a stop request; checkpoint; summarise."""
+        at, cfg = self.position, self.cfg
+        stopped = False
+        with _StopRequest() as stop:
+            while not (self.finished or stopped):
+                batches = self.job.epoch_batches(at.epoch)
+                for index in batches[at.batch_in_epoch :]:
+                    self.step(index)
+                    if at.step % cfg.log_every == 0 or at.step == self.total:
+                        self.log()
+                    self.bar.update(1)
+                    if at.step % cfg.checkpoint_every == 0:
+                        self.checkpoint()
+                    if at.step >= self.total:
+                        break
+                    stopped = self.runtime.sum(float(stop.requested)) > 0  # on every rank
+                    if stopped:
+                        break
+                if at.batch_in_epoch >= len(batches):
+                    at.epoch, at.batch_in_epoch = at.epoch + 1, 0
+        self.bar.close()
+        self.checkpoint()
+        if self.runtime.is_main:
+            from model.plots import training_curve
+
+            training_curve(self.history, self.out / "training_curve.png", title=self.title)
+        return self.summary()
+
+    def step(self, index: np.ndarray) -> None:
+        """One optimiser step on the batch of spans ``index``."""
+        cfg, at = self.cfg, self.position
+        torch.manual_seed(cfg.seed * 1_000_003 + at.step)  # dropout, sampling
+        self.lr = cfg.lr * lr_factor(at.step, self.warmup, self.total, cfg.min_lr_ratio)
+        self.optimizer.set_lr(self.lr)
+        losses, batch_events = self.job.step(self.objective, index)
+        self.optimizer.zero_grad()
+        losses["loss"].backward()
+        grad_norm = self.optimizer.clip_and_step(cfg.grad_clip)
+        at.step += 1
+        at.batch_in_epoch += 1
+        events = int(self.runtime.sum(float(batch_events)))
+        at.events_seen += events
+        self.window.add(losses, grad_norm, events)
+
+    def log(self) -> None:
+        """One row of ``metrics.jsonl``: the window's means, position, learning rate."""
+        self.runtime.synchronize()
+        at = self.position
+        means, seconds = self.window.close(self.runtime)
+        at.elapsed_s += seconds
+        events_per_s = means.pop("events_per_s")
+        row = {
+            **means,
+            "step": at.step,
+            "epoch": at.epoch,
+            "lr": self.lr,
+            "events_per_s": events_per_s,
+            "events": at.events_seen,
+            "elapsed_s": at.elapsed_s,
+            **self.job.extra_metrics(),
+        }
+        self.last_loss = row["loss"]
+        self.history.append(row)
+        if self.runtime.is_main:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.bar.set_postfix(loss=f"{row['loss']:.3f}", ev_s=f"{events_per_s:,.0f}")
+
+    def checkpoint(self) -> None:
+        """``checkpoint.pt`` (rank 0): weights, optimiser state and position."""
+        if self.runtime.is_main:
             save_checkpoint(
-                checkpoint_path,
-                model,
-                train_config=asdict(cfg),
-                optimizer=optimizer.state_dict(),
-                step=step,
-                epoch=epoch,
-                batch_in_epoch=batch_in_epoch,
-                events_seen=events_seen,
-                elapsed_s=elapsed,
-                train_until=job.train_until,
+                self.out / CHECKPOINT_FILE,
+                self.job.model,
+                train_config=asdict(self.cfg),
+                optimizer=self.optimizer.state_dict(),
+                train_until=self.job.train_until,
+                **asdict(self.position),
             )
 
-    title = f"{job.preset} ({job.objective_name})"
-    bar = tqdm(
-        total=total,
-        initial=step,
-        desc=f"{job.stage} {title}",
-        unit="step",
-        disable=not (progress and runtime.is_main),
-        dynamic_ncols=True,
-    )
-    window: dict[str, float] = defaultdict(float)
-    window_steps, window_events, window_start = 0, 0, time.perf_counter()
-    last_loss = math.nan
-    with _StopRequest() as stop:
-        while step < total:
-            batches = job.epoch_batches(epoch)
-            for index in batches[batch_in_epoch:]:
-                if step >= total:
-                    break
-                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, sampling
-                lr = set_lr(step)
-                losses, n_batch_events = job.step(objective, index)
-                optimizer.zero_grad()
-                losses["loss"].backward()
-                grad_norm = optimizer.clip_and_step(cfg.grad_clip)
-                step += 1
-                batch_in_epoch += 1
-                n_events = int(runtime.sum(float(n_batch_events)))
-                events_seen += n_events
-                window_events += n_events
-                window_steps += 1
-                for name, value in losses.items():
-                    window[name] += float(value.detach())
-                window["grad_norm"] += float(grad_norm)
-                if step % cfg.log_every == 0 or step == total:
-                    runtime.synchronize()
-                    now = time.perf_counter()
-                    elapsed += now - window_start
-                    row = {  # averaged over the steps of the window and over ranks
-                        name: runtime.sum(value) / runtime.world_size / window_steps
-                        for name, value in window.items()
-                    }
-                    last_loss = row["loss"]
-                    row.update(
-                        step=step,
-                        epoch=epoch,
-                        lr=lr,
-                        events_per_s=window_events / max(now - window_start, 1e-9),
-                        events=events_seen,
-                        elapsed_s=elapsed,
-                    )
-                    row.update(job.extra_metrics())
-                    history.append(row)
-                    if runtime.is_main:
-                        with metrics_path.open("a") as f:
-                            f.write(json.dumps(row) + "\n")
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", ev_s=f"{row['events_per_s']:,.0f}")
-                    window.clear()
-                    window_steps, window_events, window_start = 0, 0, time.perf_counter()
-                bar.update(1)
-                if step % cfg.checkpoint_every == 0:
-                    checkpoint()
-                if runtime.sum(float(stop.requested)) > 0:
-                    break
-            else:
-                epoch += 1
-                batch_in_epoch = 0
-                if cfg.max_steps == 0 and epoch >= cfg.epochs:
-                    break
-                continue
-            break  # stop requested
-    bar.close()
-    checkpoint()
-    if runtime.is_main:
-        from model.plots import training_curve
-
-        training_curve(history, out / "training_curve.png", title=title)
-    return TrainSummary(
-        stage=job.stage,
-        preset=job.preset,
-        objective=job.objective_name,
-        transformer_parameters=count_parameters(model, transformer_only=True),
-        steps=step,
-        events=events_seen,
-        elapsed_s=elapsed,
-        final_loss=last_loss,
-        peak_memory_mib=_peak_memory_mib(runtime),
-        out=str(out),
-        interrupted=step < total,
-        history=history,
-    )
+    def summary(self) -> TrainSummary:
+        at, job = self.position, self.job
+        return TrainSummary(
+            stage=job.stage,
+            preset=job.preset,
+            objective=job.objective_name,
+            transformer_parameters=count_parameters(job.model, transformer_only=True),
+            steps=at.step,
+            events=at.events_seen,
+            elapsed_s=at.elapsed_s,
+            final_loss=self.last_loss,
+            peak_memory_mib=_peak_memory_mib(self.runtime),
+            out=str(self.out),
+            interrupted=at.step < self.total,
+            history=self.history,
+        )
 
 
 class _StopRequest:
