@@ -51,7 +51,7 @@ def main() -> None:
         print(Simulator(sim).run(data).line())
     pretrained = args.out / "pretrained"
     if not (pretrained / "checkpoint.pt").exists():
-        config = PretrainConfig(
+        pretraining = PretrainConfig(
             data=str(data),
             out=str(pretrained),
             preset="argus-tiny",
@@ -62,7 +62,7 @@ def main() -> None:
             lr=2e-3,
             test_days=args.test_days,
         )
-        print(pretrain(config).line())
+        print(pretrain(pretraining).line())
 
     runs: dict[str, dict[str, list[float]]] = {"pretrained": {}, "scratch": {}}
     curves = {}

@@ -24,7 +24,7 @@ import redis
 from index.store import VersionUnavailable
 from model.contract import HISTORY_EVENT
 from service.metrics import Metrics
-from service.schemas import Event, as_history
+from service.schemas import Event, UserRequest, as_history
 from service.settings import Mode, RequestSettings
 from service.state import Backend, Served
 
@@ -90,6 +90,12 @@ class Resolver:
         except (redis.RedisError, VersionUnavailable):
             self.metrics.store_errors.inc()
             return Lookup(events, None, True)
+
+    async def user_of(self, served: Served, body: UserRequest, endpoint: str) -> UserVector:
+        """:meth:`resolve` for a request body, counted by endpoint and source."""
+        user = await self.resolve(served, body.user_id, body.history, body.mode)
+        self.metrics.vector_source.labels(endpoint, user.source).inc()
+        return user
 
     async def resolve(
         self, served: Served, user_id: int, events: list[Event] | None, mode: Mode | None

@@ -23,14 +23,19 @@ class Event(BaseModel):
     disliked: bool = False
 
 
-class CandidatesRequest(BaseModel):
+class UserRequest(BaseModel):
+    """What a request says of its user: the id, optionally the live history, the mode."""
+
     model_config = ConfigDict(extra="forbid")
     user_id: int
+    history: list[Event] | None = None
+    mode: Mode | None = None
+
+
+class CandidatesRequest(UserRequest):
     k: int = Field(100, ge=1)
     exclude_seen: bool = True
     exclude_item_ids: list[int] = []
-    history: list[Event] | None = None
-    mode: Mode | None = None
 
 
 class Candidate(BaseModel):
@@ -47,12 +52,8 @@ class CandidatesResponse(BaseModel):
     took_ms: float
 
 
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: int
+class ScoreRequest(UserRequest):
     item_ids: list[int] = Field(min_length=1)
-    history: list[Event] | None = None
-    mode: Mode | None = None
     return_vectors: bool = False
     # "base64": each vector array as base64 of little-endian float32 (rows of unknown items are
     # zeros): about 10x cheaper to produce and parse than JSON numbers, half the bytes.

@@ -27,8 +27,7 @@ async def candidates(
     if body.k > limits.max_k:
         raise problem(422, "k", f"k = {body.k} is over the limit of {limits.max_k}")
     check_length(body.history, limits.max_history, "history", "events")
-    user = await resolver.resolve(bundle, body.user_id, body.history, body.mode)
-    metrics.vector_source.labels("/candidates", user.source).inc()
+    user = await resolver.user_of(bundle, body, "/candidates")
     excluded = set(body.exclude_item_ids)
     if body.exclude_seen:
         excluded.update(user.history["item_id"].tolist())

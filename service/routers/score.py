@@ -28,8 +28,7 @@ async def score(
     limits = settings.limits
     check_length(body.item_ids, limits.max_score_items, "item_ids", "items")
     check_length(body.history, limits.max_history, "history", "events")
-    user = await resolver.resolve(bundle, body.user_id, body.history, body.mode)
-    metrics.vector_source.labels("/score", user.source).inc()
+    user = await resolver.user_of(bundle, body, "/score")
     ids = np.asarray(body.item_ids, dtype=np.int64)
     rows, known = rows_of(bundle.bundle.item_ids, ids)
     vectors = bundle.bundle.item_vectors[rows]
