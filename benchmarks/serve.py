@@ -57,7 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.ann import catalog_vectors
 from index.bundle import Bundle, HnswParams, build, list_versions, read_manifest
 from index.store import publish
-from model.contract import ENCODER_FILE
+from model.contract import DAY, ENCODER_FILE
 from service.cli import run_server, wait_ready
 from tests.servers import RedisServer, free_port
 
@@ -145,7 +145,7 @@ def zipf_users(user_ids: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
 def history(item_ids: np.ndarray, length: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     """A plausible live history of ``length`` events, oldest first."""
     now = 1_790_000_000
-    times = np.sort(rng.integers(now - 30 * 86_400, now, length))
+    times = np.sort(rng.integers(now - 30 * DAY, now, length))
     return [
         {
             "item_id": int(item),

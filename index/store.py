@@ -37,7 +37,7 @@ import redis
 from tqdm import tqdm
 
 from index.bundle import Bundle, rows_of
-from model.contract import HISTORY_EVENT
+from model.contract import DAY, HISTORY_EVENT
 
 CURRENT = "argus:current"
 VERSIONS = "argus:versions"
@@ -302,7 +302,7 @@ def publish(
     layout: str = "plain",
     per_bucket: int = 128,
     chunk: int = 4_096,
-    grace_s: int = 86_400,
+    grace_s: int = DAY,
     progress: bool = True,
 ) -> PublishSummary:
     """Write ``bundle``'s user vectors under its version, then flip ``argus:current`` to it and
@@ -397,7 +397,7 @@ class RedisHistory:
     """``argus:hist:<user>``: one packed event per list element, trimmed to ``cap`` and expiring
     ``ttl_s`` after the user's last event."""
 
-    def __init__(self, client: redis.Redis, *, cap: int = 2_048, ttl_s: int = 30 * 86_400) -> None:
+    def __init__(self, client: redis.Redis, *, cap: int = 2_048, ttl_s: int = 30 * DAY) -> None:
         self.client, self.cap, self.ttl_s = client, cap, ttl_s
 
     def append(self, user_id: int, events: np.ndarray) -> None:

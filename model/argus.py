@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.data.events import DAY, FEEDBACK, HOUR, SKIP_THRESHOLD
+from model.contract import DAY, HOUR
+from model.data.events import FEEDBACK, SKIP_THRESHOLD
 
 _P = 2_147_483_647  # 2^31 - 1, the modulus of the hash family
 

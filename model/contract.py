@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Timestamps are int64 seconds since the Unix epoch (UTC).
+HOUR, DAY = 3_600, 86_400
+
 ENCODER_FILE = "encoder.onnx"
 EXPORT_MANIFEST = "export.json"
 # The arrays of an export directory (``<name>.npy``), each with its dtype and rank.

@@ -35,8 +35,9 @@ from torch import nn
 from model.argus import Argus, ArgusConfig
 from model.checkpoint import model_config, read_checkpoint
 from model.config import apply_overrides
+from model.contract import DAY
 from model.data.batching import Batch, Spans, bucket_batches, chunk_spans, make_batch
-from model.data.events import DAY, SKIP_THRESHOLD, Events, parse_duration, read_events
+from model.data.events import SKIP_THRESHOLD, Events, parse_duration, read_events
 from model.runtime import Runtime
 from model.train import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
 

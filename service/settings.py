@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.contract import DAY
+
 Mode = Literal["auto", "offline", "realtime"]
 
 
@@ -25,7 +27,7 @@ class StoreSettings(BaseSettings):
     redis_timeout_s: Annotated[float, Field(gt=0)] = 0.1  # per call; a down Redis degrades fast
     reload_interval_s: Annotated[float, Field(gt=0)] = 5.0  # how often the pointer is checked
     history_cap: Annotated[int, Field(gt=0)] = 2_048  # events kept per user's live history
-    history_ttl_s: Annotated[int, Field(gt=0)] = 30 * 86_400
+    history_ttl_s: Annotated[int, Field(gt=0)] = 30 * DAY
 
 
 class LimitSettings(BaseSettings):

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.data.events import DAY, Events
+from model.contract import DAY
+from model.data.events import Events
 
 if TYPE_CHECKING:
     import torch

@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model.contract import DAY, HOUR
+
 SKIP_THRESHOLD = 0.3  # an event is a skip when played_ratio < 0.3 (DESIGN.md §3)
 # What feedback prediction (FP) predicts of an event, in the FP head's output order.
 FEEDBACK = ("like", "dislike", "skip", "played_ratio")
-# Timestamps are seconds since the Unix epoch (UTC).
-HOUR, DAY = 3_600, 86_400
 _UNITS = {"s": 1, "m": 60, "h": HOUR, "d": DAY}
 MAX_PLAYED_RATIO = 10.0  # >1 means the user replayed parts of the item (Yambda goes past 100%)
 EVENTS_FILE = "events.parquet"  # the file name a data-set directory uses for its events

@@ -45,7 +45,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from model.data.events import DAY, EVENT_SCHEMA, EVENTS_FILE, SKIP_THRESHOLD, Events
+from model.contract import DAY
+from model.data.events import EVENT_SCHEMA, EVENTS_FILE, SKIP_THRESHOLD, Events
 
 TRUTH_FILE = "truth.npz"
 SUMMARY_FILE = "simulation.json"

@@ -11,7 +11,8 @@ import torch
 
 from model.argus import Argus, preset
 from model.checkpoint import load_model
-from model.data.events import DAY, Events, parse_duration, read_events
+from model.contract import DAY
+from model.data.events import Events, parse_duration, read_events
 from model.evaluate import impression_scores
 from model.finetune import (
     FinetuneConfig,

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model.contract import DAY
 from model.data.batching import (
     Spans,
     TemporalSplit,
@@ -14,7 +15,7 @@ from model.data.batching import (
     iter_batches,
     make_batch,
 )
-from model.data.events import DAY, Events
+from model.data.events import Events
 from tests.model.data.helpers import make_events
 
 history_lengths = st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=25)

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from argus.cli import app
-from model.data.events import DAY, Events, read_events
+from model.contract import DAY
+from model.data.events import Events, read_events
 from model.data.simulate import SimConfig, Simulator, Truth
 
 ARGS = ["simulate", "--users", "200", "--items", "1000", "--days", "14", "--seed", "1", "--quiet"]
