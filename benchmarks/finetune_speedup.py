@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--preset", default="argus-tiny")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lag", default="1d")
-    parser.add_argument("--group", default="lag")
+    parser.add_argument("--group", default="auto")
     parser.add_argument("--prefix-batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     args = parser.parse_args()

@@ -165,17 +165,24 @@ def finetune(
     lag: Annotated[
         str,
         typer.Option(
-            help="Score an impression with the state at or before its time minus LAG "
-            "(1d: the daily vectors; 0: the real-time encoder)."
+            help="The state the service would serve: 1d scores every impression of a UTC day "
+            "with the user's state before 00:00 (the daily bundle); 0 scores every impression "
+            "of a session with the state before its first impression (the real-time encoder)."
         ),
     ] = "1d",
     group: Annotated[
         str,
         typer.Option(
-            help="Comparison groups: lag (one user, one lag bucket; 1 day when lag is 0), "
-            "session (one user, one session), or a bucket width such as 6h."
+            help="Comparison groups: auto (the lag bucket, or sessions at lag 0), lag, "
+            "session, or a bucket width such as 6h; never wider than one shared state."
         ),
-    ] = "lag",
+    ] = "auto",
+    snapshot_delay: Annotated[
+        str, typer.Option(help="The daily snapshot is taken this long before 00:00 UTC.")
+    ] = "0",
+    session_gap: Annotated[
+        str, typer.Option(help="Silence that starts a new session (lag 0 groups).")
+    ] = "30m",
     pair_weights: Annotated[
         str,
         typer.Option(
@@ -216,6 +223,8 @@ def finetune(
         preset=preset,
         lag=lag,
         group=group,
+        snapshot_delay=snapshot_delay,
+        session_gap=session_gap,
         pair_weights=pair_weights,
         max_impressions=max_impressions,
         min_history=min_history,

@@ -17,8 +17,9 @@ and only test-window events are counted.
   ``log P_nip(j) + log P(like | j)``, the FP head's like probability for that candidate: the
   probability of "the next item is j and it is liked".
 * **PairAccuracy** (fine-tuned models, DESIGN.md §5): the weighted share of correctly ordered pairs
-  of test-window impressions, each scored ``<u, v>`` with the state at or before its time minus the
-  lag; MostPop scores by popularity, and on simulated data the oracle by the true affinity.
+  of test-window impressions, each scored ``<u, v>`` with the state the serving path would have
+  used (as fine-tuned: the daily snapshot at lag 1d, the state before the session at lag 0);
+  MostPop scores by popularity, and on simulated data the oracle by the true affinity.
 """
 
 from __future__ import annotations
@@ -528,7 +529,13 @@ def _pair_accuracies(
     group = cfg.group if cfg.group is not None else trained["group"]
     weights = cfg.pair_weights if cfg.pair_weights is not None else trained["pair_weights"]
     table = pair_weight_table(weights)
-    found = find_impressions(events, parse_duration(lag), group)
+    found = find_impressions(
+        events,
+        parse_duration(lag),
+        group,
+        snapshot_delay=parse_duration(trained.get("snapshot_delay", "0")),
+        session_gap=parse_duration(trained.get("session_gap", "30m")),
+    )
     test = found.take(np.flatnonzero(split.in_test(events.timestamp[found.row])))
     hi, lo, w = group_pairs(test.group, test.grade, table)
     for path, model, state in towers:

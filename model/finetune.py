@@ -5,13 +5,17 @@ item tower ``v = MLP(e_item)``, the score ``s = <u, v>``; these are the vectors 
 
 * **Impressions** are recommended events (``source > 0``) with feedback, graded
   like > full listen > partial > skip > dislike (:data:`GRADES`).
-* **Lag.** An impression at time ``t`` is scored with the state after the last event at or before
-  ``t - lag`` (``lag`` = 1 day: yesterday's vector, as the daily recompute serves it; ``lag`` = 0:
-  the state after the previous event, as the real-time encoder serves it). No impression sees any
-  event after that point.
-* **Groups and pairs.** Impressions are compared within a group, by default one user and one lag
-  bucket (a UTC-aligned window of width ``lag``, one day when ``lag`` is 0). Every pair of a group
-  with different grades counts with the weight of its grade pair (:func:`pair_weight_table`):
+* **States: what the service would have served.** ``lag`` = 1 day (the daily bundle): every
+  impression of UTC day d is scored with the state after the user's last event before 00:00 UTC
+  of day d (minus ``snapshot_delay``), so all impressions of one user-day share one state (other
+  lags: UTC-aligned buckets of that width). ``lag`` = 0 (the runtime encoder): impressions are
+  grouped by session (``session_gap`` of silence starts one) and every impression of a group is
+  scored with the state before the group's first impression, so no impression sees the feedback
+  of another one it is paired with.
+* **Groups and pairs.** Impressions are compared within a group that shares one state: by default
+  one user and one lag bucket (``lag`` > 0) or one session (``lag`` = 0); a finer group (a session
+  or a bucket width) is cut at lag-bucket boundaries. Every pair of a group with different grades
+  counts with the weight of its grade pair (:func:`pair_weight_table`):
   ``L = sum w softplus(-(s_hi - s_lo)) / sum w``; the metric is the weighted PairAccuracy.
 * **One pass.** A training sample is one history chunk of one user (the chunks of pretraining):
   the transformer runs over it once and every impression whose state lies in the chunk gathers that
@@ -43,7 +47,7 @@ from model.train import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, 
 
 GRADES = ("dislike", "skip", "partial", "full", "like")  # impression grades, lowest first
 FULL_LISTEN = 0.9  # played_ratio at or above which a listen is "full"
-SESSION_GAP = 1_800  # seconds of silence that end a session (--group session)
+SESSION_GAP = 1_800  # default seconds of silence that end a session
 
 
 def impression_grades(events: Events) -> np.ndarray:
@@ -86,42 +90,57 @@ def pair_weight_table(spec: str = "") -> np.ndarray:
     return table
 
 
-def state_rows(events: Events, lag: int) -> np.ndarray:
-    """(N,) the row whose state scores an impression at each row: the user's last event at or
-    before ``timestamp - lag`` (``lag`` > 0), or the previous event (``lag`` = 0); -1 if none."""
+def snapshot_rows(events: Events, lag: int, snapshot_delay: int = 0) -> np.ndarray:
+    """(N,) the state the daily bundle serves at each row (``lag`` > 0): the user's last event
+    before the start of the row's UTC-aligned ``lag`` bucket (00:00 UTC of its day for 1d) minus
+    ``snapshot_delay``; -1 if none."""
+    if lag <= 0:
+        raise ValueError(f"a snapshot needs lag > 0, got {lag}")
     n = len(events)
     users, offsets = events.user_offsets()
     user_index = np.repeat(np.arange(len(users)), np.diff(offsets))
     user_start = offsets[:-1][user_index]
-    if lag <= 0:
-        state = np.arange(n) - 1
-    else:
-        # One sorted key over (user, time): search each row's cut-off among its user's rows.
-        t0 = int(events.timestamp.min()) if n else 0
-        span = int(events.timestamp.max()) - t0 + lag + 1 if n else 1
-        key = user_index * span + (events.timestamp - t0 + lag)
-        state = np.searchsorted(key, key - lag, side="right") - 1
+    cut = events.timestamp // lag * lag - snapshot_delay  # the snapshot is taken before this
+    # One sorted key over (user, time): search each row's cut-off among its user's rows.
+    t0 = int(cut.min()) if n else 0
+    span = int(events.timestamp.max()) - t0 + 1 if n else 1
+    key = user_index * span + (events.timestamp - t0)
+    state = np.searchsorted(key, user_index * span + (cut - t0), side="left") - 1
     return np.where(state >= user_start, state, -1)
 
 
-def group_ids(events: Events, rows: np.ndarray, group: str, lag: int) -> np.ndarray:
-    """(len(rows),) consecutive group ids of impressions at ``rows`` (sorted): one user and one
-    time bucket (``group`` = ``"lag"``: width ``lag``, one day when 0; a duration: that width),
-    or one user and one session (``"session"``: a gap of 30 minutes ends one)."""
+def session_ids(events: Events, gap: int) -> np.ndarray:
+    """(N,) non-decreasing session id of each row: a new user or more than ``gap`` seconds of
+    silence starts a session."""
+    new = np.ones(len(events), dtype=bool)
+    new[1:] = (events.user_id[1:] != events.user_id[:-1]) | (np.diff(events.timestamp) > gap)
+    return np.cumsum(new)
+
+
+def group_ids(
+    events: Events, rows: np.ndarray, group: str, lag: int, session_gap: int = SESSION_GAP
+) -> np.ndarray:
+    """(len(rows),) consecutive group ids of impressions at ``rows`` (sorted). ``group``:
+    ``"auto"`` (the lag bucket when ``lag`` > 0, sessions when 0), ``"lag"`` (one user and one
+    ``lag`` bucket, one day when ``lag`` is 0), ``"session"`` or a bucket width such as ``"6h"``.
+    With ``lag`` > 0 a group never spans two lag buckets, so it shares one daily state."""
+    if group == "auto":
+        group = "lag" if lag > 0 else "session"
+    keys = [events.user_id[rows]]
     if group == "session":
-        new = np.ones(len(events), dtype=bool)
-        new[1:] = (events.user_id[1:] != events.user_id[:-1]) | (
-            np.diff(events.timestamp) > SESSION_GAP
-        )
-        bucket = np.cumsum(new)[rows]
+        keys.append(session_ids(events, session_gap)[rows])
     else:
         width = (lag or DAY) if group == "lag" else parse_duration(group)
         if width <= 0:
             raise ValueError(f"group {group!r}: the bucket width must be > 0")
-        bucket = events.timestamp[rows] // width
-    user = events.user_id[rows]
-    change = np.ones(len(rows), dtype=bool)
-    change[1:] = (user[1:] != user[:-1]) | (bucket[1:] != bucket[:-1])
+        keys.append(events.timestamp[rows] // width)
+    if lag > 0:
+        keys.append(events.timestamp[rows] // lag)
+    # Every key is non-decreasing in time within a user, so a group is a run of rows.
+    change = np.zeros(len(rows), dtype=bool)
+    change[:1] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
     return np.cumsum(change) - 1
 
 
@@ -130,7 +149,7 @@ class Impressions:
     """Impressions with a state, sorted by row. All arrays are (M,) int64."""
 
     row: np.ndarray  # the impression's row in the events table
-    state: np.ndarray  # the row whose state scores it
+    state: np.ndarray  # the row whose state scores it (one per group)
     grade: np.ndarray  # index into GRADES
     group: np.ndarray  # comparison group id
 
@@ -141,12 +160,35 @@ class Impressions:
         return Impressions(**{k: v[index] for k, v in vars(self).items()})
 
 
-def find_impressions(events: Events, lag: int, group: str) -> Impressions:
-    """Every impression of ``events`` that has a state (see the module docstring)."""
+def find_impressions(
+    events: Events,
+    lag: int,
+    group: str = "auto",
+    *,
+    snapshot_delay: int = 0,
+    session_gap: int = SESSION_GAP,
+) -> Impressions:
+    """Every impression of ``events`` that has a state, with the state the serving path would
+    have used (see the module docstring): the daily snapshot when ``lag`` > 0, else the state
+    before the first impression of its group. Groups without a state are dropped."""
     grade = impression_grades(events)
-    state = state_rows(events, lag)
-    rows = np.flatnonzero((grade >= 0) & (state >= 0))
-    return Impressions(rows, state[rows], grade[rows], group_ids(events, rows, group, lag))
+    rows = np.flatnonzero(grade >= 0)
+    group_of = group_ids(events, rows, group, lag, session_gap)
+    if lag > 0:
+        state = snapshot_rows(events, lag, snapshot_delay)[rows]
+    else:
+        first = (
+            rows[np.flatnonzero(np.r_[True, group_of[1:] != group_of[:-1]])] if len(rows) else rows
+        )
+        before = first - 1
+        same_user = (before >= 0) & (events.user_id[np.maximum(before, 0)] == events.user_id[first])
+        state = np.where(same_user, before, -1)[group_of]
+    keep = np.flatnonzero(state >= 0)
+    group_of = group_of[keep]
+    renumbered = (
+        np.cumsum(np.r_[True, group_of[1:] != group_of[:-1]]) - 1 if len(keep) else group_of
+    )
+    return Impressions(rows[keep], state[keep], grade[rows[keep]], renumbered.astype(np.int64))
 
 
 def group_pairs(
@@ -369,8 +411,10 @@ def impression_level_backward(
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     init: str = ""  # pretrained run directory or checkpoint; "" trains from scratch
-    lag: str = "1d"  # state at or before impression time - lag; "0" = the runtime variant
-    group: str = "lag"  # "lag" (user x lag bucket), "session", or a bucket width such as "6h"
+    lag: str = "1d"  # "1d": the daily bundle's state; "0": the runtime encoder's (per session)
+    group: str = "auto"  # "auto" (lag bucket; sessions at lag 0), "lag", "session" or e.g. "6h"
+    snapshot_delay: str = "0"  # the daily snapshot is taken this long before the bucket starts
+    session_gap: str = "30m"  # silence that starts a new session
     pair_weights: str = ""  # grade-pair weight overrides, e.g. "like>skip=4"; "" = the default
     max_impressions: int = 256  # per chunk and step (a random subset beyond it); 0: all
     min_history: int = 1  # events of the chunk a state must have seen
@@ -380,8 +424,9 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parse_duration(self.lag)
-        if self.group not in ("lag", "session"):
+        for name in ("lag", "snapshot_delay", "session_gap"):
+            parse_duration(getattr(self, name))
+        if self.group not in ("auto", "lag", "session"):
             parse_duration(self.group)
         pair_weight_table(self.pair_weights)
         for name in ("max_impressions", "tower_dim"):
@@ -393,6 +438,16 @@ class FinetuneConfig(TrainConfig):
     @property
     def lag_seconds(self) -> int:
         return parse_duration(self.lag)
+
+    def impressions(self, events: Events) -> Impressions:
+        """The impressions of ``events`` with the states and groups this config trains on."""
+        return find_impressions(
+            events,
+            self.lag_seconds,
+            self.group,
+            snapshot_delay=parse_duration(self.snapshot_delay),
+            session_gap=parse_duration(self.session_gap),
+        )
 
     def init_state(self) -> dict[str, Any] | None:
         return read_checkpoint(self.init) if self.init else None
@@ -439,7 +494,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
                 f"{cfg.init}: pretrained on events up to t={init['train_until']}, after this "
                 f"run's test window starts (t={train_until}); use the same or an earlier split"
             )
-        impressions = find_impressions(train, cfg.lag_seconds, cfg.group)
+        impressions = cfg.impressions(train)
         samples = make_samples(train, impressions, model_cfg.max_len, cfg.min_history)
         if len(samples.spans) == 0:
             raise ValueError(

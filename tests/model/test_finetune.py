@@ -27,7 +27,7 @@ from model.finetune import (
     pair_accuracy,
     pair_weight_table,
     sample_batch,
-    state_rows,
+    snapshot_rows,
     tower_scores,
 )
 from model.train import pretrain
@@ -92,27 +92,75 @@ def test_durations_and_the_pair_weight_table() -> None:
             pair_weight_table(spec)
 
 
-def test_state_rows_take_the_last_event_at_or_before_time_minus_lag() -> None:
+def test_a_day_is_scored_with_the_state_before_its_midnight() -> None:
     t = [0, 100, DAY + 50, DAY + 100, DAY + 200, 90_000]
     events = events_of(t, users=[1, 1, 1, 1, 1, 2])
-    assert state_rows(events, DAY).tolist() == [-1, -1, 0, 1, 1, -1]
-    assert state_rows(events, 0).tolist() == [-1, 0, 1, 2, 3, -1]  # the previous event
+    assert snapshot_rows(events, DAY).tolist() == [-1, -1, 1, 1, 1, -1]  # one state per user-day
+    # A snapshot taken 23h59m10s before midnight has seen only the event at t=0.
+    assert snapshot_rows(events, DAY, DAY - 50).tolist() == [-1, -1, 0, 0, 0, -1]
+    with pytest.raises(ValueError, match="lag > 0"):
+        snapshot_rows(events, 0)
 
 
-@pytest.mark.parametrize("lag", [0, 3 * 3600, DAY])
-def test_state_rows_match_a_plain_loop(sim_data: Path, lag: int) -> None:
+@pytest.mark.parametrize(("lag", "delay"), [(3 * 3600, 0), (DAY, 0), (DAY, 600)])
+def test_snapshot_rows_match_a_plain_loop(sim_data: Path, lag: int, delay: int) -> None:
     events = read_events(sim_data)
-    got = state_rows(events, lag)
+    got = snapshot_rows(events, lag, delay)
     rng = np.random.default_rng(0)
     for i in rng.choice(len(events), 300, replace=False).tolist():
+        cut = events.timestamp[i] // lag * lag - delay
         expected = -1
         for j in range(i - 1, -1, -1):
             if events.user_id[j] != events.user_id[i]:
                 break
-            if lag == 0 or events.timestamp[j] <= events.timestamp[i] - lag:
+            if events.timestamp[j] < cut:
                 expected = j
                 break
         assert got[i] == expected, i
+
+
+@pytest.mark.parametrize("lag", [0, DAY])
+def test_both_items_of_every_pair_use_the_same_state_the_service_would_have(
+    sim_data: Path, lag: int
+) -> None:
+    events = read_events(sim_data)
+    found = find_impressions(events, lag)
+    hi, lo, _ = group_pairs(found.group, found.grade, pair_weight_table())
+    assert len(hi) > 1000
+    assert np.array_equal(found.state[hi], found.state[lo])
+    assert np.all(events.user_id[found.state] == events.user_id[found.row])
+    if lag:  # the state is from before the impression's UTC midnight
+        assert np.all(events.timestamp[found.state] < events.timestamp[found.row] // DAY * DAY)
+    else:  # the state comes before the first impression of the group: it sees none of them
+        first = np.minimum.reduceat(
+            found.row, np.flatnonzero(np.r_[True, np.diff(found.group) > 0])
+        )
+        assert np.all(found.state < first[found.group])
+        assert np.all(found.state == first[found.group] - 1)
+
+
+def test_at_lag_0_a_group_s_own_feedback_never_changes_its_scores(sim_data: Path) -> None:
+    events = read_events(sim_data)
+    found = find_impressions(events, 0)
+    sizes = np.bincount(found.group)
+    # Sessions with several impressions, one per user (a user's later sessions see earlier ones).
+    rich = np.flatnonzero(sizes >= 3)
+    first_row = found.row[np.searchsorted(found.group, rich)]
+    _, one_per_user = np.unique(events.user_id[first_row], return_index=True)
+    groups = rich[one_per_user]
+    assert len(groups) >= 10
+    mine = np.flatnonzero(np.isin(found.group, groups))
+    model = tiny_towers()
+    base = impression_scores(model, events, found.take(mine))
+    # Rewrite the feedback of every impression of these groups (grades change, items do not).
+    rows = found.row[mine]
+    columns = {name: getattr(events, name).copy() for name in vars(events)}
+    rng = np.random.default_rng(0)
+    columns["played_ratio"][rows] = rng.random(len(rows)).astype(np.float32)
+    columns["liked"][rows] = ~columns["liked"][rows]
+    columns["disliked"][rows] = ~columns["liked"][rows] & (rng.random(len(rows)) < 0.5)
+    rewritten = impression_scores(model, Events(**columns), found.take(mine))
+    np.testing.assert_allclose(rewritten, base, rtol=0, atol=1e-6)
 
 
 def test_groups_are_one_user_and_one_bucket_or_session() -> None:
@@ -120,9 +168,19 @@ def test_groups_are_one_user_and_one_bucket_or_session() -> None:
     events = events_of(t, users=[1, 1, 1, 1, 1, 2])
     rows = np.arange(len(t))
     assert group_ids(events, rows, "lag", DAY).tolist() == [0, 0, 0, 1, 1, 2]
+    assert group_ids(events, rows, "auto", DAY).tolist() == [0, 0, 0, 1, 1, 2]
     assert group_ids(events, rows, "lag", 0).tolist() == [0, 0, 0, 1, 1, 2]  # 1 day when lag is 0
     assert group_ids(events, rows, "session", DAY).tolist() == [0, 0, 1, 2, 2, 3]
+    assert group_ids(events, rows, "auto", 0).tolist() == [0, 0, 1, 2, 2, 3]  # sessions at lag 0
     assert group_ids(events, rows, "1h", DAY).tolist() == [0, 0, 1, 2, 2, 3]
+    assert group_ids(events, rows, "session", 0, session_gap=6000).tolist() == [0, 0, 0, 1, 1, 2]
+
+
+def test_a_session_across_midnight_splits_when_states_are_daily() -> None:
+    events = events_of([DAY - 100, DAY - 50, DAY + 50])
+    rows = np.arange(3)
+    assert group_ids(events, rows, "session", 0).tolist() == [0, 0, 0]
+    assert group_ids(events, rows, "session", DAY).tolist() == [0, 0, 1]
 
 
 def test_group_pairs_are_every_differently_graded_pair_of_a_group() -> None:
@@ -146,8 +204,12 @@ def test_group_pairs_are_every_differently_graded_pair_of_a_group() -> None:
 
 def test_one_pass_and_impression_level_give_the_same_loss_and_gradients(sim_data: Path) -> None:
     events = read_events(sim_data)
-    samples = make_samples(events, find_impressions(events, DAY, "lag"), 64, min_history=1)
-    index = np.sort(np.argsort(np.diff(samples.offsets))[-6:])  # the chunks richest in impressions
+    samples = make_samples(events, find_impressions(events, DAY), 64, min_history=1)
+    groups = [
+        len(np.unique(samples.impressions.group[a:b]))
+        for a, b in itertools.pairwise(samples.offsets.tolist())
+    ]
+    index = np.sort(np.argsort(groups, kind="stable")[-6:])  # the chunks with the most groups
     batch, imp = sample_batch(events, samples, index, pair_weight_table())
     assert len(imp.hi) > 500 and len(np.unique(imp.group)) > 3 * len(index)  # many prefixes
     model = tiny_towers()
@@ -170,7 +232,7 @@ def test_one_pass_and_impression_level_give_the_same_loss_and_gradients(sim_data
 
 def one_pass_scores(model: Argus, events: Events, lag: int) -> dict[int, float]:
     """Impression row -> score through the training path (one chunk per user)."""
-    samples = make_samples(events, find_impressions(events, lag, "lag"), 512, min_history=1)
+    samples = make_samples(events, find_impressions(events, lag), 512, min_history=1)
     batch, imp = sample_batch(events, samples, np.arange(len(samples.spans)), pair_weight_table())
     tensors, it = batch.to_torch(), imp.to_torch()
     with torch.no_grad():
@@ -180,9 +242,9 @@ def one_pass_scores(model: Argus, events: Events, lag: int) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("lag", [DAY, 6 * 3600])
-def test_no_impression_sees_an_event_after_its_time_minus_lag(sim_data: Path, lag: int) -> None:
+def test_no_impression_sees_an_event_after_its_snapshot(sim_data: Path, lag: int) -> None:
     events = read_events(sim_data)
-    impressions = find_impressions(events, lag, "lag")
+    impressions = find_impressions(events, lag)
     # A user's impression with several events between its cut-off and itself.
     k = int(np.flatnonzero(impressions.row - impressions.state > 3)[0])
     i, s = int(impressions.row[k]), int(impressions.state[k])
@@ -191,12 +253,12 @@ def test_no_impression_sees_an_event_after_its_time_minus_lag(sim_data: Path, la
         i - int(np.flatnonzero(events.user_id == events.user_id[i])[0]),
         s - (int(np.flatnonzero(events.user_id == events.user_id[i])[0])),
     )
-    cutoff = int(user.timestamp[i]) - lag
-    assert user.timestamp[s] <= cutoff < user.timestamp[s + 1]
+    cutoff = int(user.timestamp[i]) // lag * lag  # the snapshot has seen every event before it
+    assert user.timestamp[s] < cutoff <= user.timestamp[s + 1]
     model = tiny_towers()
 
     def scores(changed: Events) -> tuple[float, float]:
-        found = find_impressions(changed, lag, "lag")
+        found = find_impressions(changed, lag)
         at = int(np.flatnonzero(found.row == i)[0])
         offline = impression_scores(model, changed, found.take(np.array([at])))[0]
         return float(offline), one_pass_scores(model, changed, lag)[i]
@@ -217,9 +279,9 @@ def test_no_impression_sees_an_event_after_its_time_minus_lag(sim_data: Path, la
     rewritten = scores(Events(**columns))
     np.testing.assert_allclose(rewritten, base, rtol=0, atol=1e-6)
 
-    # Move the first event after the cut-off to the cut-off itself: now the impression sees it.
+    # Move the first event after the cut-off just before it: now the impression sees it.
     moved = {name: getattr(user, name).copy() for name in vars(user)}
-    moved["timestamp"][s + 1] = cutoff
+    moved["timestamp"][s + 1] = cutoff - 1
     after_move = scores(Events(**moved))
     assert min(abs(a - b) for a, b in zip(after_move, base, strict=True)) > 1e-4
     assert abs(after_move[0] - after_move[1]) < 1e-5  # offline and one-pass scoring agree
