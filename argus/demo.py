@@ -28,27 +28,22 @@ from service.cli import wait_ready
 
 @dataclass(frozen=True)
 class Paths:
-    root: Path
+    data: Path
+    pretrained: Path
+    finetuned: Path
+    export: Path
+    bundles: Path
 
-    @property
-    def data(self) -> Path:
-        return self.root / "data" / "demo"
-
-    @property
-    def pretrained(self) -> Path:
-        return self.root / "runs" / "demo"
-
-    @property
-    def finetuned(self) -> Path:
-        return self.root / "runs" / "demo-finetuned"
-
-    @property
-    def export(self) -> Path:
-        return self.root / "exports" / "demo"
-
-    @property
-    def bundles(self) -> Path:
-        return self.root / "bundles" / "demo"
+    @classmethod
+    def under(cls, root: Path) -> Paths:
+        runs = root / "runs"
+        return cls(
+            data=root / "data" / "demo",
+            pretrained=runs / "demo",
+            finetuned=runs / "demo-finetuned",
+            export=root / "exports" / "demo",
+            bundles=root / "bundles" / "demo",
+        )
 
 
 def argus(*args: str | Path) -> None:
@@ -59,11 +54,21 @@ def argus(*args: str | Path) -> None:
         raise SystemExit(f"argus demo: stage `argus {args[0]}` failed (see above)")
 
 
-def stage(name: str, done: bool, *args: str | Path) -> None:
+def options(**values: object) -> list[str]:
+    """``--name value`` for each keyword (``max_len`` becomes ``--max-len``)."""
+    return [
+        part
+        for name, value in values.items()
+        for part in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
+def stage(done: bool, command: str, *args: str | Path) -> None:
+    """``argus command *args``, unless its output is already there (``done``)."""
     if done:
-        print(f"\n= {name}: already done, reusing it", flush=True)
+        print(f"\n= {command}: already done, reusing it", flush=True)
     else:
-        argus(*args)
+        argus(command, *args)
 
 
 def latest_bundle(bundles: Path) -> Path:
@@ -102,11 +107,13 @@ def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+Root = Annotated[Path, typer.Option(help="Where data/, runs/, exports/, bundles/ go.")]
+Serve = Annotated[bool, typer.Option(help="Serve at the end (else stop after publishing).")]
+
+
 @fails_cleanly
 def demo(
-    root: Annotated[Path, typer.Option(help="Where data/, runs/, exports/, bundles/ go.")] = Path(
-        "."
-    ),
+    root: Root = Path("."),
     users: Annotated[int, typer.Option(help="Simulated users.")] = 5_000,
     items: Annotated[int, typer.Option(help="Simulated items.")] = 20_000,
     days: Annotated[int, typer.Option(help="Simulated days.")] = 30,
@@ -114,77 +121,49 @@ def demo(
     finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 200,
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
-    serve: Annotated[bool, typer.Option(help="Serve at the end (else stop after publishing).")] = (
-        True
-    ),
+    serve: Serve = True,
 ) -> None:
     """Simulate a service, train a tiny ARGUS, export, build, publish and serve it on port 8000,
     with curl examples. Re-running reuses the finished stages."""
     began = time.perf_counter()
-    p = Paths(root)
+    p = Paths.under(root)
     redis_url = os.environ.get("ARGUS_REDIS_URL")
     stage(
-        "simulate",
         (p.data / "events.parquet").is_file(),
         "simulate",
-        "--users",
-        str(users),
-        "--items",
-        str(items),
-        "--days",
-        str(days),
-        "--seed",
-        "1",
-        "--out",
-        p.data,
+        *options(users=users, items=items, days=days, seed=1, out=p.data),
     )
     stage(
-        "pretrain",
         (p.pretrained / "checkpoint.pt").is_file(),
         "pretrain",
-        "--data",
-        p.data,
-        "--out",
-        p.pretrained,
-        "--preset",
-        "argus-tiny",
-        "--model",
-        "hash_rows=65536",
-        "--max-len",
-        "256",
-        "--batch-size",
-        "16",
-        "--max-steps",
-        str(pretrain_steps),
+        *options(
+            data=p.data,
+            out=p.pretrained,
+            preset="argus-tiny",
+            model="hash_rows=65536",
+            max_len=256,
+            batch_size=16,
+            max_steps=pretrain_steps,
+        ),
     )
     stage(
-        "finetune",
         (p.finetuned / "checkpoint.pt").is_file(),
         "finetune",
-        "--data",
-        p.data,
-        "--init",
-        p.pretrained,
-        "--out",
-        p.finetuned,
-        "--batch-size",
-        "16",
-        "--max-steps",
-        str(finetune_steps),
+        *options(
+            data=p.data,
+            init=p.pretrained,
+            out=p.finetuned,
+            batch_size=16,
+            max_steps=finetune_steps,
+        ),
     )
     stage(
-        "export",
         p.export.is_dir(),
         "export",
-        "--checkpoint",
-        p.finetuned,
-        "--data",
-        p.data,
-        "--out",
-        p.export,
+        *options(checkpoint=p.finetuned, data=p.data, out=p.export),
     )
     built = p.bundles.is_dir() and any(p.bundles.glob("*/manifest.json"))
-    stage("build", built, "build", "--export", p.export, "--bundles", p.bundles)
+    stage(built, "build", *options(export=p.export, bundles=p.bundles))
     bundle = latest_bundle(p.bundles)
     if redis_url:
         argus("publish", "--bundle", bundle, "--redis-url", redis_url)  # idempotent: resumes
@@ -203,12 +182,7 @@ def demo(
         "-m",
         "argus",
         "serve",
-        "--bundles",
-        str(p.bundles),
-        "--host",
-        host,
-        "--port",
-        str(port),
+        *options(bundles=p.bundles, host=host, port=port),
     ]
     print(f"\n$ argus {shlex.join(command[3:])}", flush=True)
     process = subprocess.Popen(command)

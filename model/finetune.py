@@ -177,17 +177,13 @@ def find_impressions(
     if lag > 0:
         state = snapshot_rows(events, lag, snapshot_delay)[rows]
     else:
-        first = (
-            rows[np.flatnonzero(np.r_[True, group_of[1:] != group_of[:-1]])] if len(rows) else rows
-        )
+        _, first_index = np.unique(group_of, return_index=True)
+        first = rows[first_index]  # each group's first impression
         before = first - 1
         same_user = (before >= 0) & (events.user_id[np.maximum(before, 0)] == events.user_id[first])
         state = np.where(same_user, before, -1)[group_of]
     keep = np.flatnonzero(state >= 0)
-    group_of = group_of[keep]
-    renumbered = (
-        np.cumsum(np.r_[True, group_of[1:] != group_of[:-1]]) - 1 if len(keep) else group_of
-    )
+    _, renumbered = np.unique(group_of[keep], return_inverse=True)  # consecutive again
     return Impressions(rows[keep], state[keep], grade[rows[keep]], renumbered.astype(np.int64))
 
 

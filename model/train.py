@@ -381,16 +381,17 @@ class MetricsWindow:
         self.steps += 1
         self.events += events
 
-    def close(self, runtime: Runtime) -> tuple[dict[str, float], float]:
-        """The window's means (over its steps and the ranks) and its seconds; starts anew."""
+    def close(self, runtime: Runtime) -> tuple[dict[str, float], float, float]:
+        """The window's means (over its steps and the ranks), seconds and events per second;
+        starts anew."""
         seconds = time.perf_counter() - self.started
         means = {
             name: runtime.sum(value) / runtime.world_size / self.steps
             for name, value in self.sums.items()
         }
-        means["events_per_s"] = self.events / max(seconds, 1e-9)
+        events_per_s = self.events / max(seconds, 1e-9)
         self.reset()
-        return means, seconds
+        return means, seconds, events_per_s
 
 
 class Trainer:
@@ -492,9 +493,8 @@ class Trainer:
         """One row of ``metrics.jsonl``: the window's means, position, learning rate."""
         self.runtime.synchronize()
         at = self.position
-        means, seconds = self.window.close(self.runtime)
+        means, seconds, events_per_s = self.window.close(self.runtime)
         at.elapsed_s += seconds
-        events_per_s = means.pop("events_per_s")
         row = {
             **means,
             "step": at.step,

@@ -37,18 +37,19 @@ async def get_resolver(request: Request) -> Resolver:
     return resolver
 
 
-async def current_bundle(request: Request) -> Served:
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BackendDep = Annotated[Backend, Depends(get_backend)]
+ResolverDep = Annotated[Resolver, Depends(get_resolver)]
+
+
+async def current_bundle(backend: BackendDep) -> Served:
     """The bundle this request uses from start to end (one reference, taken once); 503 while
     none is loaded."""
-    backend: Backend = request.app.state.backend
     current = backend.served
     if current is None:
         raise HTTPException(503, detail=backend.not_ready_because())
     return current
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-BackendDep = Annotated[Backend, Depends(get_backend)]
-ResolverDep = Annotated[Resolver, Depends(get_resolver)]
 ServedBundle = Annotated[Served, Depends(current_bundle)]
