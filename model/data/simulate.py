@@ -10,13 +10,19 @@ The generative story, in the order the code follows it:
   ``taste_start`` to ``taste_end`` over the simulated period, a personal offset in latent space, a
   heavy-tailed activity rate and a preferred hour of day. Sessions follow a weekly cycle (weekends
   busier) and a daily one around the user's preferred hour; a session has one source.
+* **Personal pool** ("radio"): every ``pool_refresh_days`` each user's pool is refilled with the
+  ``pool_size`` items of highest true affinity among ``pool_draws`` items drawn uniformly from
+  genres of their current taste. It is what makes personal taste, not popularity, decide most of
+  what a user plays (the oracle's recall of new-to-the-user items is over 2x MostPop's; a test
+  pins it).
 * **Organic sessions** (``source = 0``): each event replays an item from the user's library of liked
-  items, picks an item of a liked artist, or discovers: the best of a few popularity-weighted
-  candidates from a genre drawn from the user's current taste.
+  items, picks an item of a liked artist, or discovers: mostly from the pool
+  (``discovery_pool_prob``), else the best of a few taste candidates (drawn within a genre
+  ~ ``popularity ** taste_popularity_power``).
 * **Recommendation surfaces** (``source = 1..n_surfaces``: feed, radio, playlists): the logging
-  policy draws ``n_candidates`` candidates, some by popularity and some from the user's taste, and
-  shows the best by a noisy blend of true affinity and popularity; each surface blends differently.
-  Next-item prediction can therefore learn to imitate the policy.
+  policy draws ``n_candidates`` candidates, some by popularity, some from the user's pool and the
+  rest from the user's taste, and shows the best by a noisy blend of true affinity and popularity;
+  each surface mixes differently. Next-item prediction can therefore learn to imitate the policy.
 * **Feedback** comes from the true affinity ``a(u, i, t) = <u(t), v_i> / scale + b_i`` plus noise:
   full listens are more likely at high affinity, likes are rare (a few percent of events), dislikes
   rarer and mostly on recommended skips. Liked items join the user's library at the end of the day.
@@ -79,13 +85,21 @@ class SimConfig:
     # sources
     organic_share: float = 0.4  # share of sessions the user starts (source 0)
     surface_share: tuple[float, ...] = (0.5, 0.3, 0.2)  # feed, radio, playlists among the rest
-    surface_popularity: tuple[float, ...] = (0.4, 0.1, 0.6)  # share of popularity candidates
+    surface_popularity: tuple[float, ...] = (0.2, 0.05, 0.3)  # share of popularity candidates
     policy_noise: float = 0.8  # noise of the policy's affinity estimate
-    policy_popularity_weight: float = 0.3  # weight of standardised log-popularity in its score
+    policy_popularity_weight: float = 0.1  # weight of standardised log-popularity in its score
     n_candidates: int = 8  # candidates the policy chooses among
     replay_prob: float = 0.35  # organic event: replay a liked item
     liked_artist_prob: float = 0.3  # organic event: pick another item of a liked artist
     n_discovery_candidates: int = 3  # organic discovery: best of this many by affinity
+    taste_popularity_power: float = 0.3  # taste candidates are drawn ~ popularity ** this
+    # personal pool ("radio"): the best pool_size of pool_draws taste candidates by true affinity,
+    # redrawn every pool_refresh_days; discovery and the surfaces draw from it
+    pool_size: int = 100  # 0: no pool
+    pool_draws: int = 2_000
+    pool_refresh_days: int = 10
+    discovery_pool_prob: float = 0.9  # organic discovery: share taken from the pool
+    surface_pool: tuple[float, ...] = (0.7, 0.9, 0.6)  # share of pool candidates per surface
     library_size: int = 256  # liked items remembered per user (most recent)
     # feedback: thresholds are quantiles of the (noisy) affinity of the items the policy shows,
     # measured on a reference sample of users, so the rates hold at any catalog size
@@ -107,8 +121,10 @@ class SimConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if len(self.surface_share) != len(self.surface_popularity):
-            raise ValueError("surface_share and surface_popularity need one entry per surface")
+        if not len(self.surface_share) == len(self.surface_popularity) == len(self.surface_pool):
+            raise ValueError(
+                "surface_share, surface_popularity and surface_pool need one entry per surface"
+            )
         if not 0.0 <= self.organic_share <= 1.0:
             raise ValueError(f"organic_share must be in [0, 1], got {self.organic_share}")
 
@@ -140,21 +156,31 @@ class SimCatalog:
     genre_centers: np.ndarray  # (G, k) float32
     genre_range: np.ndarray = field(init=False)  # (G, 2) [start, end) rows
     artist_range: np.ndarray = field(init=False)  # (A, 2) [start, end) rows
+    genre_start: np.ndarray = field(init=False)  # (G,) first row of each genre
+    genre_size: np.ndarray = field(init=False)  # (G,) rows of each genre
+    taste_power: float = 1.0  # taste candidates are drawn ~ popularity ** taste_power
     cum_popularity: np.ndarray = field(init=False)  # (M,) float64
+    cum_taste: np.ndarray = field(init=False)  # (M,) float64, cumulative popularity ** power
     log_popularity_z: np.ndarray = field(init=False)  # (M,) float32, standardised log popularity
 
     def __post_init__(self) -> None:
         n_genres, n_artists = len(self.genre_centers), int(self.artist.max()) + 1
         self.genre_range = _ranges(self.genre, n_genres)
         self.artist_range = _ranges(self.artist, n_artists)
+        empty = self.genre_range[:, 0] == self.genre_range[:, 1]  # such a genre: any item
+        self.genre_start = np.where(empty, 0, self.genre_range[:, 0])
+        self.genre_size = np.where(
+            empty, len(self.item_ids), np.diff(self.genre_range, axis=1)[:, 0]
+        )
         self.cum_popularity = np.cumsum(self.popularity)
+        self.cum_taste = np.cumsum(self.popularity**self.taste_power)
         self.log_popularity_z = _zscore(np.log(self.popularity)).astype(np.float32)
 
     def sample_in_range(
-        self, rng: np.random.Generator, start: np.ndarray, end: np.ndarray
+        self, rng: np.random.Generator, start: np.ndarray, end: np.ndarray, cum: np.ndarray
     ) -> np.ndarray:
-        """One item per (start, end) row range, drawn proportionally to popularity."""
-        cum = self.cum_popularity
+        """One item per (start, end) row range, drawn proportionally to the weights whose
+        cumulative sum is ``cum`` (:attr:`cum_popularity` or :attr:`cum_taste`)."""
         low = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
         high = cum[end - 1]
         draw = low + rng.random(low.shape) * (high - low)
@@ -193,6 +219,7 @@ def make_catalog(cfg: SimConfig, rng: np.random.Generator) -> SimCatalog:
     bias = 0.3 * _zscore(np.log(popularity)) + 0.3 * rng.standard_normal(m)
     track_length = np.clip(rng.lognormal(np.log(210.0), 0.3, m), 60, 900).astype(np.int64)
     return SimCatalog(
+        taste_power=cfg.taste_popularity_power,
         item_ids=(rng.permutation(m) + 1).astype(np.int64),
         artist_ids=(rng.permutation(n_artists) + 1).astype(np.int64)[item_artist],
         genre=artist_genre[item_artist].astype(np.int64),
@@ -260,6 +287,7 @@ class _Chunk:
     taste_cum: np.ndarray  # (U, G) today's cumulative genre mixture
     library: np.ndarray  # (U, library_size) int64 liked item rows, ring buffer
     library_count: np.ndarray  # (U,) int64 likes so far
+    pool: np.ndarray  # (U, pool_size) int64 item rows of each user's personal pool
 
 
 class Simulator:
@@ -281,7 +309,7 @@ class Simulator:
         reference sample of users halfway through the period."""
         cfg = self.cfg
         state = self._new_chunk(make_users(cfg, rng, n_users))
-        self._set_day(state, cfg.n_days // 2)
+        self._set_day(state, cfg.n_days // 2, rng)
         user = np.repeat(np.arange(n_users), per_user)
         source = 1 + rng.choice(cfg.n_surfaces, len(user), p=self._surface_p)
         item = self._policy_items(rng, state, user, source)
@@ -304,15 +332,53 @@ class Simulator:
             taste_cum=np.empty((n, cfg.n_genres), np.float32),
             library=np.full((n, cfg.library_size), -1, dtype=np.int64),
             library_count=np.zeros(n, dtype=np.int64),
+            pool=np.zeros((n, cfg.pool_size), dtype=np.int64),
         )
 
-    def _set_day(self, state: _Chunk, day: int) -> None:
-        """Move the chunk's users' taste to the middle of ``day``."""
-        fraction = period_fraction(day, self.cfg.n_days)
+    def _set_day(self, state: _Chunk, day: int, rng: np.random.Generator) -> None:
+        """Move the chunk's users' taste to the middle of ``day``; redraw their pools when due."""
+        cfg = self.cfg
+        fraction = period_fraction(day, cfg.n_days)
         state.latent_scaled[:] = (
             state.users.latent(self.catalog.genre_centers, fraction) / self.scale
         )
         state.taste_cum[:] = np.cumsum(state.users.taste(fraction), axis=1)
+        if cfg.pool_size and (day % cfg.pool_refresh_days == 0 or not state.pool.any()):
+            self._draw_pools(rng, state)
+
+    def _draw_pools(self, rng: np.random.Generator, state: _Chunk, batch: int = 1_024) -> None:
+        """Each user's pool: the ``pool_size`` best of ``pool_draws`` taste candidates by true
+        affinity today."""
+        cfg = self.cfg
+        if not cfg.pool_size:
+            return
+        for begin in range(0, len(state.pool), batch):
+            user = np.arange(begin, min(begin + batch, len(state.pool)))
+            draws = self._genre_uniform(rng, state, user, cfg.pool_draws)
+            every = state.latent_scaled[user] @ self.catalog.latent.T  # (U, M): BLAS, not a gather
+            score = np.take_along_axis(every, draws, 1) + self.catalog.bias[draws]
+            best = np.argpartition(-score, cfg.pool_size - 1, axis=1)[:, : cfg.pool_size]
+            state.pool[user] = np.take_along_axis(draws, best, 1)
+
+    def _genre_uniform(
+        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, n: int
+    ) -> np.ndarray:
+        """(U, n) item rows: genres drawn from each user's taste, items uniform within them."""
+        taste = np.diff(state.taste_cum[user], axis=1, prepend=0.0).clip(min=0)
+        taste /= taste.sum(1, keepdims=True)
+        counts = rng.multinomial(n, taste.astype(np.float64))  # (U, G) draws per genre
+        n_genres = counts.shape[1]
+        genre = np.repeat(np.tile(np.arange(n_genres), len(user)), counts.ravel()).reshape(-1, n)
+        start, size = self.catalog.genre_start, self.catalog.genre_size
+        offset = rng.random(genre.shape, dtype=np.float32) * size[genre]
+        return start[genre] + offset.astype(np.int64)
+
+    def _from_pool(
+        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, shape: tuple[int, ...]
+    ) -> np.ndarray:
+        """Items drawn uniformly from each user's pool: ``shape`` = (len(user), ...)."""
+        column = rng.integers(self.cfg.pool_size, size=shape)
+        return state.pool[user.reshape((-1,) + (1,) * (len(shape) - 1)), column]
 
     def _affinity(self, state: _Chunk, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """(E,) true affinity of each (chunk user, item row) pair today."""
@@ -414,7 +480,7 @@ class Simulator:
         self, rng: np.random.Generator, state: _Chunk, day: int
     ) -> dict[str, np.ndarray]:
         cfg, catalog, users = self.cfg, self.catalog, state.users
-        self._set_day(state, day)
+        self._set_day(state, day, rng)
 
         # Sessions: count, start hour, length, source.
         weekday = (cfg.start_time // DAY + day + 3) % 7  # 1970-01-01 was a Thursday
@@ -494,9 +560,14 @@ class Simulator:
         ]
         item = self._taste_candidates(rng, state, user, cfg.n_discovery_candidates, popular=None)
         item = self._best_by_affinity(rng, state, user, item, noise=0.5, popularity_weight=0.0)
+        if cfg.pool_size:
+            pooled = rng.random(len(user)) < cfg.discovery_pool_prob
+            item[pooled] = self._from_pool(rng, state, user[pooled], (int(pooled.sum()),))
         item[replay] = from_library[replay]
         artist = catalog.artist[from_library[by_artist]]
-        item[by_artist] = catalog.sample_in_range(rng, *catalog.artist_range[artist].T)
+        item[by_artist] = catalog.sample_in_range(
+            rng, *catalog.artist_range[artist].T, catalog.cum_taste
+        )
         return item, replay
 
     def _policy_items(
@@ -509,6 +580,13 @@ class Simulator:
             < np.asarray(cfg.surface_popularity)[source - 1, None]
         )
         candidates = self._taste_candidates(rng, state, user, cfg.n_candidates, popular=popular)
+        if cfg.pool_size:
+            pooled = ~popular & (
+                rng.random(popular.shape) < np.asarray(cfg.surface_pool)[source - 1, None]
+            )
+            candidates = np.where(
+                pooled, self._from_pool(rng, state, user, candidates.shape), candidates
+            )
         return self._best_by_affinity(
             rng,
             state,
@@ -527,7 +605,7 @@ class Simulator:
         popular: np.ndarray | None,
     ) -> np.ndarray:
         """(E, n) candidate rows: by popularity where ``popular``, else from a genre of the
-        user's taste."""
+        user's taste (~ popularity ** taste power)."""
         catalog = self.catalog
         draw = rng.random((len(user), n), dtype=np.float32)
         genre = (state.taste_cum[user][:, None, :] < draw[..., None]).sum(-1)  # (E, n)
@@ -538,7 +616,12 @@ class Simulator:
             end = np.where(popular, len(catalog.item_ids), end)
         empty = start == end  # a genre with no items: fall back to the whole catalog
         start, end = np.where(empty, 0, start), np.where(empty, len(catalog.item_ids), end)
-        return catalog.sample_in_range(rng, start, end)
+        by_taste = catalog.sample_in_range(rng, start, end, catalog.cum_taste)
+        if popular is None:
+            return by_taste
+        return np.where(
+            popular, catalog.sample_in_range(rng, start, end, catalog.cum_popularity), by_taste
+        )
 
     def _best_by_affinity(
         self,
@@ -650,6 +733,8 @@ class Truth:
         a = self.arrays
         self._item_row_lookup = np.full(int(a["item_ids"].max()) + 1, -1, dtype=np.int64)
         self._item_row_lookup[a["item_ids"]] = np.arange(len(a["item_ids"]))
+        self.sorted_rows = np.argsort(a["item_ids"])  # truth rows in ascending item id order
+        self.sorted_item_ids = a["item_ids"][self.sorted_rows]
 
     def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
         """(N,) rows of the truth arrays for external item ids; raises KeyError for unknown ids."""
@@ -660,26 +745,42 @@ class Truth:
             raise KeyError(f"unknown item id {int(item_ids[np.flatnonzero(rows < 0)[0]])}")
         return rows
 
-    def affinity(
-        self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray
-    ) -> np.ndarray:
-        """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple,
-        with the user's taste of that day, exactly as the simulator drew feedback."""
+    def _users(self, user_ids: np.ndarray) -> Users:
         a = self.arrays
         user = np.asarray(user_ids, dtype=np.int64) - 1
-        item = self.item_rows(item_ids)
-        day = np.clip(
-            (np.asarray(timestamps) - int(a["start_time"])) // DAY, 0, int(a["n_days"]) - 1
-        )
-        users = Users(
+        return Users(
             taste_start=a["user_taste_start"][user],
             taste_end=a["user_taste_end"][user],
             offset=a["user_offset"][user],
             activity=a["user_activity"][user],
             peak_hour=np.full(len(user), np.nan, dtype=np.float32),  # not part of the affinity
         )
-        latent = users.latent(
-            a["genre_centers"], np.asarray(period_fraction(day, int(a["n_days"])))[:, None]
+
+    def _fraction(self, timestamps: np.ndarray) -> np.ndarray:
+        a = self.arrays
+        day = np.clip(
+            (np.asarray(timestamps) - int(a["start_time"])) // DAY, 0, int(a["n_days"]) - 1
+        )
+        return np.asarray(period_fraction(day, int(a["n_days"])))
+
+    def affinity_matrix(self, user_ids: np.ndarray, at: int) -> np.ndarray:
+        """(U, M) true affinity of each user on the day of ``at`` to every item, columns in
+        ascending item id order (:attr:`sorted_item_ids`)."""
+        a = self.arrays
+        latent = self._users(user_ids).latent(a["genre_centers"], self._fraction(np.int64(at)))
+        rows = self.sorted_rows
+        scale = float(a["affinity_scale"])
+        return (latent @ a["item_latent"][rows].T) / scale + a["item_bias"][rows]
+
+    def affinity(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray
+    ) -> np.ndarray:
+        """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple,
+        with the user's taste of that day, exactly as the simulator drew feedback."""
+        a = self.arrays
+        item = self.item_rows(item_ids)
+        latent = self._users(user_ids).latent(
+            a["genre_centers"], self._fraction(timestamps)[:, None]
         )
         dot = np.einsum("nk,nk->n", latent, a["item_latent"][item])
         return dot / float(a["affinity_scale"]) + a["item_bias"][item]

@@ -1,0 +1,176 @@
+"""Recall over a future window: what ``/candidates`` is for (DESIGN.md §6, §8).
+
+A ranking for a user is judged by the items they go on to consume: the distinct items of their
+positive events (:attr:`Events.positive`) in the ``days`` after ``start``. **New to the user**
+counts only the items absent from their history before ``start``, and is measured on rankings that
+leave those out (``exclude_seen``): the discovery setting. The users are those with at least one
+target (a seeded sample when asked).
+
+Rankers (every one returns ``(U, k)`` item ids, best first):
+
+* :func:`popular_ranking` — MostPop: positive events before ``start``;
+* :func:`oracle_ranking` — on simulated data, the true affinity of that day plus ``weight`` times
+  the log of the true popularity, with ``weight`` fitted on other users (:func:`fit_oracle`).
+
+The replay benchmark feeds the service's answers to :func:`recall` beside these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.contract import DAY
+from model.data.events import Events
+from model.data.simulate import Truth
+
+Ranker = Callable[["WindowTargets", int, bool], np.ndarray]
+
+
+@dataclass
+class WindowTargets:
+    start: int  # first second of the window
+    users: np.ndarray  # (U,) user ids, ascending
+    items: list[np.ndarray]  # distinct positive items of each user in the window
+    seen: list[np.ndarray]  # distinct items of each user's history before ``start``
+
+    @classmethod
+    def of(
+        cls, events: Events, start: int, *, days: float = 7.0, users: int = 0, seed: int = 0
+    ) -> WindowTargets:
+        """Targets of the users with a positive event in ``[start, start + days)``; ``users``
+        > 0 draws a seeded sample of that many."""
+        inside = (events.timestamp >= start) & (events.timestamp < start + int(days * DAY))
+        wanted = np.unique(events.user_id[inside & events.positive])
+        if 0 < users < len(wanted):
+            wanted = np.sort(np.random.default_rng(seed).choice(wanted, users, replace=False))
+        mine = np.isin(events.user_id, wanted)
+        future = _grouped(events.user_id, events.item_id, mine & inside & events.positive, wanted)
+        past = _grouped(events.user_id, events.item_id, mine & (events.timestamp < start), wanted)
+        return cls(start=start, users=wanted, items=future, seen=past)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def new_items(self) -> list[np.ndarray]:
+        """Each user's targets that are new to them."""
+        return [np.setdiff1d(t, s, assume_unique=True) for t, s in zip(self.items, self.seen)]
+
+
+def _grouped(
+    user_id: np.ndarray, item_id: np.ndarray, mask: np.ndarray, users: np.ndarray
+) -> list[np.ndarray]:
+    """Distinct ``item_id`` under ``mask`` for each of ``users`` (ascending), in that order."""
+    u, i = user_id[mask], item_id[mask]
+    pairs = np.unique(np.stack([u, i], 1), axis=0) if len(u) else np.zeros((0, 2), np.int64)
+    bounds = np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max])
+    return [pairs[a:b, 1] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def recall(ranked: Sequence[np.ndarray], targets: Sequence[np.ndarray], k: int) -> float:
+    """Mean over users with a target of |top-k ∩ targets| / |targets|."""
+    shares = [np.isin(t, r[:k]).mean() for r, t in zip(ranked, targets, strict=True) if len(t) > 0]
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def recalls(
+    ranked: Sequence[np.ndarray],
+    ranked_new: Sequence[np.ndarray],
+    window: WindowTargets,
+    ks: Sequence[int],
+) -> dict[str, float]:
+    """``{"all@k": .., "new@k": ..}``: ``ranked`` scored on every target, ``ranked_new`` (lists
+    without the user's seen items) on the new ones."""
+    new = window.new_items()
+    out = {f"all@{k}": recall(ranked, window.items, k) for k in ks}
+    out |= {f"new@{k}": recall(ranked_new, new, k) for k in ks}
+    return out
+
+
+def _top_excluding(
+    scores: np.ndarray, ids: np.ndarray, k: int, seen: Sequence[np.ndarray] | None
+) -> np.ndarray:
+    """(U, k) ids of the best ``scores`` (U, M) per row, the row's ``seen`` ids left out."""
+    if seen is not None:
+        scores = scores.copy()
+        for row, items in enumerate(seen):
+            scores[row, np.searchsorted(ids, items[np.isin(items, ids)])] = -np.inf
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return ids[np.take_along_axis(part, order, 1)]
+
+
+def popular_ranking(
+    history: Events, window: WindowTargets, k: int, exclude_seen: bool
+) -> np.ndarray:
+    """(U, k) MostPop lists: items by positive events before the window (ties: smaller id)."""
+    before = history.take((history.timestamp < window.start) & history.positive)
+    ids, counts = np.unique(before.item_id, return_counts=True)
+    order = np.lexsort((ids, -counts))
+    popular = ids[order]
+    depth = k + (max((len(s) for s in window.seen), default=0) if exclude_seen else 0)
+    head = popular[:depth]
+    rows = []
+    for seen in window.seen:
+        row = head[~np.isin(head, seen)] if exclude_seen else head
+        rows.append(row[:k])
+    return np.array(rows) if rows else np.zeros((0, k), np.int64)
+
+
+def oracle_scores(truth: Truth, users: np.ndarray, at: int, weight: float) -> np.ndarray:
+    """(U, M) true affinity on the day of ``at`` + ``weight`` * log true popularity, columns in
+    ``truth.sorted_item_ids`` order."""
+    affinity = truth.affinity_matrix(users, at)
+    return affinity + weight * np.log(truth.arrays["item_popularity"])[truth.sorted_rows]
+
+
+def oracle_ranking(
+    truth: Truth,
+    window: WindowTargets,
+    k: int,
+    exclude_seen: bool,
+    weight: float,
+    chunk: int = 256,
+) -> np.ndarray:
+    """(U, k) lists by :func:`oracle_scores`."""
+    parts = []
+    for begin in range(0, len(window), chunk):
+        users = window.users[begin : begin + chunk]
+        seen = window.seen[begin : begin + chunk] if exclude_seen else None
+        scores = oracle_scores(truth, users, window.start, weight)
+        parts.append(_top_excluding(scores, truth.sorted_item_ids, k, seen))
+    return np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
+
+
+def fit_oracle(
+    truth: Truth,
+    window: WindowTargets,
+    k: int,
+    exclude_seen: bool,
+    weights: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
+) -> float:
+    """The popularity weight of the oracle that maximises recall@k on ``window``'s users (pass
+    users other than those it will be measured on)."""
+    targets = window.new_items() if exclude_seen else window.items
+    best = max(
+        weights,
+        key=lambda w: recall(oracle_ranking(truth, window, k, exclude_seen, w), targets, k),
+    )
+    return float(best)
+
+
+def split_users(window: WindowTargets, seed: int = 0) -> tuple[WindowTargets, WindowTargets]:
+    """Two disjoint halves of ``window``'s users (fit on one, measure on the other)."""
+    order = np.random.default_rng(seed).permutation(len(window))
+    halves = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+    return tuple(  # type: ignore[return-value]
+        WindowTargets(
+            start=window.start,
+            users=window.users[h],
+            items=[window.items[i] for i in h],
+            seen=[window.seen[i] for i in h],
+        )
+        for h in halves
+    )

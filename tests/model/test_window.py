@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.contract import DAY
+from model.data.events import Events, read_events
+from model.data.simulate import SimConfig, Simulator, Truth
+from model.window import (
+    WindowTargets,
+    fit_oracle,
+    oracle_ranking,
+    popular_ranking,
+    recall,
+    split_users,
+)
+
+
+def test_targets_are_the_distinct_positives_of_the_window_and_new_ones_were_never_met() -> None:
+    t0 = 10 * DAY
+    rows = [  # user, item, time, played_ratio
+        (1, 5, t0 - 100, 1.0),
+        (1, 6, t0 - 50, 0.0),  # a skip before the window: still "seen"
+        (1, 5, t0 + 10, 1.0),
+        (1, 6, t0 + 20, 1.0),
+        (1, 7, t0 + 30, 1.0),
+        (1, 7, t0 + 40, 1.0),  # twice: one target
+        (1, 8, t0 + 8 * DAY, 1.0),  # after the window
+        (2, 9, t0 + 10, 0.0),  # a skip: no target, user 2 has none
+    ]
+    u, i, t, r = (np.array(c) for c in zip(*rows))
+    n = len(u)
+    events = Events.from_arrays(
+        user_id=u,
+        item_id=i,
+        timestamp=t,
+        source=np.zeros(n),
+        artist_id=np.full(n, -1),
+        played_ratio=r,
+        liked=np.zeros(n, bool),
+        disliked=np.zeros(n, bool),
+    )
+    window = WindowTargets.of(events, t0)
+    assert window.users.tolist() == [1]
+    assert window.items[0].tolist() == [5, 6, 7] and window.seen[0].tolist() == [5, 6]
+    assert [n.tolist() for n in window.new_items()] == [[7]]
+    assert recall([np.array([7, 5])], window.items, 1) == pytest.approx(1 / 3)
+    assert recall([np.array([7, 5])], window.items, 2) == pytest.approx(2 / 3)
+    popular = popular_ranking(events, window, 2, exclude_seen=True)
+    assert not np.isin(popular[0], [5, 6]).any()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Events, Truth, int]:
+    out: Path = tmp_path_factory.mktemp("world")
+    cfg = SimConfig(n_users=5000, n_items=20000, n_days=30, seed=0)
+    Simulator(cfg).run(out, progress=False)
+    return read_events(out), Truth(out), cfg.start_time + (cfg.n_days - 7) * DAY
+
+
+def test_in_the_default_world_personal_taste_beats_popularity_two_to_one(
+    world: tuple[Events, Truth, int],
+) -> None:
+    """Issue 16 (3b): the oracle's recall@100 of items new to the user is >= 2x MostPop's."""
+    events, truth, start = world
+    fit, test = split_users(WindowTargets.of(events, start, users=2000))
+    weight = fit_oracle(truth, fit, 100, exclude_seen=True)
+    new = test.new_items()
+    oracle = recall(oracle_ranking(truth, test, 100, True, weight), new, 100)
+    popular = recall(popular_ranking(events, test, 100, True), new, 100)
+    assert oracle >= 2.0 * popular, (oracle, popular)
+    assert popular > 0.03  # popularity still finds something: not a degenerate world
