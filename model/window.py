@@ -17,6 +17,8 @@ The replay benchmark feeds the service's answers to :func:`recall` beside these.
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -56,7 +58,10 @@ class WindowTargets:
 
     def new_items(self) -> list[np.ndarray]:
         """Each user's targets that are new to them."""
-        return [np.setdiff1d(t, s, assume_unique=True) for t, s in zip(self.items, self.seen)]
+        return [
+            np.setdiff1d(t, s, assume_unique=True)
+            for t, s in zip(self.items, self.seen, strict=True)
+        ]
 
 
 def _grouped(
@@ -66,7 +71,7 @@ def _grouped(
     u, i = user_id[mask], item_id[mask]
     pairs = np.unique(np.stack([u, i], 1), axis=0) if len(u) else np.zeros((0, 2), np.int64)
     bounds = np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max])
-    return [pairs[a:b, 1] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [pairs[a:b, 1] for a, b in itertools.pairwise(bounds)]
 
 
 def recall(ranked: Sequence[np.ndarray], targets: Sequence[np.ndarray], k: int) -> float:

@@ -30,7 +30,7 @@ def test_targets_are_the_distinct_positives_of_the_window_and_new_ones_were_neve
         (1, 8, t0 + 8 * DAY, 1.0),  # after the window
         (2, 9, t0 + 10, 0.0),  # a skip: no target, user 2 has none
     ]
-    u, i, t, r = (np.array(c) for c in zip(*rows))
+    u, i, t, r = (np.array(c) for c in zip(*rows, strict=True))
     n = len(u)
     events = Events.from_arrays(
         user_id=u,
