@@ -18,8 +18,7 @@ The replay benchmark feeds the service's answers to :func:`recall` beside these.
 from __future__ import annotations
 
 import itertools
-
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +26,6 @@ import numpy as np
 from model.contract import DAY
 from model.data.events import Events
 from model.data.simulate import Truth
-
-Ranker = Callable[["WindowTargets", int, bool], np.ndarray]
 
 
 @dataclass
