@@ -67,11 +67,13 @@ def _grouped(
     """Distinct ``item_id`` under ``mask`` for each of ``users`` (ascending), in that order."""
     u, i = user_id[mask], item_id[mask]
     pairs = np.unique(np.stack([u, i], 1), axis=0) if len(u) else np.zeros((0, 2), np.int64)
-    bounds = np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max])
+    bounds: list[int] = np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max]).tolist()
     return [pairs[a:b, 1] for a, b in itertools.pairwise(bounds)]
 
 
-def recall(ranked: Sequence[np.ndarray], targets: Sequence[np.ndarray], k: int) -> float:
+def recall(
+    ranked: Sequence[np.ndarray] | np.ndarray, targets: Sequence[np.ndarray], k: int
+) -> float:
     """Mean over users with a target of |top-k ∩ targets| / |targets|."""
     shares = [np.isin(t, r[:k]).mean() for r, t in zip(ranked, targets, strict=True) if len(t) > 0]
     return float(np.mean(shares)) if shares else float("nan")

@@ -565,9 +565,8 @@ class Simulator:
             item[pooled] = self._from_pool(rng, state, user[pooled], (int(pooled.sum()),))
         item[replay] = from_library[replay]
         artist = catalog.artist[from_library[by_artist]]
-        item[by_artist] = catalog.sample_in_range(
-            rng, *catalog.artist_range[artist].T, catalog.cum_taste
-        )
+        start, end = catalog.artist_range[artist].T
+        item[by_artist] = catalog.sample_in_range(rng, start, end, catalog.cum_taste)
         return item, replay
 
     def _policy_items(
@@ -767,7 +766,7 @@ class Truth:
         """(U, M) true affinity of each user on the day of ``at`` to every item, columns in
         ascending item id order (:attr:`sorted_item_ids`)."""
         a = self.arrays
-        latent = self._users(user_ids).latent(a["genre_centers"], self._fraction(np.int64(at)))
+        latent = self._users(user_ids).latent(a["genre_centers"], self._fraction(np.asarray(at)))
         rows = self.sorted_rows
         scale = float(a["affinity_scale"])
         return (latent @ a["item_latent"][rows].T) / scale + a["item_bias"][rows]
