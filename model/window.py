@@ -17,7 +17,6 @@ The replay benchmark feeds the service's answers to :func:`recall` beside these.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,8 +66,8 @@ def _grouped(
     """Distinct ``item_id`` under ``mask`` for each of ``users`` (ascending), in that order."""
     u, i = user_id[mask], item_id[mask]
     pairs = np.unique(np.stack([u, i], 1), axis=0) if len(u) else np.zeros((0, 2), np.int64)
-    bounds: list[int] = np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max]).tolist()
-    return [pairs[a:b, 1] for a, b in itertools.pairwise(bounds)]
+    bounds = np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max])
+    return [pairs[bounds[k] : bounds[k + 1], 1] for k in range(len(users))]
 
 
 def recall(
