@@ -66,8 +66,8 @@ def _grouped(
     """Distinct ``item_id`` under ``mask`` for each of ``users`` (ascending), in that order."""
     u, i = user_id[mask], item_id[mask]
     pairs = np.unique(np.stack([u, i], 1), axis=0) if len(u) else np.zeros((0, 2), np.int64)
-    bounds = np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max])
-    return [pairs[bounds[k] : bounds[k + 1], 1] for k in range(len(users))]
+    bounds = np.asarray(np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max]))
+    return np.split(pairs[:, 1], bounds[1:-1])
 
 
 def recall(
