@@ -101,7 +101,7 @@ def bench_bundle(args: argparse.Namespace) -> Path:
     import torch
 
     from model.argus import Argus, preset
-    from model.export import export_onnx, write_files
+    from model.export import export_onnx, write_shared_space
 
     export = args.work / "export"
     shutil.rmtree(export, ignore_errors=True)
@@ -110,22 +110,22 @@ def bench_bundle(args: argparse.Namespace) -> Path:
     config = preset("argus-3m", tower_dim=args.dim)
     export_onnx(Argus(config).eval(), export / ENCODER_FILE)
     items, users = catalog_vectors(args.items, args.dim, 16, 200, args.users, args.seed)
-    arrays = {
-        "item_ids": np.arange(1, args.items + 1, dtype=np.int64),
-        "item_vectors": items,
-        "user_ids": np.arange(1, args.users + 1, dtype=np.int64),
-        "user_vectors": users,
-        # the largest norms stand in for popularity
-        "popular": np.argsort(-np.linalg.norm(items, axis=1))[:1000].astype(np.int64) + 1,
-    }
     manifest = {
         "model_config": asdict(config),
-        "dim": args.dim,
         "n_items": args.items,
         "n_users": args.users,
         "note": "benchmarks/serve.py: untrained argus-3m encoder, simulator latents as vectors",
     }
-    write_files(export, arrays, manifest)
+    write_shared_space(
+        export,
+        item_ids=np.arange(1, args.items + 1, dtype=np.int64),
+        item_vectors=items,
+        user_ids=np.arange(1, args.users + 1, dtype=np.int64),
+        user_vectors=users,
+        # the largest norms stand in for popularity
+        popular=np.argsort(-np.linalg.norm(items, axis=1))[:1000].astype(np.int64) + 1,
+        manifest=manifest,
+    )
     summary = build(export, bundles, HnswParams(seed=args.seed))
     print(summary.line())
     shutil.rmtree(export)

@@ -4,14 +4,18 @@
 
     manifest.json      schema version, model config, dim, counts, HNSW parameters and measured
                        recall, sha256 and size of every other file, and its own checksum
-    items.hnsw         hnswlib index over item_vectors for inner-product search (label = row;
-                       index.hnsw.ItemIndex: the MIPS-to-L2 transform by default)
+    items.hnsw         hnswlib index over retrieval_item_vectors for inner-product search (label =
+                       row; index.hnsw.ItemIndex: the MIPS-to-L2 transform by default)
     item_ids.npy       int64 [n_items], sorted; row i of the index is item_ids[i]
-    item_vectors.npy   float32 [n_items, dim]
-    encoder.onnx       the user encoder
+    item_artist_ids.npy  int64 [n_items], each item's artist (-1 unknown): the unfamiliar filter
+    item_vectors.npy   float32 [n_items, dim]: the ranking space (/score, ranking_score)
+    retrieval_item_vectors.npy  float32 [n_items, retrieval_dim]: the retrieval space (/candidates)
+    encoder.onnx       the user encoder: [ranking | retrieval] user vectors
     popular.npy        int64 item ids, most popular first: the fallback ranking
     user_ids.npy       int64 [n_users], sorted
-    user_vectors.npy   float32 [n_users, dim] (the local store maps it; publish sends it to Redis)
+    user_vectors.npy   float32 [n_users, dim + retrieval_dim], the ranking vector then the
+                       retrieval query (the local store maps it; publish sends it to Redis: one
+                       read per request serves both spaces)
 
 The version is the UTC build time, to the second, and a short hash of the files' contents
 (``20261123T040012Z-3f9a1c``), so versions sort by time and two different bundles never share a
@@ -42,7 +46,7 @@ from tqdm import tqdm
 from index.hnsw import ItemIndex, Tuning, tune_ef
 from model.contract import ENCODER_FILE, EXPORT_ARRAYS, EXPORT_MANIFEST
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: two item spaces (retrieval, ranking)
 MANIFEST = "manifest.json"
 INDEX_FILE = "items.hnsw"
 ARRAY_FILES = {f"{name}.npy": spec for name, spec in EXPORT_ARRAYS.items()}
@@ -113,12 +117,16 @@ def check_array(path: Path, array: np.ndarray, dtype: str, shape: tuple[int | No
         raise BundleError(path, f"shape {array.shape}, expected {wanted}")
 
 
-def _expected_shapes(dim: int, n_items: int, n_users: int) -> dict[str, tuple[int | None, ...]]:
+def _expected_shapes(
+    dim: int, retrieval_dim: int, n_items: int, n_users: int
+) -> dict[str, tuple[int | None, ...]]:
     return {
         "item_ids.npy": (n_items,),
+        "item_artist_ids.npy": (n_items,),
         "item_vectors.npy": (n_items, dim),
+        "retrieval_item_vectors.npy": (n_items, retrieval_dim),
         "user_ids.npy": (n_users,),
-        "user_vectors.npy": (n_users, dim),
+        "user_vectors.npy": (n_users, dim + retrieval_dim),
         "popular.npy": (None,),
     }
 
@@ -143,13 +151,15 @@ def read_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
     manifest_path = directory / EXPORT_MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
-        dim = int(manifest["dim"])
+        dim, retrieval_dim = int(manifest["dim"]), int(manifest["retrieval_dim"])
     except FileNotFoundError:
         raise BundleError(manifest_path, "missing; is this an `argus export` directory?") from None
     except (ValueError, KeyError, TypeError) as error:
         raise BundleError(manifest_path, f"unreadable ({error})") from None
     arrays = {name: load_array(directory / name) for name in ARRAY_FILES}
-    shapes = _expected_shapes(dim, len(arrays["item_ids.npy"]), len(arrays["user_ids.npy"]))
+    shapes = _expected_shapes(
+        dim, retrieval_dim, len(arrays["item_ids.npy"]), len(arrays["user_ids.npy"])
+    )
     for name, array in arrays.items():
         check_array(directory / name, array, ARRAY_FILES[name][0], shapes[name])
     _check_ids(directory / "item_ids.npy", arrays["item_ids.npy"])
@@ -196,8 +206,9 @@ def build(
     params = params or HnswParams()
     began = time.perf_counter()
     export_manifest, arrays = read_export(export_dir)
-    items, users = arrays["item_vectors.npy"], arrays["user_vectors.npy"]
-    n_items, dim = items.shape
+    items, users = arrays["retrieval_item_vectors.npy"], arrays["user_vectors.npy"]
+    n_items, dim = arrays["item_vectors.npy"].shape
+    queries_of_users = users[:, dim:]  # the retrieval half
     root = Path(bundles)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".building-{uuid.uuid4().hex[:8]}"
@@ -216,7 +227,7 @@ def build(
             build_s = time.perf_counter() - t0
             bar.update()
         rng = np.random.default_rng(params.seed)
-        pool = users if len(users) else items  # a catalog with no users yet: tune on items
+        pool = queries_of_users if len(users) else items  # no users yet: tune on items
         queries = pool[rng.choice(len(pool), size=min(params.sample, len(pool)), replace=False)]
         tuning = tune_ef(index, items, queries, k=params.k, target=params.target_recall)
         if not tuning.reached and not params.allow_low_recall:
@@ -241,6 +252,7 @@ def build(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "model_config": export_manifest.get("model_config", {}),
             "dim": int(dim),
+            "retrieval_dim": int(items.shape[1]),
             "n_items": int(n_items),
             "n_users": len(users),
             "n_popular": len(arrays["popular.npy"]),
@@ -330,7 +342,9 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     item_ids: np.ndarray
+    item_artist_ids: np.ndarray
     item_vectors: np.ndarray
+    retrieval_item_vectors: np.ndarray
     user_ids: np.ndarray
     user_vectors: np.ndarray
     popular: np.ndarray
@@ -345,6 +359,21 @@ class Bundle:
         return int(self.manifest["dim"])
 
     @property
+    def retrieval_dim(self) -> int:
+        return int(self.manifest["retrieval_dim"])
+
+    @property
+    def user_dim(self) -> int:
+        """Width of a user vector: the ranking vector, then the retrieval query."""
+        return self.dim + self.retrieval_dim
+
+    def ranking_part(self, user_vector: np.ndarray) -> np.ndarray:
+        return user_vector[..., : self.dim]
+
+    def retrieval_part(self, user_vector: np.ndarray) -> np.ndarray:
+        return user_vector[..., self.dim :]
+
+    @property
     def encoder_path(self) -> Path:
         return self.path / ENCODER_FILE
 
@@ -355,7 +384,7 @@ class Bundle:
         path = Path(path)
         manifest = read_manifest(path, verify=verify)
         dim, n_items, n_users = manifest["dim"], manifest["n_items"], manifest["n_users"]
-        shapes = _expected_shapes(dim, n_items, n_users)
+        shapes = _expected_shapes(dim, manifest["retrieval_dim"], n_items, n_users)
         arrays = {name: load_array(path / name, mmap=name == "user_vectors.npy") for name in shapes}
         for name, array in arrays.items():
             check_array(path / name, array, ARRAY_FILES[name][0], shapes[name])
@@ -368,7 +397,7 @@ class Bundle:
                 index = ItemIndex.load(
                     str(index_path),
                     space=hnsw["space"],
-                    dim=dim,
+                    dim=manifest["retrieval_dim"],
                     max_norm=hnsw["max_norm"],
                     n=n_items,
                 )
@@ -381,7 +410,9 @@ class Bundle:
             path=path,
             manifest=manifest,
             item_ids=arrays["item_ids.npy"],
+            item_artist_ids=arrays["item_artist_ids.npy"],
             item_vectors=arrays["item_vectors.npy"],
+            retrieval_item_vectors=arrays["retrieval_item_vectors.npy"],
             user_ids=arrays["user_ids.npy"],
             user_vectors=arrays["user_vectors.npy"],
             popular=arrays["popular.npy"],

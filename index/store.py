@@ -309,7 +309,7 @@ def publish(
     give every other version a TTL of ``grace_s``. Safe to kill and rerun at any point."""
     began = time.perf_counter()
     version, user_ids, vectors = bundle.version, bundle.user_ids, bundle.user_vectors
-    n_users, dim = len(user_ids), bundle.dim
+    n_users, dim = len(user_ids), bundle.user_dim  # ranking | retrieval: one value per user
     lay = make_layout(layout, HashBuckets.for_users(n_users, per_bucket).buckets)
     current = client.get(CURRENT)
     previous = None if current is None else bytes(current).decode()  # type: ignore[arg-type]

@@ -52,6 +52,7 @@ class ArgusConfig:
     init_temperature: float = 0.05  # T = exp(tau), learned, clipped to [0.01, 100]
     hash_seed: int = 0
     tower_dim: int = 0  # width of the two-tower vectors u, v (fine-tuning); 0: no towers
+    retrieval_dim: int = 0  # width of the retrieval space (fine-tuning); 0: none
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -182,6 +183,16 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+def positive_events(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, L) bool: real (not padding) positive events, as :attr:`Events.positive` defines them
+    (not disliked, and liked or played past the skip threshold)."""
+    item = batch["item_id"]
+    real = torch.arange(item.shape[1], device=item.device) < batch["lengths"][:, None]
+    ratio = batch["played_ratio"]
+    listened = ~torch.isnan(ratio) & (torch.nan_to_num(ratio) >= SKIP_THRESHOLD)
+    return real & ~batch["disliked"] & (batch["liked"] | listened)
+
+
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
@@ -211,6 +222,12 @@ class Argus(nn.Module):
         if cfg.tower_dim:  # DESIGN.md §5: u = P_u h, v = MLP(e_item)
             self.user_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             self.item_mlp = _mlp(e, d, cfg.tower_dim)
+        if cfg.retrieval_dim:  # the retrieval space: its own item table, a pooled-history query
+            r = cfg.retrieval_dim
+            self.retrieval_item = HashedEmbedding(
+                cfg.hash_rows, r, cfg.n_hash, n_salts=1, seed=cfg.hash_seed + 1
+            )
+            self.retrieval_head = _mlp(r, d, r)
 
     @property
     def has_towers(self) -> bool:
@@ -279,6 +296,24 @@ class Argus(nn.Module):
     ) -> torch.Tensor:
         """(...) ids -> (..., tower_dim) item vectors ``v = MLP(e_item)``; score = <u, v>."""
         return self.item_mlp(self.item_embedding(item_id, artist_id))
+
+    @property
+    def has_retrieval(self) -> bool:
+        return self.cfg.retrieval_dim > 0
+
+    def retrieval_queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L, R) retrieval query after each event: an MLP of the mean retrieval embedding of
+        the row's positive events so far (a row with none yet gets the MLP of zeros, a learned
+        cold-start query). Padding (beyond ``lengths``) never reaches a real position."""
+        item = batch["item_id"]
+        positive = positive_events(batch).float()[..., None]
+        total = torch.cumsum(self.retrieval_item(item) * positive, dim=1)  # (B, L, R)
+        mean = total / torch.cumsum(positive, dim=1).clamp(min=1.0)
+        return self.retrieval_head(mean)
+
+    def retrieval_items(self, item_id: torch.Tensor) -> torch.Tensor:
+        """(...) ids -> (..., R) item vectors of the retrieval space; score = <query, item>."""
+        return self.retrieval_item(item_id)
 
     def temperature(self) -> torch.Tensor:
         """T = exp(tau), clipped to [0.01, 100]."""

@@ -14,9 +14,11 @@ EXPORT_MANIFEST = "export.json"
 # The arrays of an export directory (``<name>.npy``), each with its dtype and rank.
 EXPORT_ARRAYS: dict[str, tuple[str, int]] = {
     "item_ids": ("int64", 1),  # [n_items], sorted
-    "item_vectors": ("float32", 2),  # [n_items, dim]
+    "item_artist_ids": ("int64", 1),  # [n_items], -1 when unknown
+    "item_vectors": ("float32", 2),  # [n_items, dim]: the ranking space (/score)
+    "retrieval_item_vectors": ("float32", 2),  # [n_items, retrieval_dim]: /candidates
     "user_ids": ("int64", 1),  # [n_users], sorted
-    "user_vectors": ("float32", 2),  # [n_users, dim]
+    "user_vectors": ("float32", 2),  # [n_users, dim + retrieval_dim]: ranking | retrieval
     "popular": ("int64", 1),  # item ids, most popular first
 }
 # The encoder's inputs, in order: [B, L] event features (right-padded) and [B] lengths.
@@ -30,7 +32,7 @@ ENCODER_INPUTS = (
     "disliked",  # bool
     "lengths",  # int64 [B], real events per row (>= 1)
 )
-ENCODER_OUTPUT = "user_vector"
+ENCODER_OUTPUT = "user_vector"  # [B, dim + retrieval_dim]: the ranking vector, then retrieval
 OPSET = 17
 
 # One event of a live history as stored in Redis (little-endian, packed: 29 bytes).

@@ -38,8 +38,14 @@ from model.evaluate import popularity_counts
 from model.runtime import pick_device
 
 
+def retrieval_dim(model: Argus) -> int:
+    """Width of the retrieval space: its own, or the towers' when the model has none."""
+    return model.cfg.retrieval_dim or model.cfg.tower_dim
+
+
 class UserEncoder(nn.Module):
-    """The user tower over padded histories: ``u`` at each row's last real event."""
+    """The user towers over padded histories, at each row's last real event: the ranking vector
+    ``u`` and the retrieval query side by side (``[B, tower_dim + retrieval_dim]``)."""
 
     def __init__(self, model: Argus) -> None:
         super().__init__()
@@ -68,8 +74,13 @@ class UserEncoder(nn.Module):
             "disliked": disliked,
         }
         h = self.model(batch)  # (B, L, D); causal, so right padding never reaches a real state
-        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]  # (B, D)
-        return self.model.user_vector(last)
+        rows = torch.arange(h.shape[0], device=h.device)
+        ranking = self.model.user_vector(h[rows, lengths - 1])  # (B, tower_dim)
+        if not self.model.has_retrieval:  # the towers answer retrieval too
+            return torch.cat([ranking, ranking], dim=-1)
+        batch["lengths"] = lengths
+        retrieval = self.model.retrieval_queries(batch)[rows, lengths - 1]  # (B, R)
+        return torch.cat([ranking, retrieval], dim=-1)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Vectors of a :meth:`model.data.batching.Batch.to_torch` batch."""
@@ -151,7 +162,7 @@ def user_vectors(
     """``(user_ids, vectors)``: each user's vector from their last ``max_len`` events."""
     spans = last_spans(events, model.cfg.max_len)
     users = events.user_id[spans.start]
-    vectors = np.empty((len(spans), model.cfg.tower_dim), dtype=np.float32)
+    vectors = np.empty((len(spans), model.cfg.tower_dim + retrieval_dim(model)), dtype=np.float32)
     encoder = UserEncoder(model)
     bar = tqdm(total=len(spans), desc="user vectors", unit="user", disable=not progress)
     for index in bucket_batches(spans, batch_size=batch_size, max_tokens=max_tokens):
@@ -165,17 +176,23 @@ def user_vectors(
 @torch.no_grad()
 def item_vectors(
     model: Argus, events: Events, *, batch_size: int = 8192, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(item_ids, vectors)`` of every item in ``events`` (sorted ids, each with its artist)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(item_ids, ranking, retrieval)``: every item in ``events`` (sorted ids, each with its
+    artist) and its vectors in both spaces."""
     catalog = Catalog.from_events(events)
     ids, artists = catalog.ids, catalog.artist_id
-    vectors = np.empty((len(ids), model.cfg.tower_dim), dtype=np.float32)
+    ranking = np.empty((len(ids), model.cfg.tower_dim), dtype=np.float32)
+    retrieval = np.empty((len(ids), retrieval_dim(model)), dtype=np.float32)
     for begin in range(0, len(ids), batch_size):
         part = slice(begin, begin + batch_size)
         item = torch.from_numpy(ids[part]).to(device)
         artist = torch.from_numpy(artists[part]).to(device)
-        vectors[part] = model.item_vector(item, artist).float().cpu().numpy()
-    return ids, vectors
+        ranking[part] = model.item_vector(item, artist).float().cpu().numpy()
+        if model.has_retrieval:
+            retrieval[part] = model.retrieval_items(item).float().cpu().numpy()
+        else:
+            retrieval[part] = ranking[part]
+    return ids, ranking, retrieval
 
 
 def popular_items(events: Events) -> np.ndarray:
@@ -193,6 +210,31 @@ def write_files(directory: Path, arrays: dict[str, np.ndarray], manifest: dict[s
     signature = {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "opset": OPSET}
     text = json.dumps({**manifest, "encoder": signature}, indent=2)
     (directory / EXPORT_MANIFEST).write_text(text + "\n")
+
+
+def write_shared_space(
+    directory: Path,
+    *,
+    item_ids: np.ndarray,
+    item_vectors: np.ndarray,
+    user_ids: np.ndarray,
+    user_vectors: np.ndarray,
+    popular: np.ndarray,
+    manifest: dict[str, Any],
+) -> None:
+    """:func:`write_files` for vectors of one space that answers retrieval and ranking alike (a
+    model without a retrieval space; synthetic bundles in tests and benchmarks). Artists unknown."""
+    arrays = {
+        "item_ids": item_ids,
+        "item_artist_ids": np.full(len(item_ids), -1, dtype=np.int64),
+        "item_vectors": item_vectors,
+        "retrieval_item_vectors": item_vectors,
+        "user_ids": user_ids,
+        "user_vectors": np.hstack([user_vectors, user_vectors]),
+        "popular": popular,
+    }
+    dim = item_vectors.shape[1]
+    write_files(directory, arrays, {**manifest, "dim": dim, "retrieval_dim": dim})
 
 
 def export(
@@ -221,13 +263,15 @@ def export(
     tmp.mkdir(parents=True)
     export_onnx(model, tmp / ENCODER_FILE)
     model.to(chosen)
-    items, item_vecs = item_vectors(model, events, device=chosen)
+    items, item_vecs, retrieval_vecs = item_vectors(model, events, device=chosen)
     users, user_vecs = user_vectors(
         model, events, batch_size=batch_size, device=chosen, progress=progress
     )
     arrays = {
         "item_ids": items,
+        "item_artist_ids": Catalog.from_events(events).artist_id,
         "item_vectors": item_vecs,
+        "retrieval_item_vectors": retrieval_vecs,
         "user_ids": users,
         "user_vectors": user_vecs,
         "popular": popular_items(events),
@@ -238,6 +282,7 @@ def export(
         "data": str(data),
         "model_config": asdict(model.cfg),
         "dim": model.cfg.tower_dim,
+        "retrieval_dim": retrieval_dim(model),
         "n_items": len(items),
         "n_users": len(users),
         "trained_until": state["train_until"],

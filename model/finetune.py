@@ -42,6 +42,7 @@ from model.config import apply_overrides
 from model.contract import DAY
 from model.data.batching import Batch, Spans, bucket_batches, chunk_spans, make_batch
 from model.data.events import SKIP_THRESHOLD, Events, parse_duration, read_events
+from model.losses import ItemFrequencies, retrieval_loss
 from model.runtime import Runtime
 from model.train import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
 
@@ -329,12 +330,27 @@ def tower_scores(
     return (model.user_vector(h) * model.item_vector(item_id, artist_id)).sum(-1)
 
 
-class PairwiseObjective(nn.Module):
-    """One-pass fine-tuning loss: the transformer runs once over the batch of chunks."""
+@dataclass(frozen=True)
+class RetrievalTraining:
+    """What the retrieval loss needs besides the batch (see :func:`model.losses.retrieval_loss`)."""
 
-    def __init__(self, model: Argus) -> None:
+    frequencies: ItemFrequencies  # of the training positives: log Q
+    weight: float
+    horizon: int  # seconds
+    window: int
+    temperature: float
+    negatives: int
+    generator: torch.Generator  # its own random stream: the rest of training draws the same
+
+
+class PairwiseObjective(nn.Module):
+    """One-pass fine-tuning loss: the transformer runs once over the batch of chunks. With
+    ``retrieval``, the retrieval space's loss is added (on the same chunks)."""
+
+    def __init__(self, model: Argus, retrieval: RetrievalTraining | None = None) -> None:
         super().__init__()
         self.model = model
+        self.retrieval = retrieval
 
     def forward(
         self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
@@ -343,12 +359,32 @@ class PairwiseObjective(nn.Module):
         scores = tower_scores(
             self.model, h[imp["sample"], imp["position"]], imp["item_id"], imp["artist_id"]
         )
-        loss = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
+        pairwise = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
         with torch.no_grad():
             s_hi, s_lo = scores[imp["hi"]], scores[imp["lo"]]
             correct = (s_hi > s_lo).float() + 0.5 * (s_hi == s_lo).float()
             accuracy = (imp["weight"] * correct).sum() / imp["weight"].sum().clamp(min=1e-12)
-        return {"loss": loss, "pair_accuracy": accuracy}
+        out = {"loss": pairwise, "pair_accuracy": accuracy}
+        r = self.retrieval
+        if r is not None:
+            uniform = r.frequencies.sample_uniform(r.negatives, r.generator)
+            retrieval = retrieval_loss(
+                self.model,
+                batch,
+                r.frequencies,
+                uniform,
+                horizon=r.horizon,
+                window=r.window,
+                temperature=r.temperature,
+                generator=r.generator,
+            )
+            out = {
+                "loss": pairwise + r.weight * retrieval,
+                "pairwise": pairwise.detach(),
+                "retrieval": retrieval.detach(),
+                "pair_accuracy": accuracy,
+            }
+        return out
 
 
 def impression_level_backward(
@@ -415,6 +451,14 @@ class FinetuneConfig(TrainConfig):
     max_impressions: int = 256  # per chunk and step (a random subset beyond it); 0: all
     min_history: int = 1  # events of the chunk a state must have seen
     tower_dim: int = 0  # width of u and v; 0: the model's d_model
+    # the retrieval space (/candidates): a pooled-history tower trained on future positives
+    retrieval_dim: int = 64  # 0: no retrieval space (the bundle then retrieves with the towers)
+    retrieval_weight: float = 1.0  # its loss beside the pairwise one
+    retrieval_lr: float = 1e-2  # its own learning rate (its table starts from scratch)
+    retrieval_horizon: str = "7d"  # targets: positives this soon after the state ...
+    retrieval_window: int = 128  # ... among its next this many events
+    retrieval_temperature: float = 0.05
+    retrieval_negatives: int = 1024  # uniform negatives beside the in-batch ones
     lr: float = 3e-4
     warmup_steps: int = 20
 
@@ -425,7 +469,8 @@ class FinetuneConfig(TrainConfig):
         if self.group not in ("auto", "lag", "session"):
             parse_duration(self.group)
         pair_weight_table(self.pair_weights)
-        for name in ("max_impressions", "tower_dim"):
+        parse_duration(self.retrieval_horizon)
+        for name in ("max_impressions", "tower_dim", "retrieval_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_history < 1:
@@ -443,6 +488,21 @@ class FinetuneConfig(TrainConfig):
             self.group,
             snapshot_delay=parse_duration(self.snapshot_delay),
             session_gap=parse_duration(self.session_gap),
+        )
+
+    def retrieval_training(
+        self, train: Events, device: str | torch.device
+    ) -> RetrievalTraining | None:
+        if not self.retrieval_dim:
+            return None
+        return RetrievalTraining(
+            frequencies=ItemFrequencies.from_item_ids(train.item_id[train.positive]).to(device),
+            weight=self.retrieval_weight,
+            horizon=parse_duration(self.retrieval_horizon),
+            window=self.retrieval_window,
+            temperature=self.retrieval_temperature,
+            negatives=self.retrieval_negatives,
+            generator=torch.Generator(device=device).manual_seed(self.seed),
         )
 
     def init_state(self) -> dict[str, Any] | None:
@@ -465,7 +525,9 @@ class FinetuneConfig(TrainConfig):
                 f"{self.init}: fine-tuning needs an ARGUS backbone, not objective "
                 f"{base.objective!r} (a SASRec model never reads the impressions' context)"
             )
-        return dataclasses.replace(base, tower_dim=self.tower_dim or base.d_model)
+        return dataclasses.replace(
+            base, tower_dim=self.tower_dim or base.d_model, retrieval_dim=self.retrieval_dim
+        )
 
 
 # -- the job -------------------------------------------------------------------------------------
@@ -520,7 +582,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             preset=preset,
             objective_name="pairwise",
             model=model,
-            objective=PairwiseObjective(model),
+            objective=PairwiseObjective(model, cfg.retrieval_training(train, runtime.device)),
             epoch_batches=functools.partial(
                 epoch_batches, samples.spans, cfg, model_cfg.max_len, runtime
             ),
@@ -533,7 +595,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
 def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:
     """Pretrained weights into ``model``; only the new towers may be missing from them."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    towers = ("user_proj.", "item_mlp.")
+    towers = ("user_proj.", "item_mlp.", "retrieval_item.", "retrieval_head.")
     if unexpected or any(not name.startswith(towers) for name in missing):
         raise ValueError(
             f"{source}: weights do not fit the model "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.argus import Argus
+from model.argus import Argus, positive_events
 from model.data.events import FEEDBACK, SKIP_THRESHOLD
 
 
@@ -147,3 +147,58 @@ def pretraining_loss(
         parts.update(fp)
         total = total + model.cfg.fp_weight * sum(fp.values(), torch.zeros((), device=h.device))
     return {"loss": total, **{name: value.detach() for name, value in parts.items()}}
+
+
+def future_targets(
+    batch: dict[str, torch.Tensor], horizon: int, window: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every position t of a padded batch, one positive event drawn at random among the next
+    ``window`` events of its row that happen within ``horizon`` seconds of t (dense all-action
+    targets, as in Pinterest's PinnerFormer): ``(valid (B, L) bool, target position (B, L))``."""
+    b, length = batch["item_id"].shape
+    device = batch["item_id"].device
+    positive = positive_events(batch)
+    tries = 4  # the first of a few random offsets that lands on a positive in the horizon
+    offset = torch.randint(1, window + 1, (tries, b, length), device=device, generator=generator)
+    position = torch.arange(length, device=device)[None, None, :] + offset
+    inside = position < length
+    position = position.clamp(max=length - 1)
+    rows = torch.arange(b, device=device)[None, :, None].expand_as(position)
+    soon = batch["timestamp"][rows, position] - batch["timestamp"][None] <= horizon
+    ok = inside & positive[rows, position] & soon  # (tries, B, L); a real target: a real source
+    first = ok.float().argmax(0)  # the first try that worked (0 when none)
+    return ok.any(0), position.gather(0, first[None]).squeeze(0)
+
+
+def retrieval_loss(
+    model: Argus,
+    batch: dict[str, torch.Tensor],
+    frequencies: ItemFrequencies,
+    uniform_ids: torch.Tensor,
+    *,
+    horizon: int,
+    window: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sampled softmax (in-batch and uniform negatives, logQ-corrected) of a future positive
+    event (:func:`future_targets`) given the retrieval query at each position: what makes the
+    retrieval space recall the items a user goes on to enjoy. 0 when the batch has no target."""
+    query = model.retrieval_queries(batch)  # (B, L, R)
+    valid, target = future_targets(batch, horizon, window, generator)
+    if not bool(valid.any()):
+        return query.sum() * 0.0
+    rows = torch.arange(len(target), device=target.device)[:, None].expand_as(target)
+    ids = batch["item_id"][rows[valid], target[valid]]  # (N,)
+    negative_ids = torch.unique(torch.cat([ids, uniform_ids.to(ids.device)]))
+    n, u = len(ids), len(uniform_ids)
+    return sampled_softmax_loss(
+        query[valid],
+        model.retrieval_items(ids),
+        ids,
+        model.retrieval_items(negative_ids),
+        negative_ids,
+        frequencies.log_q(ids, n, u),
+        frequencies.log_q(negative_ids, n, u),
+        temperature,
+    )

@@ -178,9 +178,14 @@ class Optimizers:
         }
         decay: list[nn.Parameter] = []
         rest: list[nn.Parameter] = []
+        retrieval: list[nn.Parameter] = []  # the retrieval space: its own learning rate
         trainable = [p for p in model.parameters() if p.requires_grad]  # fine-tuning freezes heads
+        own_rate = {id(p) for n, p in model.named_parameters() if n.startswith("retrieval_")}
         for p in trainable:
             if sparse and p is table.weight:
+                continue
+            if id(p) in own_rate:
+                retrieval.append(p)
                 continue
             (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
         betas = (0.9, 0.98)
@@ -188,7 +193,12 @@ class Optimizers:
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": rest, "weight_decay": 0.0},
         ]
+        if retrieval:
+            scale = getattr(cfg, "retrieval_lr", cfg.lr) / cfg.lr
+            groups.append({"params": retrieval, "weight_decay": 0.0, "lr_scale": scale})
         self.parameters = trainable
+        separate = {id(p) for p in retrieval}
+        self.clip_sets = [[p for p in trainable if id(p) not in separate], retrieval]
         self.dense = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
         self.sparse = (
             torch.optim.SparseAdam([table.weight], lr=cfg.lr, betas=betas) if sparse else None
@@ -201,7 +211,7 @@ class Optimizers:
     def set_lr(self, lr: float) -> None:
         for optimizer in self.all:
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def zero_grad(self) -> None:
         for optimizer in self.all:
@@ -209,22 +219,31 @@ class Optimizers:
 
     def clip_and_step(self, max_norm: float) -> float:
         """Clip the global gradient norm (dense and sparse alike) to ``max_norm``, then step.
+        The retrieval space (a separate tower with its own loss) is clipped on its own, so its
+        gradients never shrink the rest's.
 
-        Returns the norm before clipping.
+        Returns the norm of the rest before clipping.
         """
+        totals = [self._clip(ps, max_norm) for ps in self.clip_sets]
+        for optimizer in self.all:
+            optimizer.step()
+        return totals[0]
+
+    @staticmethod
+    def _clip(parameters: list[nn.Parameter], max_norm: float) -> float:
         grads = []
-        for p in self.parameters:
+        for p in parameters:
             if p.grad is not None:
                 if p.grad.is_sparse:
                     p.grad = p.grad.coalesce()  # duplicates summed, so the norm is right
                 grads.append(p.grad)
+        if not grads:
+            return 0.0
         norms = [g.values().norm() if g.is_sparse else g.norm() for g in grads]
         total = torch.stack(norms).norm()
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale)
-        for optimizer in self.all:
-            optimizer.step()
         return float(total)
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Candidate retrieval: the best items of the served bundle for a user vector (plain numpy and
-hnswlib, testable without HTTP)."""
+hnswlib, testable without HTTP). The search runs in the retrieval space; every candidate also gets
+its ranking score, the ``/score`` dot product, so a ranker has both features from one call."""
 
 from __future__ import annotations
 
@@ -12,34 +13,35 @@ from service.state import Served
 
 
 def top_k(
-    served: Served, vector: np.ndarray | None, k: int, excluded: set[int]
+    served: Served, vector: np.ndarray | None, k: int, excluded: np.ndarray
 ) -> list[dict[str, Any]]:
-    """The ``k`` best items for ``vector`` (or the popular ones) not in ``excluded``; fetches more
-    and retries until it has ``k`` or the whole catalog was searched."""
+    """The ``k`` best items for the user ``vector`` ([ranking | retrieval], or None: the popular
+    ones) that are not in ``excluded`` (catalog item ids); fetches more and retries until it has
+    ``k`` or the whole catalog was searched."""
     bundle = served.bundle
     n = len(bundle.item_ids)
-    banned = np.fromiter(excluded, np.int64, len(excluded))
     if vector is None:
         popular = bundle.popular
-        return [{"item_id": int(i), "score": None} for i in popular[~np.isin(popular, banned)][:k]]
+        chosen = popular[~np.isin(popular, excluded)][:k]
+        return [{"item_id": int(i), "score": None, "ranking_score": None} for i in chosen]
     assert bundle.index is not None
+    query, items = bundle.retrieval_part(vector), bundle.retrieval_item_vectors
     fetch = min(n, k + len(excluded))
     while True:
         if 2 * fetch > n:  # most of the catalog: exact search is as cheap and never comes up short
-            rows = exact_top_k(vector[None, :], bundle.item_vectors, k + len(excluded))[0]
-            ids, scores = bundle.item_ids[rows], bundle.item_vectors[rows] @ vector
+            rows = exact_top_k(query[None, :], items, min(n, k + len(excluded)))[0]
         else:
-            found, _ = bundle.index.knn(vector[None, :], fetch)
-            # Exact inner products (the MIPS transform's are off in the 7th digit), so a score
-            # here equals /score's for the same item, and the order follows it.
-            rows = found[0]
-            scores = bundle.item_vectors[rows] @ vector
-            order = np.argsort(-scores, kind="stable")
-            ids, scores = bundle.item_ids[rows[order]], scores[order]
-        keep = ~np.isin(ids, banned)
+            rows = bundle.index.knn(query[None, :], fetch)[0][0]
+        # Exact inner products (the MIPS transform's are off in the 7th digit); order by them.
+        scores = items[rows] @ query
+        order = np.argsort(-scores, kind="stable")
+        rows, scores = rows[order], scores[order]
+        keep = ~np.isin(bundle.item_ids[rows], excluded)
         if keep.sum() >= k or 2 * fetch > n:
+            rows, scores = rows[keep][:k], scores[keep][:k]
+            ranking = bundle.item_vectors[rows] @ bundle.ranking_part(vector)
             return [
-                {"item_id": int(i), "score": float(s)}
-                for i, s in zip(ids[keep][:k], scores[keep][:k], strict=True)
+                {"item_id": int(i), "score": float(s), "ranking_score": float(r)}
+                for i, s, r in zip(bundle.item_ids[rows], scores, ranking, strict=True)
             ]
         fetch = min(n, 2 * fetch)

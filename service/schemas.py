@@ -34,13 +34,17 @@ class UserRequest(BaseModel):
 
 class CandidatesRequest(UserRequest):
     k: int = Field(100, ge=1)
-    exclude_seen: bool = True
+    exclude_seen: bool = True  # leave out the items of the live history
     exclude_item_ids: list[int] = []
+    # "items": leave out the live history's items (whatever exclude_seen says); "artists": also
+    # every item of an artist in it (the setting where ARGUS gains most, per the paper)
+    unfamiliar: Literal["items", "artists"] | None = None
 
 
 class Candidate(BaseModel):
     item_id: int
-    score: float | None
+    score: float | None  # retrieval score (None: the popularity fallback)
+    ranking_score: float | None  # the /score dot product <u, v> of this item
 
 
 class CandidatesResponse(BaseModel):

@@ -1,10 +1,14 @@
-"""``POST /candidates``: the ``k`` best items for a user, from the HNSW index of the bundle."""
+"""``POST /candidates``: the ``k`` best items for a user, from the HNSW index of the bundle's
+retrieval space, each with its retrieval score and its ranking score."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 from fastapi import APIRouter, Response
+
+from index.bundle import Bundle, rows_of
 
 from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
 from service.replies import check_length, json_response, problem
@@ -12,6 +16,21 @@ from service.retrieve import top_k
 from service.schemas import CandidatesRequest, CandidatesResponse
 
 router = APIRouter()
+
+
+def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray) -> np.ndarray:
+    """Catalog item ids the answer must leave out: those asked, the live history's items
+    (``exclude_seen`` or ``unfamiliar``), every item of its artists (``unfamiliar="artists"``).
+    Ids outside the catalog are dropped, so they never size the search."""
+    asked = np.asarray(body.exclude_item_ids, dtype=np.int64)
+    parts = [asked]
+    if body.exclude_seen or body.unfamiliar is not None:
+        parts.append(history["item_id"].astype(np.int64))
+    if body.unfamiliar == "artists":
+        artists = history["artist_id"][history["artist_id"] >= 0]
+        parts.append(bundle.item_ids[np.isin(bundle.item_artist_ids, artists)])
+    ids = np.unique(np.concatenate(parts))
+    return ids[rows_of(bundle.item_ids, ids)[1]]
 
 
 @router.post("/candidates", response_model=CandidatesResponse)
@@ -28,9 +47,7 @@ async def candidates(
         raise problem(422, "k", f"k = {body.k} is over the limit of {limits.max_k}")
     check_length(body.history, limits.max_history, "history", "events")
     user = await resolver.user_of(bundle, body, "/candidates")
-    excluded = set(body.exclude_item_ids)
-    if body.exclude_seen:
-        excluded.update(user.history["item_id"].tolist())
+    excluded = excluded_items(bundle.bundle, body, user.history)
     items = await resolver.stage(
         "ann",
         lambda: top_k(bundle, user.vector, body.k, excluded),

@@ -33,8 +33,9 @@ async def score(
     rows, known = rows_of(bundle.bundle.item_ids, ids)
     vectors = bundle.bundle.item_vectors[rows]
     scores: list[float | None] = [None] * len(ids)
-    if user.vector is not None:
-        values = vectors @ user.vector
+    ranking = None if user.vector is None else bundle.bundle.ranking_part(user.vector)
+    if ranking is not None:
+        values = vectors @ ranking
         scores = [
             float(v) if k else None for v, k in zip(values.tolist(), known.tolist(), strict=True)
         ]
@@ -47,10 +48,10 @@ async def score(
         "unknown_item_ids": ids[~known].tolist(),
     }
     if body.return_vectors and body.vectors_format == "base64":
-        out["user_vector"] = None if user.vector is None else base64_f32(user.vector)
+        out["user_vector"] = None if ranking is None else base64_f32(ranking)
         out["item_vectors"] = base64_f32(np.where(known[:, None], vectors, 0))
     elif body.return_vectors:
-        out["user_vector"] = user.vector
+        out["user_vector"] = ranking
         out["item_vectors"] = (
             vectors
             if known.all()

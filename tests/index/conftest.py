@@ -32,7 +32,7 @@ def export_with_users(exported: Path, out: Path, n_users: int, seed: int = 0) ->
     import json
 
     shutil.copytree(exported, out)
-    dim = np.load(out / "item_vectors.npy").shape[1]
+    dim = np.load(out / "user_vectors.npy").shape[1]  # ranking | retrieval
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(10 * n_users, n_users, replace=False)).astype(np.int64) + 1
     np.save(out / "user_ids.npy", ids)

@@ -21,6 +21,7 @@ from index.bundle import (
     write_manifest,
 )
 from index.hnsw import exact_top_k, recall
+from model.export import write_shared_space
 from tests.index.test_hnsw import latents
 
 
@@ -30,24 +31,36 @@ def test_a_bundle_holds_exactly_the_design_files_and_the_export(
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", bundle_dir.name)
     assert {p.name for p in bundle_dir.iterdir()} == {MANIFEST, *BUNDLE_FILES}
     manifest = read_manifest(bundle_dir)
-    assert manifest["version"] == bundle_dir.name and manifest["schema_version"] == 1
+    assert manifest["version"] == bundle_dir.name and manifest["schema_version"] == 2
     assert manifest["dim"] == 24 and manifest["model_config"]["tower_dim"] == 24
+    retrieval_dim = manifest["model_config"]["retrieval_dim"]
+    assert retrieval_dim > 0 and manifest["retrieval_dim"] == retrieval_dim
     hnsw = manifest["hnsw"]
     assert hnsw["M"] == 16 and hnsw["k"] == 20 and hnsw["recall"] >= hnsw["target_recall"]
     for name in BUNDLE_FILES:
         assert manifest["files"][name]["sha256"] == sha256_of(bundle_dir / name)
 
     bundle = Bundle.open(bundle_dir)
-    for name in ("item_ids", "item_vectors", "user_ids", "user_vectors", "popular"):
+    for name in (
+        "item_ids",
+        "item_artist_ids",
+        "item_vectors",
+        "retrieval_item_vectors",
+        "user_ids",
+        "user_vectors",
+        "popular",
+    ):
         assert np.array_equal(getattr(bundle, name), np.load(exported / f"{name}.npy"))
+    assert bundle.user_vectors.shape[1] == bundle.user_dim == 24 + retrieval_dim
     assert isinstance(bundle.user_vectors, np.memmap)
     assert manifest["n_items"] == len(bundle.item_ids) and manifest["n_users"] == len(
         bundle.user_ids
     )
-    # The loaded index answers at the recall the manifest states.
+    # The loaded index searches the retrieval space at the recall the manifest states.
     assert bundle.index is not None
-    rows, _ = bundle.index.knn(np.asarray(bundle.user_vectors), 20)
-    truth = exact_top_k(np.asarray(bundle.user_vectors), bundle.item_vectors, 20)
+    queries = bundle.retrieval_part(np.asarray(bundle.user_vectors))
+    rows, _ = bundle.index.knn(queries, 20)
+    truth = exact_top_k(queries, bundle.retrieval_item_vectors, 20)
     assert recall(rows, truth) >= hnsw["target_recall"]
 
 
@@ -101,8 +114,8 @@ def test_a_bundle_under_another_name_or_schema_is_refused(bundle_dir: Path) -> N
     with pytest.raises(BundleError, match="does not match version"):
         Bundle.open(renamed)
     manifest = json.loads((renamed / MANIFEST).read_text())
-    write_manifest(renamed, {**manifest, "version": renamed.name, "schema_version": 2})
-    with pytest.raises(BundleError, match="schema version 2"):
+    write_manifest(renamed, {**manifest, "version": renamed.name, "schema_version": 1})
+    with pytest.raises(BundleError, match="schema version 1, this reader needs 2"):
         Bundle.open(renamed)
 
 
@@ -149,11 +162,15 @@ def test_an_unreachable_recall_target_writes_no_bundle(exported: Path, tmp_path:
     hard = tmp_path / "export"
     shutil.copytree(exported, hard)
     items, users = latents(3_000, 200, 24)
-    np.save(hard / "item_ids.npy", np.arange(1, 3_001, dtype=np.int64))
-    np.save(hard / "item_vectors.npy", items)
-    np.save(hard / "popular.npy", np.arange(1, 3_001, dtype=np.int64))
-    np.save(hard / "user_ids.npy", np.arange(1, 201, dtype=np.int64))
-    np.save(hard / "user_vectors.npy", users)
+    write_shared_space(
+        hard,
+        item_ids=np.arange(1, 3_001, dtype=np.int64),
+        item_vectors=items,
+        user_ids=np.arange(1, 201, dtype=np.int64),
+        user_vectors=users,
+        popular=np.arange(1, 3_001, dtype=np.int64),
+        manifest={},
+    )
     root = tmp_path / "bundles"
     params = dict(k=50, sample=200, space="ip", m=8, ef_construction=64, threads=1)
     with pytest.raises(ValueError, match="allow-low-recall"):

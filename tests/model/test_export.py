@@ -54,7 +54,7 @@ def test_onnx_encoder_equals_the_torch_user_tower(
     (onnx_out,) = session.run(None, inputs)
     with torch.no_grad():
         torch_out = UserEncoder(model)(*(torch.from_numpy(inputs[n]) for n in ENCODER_INPUTS))
-    assert onnx_out.shape == (b, 24)
+    assert onnx_out.shape == (b, 24 + model.cfg.retrieval_dim) and model.cfg.retrieval_dim > 0
     assert np.abs(onnx_out - torch_out.numpy()).max() < 1e-4
 
 
@@ -69,22 +69,33 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
         "encoder.onnx",
         "export.json",
         "item_ids.npy",
+        "item_artist_ids.npy",
         "item_vectors.npy",
+        "retrieval_item_vectors.npy",
         "user_ids.npy",
         "user_vectors.npy",
         "popular.npy",
     }
     load = {
         name: np.load(out / f"{name}.npy", allow_pickle=False)
-        for name in ("item_ids", "item_vectors", "user_ids", "user_vectors", "popular")
+        for name in (
+            "item_ids",
+            "item_vectors",
+            "retrieval_item_vectors",
+            "user_ids",
+            "user_vectors",
+            "popular",
+        )
     }
     events = read_events(sim_data)
     model, _ = load_model(finetuned)
     assert load["user_ids"].tolist() == np.unique(events.user_id).tolist()
     assert load["item_ids"].tolist() == np.unique(events.item_id).tolist()
-    assert load["user_vectors"].dtype == np.float32 and load["user_vectors"].shape[1] == 24
+    width = 24 + model.cfg.retrieval_dim
+    assert load["user_vectors"].dtype == np.float32 and load["user_vectors"].shape[1] == width
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["dim"] == 24 and manifest["n_users"] == len(load["user_ids"])
+    assert manifest["retrieval_dim"] == model.cfg.retrieval_dim
 
     # Every user's vector is the tower at their last event, from their last max_len events,
     # whatever batch it was computed in; and the ONNX encoder agrees.
@@ -104,6 +115,9 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
             torch.from_numpy(ids), torch.from_numpy(events.artist_id[first])
         ).numpy()
     np.testing.assert_allclose(load["item_vectors"], expected, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        retrieval = model.retrieval_items(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(load["retrieval_item_vectors"], retrieval, rtol=0, atol=1e-6)
 
     with pytest.raises(ValueError, match="already exists"):
         export(finetuned, sim_data, out, progress=False)

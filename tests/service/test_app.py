@@ -43,7 +43,7 @@ def test_score_is_the_dot_product_of_the_bundle_vectors(local: TestClient) -> No
     assert body.status_code == 200, body.text
     out = body.json()
     assert out["source"] == "stored" and out["model_version"] == bundle.version
-    u = bundle.user_vectors[5]
+    u = bundle.ranking_part(bundle.user_vectors[5])  # /score answers in the ranking space
     expected = bundle.item_vectors[[3, 0, 77, 12]] @ u
     assert [np.float32(s) for s in out["scores"][:4]] == expected.tolist()  # exactly
     assert out["scores"][4:] == [None, None] and out["unknown_item_ids"] == [-1, 10**15]
@@ -73,7 +73,8 @@ def test_candidates_are_the_top_k_without_seen_or_excluded_items(local: TestClie
     bundle = served(local)
     user = int(bundle.user_ids[7])
     u = bundle.user_vectors[7]
-    best = bundle.item_ids[np.argsort(-(bundle.item_vectors @ u))]
+    q, r = bundle.retrieval_part(u), bundle.ranking_part(u)
+    best = bundle.item_ids[np.argsort(-(bundle.retrieval_item_vectors @ q))]
     excluded = [int(i) for i in best[:5]]
     events = [{"item_id": int(i), "timestamp": 10 + t} for t, i in enumerate(best[5:8])]
     local.post("/events", json={"user_id": user, "events": events})  # now "seen"
@@ -87,7 +88,14 @@ def test_candidates_are_the_top_k_without_seen_or_excluded_items(local: TestClie
     assert not set(ids) & set(excluded) and not set(ids) & {int(i) for i in best[5:8]}
     assert scores == sorted(scores, reverse=True)
     rows = np.searchsorted(bundle.item_ids, ids)
-    np.testing.assert_allclose(scores, bundle.item_vectors[rows] @ u, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        scores, bundle.retrieval_item_vectors[rows] @ q, rtol=1e-6, atol=1e-7
+    )
+    # Each candidate's ranking score is exactly what /score says of it.
+    ranking = [c["ranking_score"] for c in out["items"]]
+    np.testing.assert_allclose(ranking, bundle.item_vectors[rows] @ r, rtol=1e-6, atol=1e-7)
+    scored = local.post("/score", json={"user_id": user, "item_ids": ids}).json()["scores"]
+    assert ranking == scored
     # With exclude_seen off the seen items may come back; asking for more than is left gets all.
     n = len(bundle.item_ids)
     every = local.post(
@@ -115,7 +123,7 @@ def test_every_vector_source_is_reached(local: TestClient) -> None:
     ).json()
     from service.schemas import Event, as_history
 
-    direct = encoder.encode([as_history([Event(**e) for e in events])])[0]
+    direct = bundle.ranking_part(encoder.encode([as_history([Event(**e) for e in events])])[0])
     assert out["source"] == "realtime"
     np.testing.assert_allclose(out["user_vector"], direct, rtol=0, atol=1e-6)
     # stored: a known user, no history.
@@ -321,3 +329,35 @@ def test_redis_down_degrades_and_a_restart_recovers(
             assert time.monotonic() < deadline, "did not recover within 5 s"
             time.sleep(0.05)
         assert client.get("/readyz").status_code == 200
+
+
+def test_unfamiliar_leaves_out_the_live_historys_items_and_optionally_its_artists(
+    local: TestClient,
+) -> None:
+    bundle = served(local)
+    known = bundle.item_artist_ids >= 0
+    assert known.any()  # the tiny export carries real artists
+    user = int(bundle.user_ids[3])
+    listened = bundle.item_ids[np.flatnonzero(known)[:2]]
+    artists = bundle.item_artist_ids[np.flatnonzero(known)[:2]]
+    events = [
+        {"item_id": int(i), "artist_id": int(a), "timestamp": 10 + t, "played_ratio": 1.0}
+        for t, (i, a) in enumerate(zip(listened, artists, strict=True))
+    ]
+    n = len(bundle.item_ids)
+
+    def ask(**extra: object) -> list[int]:
+        body = {"user_id": user, "k": n, "history": events, "exclude_seen": False, **extra}
+        reply = local.post("/candidates", json=body)
+        assert reply.status_code == 200, reply.text
+        return [c["item_id"] for c in reply.json()["items"]]
+
+    assert set(listened.tolist()) <= set(ask())
+    by_item = ask(unfamiliar="items")
+    assert not set(by_item) & set(listened.tolist()) and len(by_item) == n - 2
+    same_artist = bundle.item_ids[np.isin(bundle.item_artist_ids, artists)]
+    by_artist = ask(unfamiliar="artists")
+    assert not set(by_artist) & set(same_artist.tolist())
+    assert len(by_artist) == n - len(same_artist) > 0
+    bad = local.post("/candidates", json={"user_id": user, "unfamiliar": "genres"})
+    assert bad.status_code == 422 and "unfamiliar" in bad.text
