@@ -9,7 +9,6 @@ import numpy as np
 from fastapi import APIRouter, Response
 
 from index.bundle import Bundle, rows_of
-
 from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
 from service.replies import check_length, json_response, problem
 from service.retrieve import top_k
