@@ -38,10 +38,20 @@ def fake_bundle(users: int, dim: int, seed: int) -> Bundle:
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(10 * users, users, replace=False)).astype(np.int64) + 1
     vectors = rng.standard_normal((users, dim), dtype=np.float32)
-    manifest = {"version": f"20260101T0000Z-{seed:06x}", "dim": dim}
+    # user vectors of width dim: publish stores them whatever the split between the two spaces
+    manifest = {"version": f"20260101T0000Z-{seed:06x}", "dim": dim, "retrieval_dim": 0}
     empty = np.empty(0, np.int64)
     return Bundle(
-        Path("."), manifest, empty, np.empty((0, dim), np.float32), ids, vectors, empty, None
+        path=Path("."),
+        manifest=manifest,
+        item_ids=empty,
+        item_artist_ids=empty,
+        item_vectors=np.empty((0, dim), np.float32),
+        retrieval_item_vectors=np.empty((0, 0), np.float32),
+        user_ids=ids,
+        user_vectors=vectors,
+        popular=empty,
+        index=None,
     )
 
 
