@@ -118,7 +118,7 @@ def demo(
     items: Annotated[int, typer.Option(help="Simulated items.")] = 20_000,
     days: Annotated[int, typer.Option(help="Simulated days.")] = 30,
     pretrain_steps: Annotated[int, typer.Option(help="Pretraining steps.")] = 300,
-    finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 200,
+    finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 600,
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     serve: Serve = True,
@@ -160,7 +160,8 @@ def demo(
     stage(
         p.export.is_dir(),
         "export",
-        *options(checkpoint=p.finetuned, data=p.data, out=p.export),
+        # as of the training cut-off: the last 7 days stay unseen, for the replay at the end
+        *options(checkpoint=p.finetuned, data=p.data, out=p.export, until="trained"),
     )
     built = p.bundles.is_dir() and any(p.bundles.glob("*/manifest.json"))
     stage(built, "build", *options(export=p.export, bundles=p.bundles))
@@ -193,6 +194,12 @@ def demo(
             wait_ready(process, base)
         except RuntimeError as error:
             raise SystemExit(f"argus demo: {error}") from None
+        from argus.replay import quick_recall
+        from index.bundle import Bundle
+        from model.data.events import read_events
+
+        replayed = quick_recall(base, read_events(p.data), Bundle.open(bundle, with_index=False))
+        print(f"\nargus demo: {replayed.line()}", flush=True)
         lines = examples(base, bundle, os.environ.get("ARGUS_EVENTS_TOKEN"))
         print("\nargus demo: serving on " + base + " (API docs at /docs). Try:\n", flush=True)
         print("\n".join(lines) + "\n", flush=True)

@@ -249,6 +249,13 @@ def export(
     data: Data,
     out: Annotated[Path, typer.Option(help="New directory for the encoder and vector files.")],
     batch_size: Annotated[int, typer.Option(help="Histories per forward pass.")] = 64,
+    until: Annotated[
+        str,
+        typer.Option(
+            help="Use only events before this: 'all' (every event), 'trained' (the checkpoint's "
+            "training cut-off: a bundle as of the start of its test window) or Unix seconds."
+        ),
+    ] = "all",
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -256,9 +263,16 @@ def export(
     needs_extra("train", "torch")
     from model.export import export as run
 
-    typer.echo(
-        run(checkpoint, data, out, batch_size=batch_size, device=device, progress=not quiet).line()
+    summary = run(
+        checkpoint,
+        data,
+        out,
+        batch_size=batch_size,
+        until=until,
+        device=device,
+        progress=not quiet,
     )
+    typer.echo(summary.line())
 
 
 @fails_cleanly

@@ -243,10 +243,13 @@ def export(
     out: str | Path,
     *,
     batch_size: int = 64,
+    until: str = "all",
     device: str = "auto",
     progress: bool = True,
 ) -> ExportSummary:
-    """Write the export directory ``out`` (see the module docstring); refuses to overwrite one."""
+    """Write the export directory ``out`` (see the module docstring); refuses to overwrite one.
+    ``until``: only events before it count — ``"all"``, ``"trained"`` (the checkpoint's training
+    cut-off) or Unix seconds."""
     out = Path(out)
     if out.exists():
         raise ValueError(f"{out} already exists; export into a new directory")
@@ -256,6 +259,14 @@ def export(
         raise ValueError(f"{checkpoint}: no towers in this checkpoint; run `argus finetune` first")
     began = time.perf_counter()
     events = read_events(data)
+    if until != "all":
+        if until == "trained":
+            cutoff = int(state["train_until"])
+        elif until.isdigit():
+            cutoff = int(until)
+        else:
+            raise ValueError(f"until must be 'all', 'trained' or Unix seconds, got {until!r}")
+        events = events.take(events.timestamp < cutoff)
     if len(events) == 0:
         raise ValueError(f"{data}: no events to export")
     tmp = out.with_name(f".{out.name}.partial")

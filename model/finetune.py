@@ -459,7 +459,7 @@ class FinetuneConfig(TrainConfig):
     retrieval_window: int = 128  # ... among its next this many events
     retrieval_temperature: float = 0.05
     retrieval_negatives: int = 1024  # uniform negatives beside the in-batch ones
-    lr: float = 3e-4
+    lr: float = 1e-3
     warmup_steps: int = 20
 
     def __post_init__(self) -> None:

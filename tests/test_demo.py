@@ -101,6 +101,11 @@ def test_demo_serves_and_its_curl_examples_answer_200(demo: tuple[Demo, Path, st
     running, _, _ = demo
     for stage in ("simulate", "pretrain", "finetune", "export", "build"):
         assert any(line.startswith(f"$ argus {stage} ") for line in running.lines), stage
+    # It measured itself through the service it started: recall vs the most-popular list.
+    replay = [line for line in running.lines if "/candidates recall@100" in line]
+    assert len(replay) == 1, running.lines[-30:]
+    found = re.search(r"recall@100 (\d\.\d{3}) vs most popular (\d\.\d{3})", replay[0])
+    assert found and 0.0 < float(found[1]) <= 1.0 and 0.0 < float(found[2]) <= 1.0, replay[0]
     examples = [line for line in running.lines if line.startswith("curl ")]
     assert len(examples) == 4 and any("/events" in e for e in examples)
     for example in examples:

@@ -1,0 +1,324 @@
+"""Quality through the running service: simulate → pretrain → fine-tune → export (as of the
+training cut-off) → build → publish to a real Redis → ``argus serve`` → replay the next 7 days.
+
+    .venv/bin/python -m benchmarks.replay [--users 20000 --items 50000 --days 60 --sample 2000]
+
+For a seeded sample of test-window users it calls the real HTTP endpoints:
+
+* ``/candidates`` (k = 500, cut to every k of ``--ks``): recall of each user's positive events in
+  the window, "all" and "new to the user" (their earlier items passed in ``exclude_item_ids``);
+* ``/score`` on their window impressions: weighted PairAccuracy, pairs within one user and day.
+
+Beside every figure: MostPop, the simulator's oracle (true affinity + w · log popularity, w fitted
+on a disjoint half of the sampled users; PairAccuracy by the true affinity alone), and the same
+bundle evaluated offline by exact search (the service must lose nothing). Writes
+``runs/bench/replay/results.json``, ``results.md`` and ``recall.png``. The data and trained stages
+are cached under ``--work`` and reused when their settings match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from argus.replay import (
+    Client,
+    Pairs,
+    Rankings,
+    candidates,
+    offline,
+    popularity_scores,
+    score_pairs,
+)
+from index.bundle import Bundle, list_versions
+from index.store import publish
+from model.data.events import read_events
+from model.data.simulate import Truth
+from model.window import WindowTargets, fit_oracle, oracle_ranking, popular_ranking, recall
+from service.cli import wait_ready
+from tests.servers import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGUS = str(Path(sys.executable).with_name("argus"))
+KS = (10, 20, 50, 100, 200, 500)
+
+
+def argus(*args: object) -> None:
+    command = [ARGUS, *map(str, args)]
+    print("$", " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def stage(done: Path, *args: object) -> None:
+    """Run ``argus *args`` unless ``done`` exists (a finished earlier run with these settings)."""
+    if done.exists():
+        print(f"reusing {done}")
+        return
+    argus(*args)
+
+
+def pipeline(args: argparse.Namespace, work: Path) -> Path:
+    """The bundle of the replayed model (built once per setting)."""
+    data, pre, fine, export, bundles = (
+        work / name for name in ("data", "pretrained", "finetuned", "export", "bundles")
+    )
+    stage(
+        data / "events.parquet",
+        "simulate",
+        "--users",
+        args.users,
+        "--items",
+        args.items,
+        "--days",
+        args.days,
+        "--seed",
+        args.seed,
+        "--out",
+        data,
+        "--quiet",
+    )
+    stage(
+        pre / "checkpoint.pt",
+        "pretrain",
+        "--data",
+        data,
+        "--out",
+        pre,
+        "--preset",
+        args.preset,
+        "--model",
+        f"hash_rows={args.hash_rows}",
+        "--max-len",
+        args.max_len,
+        "--batch-size",
+        args.batch_size,
+        "--max-steps",
+        args.pretrain_steps,
+        "--quiet",
+    )
+    stage(
+        fine / "checkpoint.pt",
+        "finetune",
+        "--data",
+        data,
+        "--init",
+        pre,
+        "--out",
+        fine,
+        "--batch-size",
+        args.batch_size,
+        "--max-steps",
+        args.finetune_steps,
+        "--quiet",
+    )
+    stage(
+        export,
+        "export",
+        "--checkpoint",
+        fine,
+        "--data",
+        data,
+        "--out",
+        export,
+        "--until",
+        "trained",
+        "--quiet",
+    )
+    if not list_versions(bundles):
+        argus("build", "--export", export, "--bundles", bundles, "--quiet")
+    return list_versions(bundles)[-1]
+
+
+def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str, Any]:
+    bundle = Bundle.open(bundle_path)
+    data = work / "data"
+    events = read_events(data)
+    start = int(bundle.manifest["trained_until"])
+    both = WindowTargets.of(events, start, days=7.0, users=2 * args.sample, seed=args.seed)
+    from model.window import split_users
+
+    fit, window = split_users(both, seed=args.seed)
+    pairs = Pairs.of(events, window, days=7.0)
+    k = max(args.ks)
+    results: dict[str, Any] = {"users": len(window), "pairs": len(pairs.hi), "start": start}
+
+    with contextlib.ExitStack() as stack:
+        server = RedisServer(work / "redis")
+        (work / "redis").mkdir(exist_ok=True)
+        server.start()
+        stack.callback(server.stop)
+        print(publish(bundle, redis.Redis.from_url(server.url), progress=False).line())
+        port = free_port()
+        log = work / "serve.log"
+        env = {
+            **os.environ,
+            "ARGUS_BUNDLES": str(bundle_path.parent),
+            "ARGUS_REDIS_URL": server.url,
+            "ARGUS_MAX_K": str(max(k, 1000)),
+        }
+        process = subprocess.Popen(
+            [ARGUS, "serve", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(process.wait, 30)
+        stack.callback(process.terminate)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(process, url, timeout_s=120)
+        client = Client(url)
+        began = time.perf_counter()
+        served = candidates(client, window, k, progress=True)
+        served_scores = score_pairs(client, pairs, progress=True)
+        results["http_seconds"] = time.perf_counter() - began
+
+    local, local_scores = offline(bundle, window, pairs, k)
+    popular = Rankings(
+        popular_ranking(events, window, k, False), popular_ranking(events, window, k, True), {}
+    )
+    rankings: dict[str, Rankings] = {"service": served, "offline": local, "MostPop": popular}
+    scores: dict[str, np.ndarray] = {
+        "service": served_scores,
+        "offline": local_scores,
+        "MostPop": popularity_scores(events, pairs, start),
+    }
+    truth_path = data / "truth.npz"
+    if truth_path.exists():
+        truth = Truth(truth_path)
+        weights = {
+            "all": fit_oracle(truth, fit, 100, exclude_seen=False),
+            "new": fit_oracle(truth, fit, 100, exclude_seen=True),
+        }
+        rankings["oracle"] = Rankings(
+            oracle_ranking(truth, window, k, False, weights["all"]),
+            oracle_ranking(truth, window, k, True, weights["new"]),
+            {},
+        )
+        scores["oracle"] = truth.affinity(pairs.user, pairs.item, pairs.timestamp)
+        results["oracle_popularity_weight"] = weights
+    new = window.new_items()
+    results["recall"] = {
+        name: {
+            "all": {k_: recall(r.all, window.items, k_) for k_ in args.ks},
+            "new": {k_: recall(r.new, new, k_) for k_ in args.ks},
+        }
+        for name, r in rankings.items()
+    }
+    results["pair_accuracy"] = {name: pairs.accuracy(s) for name, s in scores.items()}
+    results["sources"] = served.sources
+    results["service_equals_offline_scores"] = bool(
+        np.allclose(np.nan_to_num(served_scores), np.nan_to_num(local_scores), atol=1e-5)
+    )
+    return results
+
+
+def gap_closed(r: dict[str, Any], part: str, k: int) -> float | None:
+    """Share of the MostPop → oracle gap the service closes (None without an oracle)."""
+    if "oracle" not in r["recall"]:
+        return None
+    pop, ora, svc = (r["recall"][n][part][k] for n in ("MostPop", "oracle", "service"))
+    return (svc - pop) / (ora - pop) if ora != pop else float("nan")
+
+
+def markdown(r: dict[str, Any]) -> str:
+    names = list(r["recall"])
+    lines = [
+        f"Replay of {r['users']:,} test-window users ({r['pairs']:,} impression pairs) through "
+        f"the running service; {r['machine']}.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for part in ("all", "new"):
+        for k in (100, 500):
+            row = [f"{r['recall'][n][part][k]:.3f}" for n in names]
+            lines.append(f"| recall@{k} ({part}) | " + " | ".join(row) + " |")
+    acc = [f"{r['pair_accuracy'].get(n, float('nan')):.4f}" for n in names]
+    lines.append("| /score PairAccuracy | " + " | ".join(acc) + " |")
+    if "oracle" in r["recall"]:
+        lines += ["", "Share of the MostPop → oracle gap the service closes (goal ≥ 50%):", ""]
+        for part in ("all", "new"):
+            lines.append(f"* recall@100 {part}: {gap_closed(r, part, 100):.0%}")
+        pa = r["pair_accuracy"]
+        closed = (pa["service"] - pa["MostPop"]) / (pa["oracle"] - pa["MostPop"])
+        lines.append(f"* PairAccuracy: {closed:.0%}")
+    else:
+        for part in ("all", "new"):
+            ratio = r["recall"]["service"][part][100] / r["recall"]["MostPop"][part][100]
+            lines.append(f"* recall@100 {part}: {ratio:.2f}x MostPop (goal ≥ 1.5x)")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, part in zip(axes, ("all", "new"), strict=True):
+        for name, curves in r["recall"].items():
+            ks = [int(k) for k in curves[part]]
+            ax.plot(ks, list(curves[part].values()), marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("k")
+        ax.set_title(f"/candidates recall@k, {part} items")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("recall of the next 7 days' positives")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="argus-tiny")
+    parser.add_argument("--hash-rows", type=int, default=131_072)
+    parser.add_argument("--max-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pretrain-steps", type=int, default=600)
+    parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument("--sample", type=int, default=2_000)
+    parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/replay")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    bundle_path = pipeline(args, args.work)
+    results = measure(args, args.work, bundle_path)
+    results["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results["elapsed_s"] = time.perf_counter() - began
+    (args.work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.work / "results.md").write_text(markdown(results))
+    plot(results, args.work / "recall.png")
+    print(markdown(results))
+    r = results["recall"]
+    print(
+        f"replayed {results['users']:,} users through the service in {results['http_seconds']:.1f}"
+        f" s: /candidates recall@100 {r['service']['all'][100]:.3f} vs MostPop "
+        f"{r['MostPop']['all'][100]:.3f} · {results['elapsed_s']:.0f} s -> {args.work}"
+    )
+
+
+if __name__ == "__main__":
+    main()
