@@ -202,8 +202,8 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
             "new": fit_oracle(truth, fit, 100, exclude_seen=True),
         }
         rankings["oracle"] = Rankings(
-            oracle_ranking(truth, window, k, False, weights["all"]),
-            oracle_ranking(truth, window, k, True, weights["new"]),
+            list(oracle_ranking(truth, window, k, False, weights["all"])),
+            list(oracle_ranking(truth, window, k, True, weights["new"])),
             {},
         )
         scores["oracle"] = truth.affinity(pairs.user, pairs.item, pairs.timestamp)
