@@ -186,7 +186,9 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
 
     local, local_scores = offline(bundle, window, pairs, k)
     popular = Rankings(
-        popular_ranking(events, window, k, False), popular_ranking(events, window, k, True), {}
+        list(popular_ranking(events, window, k, False)),
+        list(popular_ranking(events, window, k, True)),
+        {},
     )
     rankings: dict[str, Rankings] = {"service": served, "offline": local, "MostPop": popular}
     scores: dict[str, np.ndarray] = {
