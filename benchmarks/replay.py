@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from argus.demo import options
 from argus.replay import (
     Client,
     Pairs,
@@ -43,14 +44,24 @@ from argus.replay import (
 )
 from index.bundle import Bundle, list_versions
 from index.store import publish
+from model.contract import DAY
+from model.data.convert import convert_ml100k
 from model.data.events import read_events
 from model.data.simulate import Truth
-from model.window import WindowTargets, fit_oracle, oracle_ranking, popular_ranking, recall
+from model.window import (
+    WindowTargets,
+    fit_oracle,
+    oracle_ranking,
+    popular_ranking,
+    recall,
+    split_users,
+)
 from service.cli import wait_ready
 from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGUS = str(Path(sys.executable).with_name("argus"))
+ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 KS = (10, 20, 50, 100, 200, 500)
 
 
@@ -69,74 +80,37 @@ def stage(done: Path, *args: object) -> None:
 
 
 def pipeline(args: argparse.Namespace, work: Path) -> Path:
-    """The bundle of the replayed model (built once per setting)."""
+    """The bundle of the replayed model (each stage run once per work directory)."""
     data, pre, fine, export, bundles = (
         work / name for name in ("data", "pretrained", "finetuned", "export", "bundles")
     )
-    stage(
-        data / "events.parquet",
-        "simulate",
-        "--users",
-        args.users,
-        "--items",
-        args.items,
-        "--days",
-        args.days,
-        "--seed",
-        args.seed,
-        "--out",
-        data,
-        "--quiet",
-    )
+    if args.ml100k:
+        if not (data / "events.parquet").exists():
+            convert_ml100k(ML100K, data)
+    else:
+        sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
+        stage(data / "events.parquet", "simulate", *sizes, *options(out=data), "--quiet")
+    split = options(test_fraction=0.2) if args.ml100k else []  # else the last 7 days
+    shared = options(data=data, batch_size=args.batch_size) + split + ["--quiet"]
+    model = options(preset=args.preset, max_len=args.max_len, max_steps=args.pretrain_steps)
     stage(
         pre / "checkpoint.pt",
         "pretrain",
-        "--data",
-        data,
-        "--out",
-        pre,
-        "--preset",
-        args.preset,
-        "--model",
-        f"hash_rows={args.hash_rows}",
-        "--max-len",
-        args.max_len,
-        "--batch-size",
-        args.batch_size,
-        "--max-steps",
-        args.pretrain_steps,
-        "--quiet",
+        *shared,
+        *model,
+        *options(out=pre),
+        *options(model=f"hash_rows={args.hash_rows}"),
     )
-    stage(
-        fine / "checkpoint.pt",
-        "finetune",
-        "--data",
-        data,
-        "--init",
-        pre,
-        "--out",
-        fine,
-        "--batch-size",
-        args.batch_size,
-        "--max-steps",
-        args.finetune_steps,
-        "--quiet",
-    )
+    tune = options(init=pre, out=fine, max_steps=args.finetune_steps)
+    stage(fine / "checkpoint.pt", "finetune", *shared, *tune)
     stage(
         export,
         "export",
-        "--checkpoint",
-        fine,
-        "--data",
-        data,
-        "--out",
-        export,
-        "--until",
-        "trained",
+        *options(checkpoint=fine, data=data, out=export, until="trained"),
         "--quiet",
     )
     if not list_versions(bundles):
-        argus("build", "--export", export, "--bundles", bundles, "--quiet")
+        argus("build", *options(export=export, bundles=bundles), "--quiet")
     return list_versions(bundles)[-1]
 
 
@@ -145,11 +119,11 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
     data = work / "data"
     events = read_events(data)
     start = int(bundle.manifest["trained_until"])
-    both = WindowTargets.of(events, start, days=7.0, users=2 * args.sample, seed=args.seed)
-    from model.window import split_users
-
+    # simulated: the next 7 days; ML-100K: the rest of the data (its last 20% of time)
+    days = (int(events.timestamp.max()) + 1 - start) / DAY if args.ml100k else 7.0
+    both = WindowTargets.of(events, start, days=days, users=2 * args.sample, seed=args.seed)
     fit, window = split_users(both, seed=args.seed)
-    pairs = Pairs.of(events, window, days=7.0)
+    pairs = Pairs.of(events, window, days=days)
     k = max(args.ks)
     results: dict[str, Any] = {"users": len(window), "pairs": len(pairs.hi), "start": start}
 
@@ -299,8 +273,12 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument("--sample", type=int, default=2_000)
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
-    parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/replay")
+    parser.add_argument("--work", type=Path, default=None, help="runs/bench/replay[-ml100k]")
+    parser.add_argument(
+        "--ml100k", action="store_true", help="Replay MovieLens-100K (last 20%% of time) instead."
+    )
     args = parser.parse_args()
+    args.work = args.work or ROOT / f"runs/bench/replay{'-ml100k' if args.ml100k else ''}"
     args.work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     bundle_path = pipeline(args, args.work)

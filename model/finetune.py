@@ -263,6 +263,15 @@ def make_samples(
     return Samples(spans.take(used), offsets, impressions)
 
 
+def every_chunk(events: Events, max_len: int) -> Samples:
+    """Every pretraining chunk, with no impressions (a data set without any: retrieval only)."""
+    spans = chunk_spans(events.user_offsets()[1], max_len)
+    empty = np.zeros(0, np.int64)
+    return Samples(
+        spans, np.zeros(len(spans) + 1, np.int64), Impressions(empty, empty, empty, empty)
+    )
+
+
 @dataclass(frozen=True)
 class ImpressionBatch:
     """The impressions of a batch of chunks and their pairs. Arrays are numpy."""
@@ -554,11 +563,15 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             )
         impressions = cfg.impressions(train)
         samples = make_samples(train, impressions, model_cfg.max_len, cfg.min_history)
-        if len(samples.spans) == 0:
+        if len(samples.spans) == 0 and not cfg.retrieval_dim:
             raise ValueError(
                 f"{cfg.data}: no impressions (recommended events with feedback) with a state "
                 f"before their time - lag ({cfg.lag}) in the training events"
             )
+        if len(samples.spans) == 0:  # e.g. MovieLens: nothing to rank, the retrieval space learns
+            if progress:
+                print(f"{cfg.data}: no impressions; training the retrieval space only")
+            samples = every_chunk(train, model_cfg.max_len)
         torch.manual_seed(cfg.seed)
         model = Argus(model_cfg)
         if init is not None and saved is None:  # a resumed run loads its own weights

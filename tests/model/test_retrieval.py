@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model.argus import Argus, positive_events, preset
@@ -100,3 +101,24 @@ def test_finetuning_trains_the_retrieval_space_beside_the_towers(
     assert "user_proj.weight" in shared and "blocks.0.qkv.weight" in shared
     for name in shared:
         assert torch.equal(with_it.state_dict()[name], without.state_dict()[name]), name
+
+
+def test_a_data_set_without_impressions_trains_the_retrieval_space_only(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    """MovieLens has no recommended events: nothing to rank, but retrieval still learns."""
+    import dataclasses
+
+    events = read_events(sim_data)
+    events = dataclasses.replace(events, source=np.zeros_like(events.source))  # no impressions
+    data = tmp_path / "organic"
+    data.mkdir()
+    import pyarrow.parquet as pq
+
+    pq.write_table(events.to_table(), data / "events.parquet")
+    common = dict(data=str(data), preset="argus-tiny", test_days=3.0, batch_size=8, max_steps=10)
+    finetune(FinetuneConfig(out=str(tmp_path / "r"), log_every=5, **common), progress=False)  # type: ignore[arg-type]
+    logged = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["pairwise"] == 0.0 and logged[-1]["retrieval"] > 0.0
+    with pytest.raises(ValueError, match="no impressions"):
+        finetune(FinetuneConfig(out=str(tmp_path / "x"), retrieval_dim=0, **common), progress=False)  # type: ignore[arg-type]
