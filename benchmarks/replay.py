@@ -121,8 +121,11 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
     start = int(bundle.manifest["trained_until"])
     # simulated: the next 7 days; ML-100K: the rest of the data (its last 20% of time)
     days = (int(events.timestamp.max()) + 1 - start) / DAY if args.ml100k else 7.0
-    both = WindowTargets.of(events, start, days=days, users=2 * args.sample, seed=args.seed)
-    fit, window = split_users(both, seed=args.seed)
+    truth_path = data / "truth.npz"
+    oracle = truth_path.exists()  # the oracle's blend weight is fitted on a disjoint half
+    n = 2 * args.sample if oracle else args.sample
+    both = WindowTargets.of(events, start, days=days, users=n, seed=args.seed)
+    fit, window = split_users(both, seed=args.seed) if oracle else (both, both)
     pairs = Pairs.of(events, window, days=days)
     k = max(args.ks)
     results: dict[str, Any] = {"users": len(window), "pairs": len(pairs.hi), "start": start}
@@ -170,8 +173,7 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         "offline": local_scores,
         "MostPop": popularity_scores(events, pairs, start),
     }
-    truth_path = data / "truth.npz"
-    if truth_path.exists():
+    if oracle:
         truth = Truth(truth_path)
         weights = {
             "all": fit_oracle(truth, fit, 100, exclude_seen=False),
