@@ -26,6 +26,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,37 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     return list_versions(bundles)[-1]
 
 
+@contextlib.contextmanager
+def serving(work: Path, bundle: Bundle, *, max_k: int = 1000) -> Iterator[Client]:
+    """A real redis-server with ``bundle`` published to it and ``argus serve`` reading it: a
+    client of that service, until the block ends."""
+    with contextlib.ExitStack() as stack:
+        server = RedisServer(work / "redis")
+        (work / "redis").mkdir(exist_ok=True)
+        server.start()
+        stack.callback(server.stop)
+        print(publish(bundle, redis.Redis.from_url(server.url), progress=False).line())
+        port = free_port()
+        env = {
+            **os.environ,
+            "ARGUS_BUNDLES": str(bundle.path.parent),
+            "ARGUS_REDIS_URL": server.url,
+            "ARGUS_MAX_K": str(max(max_k, 1000)),
+        }
+        process = subprocess.Popen(
+            [ARGUS, "serve", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=(work / "serve.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(process.wait, 30)
+        stack.callback(process.terminate)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(process, url, timeout_s=120)
+        yield Client(url)
+
+
 def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str, Any]:
     bundle = Bundle.open(bundle_path)
     data = work / "data"
@@ -130,32 +162,7 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
     k = max(args.ks)
     results: dict[str, Any] = {"users": len(window), "pairs": len(pairs.hi), "start": start}
 
-    with contextlib.ExitStack() as stack:
-        server = RedisServer(work / "redis")
-        (work / "redis").mkdir(exist_ok=True)
-        server.start()
-        stack.callback(server.stop)
-        print(publish(bundle, redis.Redis.from_url(server.url), progress=False).line())
-        port = free_port()
-        log = work / "serve.log"
-        env = {
-            **os.environ,
-            "ARGUS_BUNDLES": str(bundle_path.parent),
-            "ARGUS_REDIS_URL": server.url,
-            "ARGUS_MAX_K": str(max(k, 1000)),
-        }
-        process = subprocess.Popen(
-            [ARGUS, "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(process.wait, 30)
-        stack.callback(process.terminate)
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(process, url, timeout_s=120)
-        client = Client(url)
+    with serving(work, bundle, max_k=k) as client:
         began = time.perf_counter()
         served = candidates(client, window, k, progress=True)
         served_scores = score_pairs(client, pairs, progress=True)

@@ -1,0 +1,223 @@
+"""The paper's offline metric: the PairAccuracy uplift of a downstream gradient-boosting ranker
+when ARGUS is added as a feature, with the features fetched from the running service.
+
+    .venv/bin/python -m benchmarks.ranker_uplift [--work runs/bench/replay --users 4000]
+
+Reuses the data and bundle of ``benchmarks/replay.py`` (run it first; the bundle is as of the
+start of the 7-day test window). The ranker is LightGBM's LambdaRank (a pairwise objective over
+the impressions of one user and UTC day, labelled by feedback grade). It trains on the window's
+first 4 days and is tested on its last 3: the bundle has seen neither, so the ARGUS features
+cannot leak feedback (impressions before the window were part of the bundle's own training). Three
+feature sets, same ranker settings:
+
+1. baseline — item popularity over 1/7/30 days, the user's activity over 1/7/30 days, the
+   user's events and positives with the item's artist, source, hour of day (every counter from
+   events before the impression's UTC day);
+2. + ``/score``'s dot product ⟨u, v⟩;
+3. + the full user and item vectors (``return_vectors``, base64).
+
+Reports test weighted PairAccuracy of each and the relative uplifts; writes
+``runs/bench/ranker_uplift.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from argus.replay import Client
+from benchmarks.replay import ROOT, serving
+from index.bundle import Bundle, list_versions
+from model.contract import DAY, HOUR
+from model.data.events import Events, read_events
+from model.finetune import group_pairs, impression_grades, pair_accuracy, pair_weight_table
+
+TRAIN_DAYS = 4  # of the 7-day window; the rest is the test
+
+
+def counts_before(
+    keys: np.ndarray, times: np.ndarray, query_keys: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> np.ndarray:
+    """For each query, the number of (key, time) records with key == query key and start <= time
+    < end (records given in any order)."""
+    order = np.lexsort((times, keys))
+    k, t = keys[order], times[order]
+    span = int(t.max() - t.min()) + 2 if len(t) else 2
+    base = int(t.min()) - 1 if len(t) else 0
+    packed = k * span + (t - base)
+
+    def rank(at: np.ndarray) -> np.ndarray:
+        return np.searchsorted(
+            packed, query_keys * span + (np.clip(at, base, base + span - 1) - base)
+        )
+
+    return rank(end) - rank(start)
+
+
+def baseline_features(events: Events, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The counters of the module docstring for impression ``rows`` of ``events``."""
+    day = events.timestamp[rows] // DAY * DAY
+    item, user, artist = events.item_id[rows], events.user_id[rows], events.artist_id[rows]
+    positive = events.positive
+    out: dict[str, np.ndarray] = {}
+    for n in (1, 7, 30):
+        out[f"item_pop_{n}d"] = counts_before(
+            events.item_id[positive], events.timestamp[positive], item, day - n * DAY, day
+        )
+        out[f"user_events_{n}d"] = counts_before(
+            events.user_id, events.timestamp, user, day - n * DAY, day
+        )
+    pair = events.user_id * (int(events.artist_id.max()) + 2) + (events.artist_id + 1)
+    query = user * (int(events.artist_id.max()) + 2) + (artist + 1)
+    known = artist >= 0
+    never = np.full(len(rows), np.iinfo(np.int64).min // 4)
+    out["user_artist_events"] = np.where(
+        known, counts_before(pair, events.timestamp, query, never, day), 0
+    )
+    out["user_artist_positives"] = np.where(
+        known, counts_before(pair[positive], events.timestamp[positive], query, never, day), 0
+    )
+    out["source"] = events.source[rows].astype(np.int64)
+    out["hour"] = (events.timestamp[rows] % DAY) // HOUR
+    return out
+
+
+def service_features(
+    client: Client, user: np.ndarray, item: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dot (M,), user vectors (M, D), item vectors (M, D)) from ``/score`` with
+    ``return_vectors`` in base64, one call per user (NaN/zeros where the service has none)."""
+    dot = np.full(len(user), np.nan)
+    users = np.zeros((len(user), dim), np.float32)
+    items = np.zeros((len(user), dim), np.float32)
+    for u in tqdm(np.unique(user).tolist(), desc="/score", unit="user"):
+        mine = np.flatnonzero(user == u)
+        ids = np.unique(item[mine])
+        body = {"user_id": u, "item_ids": ids.tolist(), "return_vectors": True}
+        reply = client.post("/score", body | {"vectors_format": "base64"})
+        at = np.searchsorted(ids, item[mine])
+        dot[mine] = np.array([np.nan if s is None else s for s in reply["scores"]])[at]
+        if reply["user_vector"] is not None:
+            users[mine] = np.frombuffer(base64.b64decode(reply["user_vector"]), "<f4")
+        vectors = np.frombuffer(base64.b64decode(reply["item_vectors"]), "<f4").reshape(
+            len(ids), -1
+        )
+        items[mine] = vectors[at]
+    return dot, users, items
+
+
+def fit_and_score(
+    features: np.ndarray, grade: np.ndarray, group: np.ndarray, train: np.ndarray, seed: int
+) -> np.ndarray:
+    """LambdaRank on the ``train`` rows (grouped), scores of every row."""
+    import lightgbm as lgb
+
+    rows = np.flatnonzero(train)
+    rows = rows[np.argsort(group[rows], kind="stable")]  # LightGBM wants groups contiguous
+    sizes = np.unique(group[rows], return_counts=True)[1]
+    params = {
+        "objective": "lambdarank",
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_data_in_leaf": 50,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "feature_fraction": 0.8,
+        "seed": seed,
+        "num_threads": os.cpu_count(),
+        "verbose": -1,
+    }
+    data = lgb.Dataset(features[rows], grade[rows], group=sizes)
+    ranker = lgb.train(params, data, num_boost_round=300)
+    return np.asarray(ranker.predict(features), dtype=np.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/replay")
+    parser.add_argument("--users", type=int, default=4_000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/bench/ranker_uplift")
+    args = parser.parse_args()
+    began = time.perf_counter()
+    bundle = Bundle.open(list_versions(args.work / "bundles")[-1])
+    events = read_events(args.work / "data")
+    start = int(bundle.manifest["trained_until"])
+    grades = impression_grades(events)
+    inside = (events.timestamp >= start) & (events.timestamp < start + 7 * DAY) & (grades >= 0)
+    users = np.unique(events.user_id[inside])
+    chosen = np.random.default_rng(0).choice(users, min(args.users, len(users)), replace=False)
+    rows = np.flatnonzero(inside & np.isin(events.user_id, chosen))
+    grade = grades[rows]
+    day = events.timestamp[rows] // DAY
+    _, group = np.unique(np.stack([events.user_id[rows], day]), axis=1, return_inverse=True)
+    group = group.reshape(-1)
+    train = events.timestamp[rows] < start + TRAIN_DAYS * DAY
+
+    base = baseline_features(events, rows)
+    with serving(args.work, bundle) as client:
+        dot, user_vectors, item_vectors = service_features(
+            client, events.user_id[rows], events.item_id[rows], bundle.dim
+        )
+    baseline = np.stack(list(base.values()), axis=1).astype(np.float64)
+    sets = {
+        "baseline": baseline,
+        "+ ARGUS dot product": np.column_stack([baseline, dot]),
+        "+ ARGUS dot product and vectors": np.column_stack(
+            [baseline, dot, user_vectors, item_vectors]
+        ),
+    }
+    table = pair_weight_table()
+    test = ~train
+    hi, lo, weight = group_pairs(group[test], grade[test], table)
+    accuracy: dict[str, list[float]] = {}
+    for name, features in sets.items():
+        for seed in args.seeds:
+            scores = fit_and_score(features, grade, group, train, seed)[test]
+            accuracy.setdefault(name, []).append(pair_accuracy(scores, hi, lo, weight))
+            print(f"{name} seed {seed}: PairAccuracy {accuracy[name][-1]:.4f}", flush=True)
+    mean = {name: float(np.mean(values)) for name, values in accuracy.items()}
+    names = list(sets)
+    uplift = {n: mean[n] / mean["baseline"] - 1.0 for n in names[1:]}
+    result: dict[str, Any] = {
+        "impressions": {"train": int(train.sum()), "test": int(test.sum())},
+        "test_pairs": len(hi),
+        "users": len(chosen),
+        "features": {"baseline": list(base), "dim": bundle.dim},
+        "pair_accuracy": accuracy,
+        "mean": mean,
+        "relative_uplift": uplift,
+        "vectors_over_dot": uplift[names[2]] / uplift[names[1]] if uplift[names[1]] else None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "bundle": bundle.version,
+        "elapsed_s": time.perf_counter() - began,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"LightGBM LambdaRank, {len(chosen):,} users, train {result['impressions']['train']:,} / "
+        f"test {result['impressions']['test']:,} impressions ({len(hi):,} test pairs), "
+        f"seeds {args.seeds}; {result['machine']}.",
+        "",
+        "| features | test PairAccuracy (mean) | relative uplift |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        gain = f"{uplift[name]:+.2%}" if name in uplift else ""
+        lines.append(f"| {name} | {mean[name]:.4f} | {gain} |")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"ranker uplift in {result['elapsed_s']:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
