@@ -222,12 +222,16 @@ class Argus(nn.Module):
         if cfg.tower_dim:  # DESIGN.md §5: u = P_u h, v = MLP(e_item)
             self.user_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             self.item_mlp = _mlp(e, d, cfg.tower_dim)
+            self.item_popularity = nn.Linear(1, cfg.tower_dim, bias=False)  # of log1p(positives)
         if cfg.retrieval_dim:  # the retrieval space: its own item table, a pooled-history query
             r = cfg.retrieval_dim
             self.retrieval_item = HashedEmbedding(
                 cfg.hash_rows, r, cfg.n_hash, n_salts=1, seed=cfg.hash_seed + 1
             )
             self.retrieval_head = _mlp(r, d, r)
+            if cfg.tower_dim:  # the towers read the retrieval space's taste (never train it)
+                self.user_taste = nn.Linear(r, cfg.tower_dim, bias=False)
+                self.item_taste = nn.Linear(r, cfg.tower_dim, bias=False)
 
     @property
     def has_towers(self) -> bool:
@@ -287,15 +291,28 @@ class Argus(nn.Module):
         """(N, D), (N, D), (N, E) -> (N, 4) logits of like, dislike, skip, played_ratio."""
         return self.fp_head(torch.cat([h, next_context, next_item], dim=-1))
 
-    def user_vector(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., D) states -> (..., tower_dim) user vectors ``u = P_u h`` (fine-tuned models)."""
-        return self.user_proj(h)
+    def user_vector(self, h: torch.Tensor, taste: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., D) states (and (..., R) :meth:`taste` there, for a model with a retrieval
+        space) -> (..., tower_dim) user vectors ``u = P_u h (+ T_u taste)``."""
+        u = self.user_proj(h)
+        if taste is not None and hasattr(self, "user_taste"):
+            u = u + self.user_taste(taste.detach())
+        return u
 
     def item_vector(
-        self, item_id: torch.Tensor, artist_id: torch.Tensor | None = None
+        self,
+        item_id: torch.Tensor,
+        artist_id: torch.Tensor | None = None,
+        log_popularity: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(...) ids -> (..., tower_dim) item vectors ``v = MLP(e_item)``; score = <u, v>."""
-        return self.item_mlp(self.item_embedding(item_id, artist_id))
+        """(...) ids (their artists, log1p of their positive events) -> (..., tower_dim) item
+        vectors ``v = MLP(e_item) + p log_popularity (+ T_i e_r)``; score = <u, v>."""
+        v = self.item_mlp(self.item_embedding(item_id, artist_id))
+        if log_popularity is not None:
+            v = v + self.item_popularity(log_popularity.unsqueeze(-1))
+        if hasattr(self, "item_taste"):
+            v = v + self.item_taste(self.retrieval_item(item_id).detach())
+        return v
 
     @property
     def has_retrieval(self) -> bool:
@@ -305,11 +322,15 @@ class Argus(nn.Module):
         """(B, L, R) retrieval query after each event: an MLP of the mean retrieval embedding of
         the row's positive events so far (a row with none yet gets the MLP of zeros, a learned
         cold-start query). Padding (beyond ``lengths``) never reaches a real position."""
+        return self.retrieval_head(self.taste(batch))
+
+    def taste(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L, R) mean retrieval embedding of the row's positive events so far (zeros before
+        the first): the pooled history the retrieval query reads."""
         item = batch["item_id"]
         positive = positive_events(batch).float()[..., None]
         total = torch.cumsum(self.retrieval_item(item) * positive, dim=1)  # (B, L, R)
-        mean = total / torch.cumsum(positive, dim=1).clamp(min=1.0)
-        return self.retrieval_head(mean)
+        return total / torch.cumsum(positive, dim=1).clamp(min=1.0)
 
     def retrieval_items(self, item_id: torch.Tensor) -> torch.Tensor:
         """(...) ids -> (..., R) item vectors of the retrieval space; score = <query, item>."""

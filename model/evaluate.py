@@ -43,6 +43,7 @@ from model.data.events import FEEDBACK, Catalog, Events, parse_duration, read_ev
 from model.data.simulate import TRUTH_FILE, Truth
 from model.finetune import (
     Impressions,
+    ItemPopularity,
     find_impressions,
     group_pairs,
     pair_accuracy,
@@ -375,9 +376,11 @@ def impression_scores(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    popularity: ItemPopularity | None = None,
 ) -> np.ndarray:
     """(M,) two-tower scores ``<u, v>`` of impressions, each from its state row's hidden state
-    computed with as much history as ``max_len`` allows (one pass per user, more if needed)."""
+    (and taste) computed with as much history as ``max_len`` allows (one pass per user, more if
+    needed); ``popularity``: the items' log1p positive events before the test window."""
     if len(impressions) == 0:
         return np.zeros(0, dtype=np.float32)
     _, offsets = events.user_offsets()
@@ -388,17 +391,24 @@ def impression_scores(
     spans = covering_spans(offsets[user[first_of_user]], a, b, model.cfg.max_len)
     needed = np.unique(impressions.state)
     h = torch.empty(len(needed), model.cfg.d_model, device=device)
+    taste = torch.empty(len(needed), model.cfg.retrieval_dim, device=device)
     batches = iter_batches(events, spans, batch_size=batch_size)
     n_batches = -(-len(spans) // batch_size)
     for batch in tqdm(batches, total=n_batches, desc="score", disable=not progress, leave=False):
         rows = batch.row_index
         wanted = batch.target_mask & np.isin(rows, needed)
-        states = model(batch.to_torch(device))[torch.from_numpy(wanted).to(device)]
-        h[torch.from_numpy(np.searchsorted(needed, rows[wanted])).to(device)] = states
+        tensors = batch.to_torch(device)
+        at = torch.from_numpy(np.searchsorted(needed, rows[wanted])).to(device)
+        mask = torch.from_numpy(wanted).to(device)
+        h[at] = model(tensors)[mask]
+        if model.has_retrieval:
+            taste[at] = model.taste(tensors)[mask]
     item = torch.from_numpy(events.item_id[impressions.row]).to(device)
     artist = torch.from_numpy(events.artist_id[impressions.row]).to(device)
     at = torch.from_numpy(np.searchsorted(needed, impressions.state)).to(device)
-    return tower_scores(model, h[at], item, artist).cpu().numpy()
+    tastes = taste[at] if model.has_retrieval else None
+    log_popularity = popularity.log_counts(item) if popularity is not None else None
+    return tower_scores(model, h[at], item, artist, tastes, log_popularity).cpu().numpy()
 
 
 def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) -> Events:
@@ -539,8 +549,10 @@ def _pair_accuracies(
     test = found.take(np.flatnonzero(split.in_test(events.timestamp[found.row])))
     hi, lo, w = group_pairs(test.group, test.grade, table)
     for path, model, state in towers:
+        device = next(model.parameters()).device
+        seen = ItemPopularity.of(split.train(all_users), device)  # as fine-tuning counted
         scores = impression_scores(
-            model, events, test, batch_size=cfg.batch_size, device=next(model.parameters()).device
+            model, events, test, batch_size=cfg.batch_size, device=device, popularity=seen
         )
         rows[name_of(path, state)]["pair_accuracy"] = pair_accuracy(scores, hi, lo, w)
     popularity = popularity_counts(all_users, split, catalog)

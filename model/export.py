@@ -35,6 +35,7 @@ from model.contract import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, EXPORT_
 from model.data.batching import Spans, bucket_batches, make_batch
 from model.data.events import Catalog, Events, read_events
 from model.evaluate import popularity_counts
+from model.finetune import ItemPopularity
 from model.runtime import pick_device
 
 
@@ -75,11 +76,13 @@ class UserEncoder(nn.Module):
         }
         h = self.model(batch)  # (B, L, D); causal, so right padding never reaches a real state
         rows = torch.arange(h.shape[0], device=h.device)
-        ranking = self.model.user_vector(h[rows, lengths - 1])  # (B, tower_dim)
         if not self.model.has_retrieval:  # the towers answer retrieval too
+            ranking = self.model.user_vector(h[rows, lengths - 1])  # (B, tower_dim)
             return torch.cat([ranking, ranking], dim=-1)
         batch["lengths"] = lengths
-        retrieval = self.model.retrieval_queries(batch)[rows, lengths - 1]  # (B, R)
+        taste = self.model.taste(batch)[rows, lengths - 1]  # (B, R)
+        ranking = self.model.user_vector(h[rows, lengths - 1], taste)
+        retrieval = self.model.retrieval_head(taste)
         return torch.cat([ranking, retrieval], dim=-1)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -181,13 +184,16 @@ def item_vectors(
     artist) and its vectors in both spaces."""
     catalog = Catalog.from_events(events)
     ids, artists = catalog.ids, catalog.artist_id
+    popularity = ItemPopularity.of(events, device)
     ranking = np.empty((len(ids), model.cfg.tower_dim), dtype=np.float32)
     retrieval = np.empty((len(ids), retrieval_dim(model)), dtype=np.float32)
     for begin in range(0, len(ids), batch_size):
         part = slice(begin, begin + batch_size)
         item = torch.from_numpy(ids[part]).to(device)
         artist = torch.from_numpy(artists[part]).to(device)
-        ranking[part] = model.item_vector(item, artist).float().cpu().numpy()
+        ranking[part] = (
+            model.item_vector(item, artist, popularity.log_counts(item)).float().cpu().numpy()
+        )
         if model.has_retrieval:
             retrieval[part] = model.retrieval_items(item).float().cpu().numpy()
         else:

@@ -333,10 +333,37 @@ def sample_batch(
 
 
 def tower_scores(
-    model: Argus, h: torch.Tensor, item_id: torch.Tensor, artist_id: torch.Tensor
+    model: Argus,
+    h: torch.Tensor,
+    item_id: torch.Tensor,
+    artist_id: torch.Tensor,
+    taste: torch.Tensor | None = None,
+    log_popularity: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(M, D) states and (M,) impressed items -> (M,) scores ``<P_u h, MLP(e_item)>``."""
-    return (model.user_vector(h) * model.item_vector(item_id, artist_id)).sum(-1)
+    """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``."""
+    v = model.item_vector(item_id, artist_id, log_popularity)
+    return (model.user_vector(h, taste) * v).sum(-1)
+
+
+@dataclass(frozen=True)
+class ItemPopularity:
+    """log1p(positive events) of each item of a training set: the ranking towers' popularity
+    input (0 for an item it never saw)."""
+
+    ids: torch.Tensor  # (C,) sorted
+    counts: torch.Tensor  # (C,) float32
+
+    @classmethod
+    def of(cls, events: Events, device: str | torch.device = "cpu") -> ItemPopularity:
+        ids, counts = np.unique(events.item_id[events.positive], return_counts=True)
+        return cls(torch.from_numpy(ids).to(device), torch.from_numpy(counts).float().to(device))
+
+    def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:
+        if len(self.ids) == 0:
+            return torch.zeros(item_id.shape, device=item_id.device)
+        where = torch.searchsorted(self.ids, item_id).clamp(max=len(self.ids) - 1)
+        found = self.ids[where] == item_id
+        return torch.log1p(torch.where(found, self.counts[where], 0.0))
 
 
 @dataclass(frozen=True)
@@ -356,17 +383,26 @@ class PairwiseObjective(nn.Module):
     """One-pass fine-tuning loss: the transformer runs once over the batch of chunks. With
     ``retrieval``, the retrieval space's loss is added (on the same chunks)."""
 
-    def __init__(self, model: Argus, retrieval: RetrievalTraining | None = None) -> None:
+    def __init__(
+        self,
+        model: Argus,
+        retrieval: RetrievalTraining | None = None,
+        popularity: ItemPopularity | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.retrieval = retrieval
+        self.popularity = popularity
 
     def forward(
         self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         h = self.model(batch)  # (B, L, D)
+        at = imp["sample"], imp["position"]
+        taste = self.model.taste(batch)[at] if self.model.has_retrieval else None
+        popularity = self.popularity.log_counts(imp["item_id"]) if self.popularity else None
         scores = tower_scores(
-            self.model, h[imp["sample"], imp["position"]], imp["item_id"], imp["artist_id"]
+            self.model, h[at], imp["item_id"], imp["artist_id"], taste, popularity
         )
         pairwise = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
         with torch.no_grad():
@@ -404,6 +440,7 @@ def impression_level_backward(
     *,
     prefix_batch: int = 32,
     device: str | torch.device = "cpu",
+    popularity: ItemPopularity | None = None,
 ) -> float:
     """The reference trainer: the same loss as :class:`PairwiseObjective` on the same batch, but
     the transformer re-runs on each group's own prefix (the chunk up to the group's latest state).
@@ -426,7 +463,8 @@ def impression_level_backward(
     pair_group = imp.group[imp.hi]
     total = 0.0
     for part in bucket_batches(prefixes, batch_size=prefix_batch):
-        h = model(make_batch(events, prefixes.take(part)).to_torch(device))  # (G', L', D)
+        batch = make_batch(events, prefixes.take(part)).to_torch(device)
+        h = model(batch)  # (G', L', D)
         local = np.full(n_groups, -1, dtype=np.int64)
         local[part] = np.arange(len(part))
         mine = np.flatnonzero(local[imp.group] >= 0)  # impressions of these groups
@@ -434,8 +472,11 @@ def impression_level_backward(
         where[mine] = np.arange(len(mine))
         rows = torch.from_numpy(local[imp.group[mine]]).to(device)
         positions = tensors["position"][mine]
+        items = tensors["item_id"][mine]
+        taste = model.taste(batch)[rows, positions] if model.has_retrieval else None
+        log_popularity = popularity.log_counts(items) if popularity is not None else None
         scores = tower_scores(
-            model, h[rows, positions], tensors["item_id"][mine], tensors["artist_id"][mine]
+            model, h[rows, positions], items, tensors["artist_id"][mine], taste, log_popularity
         )
         pairs = np.flatnonzero(local[pair_group] >= 0)
         hi = torch.from_numpy(where[imp.hi[pairs]]).to(device)
@@ -595,7 +636,11 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             preset=preset,
             objective_name="pairwise",
             model=model,
-            objective=PairwiseObjective(model, cfg.retrieval_training(train, runtime.device)),
+            objective=PairwiseObjective(
+                model,
+                cfg.retrieval_training(train, runtime.device),
+                ItemPopularity.of(train, runtime.device),
+            ),
             epoch_batches=functools.partial(
                 epoch_batches, samples.spans, cfg, model_cfg.max_len, runtime
             ),
@@ -608,7 +653,15 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
 def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:
     """Pretrained weights into ``model``; only the new towers may be missing from them."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    towers = ("user_proj.", "item_mlp.", "retrieval_item.", "retrieval_head.")
+    towers = (
+        "user_proj.",
+        "item_mlp.",
+        "item_popularity.",
+        "retrieval_item.",
+        "retrieval_head.",
+        "user_taste.",
+        "item_taste.",
+    )
     if unexpected or any(not name.startswith(towers) for name in missing):
         raise ValueError(
             f"{source}: weights do not fit the model "

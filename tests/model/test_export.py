@@ -22,6 +22,7 @@ from model.export import (
     last_spans,
     popular_items,
 )
+from model.finetune import ItemPopularity
 from model.train import pretrain
 from tests.model.conftest import tiny_config
 
@@ -110,10 +111,11 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
         (onnx_out,) = session.run(None, {n: getattr(batch, n) for n in ENCODER_INPUTS})
         assert np.abs(onnx_out[0] - alone).max() < 1e-4
     ids, first = np.unique(events.item_id, return_index=True)
-    with torch.no_grad():
-        expected = model.item_vector(
-            torch.from_numpy(ids), torch.from_numpy(events.artist_id[first])
-        ).numpy()
+    with torch.no_grad():  # popularity: the exported events' positives
+        item = torch.from_numpy(ids)
+        popular = ItemPopularity.of(events).log_counts(item)
+        expected = model.item_vector(item, torch.from_numpy(events.artist_id[first]), popular)
+        expected = expected.numpy()
     np.testing.assert_allclose(load["item_vectors"], expected, rtol=0, atol=1e-6)
     with torch.no_grad():
         retrieval = model.retrieval_items(torch.from_numpy(ids)).numpy()

@@ -16,6 +16,7 @@ from model.data.events import Events, parse_duration, read_events
 from model.evaluate import impression_scores
 from model.finetune import (
     FinetuneConfig,
+    ItemPopularity,
     PairwiseObjective,
     find_impressions,
     finetune,
@@ -212,14 +213,16 @@ def test_one_pass_and_impression_level_give_the_same_loss_and_gradients(sim_data
     index = np.sort(np.argsort(groups, kind="stable")[-6:])  # the chunks with the most groups
     batch, imp = sample_batch(events, samples, index, pair_weight_table())
     assert len(imp.hi) > 500 and len(np.unique(imp.group)) > 3 * len(index)  # many prefixes
-    model = tiny_towers()
+    model = tiny_towers(retrieval_dim=8)  # the towers read the taste and the popularity too
+    popularity = ItemPopularity.of(events)
 
-    one_pass = PairwiseObjective(model)(batch.to_torch(), imp.to_torch())["loss"]
+    objective = PairwiseObjective(model, popularity=popularity)
+    one_pass = objective(batch.to_torch(), imp.to_torch())["loss"]
     one_pass.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     reference = impression_level_backward(
-        model, events, samples.spans.take(index), imp, prefix_batch=5
+        model, events, samples.spans.take(index), imp, prefix_batch=5, popularity=popularity
     )
     assert abs(float(one_pass.detach()) - reference) < 1e-5
     assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
@@ -228,6 +231,10 @@ def test_one_pass_and_impression_level_give_the_same_loss_and_gradients(sim_data
             assert p.grad is not None
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-5, msg=name)
     assert any(float(g.abs().max()) > 1e-3 for g in grads.values())  # the test is not vacuous
+    for used in ("user_taste.weight", "item_taste.weight", "item_popularity.weight"):
+        assert float(grads[used].abs().max()) > 0, used
+    # The pairwise loss never trains the retrieval space (its taste is read, detached).
+    assert not any(name.startswith("retrieval_") for name in grads)
 
 
 def one_pass_scores(model: Argus, events: Events, lag: int) -> dict[int, float]:
