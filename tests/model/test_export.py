@@ -114,8 +114,8 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     with torch.no_grad():  # popularity: the exported events' positives
         item = torch.from_numpy(ids)
         popular = ItemPopularity.of(events).log_counts(item)
-        expected = model.item_vector(item, torch.from_numpy(events.artist_id[first]), popular)
-        expected = expected.numpy()
+        artist = torch.from_numpy(events.artist_id[first])
+        expected = model.item_vector(item, artist, popular).numpy()
     np.testing.assert_allclose(load["item_vectors"], expected, rtol=0, atol=1e-6)
     with torch.no_grad():
         retrieval = model.retrieval_items(torch.from_numpy(ids)).numpy()
