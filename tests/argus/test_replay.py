@@ -1,0 +1,110 @@
+"""The replay tooling (argus/replay.py) against a real uvicorn server of the tiny bundle: what
+the service answers equals the bundle evaluated offline, and the pairs are the ones meant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from argus.replay import Client, Pairs, candidates, offline, quick_recall, score_pairs
+from index.bundle import Bundle, list_versions
+from model.contract import DAY
+from model.data.events import Events, read_events
+from model.finetune import impression_grades
+from model.window import WindowTargets, recall
+from service.settings import EncoderSettings, Settings, StoreSettings
+from tests.conftest import serving
+
+
+@pytest.fixture
+def served(bundles: Path) -> Iterator[tuple[str, Bundle]]:
+    settings = Settings(
+        store=StoreSettings(bundles=bundles), encoder=EncoderSettings(max_delay_ms=0)
+    )
+    bundle = Bundle.open(list_versions(bundles)[-1])
+    yield from ((url, bundle) for url in serving(settings))
+
+
+def window_of(events: Events, bundle: Bundle) -> WindowTargets:
+    return WindowTargets.of(events, int(bundle.manifest["trained_until"]), days=3.0, users=40)
+
+
+def test_the_service_answers_what_the_bundle_says_offline(
+    served: tuple[str, Bundle], sim_data: Path
+) -> None:
+    url, bundle = served
+    events = read_events(sim_data)
+    window = window_of(events, bundle)
+    pairs = Pairs.of(events, window, days=3.0)
+    assert len(window) > 10 and len(pairs.hi) > 50
+    client = Client(url)
+    k = 50
+    service = candidates(client, window, k)
+    scores = score_pairs(client, pairs)
+    local, local_scores = offline(bundle, window, pairs, k)
+    # /score is the same dot product (float32 summation order aside), undefined at the same places.
+    assert np.array_equal(np.isnan(scores), np.isnan(local_scores))
+    np.testing.assert_allclose(
+        scores[~np.isnan(scores)], local_scores[~np.isnan(scores)], rtol=0, atol=1e-5
+    )
+    # /candidates through HNSW finds (nearly) what exact search finds, with and without seen items.
+    for got, exact in ((service.all, local.all), (service.new, local.new)):
+        overlap = np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(got, exact, strict=True)])
+        assert overlap > 0.9, overlap
+    for listed, seen in zip(service.new, window.seen, strict=True):
+        assert not np.isin(listed, seen).any()  # "new" lists leave the user's earlier items out
+    new = window.new_items()
+    assert abs(recall(service.all, window.items, k) - recall(local.all, window.items, k)) < 0.05
+    assert abs(recall(service.new, new, k) - recall(local.new, new, k)) < 0.05
+    assert set(service.sources) <= {"stored", "popular"}
+
+
+def test_pairs_are_impressions_of_one_user_and_day_ordered_by_grade(
+    served: tuple[str, Bundle], sim_data: Path
+) -> None:
+    _, bundle = served
+    events = read_events(sim_data)
+    window = window_of(events, bundle)
+    pairs = Pairs.of(events, window, days=3.0)
+    assert np.isin(pairs.user, window.users).all()
+    assert (pairs.timestamp >= window.start).all() and (
+        pairs.timestamp < window.start + 3 * DAY
+    ).all()
+    assert (pairs.user[pairs.hi] == pairs.user[pairs.lo]).all()
+    assert (pairs.timestamp[pairs.hi] // DAY == pairs.timestamp[pairs.lo] // DAY).all()
+    grade = impression_grades(events)
+    by_key = {
+        (int(u), int(i), int(t)): int(g)
+        for u, i, t, g in zip(events.user_id, events.item_id, events.timestamp, grade, strict=True)
+    }
+    grades = np.array(
+        [
+            by_key[(int(u), int(i), int(t))]
+            for u, i, t in zip(pairs.user, pairs.item, pairs.timestamp, strict=True)
+        ]
+    )
+    assert (grades[pairs.hi] > grades[pairs.lo]).all() and (pairs.weight > 0).all()
+    # Perfect and reversed scores bound the metric; an unscored impression loses to any scored one.
+    assert pairs.accuracy(grades.astype(float)) == 1.0
+    assert pairs.accuracy(-grades.astype(float)) == 0.0
+    lowest = grades.astype(float)
+    lowest[grades == grades.min()] = np.nan  # unscored, but never the better one of a pair
+    assert pairs.accuracy(lowest) == 1.0
+    highest = grades.astype(float)
+    highest[grades == grades.max()] = np.nan  # unscored and always the better one: all wrong
+    assert pairs.accuracy(highest) < 1.0
+
+
+def test_quick_recall_is_the_demos_line(served: tuple[str, Bundle], sim_data: Path) -> None:
+    url, bundle = served
+    measured = quick_recall(url, read_events(sim_data), bundle, users=25, k=20)
+    assert (
+        measured.users == 25 and 0.0 <= measured.popular <= 1.0 and 0.0 <= measured.service <= 1.0
+    )
+    assert (
+        f"recall@20 {measured.service:.3f} vs most popular {measured.popular:.3f}"
+        in measured.line()
+    )
