@@ -3,7 +3,7 @@ request events to the packed history records the encoder and the stores use."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,13 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.contract import HISTORY_EVENT
 from service.settings import Mode
 
+# Every id and time is stored as int64: a larger value is a 422 naming the field, never a 500.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    item_id: int
-    timestamp: int  # seconds
+    item_id: Int64
+    timestamp: Int64  # seconds
     source: int = Field(0, ge=0, le=32_767)
-    artist_id: int = -1
+    artist_id: Int64 = -1
     played_ratio: float | None = Field(None, ge=0)
     liked: bool = False
     disliked: bool = False
@@ -27,7 +30,7 @@ class UserRequest(BaseModel):
     """What a request says of its user: the id, optionally the live history, the mode."""
 
     model_config = ConfigDict(extra="forbid")
-    user_id: int
+    user_id: Int64
     history: list[Event] | None = None
     mode: Mode | None = None
 
@@ -35,7 +38,7 @@ class UserRequest(BaseModel):
 class CandidatesRequest(UserRequest):
     k: int = Field(100, ge=1)
     exclude_seen: bool = True  # leave out the items of the live history
-    exclude_item_ids: list[int] = []
+    exclude_item_ids: list[Int64] = []
     # "items": leave out the live history's items (whatever exclude_seen says); "artists": also
     # every item of an artist in it (the setting where ARGUS gains most, per the paper)
     unfamiliar: Literal["items", "artists"] | None = None
@@ -57,7 +60,7 @@ class CandidatesResponse(BaseModel):
 
 
 class ScoreRequest(UserRequest):
-    item_ids: list[int] = Field(min_length=1)
+    item_ids: list[Int64] = Field(min_length=1)
     return_vectors: bool = False
     # "base64": each vector array as base64 of little-endian float32 (rows of unknown items are
     # zeros): about 10x cheaper to produce and parse than JSON numbers, half the bytes.
@@ -78,7 +81,7 @@ class ScoreResponse(BaseModel):
 
 class EventsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: int
+    user_id: Int64
     events: list[Event] = Field(min_length=1)
 
 

@@ -39,6 +39,7 @@ class LimitSettings(BaseSettings):
     max_k: Annotated[int, Field(gt=0)] = 1_000
     max_score_items: Annotated[int, Field(gt=0)] = 1_000
     max_history: Annotated[int, Field(gt=0)] = 2_048  # events in a request's history
+    max_exclude: Annotated[int, Field(gt=0)] = 10_000  # exclude_item_ids per /candidates
 
 
 class RequestSettings(BaseSettings):

@@ -45,6 +45,7 @@ async def candidates(
     if body.k > limits.max_k:
         raise problem(422, "k", f"k = {body.k} is over the limit of {limits.max_k}")
     check_length(body.history, limits.max_history, "history", "events")
+    check_length(body.exclude_item_ids, limits.max_exclude, "exclude_item_ids", "ids")
     user = await resolver.user_of(bundle, body, "/candidates")
     excluded = excluded_items(bundle.bundle, body, user.history)
     items = await resolver.stage(

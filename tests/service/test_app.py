@@ -361,3 +361,63 @@ def test_unfamiliar_leaves_out_the_live_historys_items_and_optionally_its_artist
     assert len(by_artist) == n - len(same_artist) > 0
     bad = local.post("/candidates", json={"user_id": user, "unfamiliar": "genres"})
     assert bad.status_code == 422 and "unfamiliar" in bad.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/candidates", {"user_id": 2**63, "k": 10}, "user_id"),
+        ("/candidates", {"user_id": -(2**63) - 1}, "user_id"),
+        ("/score", {"user_id": 2**63, "item_ids": [1]}, "user_id"),
+        ("/score", {"user_id": 1, "item_ids": [1, 2**63]}, "item_ids"),
+        ("/events", {"user_id": 1, "events": [{"item_id": 1, "timestamp": 2**63}]}, "timestamp"),
+        ("/events", {"user_id": 1, "events": [{"item_id": 2**63, "timestamp": 1}]}, "item_id"),
+        ("/candidates", {"user_id": 1, "exclude_item_ids": [2**64]}, "exclude_item_ids"),
+        (
+            "/candidates",
+            {"user_id": 1, "history": [{"item_id": 1, "timestamp": 1, "artist_id": 2**63}]},
+            "artist_id",
+        ),
+    ],
+)
+def test_ids_and_times_beyond_int64_are_a_422_naming_the_field(
+    local: TestClient, path: str, body: dict, field: str
+) -> None:
+    reply = local.post(path, json=body)
+    assert reply.status_code == 422, reply.text
+    assert any(field in map(str, error["loc"]) for error in reply.json()["detail"]), reply.text
+    # The largest int64 is still an id like any other (an unknown user: the popular fallback).
+    if path == "/candidates" and field == "user_id" and body["user_id"] > 0:
+        ok = local.post(path, json={**body, "user_id": 2**63 - 1})
+        assert ok.status_code == 200 and ok.json()["source"] == "popular"
+
+
+def test_the_schema_documents_the_int64_bounds(local: TestClient) -> None:
+    schemas = local.get("/openapi.json").json()["components"]["schemas"]
+    # (the JSON renders 2^63 - 1 as a float, 9.223372036854776e18: the bound, to 16 digits)
+    user_id = schemas["CandidatesRequest"]["properties"]["user_id"]
+    assert user_id["maximum"] == float(2**63 - 1) and user_id["minimum"] == float(-(2**63))
+    items = schemas["ScoreRequest"]["properties"]["item_ids"]["items"]
+    assert items["maximum"] == float(2**63 - 1)
+
+
+def test_an_exclude_list_over_the_limit_is_a_422_and_unknown_ids_cost_no_search(
+    bundles: Path,
+) -> None:
+    from tests.service.conftest import client_for
+
+    limits = LimitSettings(max_exclude=50)
+    with client_for(Settings(store=StoreSettings(bundles=bundles), limits=limits)) as client:
+        bundle = served(client)
+        user = int(bundle.user_ids[0])
+        over = client.post(
+            "/candidates", json={"user_id": user, "exclude_item_ids": list(range(51))}
+        )
+        assert over.status_code == 422 and "exclude_item_ids" in over.text
+        # 50 ids no item has: the answer is the same as with none (they never reach the search).
+        unknown = [int(bundle.item_ids.max()) + 1 + i for i in range(50)]
+        plain = client.post("/candidates", json={"user_id": user, "k": 10}).json()["items"]
+        padded = client.post(
+            "/candidates", json={"user_id": user, "k": 10, "exclude_item_ids": unknown}
+        ).json()["items"]
+        assert padded == plain
