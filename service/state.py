@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -162,8 +163,20 @@ class Backend:
             try:
                 self.redis.ping()
             except redis.RedisError as error:
-                return f"Redis unreachable at {self.settings.store.redis_url}: {error}"
+                where = redacted(self.settings.store.redis_url or "")
+                return f"Redis unreachable at {where}: {error}"
         return None
 
     def bundle_age_s(self) -> float:
         return 0.0 if self.served is None else time.time() - self.served.built_at
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to show in an answer."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))

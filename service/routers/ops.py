@@ -28,9 +28,14 @@ async def readyz(backend: BackendDep) -> Response:
     return json_response({"ready": True, "model_version": backend.version})
 
 
+# Manifest fields that name paths on the build machine: not for clients.
+PRIVATE_FIELDS = ("source",)
+
+
 @router.get("/bundle")
 async def bundle_manifest(bundle: ServedBundle) -> Response:
-    return json_response(bundle.bundle.manifest)
+    manifest = bundle.bundle.manifest
+    return json_response({k: v for k, v in manifest.items() if k not in PRIVATE_FIELDS})
 
 
 @router.get("/metrics")

@@ -16,7 +16,7 @@ from index.store import publish
 from service.encoder import Encoder
 from service.settings import LimitSettings, RequestSettings, Settings, StoreSettings
 from tests.index.conftest import export_with_users
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port
 from tests.service.conftest import client_for
 
 
@@ -421,3 +421,20 @@ def test_an_exclude_list_over_the_limit_is_a_422_and_unknown_ids_cost_no_search(
             "/candidates", json={"user_id": user, "k": 10, "exclude_item_ids": unknown}
         ).json()["items"]
         assert padded == plain
+
+
+def test_answers_never_show_a_redis_password_or_a_build_path(bundles: Path) -> None:
+    from service.state import redacted
+    from tests.service.conftest import client_for
+
+    assert redacted("redis://:s3cret@cache:6380/0") == "redis://:***@cache:6380/0"
+    assert redacted("rediss://app:s3cret@cache/1") == "rediss://app:***@cache/1"
+    assert redacted("redis://cache:6379/0") == "redis://cache:6379/0"
+    dead = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens: readiness says why
+    settings = Settings(store=StoreSettings(bundles=bundles, redis_url=dead, redis_timeout_s=0.2))
+    with client_for(settings) as client:
+        ready = client.get("/readyz")
+        assert "s3cret" not in ready.text
+        manifest = client.get("/bundle")
+        assert manifest.status_code == 200 and "version" in manifest.json()
+        assert str(bundles.parent) not in manifest.text and "source" not in manifest.json()
