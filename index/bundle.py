@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -418,6 +419,15 @@ class Bundle:
             popular=arrays["popular.npy"],
             index=index,
         )
+
+
+VERSION = re.compile(r"\d{8}T\d{4}(\d{2})?Z-[0-9a-f]{6}")
+
+
+def is_version(name: str) -> bool:
+    """Whether ``name`` is a bundle version (``20261123T040012Z-3f9a1c``; older ones without
+    seconds): nothing else may be joined onto a bundle root (``../x`` or ``/x`` would escape it)."""
+    return VERSION.fullmatch(name) is not None
 
 
 def list_versions(bundles: str | Path) -> list[Path]:

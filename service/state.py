@@ -18,7 +18,7 @@ from datetime import datetime
 
 import redis
 
-from index.bundle import Bundle, list_versions
+from index.bundle import Bundle, is_version, list_versions
 from index.store import (
     LiveHistory,
     LocalHistory,
@@ -68,7 +68,7 @@ class Backend:
         else:
             self.history = LocalHistory(cap=store.history_cap)
         self.served: Served | None = None
-        self.rejected: dict[str, str] = {}  # version -> why it was refused
+        self.rejected: dict[str, Rejection] = {}  # version -> why it was refused, when to retry
         self.last_reload_error: str | None = None
 
     # -- the pointer and loading -------------------------------------------------------------
@@ -110,20 +110,40 @@ class Backend:
         return Served(bundle, store, batcher, built)
 
     async def refresh(self) -> None:
-        """Load the pointed-to version if it is new and not known to be bad."""
+        """Load the pointed-to version if it is new. A version that failed is retried with
+        exponential back-off (files may still be arriving on a shared volume), one whose name
+        is not a bundle version never (it would name a path outside the bundle root)."""
         version = await asyncio.to_thread(self.pointer)
-        if version is None or version in self.rejected:
+        if version is None:
             return
         if self.served is not None and self.served.version == version:
             return
+        earlier = self.rejected.get(version)
+        if earlier is not None and (earlier.permanent or time.monotonic() < earlier.retry_at):
+            return
         try:
+            if not is_version(version):
+                raise ValueError(f"{version!r} is not a bundle version (YYYYMMDDTHHMM[SS]Z-hash)")
             served = await asyncio.to_thread(self.load, version)
         except Exception as error:  # any failure keeps the old bundle serving
-            self.rejected[version] = str(error)
+            attempts = 1 if earlier is None else earlier.attempts + 1
+            backoff = min(MAX_BACKOFF_S, max(1.0, self.settings.store.reload_interval_s))
+            delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempts - 1))
+            self.rejected[version] = Rejection(
+                str(error), attempts, time.monotonic() + delay, permanent=not is_version(version)
+            )
             self.last_reload_error = f"{version}: {error}"
             self.metrics.reloads.labels("rejected").inc()
-            log.error("bundle %s rejected, still serving %s: %s", version, self.version, error)
+            log.error(
+                "bundle %s rejected (attempt %d, next in %.0f s), still serving %s: %s",
+                version,
+                attempts,
+                delay,
+                self.version,
+                error,
+            )
             return
+        self.rejected.pop(version, None)
         old, self.served = self.served, served
         self.metrics.reloads.labels("loaded").inc()
         self.metrics.bundle_info.clear()
@@ -180,3 +200,14 @@ def redacted(url: str) -> str:
     port = f":{parts.port}" if parts.port else ""
     user = parts.username or ""
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+MAX_BACKOFF_S = 300.0  # the longest wait before a failed version is tried again
+
+
+@dataclass
+class Rejection:
+    reason: str
+    attempts: int
+    retry_at: float  # time.monotonic() of the next try
+    permanent: bool = False  # not a version name at all: never tried

@@ -438,3 +438,56 @@ def test_answers_never_show_a_redis_password_or_a_build_path(bundles: Path) -> N
         manifest = client.get("/bundle")
         assert manifest.status_code == 200 and "version" in manifest.json()
         assert str(bundles.parent) not in manifest.text and "source" not in manifest.json()
+
+
+def test_a_bundle_still_arriving_is_retried_and_then_served(
+    bundles: Path, exported: Path, tmp_path: Path
+) -> None:
+    settings = Settings(store=StoreSettings(bundles=bundles, reload_interval_s=0.05))
+    staging = tmp_path / "staging"
+    other = export_with_users(exported, tmp_path / "export2", 40, seed=5)
+    new = Path(build(other, staging, HnswParams(k=20), progress=False).path)
+    with client_for(settings) as client:
+        old = served(client).version
+        # The directory lands on the shared volume before its index does: refused for now ...
+        shutil.copytree(new, bundles / new.name, ignore=shutil.ignore_patterns("items.hnsw"))
+        backend = client.app.state.backend  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while new.name not in backend.rejected:
+            assert time.monotonic() < deadline, "the incomplete bundle was never tried"
+            time.sleep(0.05)
+        assert client.post("/candidates", json={"user_id": 1}).json()["model_version"] == old
+        # ... and served once the last file is there (retried after a back-off, not given up on).
+        shutil.copyfile(new / "items.hnsw", bundles / new.name / "items.hnsw")
+        deadline = time.monotonic() + 10
+        while client.post("/candidates", json={"user_id": 1}).json()["model_version"] != new.name:
+            assert time.monotonic() < deadline, "the completed bundle was not loaded"
+            time.sleep(0.1)
+        assert new.name not in backend.rejected
+
+
+def test_a_pointer_that_is_not_a_version_is_never_joined_onto_the_bundle_root(
+    bundles: Path, redis_url: str
+) -> None:
+    (path,) = list(bundles.iterdir())
+    bundle = Bundle.open(path, with_index=False)
+    client_redis = redis.Redis.from_url(redis_url)
+    publish(bundle, client_redis, progress=False)
+    settings = Settings(
+        store=StoreSettings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.05)
+    )
+    with client_for(settings) as client:
+        for hostile in ("../" + path.name, "/etc", path.name + "/../" + path.name):
+            client_redis.set("argus:current", hostile)
+            backend = client.app.state.backend  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 5
+            while hostile not in backend.rejected:
+                assert time.monotonic() < deadline, hostile
+                time.sleep(0.05)
+            assert backend.rejected[hostile].permanent
+            assert "is not a bundle version" in backend.rejected[hostile].reason
+            assert client.post("/candidates", json={"user_id": 1}).json()["model_version"] == (
+                bundle.version
+            )
+        time.sleep(0.3)  # never retried: one rejection each
+        assert 'argus_bundle_reloads_total{result="rejected"} 3.0' in client.get("/metrics").text
