@@ -61,6 +61,11 @@ class VersionUnavailable(LookupError):
     """The asked-for version is not (completely) in the store."""
 
 
+class CorruptValue(ValueError):
+    """A value in Redis that no publish or ``/events`` call writes: a vector of the wrong length,
+    a history entry of the wrong size, version meta missing a field."""
+
+
 Ids = Sequence[int] | np.ndarray
 
 
@@ -223,8 +228,11 @@ class RedisStore:
                 )
             if meta.get("complete") != "1":
                 raise VersionUnavailable(f"version {version} is only partly published")
-            layout = make_layout(meta["layout"], int(meta["buckets"]))
-            self._layouts[version] = (layout, int(meta["dim"]))
+            try:
+                layout = make_layout(meta["layout"], int(meta["buckets"]))
+                self._layouts[version] = (layout, int(meta["dim"]))
+            except (KeyError, ValueError) as error:
+                raise CorruptValue(f"meta of version {version} is unusable ({error!r})") from None
         return self._layouts[version]
 
     def get(self, version: str, user_ids: Ids) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +246,7 @@ class RedisStore:
             if blob is None:
                 continue
             if len(blob) != 4 * dim:
-                raise ValueError(
+                raise CorruptValue(
                     f"Redis vector of user {ids[row]} in {version} has {len(blob)} bytes, "
                     f"expected {4 * dim}"
                 )
@@ -415,10 +423,15 @@ class RedisHistory:
         pipe = self.client.pipeline(transaction=False)
         for user in user_ids:
             pipe.lrange(history_key(int(user)), 0, -1)
-        return [
-            in_time_order(np.frombuffer(b"".join(items), dtype=HISTORY_EVENT), self.cap)
-            for items in pipe.execute()
-        ]
+        out = []
+        for user, items in zip(user_ids, pipe.execute(), strict=True):
+            if any(len(item) != HISTORY_EVENT.itemsize for item in items):
+                raise CorruptValue(
+                    f"live history of user {user} holds entries that are not "
+                    f"{HISTORY_EVENT.itemsize}-byte events"
+                )
+            out.append(in_time_order(np.frombuffer(b"".join(items), HISTORY_EVENT), self.cap))
+        return out
 
 
 class LocalHistory:

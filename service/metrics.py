@@ -46,6 +46,12 @@ class Metrics:
             ["endpoint", "source"],
             registry=r,
         )
+        self.store_corrupt = Counter(
+            "argus_store_corrupt_values_total",
+            "Values in the store no writer makes (wrong vector length, history entry size, meta): "
+            "answered from the next source, flagged degraded.",
+            registry=r,
+        )
         self.store_errors = Counter(
             "argus_store_errors_total", "Failed user-vector store or history calls.", registry=r
         )

@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 import redis
 
-from index.store import VersionUnavailable
+from index.store import CorruptValue, VersionUnavailable
 from model.contract import HISTORY_EVENT
 from service.metrics import Metrics
 from service.schemas import Event, UserRequest, as_history
@@ -79,6 +79,9 @@ class Resolver:
         if history:
             try:
                 (events,) = self.backend.history.get([user_id])
+            except CorruptValue:
+                self.metrics.store_corrupt.inc()
+                degraded = True
             except redis.RedisError:
                 self.metrics.store_errors.inc()
                 degraded = True
@@ -87,6 +90,9 @@ class Resolver:
         try:
             vectors, found = served.store.get(served.version, [user_id])
             return Lookup(events, vectors[0] if found[0] else None, degraded)
+        except CorruptValue:
+            self.metrics.store_corrupt.inc()
+            return Lookup(events, None, True)
         except (redis.RedisError, VersionUnavailable):
             self.metrics.store_errors.inc()
             return Lookup(events, None, True)

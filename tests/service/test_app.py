@@ -491,3 +491,41 @@ def test_a_pointer_that_is_not_a_version_is_never_joined_onto_the_bundle_root(
             )
         time.sleep(0.3)  # never retried: one rejection each
         assert 'argus_bundle_reloads_total{result="rejected"} 3.0' in client.get("/metrics").text
+
+
+def test_corrupt_redis_values_degrade_and_are_counted_never_a_500(
+    bundles: Path, redis_url: str
+) -> None:
+    from index.store import history_key, meta_key, vector_prefix
+
+    (path,) = list(bundles.iterdir())
+    bundle = Bundle.open(path, with_index=False)
+    r = redis.Redis.from_url(redis_url)
+    publish(bundle, r, progress=False)
+    settings = Settings(store=StoreSettings(bundles=bundles, redis_url=redis_url))
+    good, bad = int(bundle.user_ids[0]), int(bundle.user_ids[1])
+    r.set(f"{vector_prefix(bundle.version)}{bad}", b"\x00" * 7)  # not 4 * dim bytes
+    with client_for(settings) as client:
+        body = {"user_id": bad, "k": 3}
+        out = client.post("/candidates", json=body)
+        assert (
+            out.status_code == 200 and out.json()["degraded"] and out.json()["source"] == "popular"
+        )
+        assert (
+            client.post("/candidates", json={"user_id": good, "k": 3}).json()["source"] == "stored"
+        )
+        # A history entry of the wrong size: the stored vector still answers, flagged.
+        r.rpush(history_key(good), b"short")
+        out = client.post("/candidates", json={"user_id": good, "k": 3})
+        assert (
+            out.status_code == 200 and out.json()["degraded"] and out.json()["source"] == "stored"
+        )
+        scored = client.post("/score", json={"user_id": bad, "item_ids": [int(bundle.item_ids[0])]})
+        assert scored.status_code == 200 and scored.json()["degraded"]
+        assert "argus_store_corrupt_values_total 3.0" in client.get("/metrics").text
+    # Version meta missing a field: every stored lookup degrades, nothing fails.
+    r.hdel(meta_key(bundle.version), "buckets")
+    with client_for(settings) as client:
+        out = client.post("/candidates", json={"user_id": good, "k": 3})
+        assert out.status_code == 200 and out.json()["degraded"]
+        assert "argus_store_corrupt_values_total" in client.get("/metrics").text
