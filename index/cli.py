@@ -60,6 +60,9 @@ def publish(
         str, typer.Option(help="How long older versions stay readable: 0, 90s, 30m, 6h, 1d.")
     ] = "1d",
     chunk: Annotated[int, typer.Option(help="Vectors per MULTI/EXEC transaction.")] = 4_096,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for another publish to finish (0: refuse).")
+    ] = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """Write a bundle's user vectors to Redis under its version, then flip argus:current."""
@@ -75,7 +78,13 @@ def publish(
     client = connect(redis_url)
     try:
         summary = run(
-            opened, client, layout=layout, chunk=chunk, grace_s=grace_s, progress=not quiet
+            opened,
+            client,
+            layout=layout,
+            chunk=chunk,
+            grace_s=grace_s,
+            progress=not quiet,
+            wait_s=wait,
         )
     except redis.RedisError as error:
         raise ConnectionError(f"Redis at {redis_url} failed: {error}; rerun to resume") from None

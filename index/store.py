@@ -25,8 +25,10 @@ reading its vectors until they reload.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +42,7 @@ from index.bundle import Bundle, rows_of
 from model.contract import DAY, HISTORY_EVENT
 
 CURRENT = "argus:current"
+PUBLISH_LOCK = "argus:publish-lock"  # SET NX with expiry: one publish at a time
 VERSIONS = "argus:versions"
 LAYOUTS = ("plain", "hash")
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads any id pattern over buckets
@@ -303,6 +306,42 @@ def expire_version(client: redis.Redis, version: str, grace_s: int) -> int:
     return len(keys)
 
 
+class PublishBusy(ValueError):
+    """Another publish holds the lock."""
+
+
+class PublishLock:
+    """``argus:publish-lock``: taken with SET NX and an expiry, renewed while the holder works,
+    released only by its holder (compare and delete), so a killed publish frees it by itself."""
+
+    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+
+    def __init__(self, client: redis.Redis, ttl_s: int = 60) -> None:
+        self.client, self.ttl_s = client, ttl_s
+        self.token = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def acquire(self, wait_s: float = 0.0) -> None:
+        deadline = time.monotonic() + wait_s
+        while not self.client.set(PUBLISH_LOCK, self.token, nx=True, ex=self.ttl_s):
+            if time.monotonic() >= deadline:
+                holder = self.client.get(PUBLISH_LOCK)
+                name = "?" if holder is None else bytes(holder).decode()  # type: ignore[arg-type]
+                raise PublishBusy(
+                    f"another publish ({name}) holds {PUBLISH_LOCK} for "
+                    f"{self.client.ttl(PUBLISH_LOCK)} more s (renewed while it runs); wait for "
+                    "it, or pass --wait SECONDS to queue behind it"
+                )
+            time.sleep(0.2)
+
+    def renew(self) -> None:
+        if self.client.get(PUBLISH_LOCK) != self.token.encode():
+            raise PublishBusy(f"lost {PUBLISH_LOCK} (expired while paused?); rerun to resume")
+        self.client.expire(PUBLISH_LOCK, self.ttl_s)
+
+    def release(self) -> None:
+        self.client.eval(self._RELEASE, 1, PUBLISH_LOCK, self.token)
+
+
 def publish(
     bundle: Bundle,
     client: redis.Redis,
@@ -312,9 +351,30 @@ def publish(
     chunk: int = 4_096,
     grace_s: int = DAY,
     progress: bool = True,
+    wait_s: float = 0.0,
 ) -> PublishSummary:
     """Write ``bundle``'s user vectors under its version, then flip ``argus:current`` to it and
-    give every other version a TTL of ``grace_s``. Safe to kill and rerun at any point."""
+    give every other version a TTL of ``grace_s``. Safe to kill and rerun at any point. One
+    publish at a time (:class:`PublishLock`): another one waits up to ``wait_s``, then refuses
+    with :class:`PublishBusy`, so no run puts the grace TTL on a version still being written."""
+    lock = PublishLock(client)
+    lock.acquire(wait_s)
+    try:
+        return _publish(bundle, client, lock, layout, per_bucket, chunk, grace_s, progress)
+    finally:
+        lock.release()
+
+
+def _publish(
+    bundle: Bundle,
+    client: redis.Redis,
+    lock: PublishLock,
+    layout: str,
+    per_bucket: int,
+    chunk: int,
+    grace_s: int,
+    progress: bool,
+) -> PublishSummary:
     began = time.perf_counter()
     version, user_ids, vectors = bundle.version, bundle.user_ids, bundle.user_vectors
     n_users, dim = len(user_ids), bundle.user_dim  # ranking | retrieval: one value per user
@@ -353,6 +413,7 @@ def publish(
         lay.write(pipe, version, user_ids[rows], blobs)
         pipe.hset(meta_key(version), "written", end)
         pipe.execute()
+        lock.renew()
         bar.update(len(rows))
         unit = end
     bar.close()

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,9 +17,12 @@ from argus.cli import app
 from index.bundle import Bundle, HnswParams, build
 from index.store import (
     CURRENT,
+    PUBLISH_LOCK,
     VERSIONS,
     LocalHistory,
     LocalStore,
+    PublishBusy,
+    PublishLock,
     RedisHistory,
     RedisStore,
     VersionUnavailable,
@@ -160,6 +164,12 @@ def test_a_publish_killed_midway_changes_nothing_and_a_rerun_finishes(
     with pytest.raises(VersionUnavailable, match="partly"):
         store.get(new.version, new.user_ids[:5])
 
+    # The killed run still holds the publish lock until it expires (60 s unless renewed): a
+    # rerun refuses, naming the lock; after the expiry (here: an operator's DEL) it resumes.
+    assert 0 < client.ttl(PUBLISH_LOCK) <= 60
+    with pytest.raises(PublishBusy, match=PUBLISH_LOCK):
+        publish(new, client, progress=False)
+    client.delete(PUBLISH_LOCK)
     rerun = publish(new, client, progress=False)
     assert rerun.previous == old.version and 0 < rerun.written < len(new.user_ids)
     assert "resumed" in rerun.line()
@@ -223,3 +233,28 @@ def test_live_history_is_capped_and_in_time_order(kind: str, redis_url: str) -> 
         history.append(7, np.zeros(3))
     if kind == "redis":
         assert 0 < client_for(redis_url).ttl("argus:hist:7") <= 60
+
+
+def test_one_publish_at_a_time_the_second_refuses_or_waits(
+    bundle_dir: Path, redis_url: str
+) -> None:
+    client = client_for(redis_url)
+    bundle = Bundle.open(bundle_dir, with_index=False)
+    held = PublishLock(client)
+    held.acquire()
+    try:
+        with pytest.raises(PublishBusy, match=r"another publish .* holds argus:publish-lock"):
+            publish(bundle, client, progress=False)
+        assert client.get(CURRENT) is None  # the refused run wrote nothing
+        result = CliRunner().invoke(
+            app, ["publish", "--bundle", str(bundle_dir), "--redis-url", redis_url, "--quiet"]
+        )
+        assert result.exit_code == 2 and "--wait SECONDS" in result.output, result.output
+        # A waiting run goes as soon as the holder is done.
+        threading.Timer(0.5, held.release).start()
+        began = time.monotonic()
+        summary = publish(bundle, client, progress=False, wait_s=10)
+        assert 0.4 < time.monotonic() - began < 10 and summary.version == bundle.version
+    finally:
+        held.release()
+    assert client.get(PUBLISH_LOCK) is None  # released by its holder
