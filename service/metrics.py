@@ -46,6 +46,17 @@ class Metrics:
             ["endpoint", "source"],
             registry=r,
         )
+        self.encoder_unavailable = Counter(
+            "argus_encoder_unavailable_total",
+            "Requests the runtime encoder could not answer in time (queue full, deadline, "
+            "retired): answered from the next source, flagged degraded.",
+            registry=r,
+        )
+        self.encoder_alive = Gauge(
+            "argus_encoder_alive",
+            "1 while the served bundle's runtime encoder worker runs.",
+            registry=r,
+        )
         self.store_corrupt = Counter(
             "argus_store_corrupt_values_total",
             "Values in the store no writer makes (wrong vector length, history entry size, meta): "

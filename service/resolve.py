@@ -23,6 +23,7 @@ import redis
 
 from index.store import CorruptValue, VersionUnavailable
 from model.contract import HISTORY_EVENT
+from service.encoder import EncoderUnavailable
 from service.metrics import Metrics
 from service.schemas import Event, UserRequest, as_history
 from service.settings import Mode, RequestSettings
@@ -65,10 +66,15 @@ class Resolver:
         """A store call: in a worker thread when it may wait on Redis."""
         return await self.stage("store", work, offload=self.backend.redis is not None)
 
-    async def encode(self, served: Served, history: np.ndarray) -> np.ndarray:
+    async def encode(self, served: Served, history: np.ndarray) -> np.ndarray | None:
+        """The runtime encoder's vector of ``history``, or None when it cannot answer in time
+        (queue full, deadline passed, retired): the caller goes on to the next source."""
         began = time.perf_counter()
         try:
             return await served.batcher.encode(history)  # the encoder keeps the newest max_len
+        except EncoderUnavailable:
+            self.metrics.encoder_unavailable.inc()
+            return None
         finally:
             self.metrics.stage_seconds.labels("encoder").observe(time.perf_counter() - began)
 
@@ -111,17 +117,27 @@ class Resolver:
         realtime = mode == "realtime" or (
             mode == "auto" and (given is not None or self.settings.realtime_first)
         )
+        encoder_failed = False
         if realtime and given is not None and len(given):
-            return UserVector(await self.encode(served, given), "realtime", False, given)
+            vector = await self.encode(served, given)
+            if vector is not None:
+                return UserVector(vector, "realtime", False, given)
+            encoder_failed, realtime = True, False  # the next source answers, flagged
         found = await self.store(lambda: self.lookup(served, user_id, given is None, realtime))
         history = found.history if given is None else given
+        degraded = found.degraded or encoder_failed
         if realtime and len(history):
-            return UserVector(
-                await self.encode(served, history), "realtime", found.degraded, history
-            )
+            vector = await self.encode(served, history)
+            if vector is not None:
+                return UserVector(vector, "realtime", degraded, history)
+            encoder_failed = degraded = True  # fetch the stored vector the lookup skipped
+            again = await self.store(lambda: self.lookup(served, user_id, False, False))
+            found = Lookup(history, again.vector, again.degraded)
         if found.vector is not None:
-            return UserVector(found.vector, "stored", found.degraded, history)
-        if mode != "offline" and len(history):
-            encoded = await self.encode(served, history)
-            return UserVector(encoded, "history", found.degraded, history)
-        return UserVector(None, "popular", found.degraded, history)
+            return UserVector(found.vector, "stored", degraded, history)
+        if mode != "offline" and len(history) and not encoder_failed:
+            vector = await self.encode(served, history)
+            if vector is not None:
+                return UserVector(vector, "history", degraded, history)
+            degraded = True
+        return UserVector(None, "popular", degraded, history)

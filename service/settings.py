@@ -65,6 +65,8 @@ class EncoderSettings(BaseSettings):
     max_batch: Annotated[int, Field(gt=0)] = 32
     max_delay_ms: Annotated[float, Field(ge=0)] = 2.0
     threads: Annotated[int, Field(ge=0)] = 0  # ONNX Runtime intra-op threads, 0: its default
+    timeout_ms: Annotated[float, Field(gt=0)] = 1_000.0  # then the next vector source answers
+    max_queue: Annotated[int, Field(gt=0)] = 1_024  # histories waiting; beyond: the next source
 
 
 GROUPS: dict[str, type[BaseSettings]] = {

@@ -104,6 +104,8 @@ class Backend:
             max_batch=s.max_batch,
             max_delay_ms=s.max_delay_ms,
             observe=self.metrics.observe_batch,
+            timeout_s=s.timeout_ms / 1e3,
+            max_queue=s.max_queue,
         )
         store: UserVectorStore = self.redis_store or LocalStore.from_bundle(bundle)
         built = datetime.fromisoformat(bundle.manifest["created_at"]).timestamp()
@@ -179,6 +181,8 @@ class Backend:
             return f"no bundle loaded from {self.settings.store.bundles}" + (
                 f" (last error: {self.last_reload_error})" if self.last_reload_error else ""
             )
+        if not self.served.batcher.alive:
+            return "the runtime encoder's worker stopped"
         if self.redis is not None:
             try:
                 self.redis.ping()

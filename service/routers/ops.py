@@ -41,4 +41,6 @@ async def bundle_manifest(bundle: ServedBundle) -> Response:
 @router.get("/metrics")
 async def metrics_endpoint(backend: BackendDep, metrics: MetricsDep) -> Response:
     metrics.bundle_age.set(backend.bundle_age_s())
+    alive = backend.served is not None and backend.served.batcher.alive
+    metrics.encoder_alive.set(1.0 if alive else 0.0)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

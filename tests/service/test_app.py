@@ -529,3 +529,32 @@ def test_corrupt_redis_values_degrade_and_are_counted_never_a_500(
         out = client.post("/candidates", json={"user_id": good, "k": 3})
         assert out.status_code == 200 and out.json()["degraded"]
         assert "argus_store_corrupt_values_total" in client.get("/metrics").text
+
+
+def test_an_encoder_that_cannot_answer_in_time_degrades_to_the_next_source(
+    bundles: Path,
+) -> None:
+    from service.settings import EncoderSettings
+    from tests.service.conftest import client_for
+
+    # A 1 µs deadline: the runtime encoder never answers in time.
+    slow = EncoderSettings(timeout_ms=0.001, max_delay_ms=50)
+    with client_for(Settings(store=StoreSettings(bundles=bundles), encoder=slow)) as client:
+        bundle = served(client)
+        known = int(bundle.user_ids[4])
+        events = history(bundle, 5)
+        out = client.post("/candidates", json={"user_id": known, "k": 3, "history": events})
+        assert out.status_code == 200, out.text
+        assert out.json()["source"] == "stored" and out.json()["degraded"]
+        stranger = int(bundle.user_ids.max()) + 7
+        out = client.post("/candidates", json={"user_id": stranger, "k": 3, "history": events})
+        assert out.json()["source"] == "popular" and out.json()["degraded"]
+        metrics = client.get("/metrics").text
+        assert "argus_encoder_unavailable_total 2.0" in metrics
+        assert "argus_encoder_alive 1.0" in metrics
+        assert client.get("/readyz").status_code == 200
+        # A retired encoder takes the replica out of rotation (readiness), it does not hang it.
+        client.app.state.backend.served.batcher.close()  # type: ignore[attr-defined]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "encoder" in ready.json()["reason"]
+        assert "argus_encoder_alive 0.0" in client.get("/metrics").text
