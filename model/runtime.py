@@ -8,6 +8,7 @@ CUDA, gloo on CPU) and shard the batches; everything else in the trainer is the 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -96,7 +97,15 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
     def close(self) -> None:
+        """Leave the process group together: without the barrier, a rank that finishes first
+        can tear gloo's connections down under one still writing its checkpoint, and the other
+        aborts ("terminate called without an active exception") — seen on a loaded 2-core VM."""
         if self.world_size > 1 and dist.is_initialized():
+            with contextlib.suppress(Exception):  # a rank that died must not hang the others
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
+                else:
+                    dist.barrier()
             dist.destroy_process_group()
 
     @contextlib.contextmanager
