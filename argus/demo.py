@@ -51,7 +51,7 @@ def argus(*args: str | Path) -> None:
     command = [sys.executable, "-m", "argus", *map(str, args)]
     print(f"\n$ argus {shlex.join(map(str, args))}", flush=True)
     if subprocess.run(command).returncode != 0:
-        raise SystemExit(f"argus demo: stage `argus {args[0]}` failed (see above)")
+        raise SystemExit(f"stage `argus {args[0]}` failed (see above)")
 
 
 def options(**values: object) -> list[str]:

@@ -27,7 +27,7 @@ from index.bundle import Bundle, rows_of
 from model.contract import DAY
 from model.data.events import Events
 from model.finetune import group_pairs, impression_grades, pair_accuracy, pair_weight_table
-from model.window import WindowTargets, popular_ranking, recall
+from model.window import WindowTargets, popular_ranking, recall, top_excluding
 
 
 class Client:
@@ -73,41 +73,58 @@ def candidates(
 
 @dataclass
 class Pairs:
-    """Window impressions of the sampled users and their pairs (indices into the rows)."""
+    """Impressions of a time window and their pairs (``hi``/``lo`` index the impressions)."""
 
+    rows: np.ndarray  # (M,) the impressions' rows in the events table
     user: np.ndarray  # (M,)
     item: np.ndarray  # (M,)
     timestamp: np.ndarray  # (M,)
+    grade: np.ndarray  # (M,) feedback grade (model.finetune.GRADES)
+    group: np.ndarray  # (M,) one per user and UTC day
     hi: np.ndarray  # (P,)
     lo: np.ndarray  # (P,)
     weight: np.ndarray  # (P,)
 
     @classmethod
     def of(
-        cls, events: Events, window: WindowTargets, days: float, pair_weights: str = ""
+        cls,
+        events: Events,
+        users: np.ndarray | None,
+        start: int,
+        days: float,
+        pair_weights: str = "",
     ) -> Pairs:
-        """Impressions (recommended events with feedback) of ``window``'s users in the window;
-        pairs within one user and UTC day."""
-        end = window.start + int(days * DAY)
+        """Impressions (recommended events with feedback) of ``users`` (None: everyone) in
+        ``[start, start + days)``; pairs within one user and UTC day."""
         grade = impression_grades(events)
-        rows = np.flatnonzero(
-            (grade >= 0)
-            & (events.timestamp >= window.start)
-            & (events.timestamp < end)
-            & np.isin(events.user_id, window.users)
-        )
+        inside = (grade >= 0) & (events.timestamp >= start)
+        inside &= events.timestamp < start + int(days * DAY)
+        if users is not None:
+            inside &= np.isin(events.user_id, users)
+        rows = np.flatnonzero(inside)
         day = events.timestamp[rows] // DAY
         _, group = np.unique(np.stack([events.user_id[rows], day]), axis=1, return_inverse=True)
-        hi, lo, weight = group_pairs(
-            group.reshape(-1), grade[rows], pair_weight_table(pair_weights)
-        )
+        group = group.reshape(-1)
+        hi, lo, weight = group_pairs(group, grade[rows], pair_weight_table(pair_weights))
         return cls(
-            events.user_id[rows], events.item_id[rows], events.timestamp[rows], hi, lo, weight
+            rows,
+            events.user_id[rows],
+            events.item_id[rows],
+            events.timestamp[rows],
+            grade[rows],
+            group,
+            hi,
+            lo,
+            weight,
         )
 
-    def accuracy(self, scores: np.ndarray) -> float:
-        """Weighted PairAccuracy; an impression without a score loses to any scored one."""
-        return pair_accuracy(np.nan_to_num(scores, nan=-np.inf), self.hi, self.lo, self.weight)
+    def accuracy(self, scores: np.ndarray, among: np.ndarray | None = None) -> float:
+        """Weighted PairAccuracy of (M,) ``scores``, over the pairs both of whose impressions
+        are ``among`` (an (M,) mask; default: all); an impression without a score loses to any
+        scored one."""
+        keep = slice(None) if among is None else among[self.hi] & among[self.lo]
+        scores = np.nan_to_num(scores, nan=-np.inf)
+        return pair_accuracy(scores, self.hi[keep], self.lo[keep], self.weight[keep])
 
 
 def score_pairs(client: Client, pairs: Pairs, *, progress: bool = False) -> np.ndarray:
@@ -127,23 +144,23 @@ def score_pairs(client: Client, pairs: Pairs, *, progress: bool = False) -> np.n
 
 
 def offline(
-    bundle: Bundle, window: WindowTargets, pairs: Pairs, k: int
+    bundle: Bundle, window: WindowTargets, pairs: Pairs, k: int, chunk: int = 256
 ) -> tuple[Rankings, np.ndarray]:
     """The service's answers recomputed from ``bundle``'s arrays by exact search (users without a
     vector get the popular list and no scores, as the service gives them)."""
     rows, found = rows_of(bundle.user_ids, window.users)
     out = Rankings([], [], {})
-    for i in range(len(window)):
-        if not found[i]:
-            popular = bundle.popular
-            out.all.append(popular[:k])
-            out.new.append(popular[~np.isin(popular, window.seen[i])][:k])
-            continue
-        query = bundle.retrieval_part(np.asarray(bundle.user_vectors[rows[i]]))
-        scores = bundle.retrieval_item_vectors @ query
-        out.all.append(bundle.item_ids[np.argsort(-scores, kind="stable")[:k]])
-        scores[np.isin(bundle.item_ids, window.seen[i])] = -np.inf
-        out.new.append(bundle.item_ids[np.argsort(-scores, kind="stable")[:k]])
+    popular = bundle.popular
+    for begin in range(0, len(window), chunk):
+        part = slice(begin, begin + chunk)
+        queries = bundle.retrieval_part(np.asarray(bundle.user_vectors[rows[part]]))
+        scores = queries @ bundle.retrieval_item_vectors.T  # (U, M)
+        every = top_excluding(scores, bundle.item_ids, k, None)
+        new = top_excluding(scores, bundle.item_ids, k, window.seen[part])
+        for j, known in enumerate(found[part].tolist()):
+            seen = window.seen[begin + j]
+            out.all.append(every[j] if known else popular[:k])
+            out.new.append(new[j] if known else popular[~np.isin(popular, seen)][:k])
     user_rows, user_found = rows_of(bundle.user_ids, pairs.user)
     item_rows, item_found = rows_of(bundle.item_ids, pairs.item)
     ranking = bundle.ranking_part(np.asarray(bundle.user_vectors[user_rows]))
@@ -154,8 +171,7 @@ def offline(
 
 def popularity_scores(history: Events, pairs: Pairs, start: int) -> np.ndarray:
     """MostPop's score of each impression: the item's positive events before ``start``."""
-    before = history.take((history.timestamp < start) & history.positive)
-    ids, counts = np.unique(before.item_id, return_counts=True)
+    ids, counts = history.positive_counts(before=start)
     rows, found = rows_of(ids, pairs.item)
     return np.where(found, counts[rows], 0).astype(np.float64)
 

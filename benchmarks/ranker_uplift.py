@@ -34,12 +34,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from argus.replay import Client
+from argus.replay import Client, Pairs
 from benchmarks.replay import ROOT, serving
 from index.bundle import Bundle, list_versions
 from model.contract import DAY, HOUR
 from model.data.events import Events, read_events
-from model.finetune import group_pairs, impression_grades, pair_accuracy, pair_weight_table
 
 TRAIN_DAYS = 4  # of the 7-day window; the rest is the test
 
@@ -152,16 +151,11 @@ def main() -> None:
     bundle = Bundle.open(list_versions(args.work / "bundles")[-1])
     events = read_events(args.work / "data")
     start = int(bundle.manifest["trained_until"])
-    grades = impression_grades(events)
-    inside = (events.timestamp >= start) & (events.timestamp < start + 7 * DAY) & (grades >= 0)
-    users = np.unique(events.user_id[inside])
+    users = np.unique(Pairs.of(events, None, start, days=7).user)  # with window impressions
     chosen = np.random.default_rng(0).choice(users, min(args.users, len(users)), replace=False)
-    rows = np.flatnonzero(inside & np.isin(events.user_id, chosen))
-    grade = grades[rows]
-    day = events.timestamp[rows] // DAY
-    _, group = np.unique(np.stack([events.user_id[rows], day]), axis=1, return_inverse=True)
-    group = group.reshape(-1)
-    train = events.timestamp[rows] < start + TRAIN_DAYS * DAY
+    pairs = Pairs.of(events, chosen, start, days=7)
+    rows, grade, group = pairs.rows, pairs.grade, pairs.group
+    train = pairs.timestamp < start + TRAIN_DAYS * DAY
 
     base = baseline_features(events, rows)
     with serving(args.work, bundle) as client:
@@ -176,21 +170,20 @@ def main() -> None:
             [baseline, dot, user_vectors, item_vectors]
         ),
     }
-    table = pair_weight_table()
     test = ~train
-    hi, lo, weight = group_pairs(group[test], grade[test], table)
+    test_pairs = int((test[pairs.hi] & test[pairs.lo]).sum())  # both impressions in the test days
     accuracy: dict[str, list[float]] = {}
     for name, features in sets.items():
         for seed in args.seeds:
-            scores = fit_and_score(features, grade, group, train, seed)[test]
-            accuracy.setdefault(name, []).append(pair_accuracy(scores, hi, lo, weight))
+            scores = fit_and_score(features, grade, group, train, seed)
+            accuracy.setdefault(name, []).append(pairs.accuracy(scores, among=test))
             print(f"{name} seed {seed}: PairAccuracy {accuracy[name][-1]:.4f}", flush=True)
     mean = {name: float(np.mean(values)) for name, values in accuracy.items()}
     names = list(sets)
     uplift = {n: mean[n] / mean["baseline"] - 1.0 for n in names[1:]}
     result: dict[str, Any] = {
         "impressions": {"train": int(train.sum()), "test": int(test.sum())},
-        "test_pairs": len(hi),
+        "test_pairs": test_pairs,
         "users": len(chosen),
         "features": {"baseline": list(base), "dim": bundle.dim},
         "pair_accuracy": accuracy,
@@ -205,7 +198,7 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"LightGBM LambdaRank, {len(chosen):,} users, train {result['impressions']['train']:,} / "
-        f"test {result['impressions']['test']:,} impressions ({len(hi):,} test pairs), "
+        f"test {result['impressions']['test']:,} impressions ({test_pairs:,} test pairs), "
         f"seeds {args.seeds}; {result['machine']}.",
         "",
         "| features | test PairAccuracy (mean) | relative uplift |",

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from argus.demo import options
+from argus.demo import argus, options, stage
 from argus.replay import (
     Client,
     Pairs,
@@ -66,20 +66,6 @@ ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 KS = (10, 20, 50, 100, 200, 500)
 
 
-def argus(*args: object) -> None:
-    command = [ARGUS, *map(str, args)]
-    print("$", " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-
-
-def stage(done: Path, *args: object) -> None:
-    """Run ``argus *args`` unless ``done`` exists (a finished earlier run with these settings)."""
-    if done.exists():
-        print(f"reusing {done}")
-        return
-    argus(*args)
-
-
 def pipeline(args: argparse.Namespace, work: Path) -> Path:
     """The bundle of the replayed model (each stage run once per work directory)."""
     data, pre, fine, export, bundles = (
@@ -90,12 +76,13 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
             convert_ml100k(ML100K, data)
     else:
         sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
-        stage(data / "events.parquet", "simulate", *sizes, *options(out=data), "--quiet")
+        done = (data / "events.parquet").exists()
+        stage(done, "simulate", *sizes, *options(out=data), "--quiet")
     split = options(test_fraction=0.2) if args.ml100k else []  # else the last 7 days
     shared = options(data=data, batch_size=args.batch_size) + split + ["--quiet"]
     model = options(preset=args.preset, max_len=args.max_len, max_steps=args.pretrain_steps)
     stage(
-        pre / "checkpoint.pt",
+        (pre / "checkpoint.pt").exists(),
         "pretrain",
         *shared,
         *model,
@@ -103,9 +90,9 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
         *options(model=f"hash_rows={args.hash_rows}"),
     )
     tune = options(init=pre, out=fine, max_steps=args.finetune_steps)
-    stage(fine / "checkpoint.pt", "finetune", *shared, *tune)
+    stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
     stage(
-        export,
+        export.exists(),
         "export",
         *options(checkpoint=fine, data=data, out=export, until="trained"),
         "--quiet",
@@ -158,7 +145,7 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
     n = 2 * args.sample if oracle else args.sample
     both = WindowTargets.of(events, start, days=days, users=n, seed=args.seed)
     fit, window = split_users(both, seed=args.seed) if oracle else (both, both)
-    pairs = Pairs.of(events, window, days=days)
+    pairs = Pairs.of(events, window.users, window.start, days=days)
     k = max(args.ks)
     results: dict[str, Any] = {"users": len(window), "pairs": len(pairs.hi), "start": start}
 

@@ -178,11 +178,16 @@ def user_vectors(
 
 @torch.no_grad()
 def item_vectors(
-    model: Argus, events: Events, *, batch_size: int = 8192, device: str | torch.device = "cpu"
+    model: Argus,
+    events: Events,
+    *,
+    catalog: Catalog | None = None,
+    batch_size: int = 8192,
+    device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(item_ids, ranking, retrieval)``: every item in ``events`` (sorted ids, each with its
-    artist) and its vectors in both spaces."""
-    catalog = Catalog.from_events(events)
+    artist: ``catalog``, built from ``events`` unless given) and its vectors in both spaces."""
+    catalog = Catalog.from_events(events) if catalog is None else catalog
     ids, artists = catalog.ids, catalog.artist_id
     popularity = ItemPopularity.of(events, device)
     ranking = np.empty((len(ids), model.cfg.tower_dim), dtype=np.float32)
@@ -201,9 +206,9 @@ def item_vectors(
     return ids, ranking, retrieval
 
 
-def popular_items(events: Events) -> np.ndarray:
+def popular_items(events: Events, catalog: Catalog | None = None) -> np.ndarray:
     """Item ids by number of positive events, most popular first (ties: smaller id first)."""
-    catalog = Catalog.from_events(events)
+    catalog = Catalog.from_events(events) if catalog is None else catalog
     counts = popularity_counts(events, None, catalog)
     return catalog.ids[np.lexsort((catalog.ids, -counts))]
 
@@ -280,18 +285,19 @@ def export(
     tmp.mkdir(parents=True)
     export_onnx(model, tmp / ENCODER_FILE)
     model.to(chosen)
-    items, item_vecs, retrieval_vecs = item_vectors(model, events, device=chosen)
+    catalog = Catalog.from_events(events)
+    items, item_vecs, retrieval_vecs = item_vectors(model, events, catalog=catalog, device=chosen)
     users, user_vecs = user_vectors(
         model, events, batch_size=batch_size, device=chosen, progress=progress
     )
     arrays = {
         "item_ids": items,
-        "item_artist_ids": Catalog.from_events(events).artist_id,
+        "item_artist_ids": catalog.artist_id,
         "item_vectors": item_vecs,
         "retrieval_item_vectors": retrieval_vecs,
         "user_ids": users,
         "user_vectors": user_vecs,
-        "popular": popular_items(events),
+        "popular": popular_items(events, catalog),
     }
     elapsed = time.perf_counter() - began
     manifest: dict[str, Any] = {

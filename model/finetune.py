@@ -355,7 +355,7 @@ class ItemPopularity:
 
     @classmethod
     def of(cls, events: Events, device: str | torch.device = "cpu") -> ItemPopularity:
-        ids, counts = np.unique(events.item_id[events.positive], return_counts=True)
+        ids, counts = events.positive_counts()
         return cls(torch.from_numpy(ids).to(device), torch.from_numpy(counts).float().to(device))
 
     def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:
@@ -399,8 +399,11 @@ class PairwiseObjective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         h = self.model(batch)  # (B, L, D)
         at = imp["sample"], imp["position"]
-        taste = self.model.taste(batch)[at] if self.model.has_retrieval else None
-        popularity = self.popularity.log_counts(imp["item_id"]) if self.popularity else None
+        tastes = self.model.taste(batch) if self.model.has_retrieval else None  # (B, L, R)
+        taste = tastes[at] if tastes is not None else None
+        popularity = (
+            self.popularity.log_counts(imp["item_id"]) if self.popularity is not None else None
+        )
         scores = tower_scores(
             self.model, h[at], imp["item_id"], imp["artist_id"], taste, popularity
         )
@@ -422,6 +425,7 @@ class PairwiseObjective(nn.Module):
                 window=r.window,
                 temperature=r.temperature,
                 generator=r.generator,
+                taste=tastes,  # computed once for both losses
             )
             out = {
                 "loss": pairwise + r.weight * retrieval,

@@ -180,11 +180,13 @@ def retrieval_loss(
     window: int,
     temperature: float,
     generator: torch.Generator | None = None,
+    taste: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled softmax (in-batch and uniform negatives, logQ-corrected) of a future positive
     event (:func:`future_targets`) given the retrieval query at each position: what makes the
-    retrieval space recall the items a user goes on to enjoy. 0 when the batch has no target."""
-    query = model.retrieval_queries(batch)  # (B, L, R)
+    retrieval space recall the items a user goes on to enjoy. 0 when the batch has no target.
+    ``taste``: :meth:`Argus.taste` of the batch, when the caller has it already."""
+    query = model.retrieval_head(model.taste(batch) if taste is None else taste)  # (B, L, R)
     valid, target = future_targets(batch, horizon, window, generator)
     if not bool(valid.any()):
         return query.sum() * 0.0

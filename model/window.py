@@ -78,24 +78,12 @@ def recall(
     return float(np.mean(shares)) if shares else float("nan")
 
 
-def recalls(
-    ranked: Sequence[np.ndarray],
-    ranked_new: Sequence[np.ndarray],
-    window: WindowTargets,
-    ks: Sequence[int],
-) -> dict[str, float]:
-    """``{"all@k": .., "new@k": ..}``: ``ranked`` scored on every target, ``ranked_new`` (lists
-    without the user's seen items) on the new ones."""
-    new = window.new_items()
-    out = {f"all@{k}": recall(ranked, window.items, k) for k in ks}
-    out |= {f"new@{k}": recall(ranked_new, new, k) for k in ks}
-    return out
-
-
-def _top_excluding(
+def top_excluding(
     scores: np.ndarray, ids: np.ndarray, k: int, seen: Sequence[np.ndarray] | None
 ) -> np.ndarray:
-    """(U, k) ids of the best ``scores`` (U, M) per row, the row's ``seen`` ids left out."""
+    """(U, k) ids of the best ``scores`` (U, M) per row (columns: the sorted ``ids``), the
+    row's ``seen`` ids left out (with fewer than k left, they fill the end)."""
+    k = min(k, scores.shape[1])
     if seen is not None:
         scores = scores.copy()
         for row, items in enumerate(seen):
@@ -109,8 +97,7 @@ def popular_ranking(
     history: Events, window: WindowTargets, k: int, exclude_seen: bool
 ) -> np.ndarray:
     """(U, k) MostPop lists: items by positive events before the window (ties: smaller id)."""
-    before = history.take((history.timestamp < window.start) & history.positive)
-    ids, counts = np.unique(before.item_id, return_counts=True)
+    ids, counts = history.positive_counts(before=window.start)
     order = np.lexsort((ids, -counts))
     popular = ids[order]
     depth = k + (max((len(s) for s in window.seen), default=0) if exclude_seen else 0)
@@ -143,7 +130,7 @@ def oracle_ranking(
         users = window.users[begin : begin + chunk]
         seen = window.seen[begin : begin + chunk] if exclude_seen else None
         scores = oracle_scores(truth, users, window.start, weight)
-        parts.append(_top_excluding(scores, truth.sorted_item_ids, k, seen))
+        parts.append(top_excluding(scores, truth.sorted_item_ids, k, seen))
     return np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
 
 

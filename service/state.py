@@ -123,16 +123,17 @@ class Backend:
         earlier = self.rejected.get(version)
         if earlier is not None and (earlier.permanent or time.monotonic() < earlier.retry_at):
             return
+        valid = is_version(version)
         try:
-            if not is_version(version):
+            if not valid:
                 raise ValueError(f"{version!r} is not a bundle version (YYYYMMDDTHHMM[SS]Z-hash)")
             served = await asyncio.to_thread(self.load, version)
         except Exception as error:  # any failure keeps the old bundle serving
             attempts = 1 if earlier is None else earlier.attempts + 1
-            backoff = min(MAX_BACKOFF_S, max(1.0, self.settings.store.reload_interval_s))
-            delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempts - 1))
+            first = max(1.0, self.settings.store.reload_interval_s)
+            delay = min(MAX_BACKOFF_S, first * 2 ** (attempts - 1))
             self.rejected[version] = Rejection(
-                str(error), attempts, time.monotonic() + delay, permanent=not is_version(version)
+                str(error), attempts, time.monotonic() + delay, permanent=not valid
             )
             self.last_reload_error = f"{version}: {error}"
             self.metrics.reloads.labels("rejected").inc()

@@ -99,6 +99,12 @@ class Events:
         with np.errstate(invalid="ignore"):
             return ~self.disliked & (self.liked | (self.played_ratio >= SKIP_THRESHOLD))
 
+    def positive_counts(self, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(item ids, counts)``: every item with a positive event (before ``before``, when
+        given) and how many it has; ids ascending. What MostPop ranks by."""
+        keep = self.positive if before is None else self.positive & (self.timestamp < before)
+        return np.unique(self.item_id[keep], return_counts=True)
+
     def take(self, index: np.ndarray | slice) -> Events:
         """The rows selected by a boolean mask, an index array or a slice, in that order."""
         return Events(**{f.name: getattr(self, f.name)[index] for f in fields(self)})

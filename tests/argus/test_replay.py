@@ -28,17 +28,19 @@ def served(bundles: Path) -> Iterator[tuple[str, Bundle]]:
     yield from ((url, bundle) for url in serving(settings))
 
 
-def window_of(events: Events, bundle: Bundle) -> WindowTargets:
-    return WindowTargets.of(events, int(bundle.manifest["trained_until"]), days=3.0, users=40)
+def replay_of(sim_data: Path, bundle: Bundle) -> tuple[Events, WindowTargets, Pairs]:
+    """The events, 40 users' window of 3 days after the bundle's cut-off, and its pairs."""
+    events = read_events(sim_data)
+    start = int(bundle.manifest["trained_until"])
+    window = WindowTargets.of(events, start, days=3.0, users=40)
+    return events, window, Pairs.of(events, window.users, window.start, days=3.0)
 
 
 def test_the_service_answers_what_the_bundle_says_offline(
     served: tuple[str, Bundle], sim_data: Path
 ) -> None:
     url, bundle = served
-    events = read_events(sim_data)
-    window = window_of(events, bundle)
-    pairs = Pairs.of(events, window, days=3.0)
+    _, window, pairs = replay_of(sim_data, bundle)
     assert len(window) > 10 and len(pairs.hi) > 50
     client = Client(url)
     k = 50
@@ -63,12 +65,10 @@ def test_the_service_answers_what_the_bundle_says_offline(
 
 
 def test_pairs_are_impressions_of_one_user_and_day_ordered_by_grade(
-    served: tuple[str, Bundle], sim_data: Path
+    serving_root: Path, sim_data: Path
 ) -> None:
-    _, bundle = served
-    events = read_events(sim_data)
-    window = window_of(events, bundle)
-    pairs = Pairs.of(events, window, days=3.0)
+    bundle = Bundle.open(list_versions(serving_root)[-1], with_index=False)
+    events, window, pairs = replay_of(sim_data, bundle)
     assert np.isin(pairs.user, window.users).all()
     assert (pairs.timestamp >= window.start).all() and (
         pairs.timestamp < window.start + 3 * DAY
