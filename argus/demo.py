@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -80,7 +81,7 @@ def latest_bundle(bundles: Path) -> Path:
     return versions[-1]
 
 
-def examples(base: str, bundle: Path, token: str | None) -> list[str]:
+def examples(base: str, bundle: Path, token: str) -> list[str]:
     """Ready-to-paste ``curl`` commands for a real user and real items of ``bundle``."""
     from index.bundle import load_array
 
@@ -89,7 +90,7 @@ def examples(base: str, bundle: Path, token: str | None) -> list[str]:
     user, picks = int(users[len(users) // 2]), [int(i) for i in items[:3]]
     json_header = "-H 'Content-Type: application/json'"
     event = {"user_id": user, "events": [{"item_id": picks[0], "timestamp": int(time.time())}]}
-    auth = f" -H 'Authorization: Bearer {token}'" if token else ""
+    auth = f" -H 'Authorization: Bearer {token}'"
     history = [{"item_id": i, "timestamp": int(time.time()) - 60 * n} for n, i in enumerate(picks)]
 
     def post(path: str, body: object, extra: str = "") -> str:
@@ -186,7 +187,10 @@ def demo(
         *options(bundles=p.bundles, host=host, port=port),
     ]
     print(f"\n$ argus {shlex.join(command[3:])}", flush=True)
-    process = subprocess.Popen(command)
+    # Writes need a bearer token: the demo makes one unless ARGUS_EVENTS_TOKEN is set, and
+    # shows it in the /events example below.
+    token = os.environ.get("ARGUS_EVENTS_TOKEN") or secrets.token_urlsafe(24)
+    process = subprocess.Popen(command, env=os.environ | {"ARGUS_EVENTS_TOKEN": token})
     # SIGTERM (docker stop, kill) ends the demo like Ctrl-C: the service stops with it.
     signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -200,7 +204,7 @@ def demo(
 
         replayed = quick_recall(base, read_events(p.data), Bundle.open(bundle, with_index=False))
         print(f"\nargus demo: {replayed.line()}", flush=True)
-        lines = examples(base, bundle, os.environ.get("ARGUS_EVENTS_TOKEN"))
+        lines = examples(base, bundle, token)
         print("\nargus demo: serving on " + base + " (API docs at /docs). Try:\n", flush=True)
         print("\n".join(lines) + "\n", flush=True)
         print("Ctrl-C stops the service.", flush=True)

@@ -70,7 +70,7 @@ def publish(
     import redis
 
     from index.bundle import Bundle
-    from index.store import connect
+    from index.store import connect, redacted
     from index.store import publish as run
 
     grace_s = parse_duration(grace)
@@ -87,7 +87,8 @@ def publish(
             wait_s=wait,
         )
     except redis.RedisError as error:
-        raise ConnectionError(f"Redis at {redis_url} failed: {error}; rerun to resume") from None
+        where = redacted(redis_url)
+        raise ConnectionError(f"Redis at {where} failed: {error}; rerun to resume") from None
     typer.echo(summary.line())
 
 

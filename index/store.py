@@ -28,14 +28,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.parse
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import redis
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
 from tqdm import tqdm
 
 from index.bundle import Bundle, rows_of
@@ -200,14 +207,61 @@ def make_layout(name: str, buckets: int) -> Layout:
     raise ValueError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
 
 
+def secrets_dir() -> Path | None:
+    """Where mounted secrets are read from (``ARGUS_SECRETS_DIR``, default ``/run/secrets``, the
+    Docker/Compose mount point): a file named like the variable in lower case, e.g.
+    ``/run/secrets/argus_redis_password``, sets it; ``None`` when there is no such directory."""
+    path = Path(os.environ.get("ARGUS_SECRETS_DIR", "/run/secrets"))
+    return path if path.is_dir() else None
+
+
+class RedisAuth(BaseSettings):
+    """The Redis password (``requirepass``): ``ARGUS_REDIS_PASSWORD``, or the mounted secret
+    file ``argus_redis_password``. It is kept out of ``ARGUS_REDIS_URL``, which may be logged;
+    a password inside the URL wins."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ARGUS_", extra="ignore", secrets_dir=secrets_dir()
+    )
+
+    redis_password: SecretStr | None = None
+
+
+def redis_client(
+    url: str, *, timeout_s: float = 5.0, retries: int = 3, max_connections: int | None = None
+) -> redis.Redis:
+    """A client for ``url`` (``redis://host:port/db``) with the configured password. ``retries``
+    0: a failed call raises at once (the service degrades instead of waiting)."""
+    password = RedisAuth().redis_password
+    return redis.Redis.from_url(
+        url,
+        password=None if password is None else password.get_secret_value(),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialWithJitterBackoff(), retries) if retries else Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+    )
+
+
 def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
-    """A client for ``url`` (``redis://host:port/db``); raises a clear error when unreachable."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    """A client for ``url``; raises a clear error (the password redacted) when unreachable."""
+    client = redis_client(url, timeout_s=timeout_s)
     try:
         client.ping()
     except redis.RedisError as error:
-        raise ConnectionError(f"cannot reach Redis at {url}: {error}") from None
+        raise ConnectionError(f"cannot reach Redis at {redacted(url)}: {error}") from None
     return client
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to show in an answer."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 class RedisStore:
@@ -496,18 +550,25 @@ class RedisHistory:
 
 
 class LocalHistory:
-    """The embedded equivalent of :class:`RedisHistory`, in this process's memory."""
+    """The embedded equivalent of :class:`RedisHistory`, in this process's memory: at most
+    ``cap`` events per user and ``max_users`` users (the least recently written is forgotten,
+    as Redis's TTL forgets an idle user)."""
 
-    def __init__(self, *, cap: int = 2_048) -> None:
-        self.cap = cap
-        self._events: dict[int, np.ndarray] = {}
+    def __init__(self, *, cap: int = 2_048, max_users: int = 100_000) -> None:
+        self.cap, self.max_users = cap, max_users
+        self._events: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def append(self, user_id: int, events: np.ndarray) -> None:
         events = as_events(events)
         with self._lock:
-            old = self._events.get(user_id, np.empty(0, dtype=HISTORY_EVENT))
+            old = self._events.pop(user_id, np.empty(0, dtype=HISTORY_EVENT))
             self._events[user_id] = np.concatenate([old, events])[-self.cap :]
+            while len(self._events) > self.max_users:
+                self._events.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._events)
 
     def get(self, user_ids: Sequence[int]) -> list[np.ndarray]:
         empty = np.empty(0, dtype=HISTORY_EVENT)

@@ -29,12 +29,16 @@ from service.state import Backend
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the bundle before the first request; check the pointer until shutdown."""
+    """Load the bundle before the first request; check the pointer (and Redis's health) until
+    shutdown."""
     backend: Backend = app.state.backend
     await backend.refresh()
-    reloader = asyncio.create_task(backend.reload_forever())
+    tasks = [asyncio.create_task(backend.reload_forever())]
+    if backend.gate is not None:
+        tasks.append(asyncio.create_task(backend.gate.watch()))
     yield
-    reloader.cancel()
+    for task in tasks:
+        task.cancel()
     backend.close()
 
 

@@ -66,6 +66,19 @@ class Metrics:
         self.store_errors = Counter(
             "argus_store_errors_total", "Failed user-vector store or history calls.", registry=r
         )
+        self.redis_up = Gauge(
+            "argus_redis_up",
+            "1 when Redis answered the last health check (PING); 0: calls are not tried and "
+            "answers are degraded.",
+            registry=r,
+        )
+        self.redis_shed = Counter(
+            "argus_redis_shed_total",
+            "Redis calls not tried, by reason: open (failing its health check) or busy (every "
+            "Redis worker taken): answered from the next source, flagged degraded.",
+            ["reason"],
+            registry=r,
+        )
         self.encoder_batch = Histogram(
             "argus_encoder_batch_size",
             "Histories per runtime encoder batch.",

@@ -25,6 +25,7 @@ from index.store import CorruptValue, VersionUnavailable
 from model.contract import HISTORY_EVENT
 from service.encoder import EncoderUnavailable
 from service.metrics import Metrics
+from service.redis_gate import RedisUnavailable
 from service.schemas import Event, UserRequest, as_history
 from service.settings import Mode, RequestSettings
 from service.state import Backend, Served
@@ -44,7 +45,8 @@ class UserVector:
 class Lookup:
     history: np.ndarray  # the stored live history, maybe empty
     vector: np.ndarray | None  # the stored vector of the served version, when found and asked
-    degraded: bool  # a store failed
+    degraded: bool  # a store failed or held a corrupt value
+    failed: bool = False  # a Redis call failed (the gate counts it)
 
 
 class Resolver:
@@ -63,8 +65,26 @@ class Resolver:
             self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - began)
 
     async def store(self, work: Callable[[], T]) -> T:
-        """A store call: in a worker thread when it may wait on Redis."""
-        return await self.stage("store", work, offload=self.backend.redis is not None)
+        """A store call: through the Redis gate (its bounded workers; RedisUnavailable when it
+        is not tried) with Redis, inline with the embedded store."""
+        gate = self.backend.gate
+        if gate is None:
+            return await self.stage("store", work, offload=False)
+        began = time.perf_counter()
+        try:
+            return await gate.call(work)
+        finally:
+            self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - began)
+
+    async def fetch(self, served: Served, user_id: int, history: bool, realtime: bool) -> Lookup:
+        """:meth:`lookup` through :meth:`store`; a call not tried is an empty, degraded lookup."""
+        try:
+            found = await self.store(lambda: self.lookup(served, user_id, history, realtime))
+        except RedisUnavailable:
+            return Lookup(np.empty(0, dtype=HISTORY_EVENT), None, True)
+        if self.backend.gate is not None:
+            self.backend.gate.record(ok=not found.failed)
+        return found
 
     async def encode(self, served: Served, history: np.ndarray) -> np.ndarray | None:
         """The runtime encoder's vector of ``history``, or None when it cannot answer in time
@@ -80,7 +100,8 @@ class Resolver:
 
     def lookup(self, served: Served, user_id: int, history: bool, realtime: bool) -> Lookup:
         """One trip to the stores (blocking): the live history when ``history`` is asked, then
-        the stored vector unless the realtime path will answer from a non-empty history."""
+        the stored vector unless the realtime path will answer from a non-empty history. A
+        failed Redis call ends the trip: a second one would most likely wait as long."""
         events, degraded = np.empty(0, dtype=HISTORY_EVENT), False
         if history:
             try:
@@ -90,7 +111,7 @@ class Resolver:
                 degraded = True
             except redis.RedisError:
                 self.metrics.store_errors.inc()
-                degraded = True
+                return Lookup(events, None, True, failed=True)
         if realtime and len(events):
             return Lookup(events, None, degraded)
         try:
@@ -99,7 +120,10 @@ class Resolver:
         except CorruptValue:
             self.metrics.store_corrupt.inc()
             return Lookup(events, None, True)
-        except (redis.RedisError, VersionUnavailable):
+        except redis.RedisError:
+            self.metrics.store_errors.inc()
+            return Lookup(events, None, True, failed=True)
+        except VersionUnavailable:
             self.metrics.store_errors.inc()
             return Lookup(events, None, True)
 
@@ -123,7 +147,7 @@ class Resolver:
             if vector is not None:
                 return UserVector(vector, "realtime", False, given)
             encoder_failed, realtime = True, False  # the next source answers, flagged
-        found = await self.store(lambda: self.lookup(served, user_id, given is None, realtime))
+        found = await self.fetch(served, user_id, given is None, realtime)
         history = found.history if given is None else given
         degraded = found.degraded or encoder_failed
         if realtime and len(history):
@@ -131,7 +155,7 @@ class Resolver:
             if vector is not None:
                 return UserVector(vector, "realtime", degraded, history)
             encoder_failed = degraded = True  # fetch the stored vector the lookup skipped
-            again = await self.store(lambda: self.lookup(served, user_id, False, False))
+            again = await self.fetch(served, user_id, False, False)
             found = Lookup(history, again.vector, again.degraded)
         if found.vector is not None:
             return UserVector(found.vector, "stored", degraded, history)

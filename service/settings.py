@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.store import secrets_dir
 from model.contract import DAY
 
 Mode = Literal["auto", "offline", "realtime"]
@@ -25,9 +26,15 @@ class StoreSettings(BaseSettings):
     bundles: Path = Path("bundles")  # ROOT/<version>/ directories from `argus build`
     redis_url: str | None = None  # None: the embedded local store, latest bundle under ROOT
     redis_timeout_s: Annotated[float, Field(gt=0)] = 0.1  # per call; a down Redis degrades fast
+    redis_workers: Annotated[int, Field(gt=0)] = 16  # threads (and connections) calling Redis
+    redis_failures_to_open: Annotated[int, Field(gt=0)] = 3  # failed calls in a row: stop trying
+    redis_health_interval_s: Annotated[float, Field(gt=0)] = 1.0  # PING; success resumes calls
     reload_interval_s: Annotated[float, Field(gt=0)] = 5.0  # how often the pointer is checked
     history_cap: Annotated[int, Field(gt=0)] = 2_048  # events kept per user's live history
     history_ttl_s: Annotated[int, Field(gt=0)] = 30 * DAY
+    # Without Redis the live histories live in this process: the least recently written user
+    # beyond this many is forgotten, so forged or one-off ids cannot grow memory without bound.
+    history_max_users: Annotated[int, Field(gt=0)] = 100_000
 
 
 class LimitSettings(BaseSettings):
@@ -43,17 +50,41 @@ class LimitSettings(BaseSettings):
 
 
 class RequestSettings(BaseSettings):
-    """How requests are answered: the user-vector source, writes, the search."""
+    """How requests are answered: the user-vector source, writes, the search. The events token
+    may also come from a mounted secret file ``argus_events_token`` (index.store.secrets_dir)."""
 
-    model_config = SettingsConfigDict(env_prefix="ARGUS_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ARGUS_", extra="ignore", secrets_dir=secrets_dir()
+    )
 
     default_mode: Mode = "auto"
     realtime_first: bool = False  # "auto" mode re-encodes the live history before stored vectors
-    events_token: str | None = None  # bearer token required by POST /events when set
+    # POST /events is refused (403) unless a bearer token is set or writes are explicitly open:
+    # a forged event hides items from its victim (exclude_seen) and steers their realtime vector.
+    events_token: str | None = None
+    events_open: bool = False  # accept unauthenticated writes (a demo, a trusted network)
     # The HNSW search (about 1 ms on 1M items) runs inline, which is fastest with one worker
     # process per core (`argus serve --workers N`); true runs it in a worker thread instead, so
     # one process can search on several cores at once (hnswlib releases the GIL).
     ann_offload: bool = False
+
+    @field_validator("events_token")
+    @classmethod
+    def a_usable_token(cls, token: str | None) -> str | None:
+        """An empty token would be a typo that opens writes to anyone sending ``Bearer ``; a
+        token a client cannot send in a header is a typo too: both refuse to start."""
+        if token is None:
+            return None
+        if not token.strip():
+            raise ValueError(
+                "ARGUS_EVENTS_TOKEN is empty: unset it (writes refused) or set a real token"
+            )
+        if not (token.isascii() and token.isprintable()) or token != token.strip():
+            raise ValueError(
+                "ARGUS_EVENTS_TOKEN must be printable ASCII without surrounding spaces "
+                "(it travels in an HTTP header)"
+            )
+        return token
 
 
 class EncoderSettings(BaseSettings):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,9 +25,12 @@ from index.store import (
     RedisHistory,
     RedisStore,
     UserVectorStore,
+    redacted,
+    redis_client,
 )
 from service.encoder import DynamicBatcher, Encoder
 from service.metrics import Metrics
+from service.redis_gate import RedisGate
 from service.settings import Settings
 
 log = logging.getLogger("argus.service")
@@ -53,20 +55,31 @@ class Backend:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         self.redis: redis.Redis | None = None
+        self.gate: RedisGate | None = None
         self.redis_store: RedisStore | None = None
         self.history: LiveHistory
         store = settings.store
         if store.redis_url:
-            timeout = store.redis_timeout_s
-            self.redis = redis.Redis.from_url(
-                store.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            # no retries: a failed call degrades at once; the gate bounds and fuses the calls
+            self.redis = redis_client(
+                store.redis_url,
+                timeout_s=store.redis_timeout_s,
+                retries=0,
+                max_connections=store.redis_workers + 2,  # + the health check, the reloader
+            )
+            self.gate = RedisGate(
+                self.redis,
+                metrics,
+                workers=store.redis_workers,
+                failures_to_open=store.redis_failures_to_open,
+                interval_s=store.redis_health_interval_s,
             )
             self.redis_store = RedisStore(self.redis)
             self.history = RedisHistory(
                 self.redis, cap=store.history_cap, ttl_s=store.history_ttl_s
             )
         else:
-            self.history = LocalHistory(cap=store.history_cap)
+            self.history = LocalHistory(cap=store.history_cap, max_users=store.history_max_users)
         self.served: Served | None = None
         self.rejected: dict[str, Rejection] = {}  # version -> why it was refused, when to retry
         self.last_reload_error: str | None = None
@@ -172,39 +185,32 @@ class Backend:
     def close(self) -> None:
         if self.served is not None:
             self.served.batcher.close()
+        if self.gate is not None:
+            self.gate.close()
         if self.redis is not None:
             self.redis.close()
 
     # -- readiness ---------------------------------------------------------------------------
 
     def not_ready_because(self) -> str | None:
+        """Why this replica cannot answer, or None: a bundle is loaded and its encoder runs."""
         if self.served is None:
             return f"no bundle loaded from {self.settings.store.bundles}" + (
                 f" (last error: {self.last_reload_error})" if self.last_reload_error else ""
             )
         if not self.served.batcher.alive:
             return "the runtime encoder's worker stopped"
-        if self.redis is not None:
-            try:
-                self.redis.ping()
-            except redis.RedisError as error:
-                where = redacted(self.settings.store.redis_url or "")
-                return f"Redis unreachable at {where}: {error}"
-        return None
+        return None  # Redis is not asked: without it this replica still answers (degraded)
+
+    def redis_health(self) -> str | None:
+        """``"up"``/``"down"`` (the last health check) with where, for /readyz; None: no Redis."""
+        if self.gate is None:
+            return None
+        where = redacted(self.settings.store.redis_url or "")
+        return f"{'up' if self.gate.up else 'down'} ({where})"
 
     def bundle_age_s(self) -> float:
         return 0.0 if self.served is None else time.time() - self.served.built_at
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: safe to show in an answer."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 MAX_BACKOFF_S = 300.0  # the longest wait before a failed version is tried again

@@ -4,9 +4,11 @@ No persistence; it can be stopped and restarted on the same port."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -22,13 +24,14 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server on 127.0.0.1 that tests can stop and restart (same port)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
                 "redis-server is not installed: run scripts/install.sh (apt-get redis-server)"
             )
         self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,11 +54,12 @@ class RedisServer:
                 str(self.workdir),
                 "--protected-mode",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, password=self.password)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -79,3 +83,46 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+
+class SlowProxy:
+    """A TCP proxy in front of ``port`` (on 127.0.0.1) that holds every reply for ``delay_s``
+    (0: passes bytes straight through): a Redis that accepts connections and answers late."""
+
+    def __init__(self, port: int) -> None:
+        self.target, self.delay_s = port, 0.0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if replies and self.delay_s:
+                    time.sleep(self.delay_s)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def close(self) -> None:
+        self.listener.close()

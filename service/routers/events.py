@@ -11,8 +11,28 @@ from fastapi import APIRouter, Header, HTTPException
 from service.deps import BackendDep, MetricsDep, ResolverDep, SettingsDep
 from service.replies import check_length
 from service.schemas import EventsRequest, as_history
+from service.settings import RequestSettings
 
 router = APIRouter()
+
+CLOSED = (
+    "POST /events is closed: set ARGUS_EVENTS_TOKEN (clients then send "
+    "'Authorization: Bearer <token>'), or ARGUS_EVENTS_OPEN=true to accept unauthenticated writes"
+)
+
+
+def authorize(settings: RequestSettings, authorization: str | None) -> None:
+    """Refuse a write unless it carries the configured bearer token (401) or writes are open;
+    with neither configured every write is refused (403). Compared as bytes in constant time:
+    a header is any Latin-1 text, and comparing non-ASCII ``str`` would raise."""
+    token = settings.events_token
+    if token is None:
+        if settings.events_open:
+            return
+        raise HTTPException(403, detail=CLOSED)
+    given = (authorization or "").encode("utf-8")
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        raise HTTPException(401, detail="POST /events needs 'Authorization: Bearer <token>'")
 
 
 @router.post("/events")
@@ -24,11 +44,7 @@ async def events(
     metrics: MetricsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    token = settings.requests.events_token
-    if token is not None:
-        expected = f"Bearer {token}"
-        if authorization is None or not hmac.compare_digest(authorization, expected):
-            raise HTTPException(401, detail="POST /events needs 'Authorization: Bearer <token>'")
+    authorize(settings.requests, authorization)
     check_length(body.events, settings.limits.max_history, "events", "events")
     history = as_history(body.events)
     try:

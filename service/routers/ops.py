@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -20,12 +18,16 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(backend: BackendDep) -> Response:
-    reason = await asyncio.to_thread(backend.not_ready_because)
+    """200 when this replica can answer (a bundle loaded, its encoder running). Redis's health
+    is shown but not required: without Redis a replica still answers, flagged degraded."""
+    reason = backend.not_ready_because()
+    body: dict[str, object] = {"ready": reason is None, "model_version": backend.version}
     if reason is not None:
-        return json_response(
-            {"ready": False, "reason": reason, "model_version": backend.version}, 503
-        )
-    return json_response({"ready": True, "model_version": backend.version})
+        body["reason"] = reason
+    redis_health = backend.redis_health()
+    if redis_health is not None:
+        body["redis"] = redis_health
+    return json_response(body, 200 if reason is None else 503)
 
 
 # Manifest fields that name paths on the build machine: not for clients.

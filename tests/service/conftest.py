@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import EncoderSettings, Settings, StoreSettings
+from service.settings import EncoderSettings, RequestSettings, Settings, StoreSettings
 
 
 def client_for(settings: Settings) -> TestClient:
@@ -16,8 +16,11 @@ def client_for(settings: Settings) -> TestClient:
 
 @pytest.fixture
 def local(bundles: Path) -> Iterator[TestClient]:
-    """The service on the embedded local store."""
-    with client_for(
-        Settings(store=StoreSettings(bundles=bundles), encoder=EncoderSettings(max_delay_ms=0))
-    ) as client:
+    """The service on the embedded local store, writes open (no token)."""
+    settings = Settings(
+        store=StoreSettings(bundles=bundles),
+        requests=RequestSettings(events_open=True),
+        encoder=EncoderSettings(max_delay_ms=0),
+    )
+    with client_for(settings) as client:
         yield client

@@ -16,7 +16,7 @@ from index.store import publish
 from service.encoder import Encoder
 from service.settings import LimitSettings, RequestSettings, Settings, StoreSettings
 from tests.index.conftest import export_with_users
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, SlowProxy, free_port
 from tests.service.conftest import client_for
 
 
@@ -221,6 +221,37 @@ def test_limits_and_the_events_token(bundles: Path) -> None:
         assert wrong.status_code == 401
         ok = client.post("/events", json=event, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json() == {"user_id": 1, "appended": 1}
+        # a header is Latin-1 text: a non-ASCII bearer is a wrong token, not a 500
+        latin_1 = {"Authorization": "Bearer sécret".encode()}
+        latin = client.post("/events", json=event, headers=latin_1)
+        assert latin.status_code == 401, latin.text
+
+
+def test_writes_are_refused_unless_a_token_is_set_or_writes_are_open(bundles: Path) -> None:
+    event = {"user_id": 1, "events": [{"item_id": 1, "timestamp": 1}]}
+    with client_for(Settings(store=StoreSettings(bundles=bundles))) as closed:
+        refused = closed.post("/events", json=event, headers={"Authorization": "Bearer x"})
+        assert refused.status_code == 403
+        assert "ARGUS_EVENTS_TOKEN" in refused.text and "ARGUS_EVENTS_OPEN" in refused.text
+        (nothing,) = closed.app.state.backend.history.get([1])  # type: ignore[attr-defined]
+        assert len(nothing) == 0  # refused before anything was stored
+    for typo in ("", "   ", " padded ", "jeton-sécret"):
+        with pytest.raises(ValueError, match="ARGUS_EVENTS_TOKEN"):
+            RequestSettings(events_token=typo)
+
+
+def test_a_local_history_forgets_the_least_recently_written_user_beyond_its_cap(
+    bundles: Path,
+) -> None:
+    store = StoreSettings(bundles=bundles, history_max_users=3)
+    settings = Settings(store=store, requests=RequestSettings(events_open=True))
+    with client_for(settings) as client:
+        for user in (1, 2, 3, 1, 4):  # 1 is written again: 2 is now the oldest
+            event = {"user_id": user, "events": [{"item_id": 5, "timestamp": 10 + user}]}
+            assert client.post("/events", json=event).status_code == 200
+        history = client.app.state.backend.history  # type: ignore[attr-defined]
+        kept = [len(events) for events in history.get([1, 2, 3, 4])]
+        assert len(history) == 3 and kept == [2, 0, 1, 1]
 
 
 def test_ops_endpoints_and_every_metric_series(local: TestClient) -> None:
@@ -280,28 +311,36 @@ def test_a_new_bundle_is_swapped_in_and_a_bad_one_rejected(
             time.sleep(0.05)
 
 
-def test_redis_down_degrades_and_a_restart_recovers(
+def metric(client: TestClient, series: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_redis_down_degrades_stays_ready_and_a_restart_recovers(
     bundles: Path, redis_server: RedisServer, redis_url: str
 ) -> None:
     (path,) = [p for p in bundles.iterdir()]
     bundle = Bundle.open(path, with_index=False)
     publish(bundle, redis.Redis.from_url(redis_url), progress=False)
-    settings = Settings(
-        store=StoreSettings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.1)
+    store = StoreSettings(
+        bundles=bundles, redis_url=redis_url, reload_interval_s=0.1, redis_health_interval_s=0.2
     )
+    settings = Settings(store=store, requests=RequestSettings(events_open=True))
     user = int(bundle.user_ids[2])
+    event = {"user_id": 1, "events": [{"item_id": 1, "timestamp": 1}]}
     with client_for(settings) as client:
         out = client.post("/candidates", json={"user_id": user, "k": 3}).json()
         assert out["source"] == "stored" and not out["degraded"]
-        assert client.get("/readyz").status_code == 200
+        assert client.get("/readyz").json()["redis"].startswith("up")
         redis_server.stop()
         try:
-            out = client.post("/candidates", json={"user_id": user, "k": 3})
-            assert (
-                out.status_code == 200
-                and out.json()["source"] == "popular"
-                and out.json()["degraded"]
-            )
+            for _ in range(5):  # three failures in a row open the gate, then no call is tried
+                out = client.post("/candidates", json={"user_id": user, "k": 3})
+                assert out.status_code == 200
+                assert out.json()["source"] == "popular" and out.json()["degraded"]
+            assert metric(client, 'argus_redis_shed_total{reason="open"}') >= 2
             live = client.post(
                 "/score",
                 json={
@@ -311,14 +350,13 @@ def test_redis_down_degrades_and_a_restart_recovers(
                 },
             )
             assert live.status_code == 200 and live.json()["source"] == "realtime"
+            # Ready means "can answer": a Redis outage must not take every replica out.
+            time.sleep(0.5)  # a health check or two
             ready = client.get("/readyz")
-            assert ready.status_code == 503 and "Redis unreachable" in ready.json()["reason"]
-            assert (
-                client.post(
-                    "/events", json={"user_id": 1, "events": [{"item_id": 1, "timestamp": 1}]}
-                ).status_code
-                == 503
-            )
+            assert ready.status_code == 200 and ready.json()["redis"].startswith("down")
+            assert metric(client, "argus_redis_up") == 0.0
+            written = client.post("/events", json=event)
+            assert written.status_code == 503 and "unavailable" in written.text
         finally:
             redis_server.start()
         publish(bundle, redis.Redis.from_url(redis_url), progress=False)  # a fresh server is empty
@@ -328,7 +366,42 @@ def test_redis_down_degrades_and_a_restart_recovers(
         ):
             assert time.monotonic() < deadline, "did not recover within 5 s"
             time.sleep(0.05)
-        assert client.get("/readyz").status_code == 200
+        assert metric(client, "argus_redis_up") == 1.0
+        assert client.post("/events", json=event).status_code == 200
+
+
+def test_a_slow_redis_costs_one_timeout_then_nothing(
+    bundles: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    (path,) = [p for p in bundles.iterdir()]
+    bundle = Bundle.open(path, with_index=False)
+    publish(bundle, redis.Redis.from_url(redis_url), progress=False)
+    proxy = SlowProxy(redis_server.port)
+    store = StoreSettings(
+        bundles=bundles, redis_url=proxy.url, redis_timeout_s=0.1, redis_health_interval_s=0.2
+    )
+    user = int(bundle.user_ids[2])
+    ask = {"user_id": user, "k": 3}
+    try:
+        with client_for(Settings(store=store)) as client:
+            assert client.post("/candidates", json=ask).json()["source"] == "stored"
+            proxy.delay_s = 2.0  # accepts, answers after 2 s
+            took = []
+            for _ in range(8):
+                began = time.perf_counter()
+                out = client.post("/candidates", json=ask).json()
+                took.append(time.perf_counter() - began)
+                assert out["source"] == "popular" and out["degraded"]
+            # one timeout per request (no retries, no second call), none once the gate opens
+            assert max(took) < 0.1 + 0.15, took
+            assert sorted(took)[4] < 0.05, took
+            proxy.delay_s = 0.0
+            deadline = time.monotonic() + 5
+            while client.post("/candidates", json=ask).json()["source"] != "stored":
+                assert time.monotonic() < deadline, "did not recover within 5 s"
+                time.sleep(0.05)
+    finally:
+        proxy.close()
 
 
 def test_unfamiliar_leaves_out_the_live_historys_items_and_optionally_its_artists(
@@ -424,7 +497,7 @@ def test_an_exclude_list_over_the_limit_is_a_422_and_unknown_ids_cost_no_search(
 
 
 def test_answers_never_show_a_redis_password_or_a_build_path(bundles: Path) -> None:
-    from service.state import redacted
+    from index.store import redacted
     from tests.service.conftest import client_for
 
     assert redacted("redis://:s3cret@cache:6380/0") == "redis://:***@cache:6380/0"

@@ -1,0 +1,80 @@
+"""The Redis gate bounds the calls a slow Redis can hold, and a password-protected Redis
+(``requirepass``) is reached by publish and the service with the password from the environment
+or a mounted secret file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from argus.cli import app
+from index.bundle import Bundle
+from index.store import RedisAuth, connect
+from service.metrics import Metrics
+from service.redis_gate import RedisGate, RedisUnavailable
+from service.settings import Settings, StoreSettings
+from tests.servers import RedisServer, SlowProxy
+from tests.service.conftest import client_for
+
+
+def test_a_slow_redis_holds_at_most_the_gates_workers_and_the_rest_is_not_tried(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    proxy = SlowProxy(redis_server.port)
+    proxy.delay_s = 0.3
+    client = redis.Redis.from_url(proxy.url, socket_timeout=2)
+    metrics = Metrics()
+    gate = RedisGate(client, metrics, workers=2, failures_to_open=100)
+
+    async def flood() -> list[object]:
+        calls = [gate.call(lambda: client.get("x")) for _ in range(20)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(flood())
+    finally:
+        gate.close()
+        proxy.close()
+    shed = [a for a in answers if isinstance(a, RedisUnavailable)]
+    assert len(shed) == 20 - 4 * 2 and all("busy" in str(a) for a in shed)
+    assert sum(a is None for a in answers) == 8  # the rest waited for a worker and answered
+    assert metrics.redis_shed.labels("busy")._value.get() == 12
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("guarded"), password="hunter2-but-longer")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_publish_and_the_service_use_the_configured_redis_password(
+    guarded: RedisServer, bundles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (path,) = list(bundles.iterdir())
+    monkeypatch.delenv("ARGUS_REDIS_PASSWORD", raising=False)
+    with pytest.raises(ConnectionError, match="cannot reach Redis"):
+        connect(guarded.url)  # no password: refused by requirepass
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "argus_redis_password").write_text("hunter2-but-longer\n")
+    mounted = RedisAuth(_secrets_dir=secrets).redis_password  # type: ignore[call-arg]
+    assert mounted is not None and mounted.get_secret_value() == "hunter2-but-longer"
+
+    monkeypatch.setenv("ARGUS_REDIS_PASSWORD", "hunter2-but-longer")
+    published = CliRunner().invoke(
+        app, ["publish", "--bundle", str(path), "--redis-url", guarded.url, "--quiet"]
+    )
+    assert published.exit_code == 0, published.output
+    bundle = Bundle.open(path, with_index=False)
+    user = int(bundle.user_ids[0])
+    with client_for(Settings(store=StoreSettings(bundles=bundles, redis_url=guarded.url))) as c:
+        out = c.post("/candidates", json={"user_id": user, "k": 3}).json()
+        assert out["source"] == "stored" and not out["degraded"]
+        assert "hunter2" not in c.get("/readyz").text
