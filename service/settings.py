@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index.store import secrets_dir
+from index.store import RedisAuth, secrets_dir
 from model.contract import DAY
 
 Mode = Literal["auto", "offline", "realtime"]
@@ -105,6 +105,7 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "limits": LimitSettings,
     "requests": RequestSettings,
     "encoder": EncoderSettings,
+    "redis_auth": RedisAuth,  # read where a client is made (index.store.redis_client)
 }
 
 
