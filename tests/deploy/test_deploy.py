@@ -170,26 +170,110 @@ def test_the_validator_rejects_a_wrong_manifest() -> None:
         kubernetes_validate(deployment, "1.30", strict=True)
 
 
+def k8s_objects() -> dict[tuple[str, str], dict]:
+    """Every manifest's objects by (kind, name)."""
+    return {
+        (d["kind"], d["metadata"]["name"]): d
+        for p in manifests()
+        for d in yaml.safe_load_all(p.read_text())
+        if d
+    }
+
+
+def pod_specs(objects: dict[tuple[str, str], dict]) -> dict[str, dict]:
+    """The pod template of every workload, by workload name."""
+    pods = {
+        name: d["spec"]["template"]["spec"]
+        for (kind, name), d in objects.items()
+        if kind == "Deployment"
+    }
+    for (kind, name), d in objects.items():
+        if kind == "CronJob":
+            pods[name] = d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pods
+
+
 def test_kubernetes_probes_resources_and_the_daily_job() -> None:
-    docs = {d["kind"]: d for p in manifests() for d in yaml.safe_load_all(p.read_text()) if d}
+    objects = k8s_objects()
     assert {
-        "ConfigMap",
-        "Deployment",
-        "Service",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "CronJob",
-    } <= set(docs)
-    container = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+        ("ConfigMap", "argus"),
+        ("Deployment", "argus"),
+        ("Service", "argus"),
+        ("HorizontalPodAutoscaler", "argus"),
+        ("PodDisruptionBudget", "argus"),
+        ("CronJob", "argus-daily"),
+        ("Deployment", "redis"),
+        ("Service", "redis"),
+        ("NetworkPolicy", "redis"),
+    } <= set(objects)
+    container = objects["Deployment", "argus"]["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    job = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    job = pod_specs(objects)["argus-daily"]["containers"][0]
     assert job["command"] == ["scripts/daily.sh"] and (ROOT / "scripts" / "daily.sh").is_file()
-    settings = set(docs["ConfigMap"]["data"])
+    settings = set(objects["ConfigMap", "argus"]["data"])
     known = set(Settings.environment())
     daily = {"ARGUS_CHECKPOINT", "ARGUS_DATA", "ARGUS_EXPORTS"}  # scripts/daily.sh's own
     assert settings - known - daily == set(), "ConfigMap sets variables nothing reads"
+
+
+def secret_refs(container: dict) -> dict[str, str]:
+    """Environment variable -> key of the Secret `argus` it is read from (a required one)."""
+    refs = {}
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            assert ref["name"] == "argus" and not ref.get("optional", False), variable
+            refs[variable["name"]] = ref["key"]
+    return refs
+
+
+def test_kubernetes_pods_are_locked_down_and_only_argus_reaches_a_password_protected_redis() -> (
+    None
+):
+    objects = k8s_objects()
+    pods = pod_specs(objects)
+    assert set(pods) == {"argus", "argus-daily", "redis"}
+    for name, pod in pods.items():
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+    service, daily, redis_pod = (
+        pods[n]["containers"][0] for n in ("argus", "argus-daily", "redis")
+    )
+    assert secret_refs(service) == {
+        "ARGUS_EVENTS_TOKEN": "events-token",
+        "ARGUS_REDIS_PASSWORD": "redis-password",
+    }
+    assert secret_refs(daily) == {"ARGUS_REDIS_PASSWORD": "redis-password"}
+    assert secret_refs(redis_pod)["REDIS_PASSWORD"] == "redis-password"
+    assert redis_pod["args"][:3] == ["redis-server", "--requirepass", "$(REDIS_PASSWORD)"]
+    # Redis takes connections from the service's and the daily job's pods only, on its port.
+    policy = objects["NetworkPolicy", "redis"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis"}
+    assert policy["policyTypes"] == ["Ingress"] and len(policy["ingress"]) == 1
+    (rule,) = policy["ingress"]
+    allowed = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]
+    }
+    assert allowed == {"argus", "argus-daily"}
+    assert all(set(peer) == {"podSelector"} for peer in rule["from"])  # no namespace/IP peers
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    labels = {
+        name: objects[kind, name]["spec"]["template"]["metadata"]["labels"]
+        if kind == "Deployment"
+        else objects[kind, name]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        for kind, name in (("Deployment", "argus"), ("CronJob", "argus-daily"))
+    }
+    assert {v["app.kubernetes.io/name"] for v in labels.values()} == allowed
+    kustomized = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    assert {p.name for p in manifests()} == set(kustomized["resources"])
 
 
 def test_compose_matches_the_dockerfile_and_the_repository() -> None:
@@ -211,6 +295,33 @@ def test_compose_matches_the_dockerfile_and_the_repository() -> None:
     environment = services["argus"]["environment"]
     assert environment["ARGUS_REDIS_URL"].startswith("redis://redis:")
     assert "argus:8000" in (PROMETHEUS / "prometheus.yml").read_text()
+
+
+def test_compose_ships_secrets_a_redis_password_and_loopback_only_dashboards() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services, secrets = compose["services"], compose["secrets"]
+    # secrets come from the environment, never from the file itself
+    assert secrets == {
+        "argus_redis_password": {"environment": "ARGUS_REDIS_PASSWORD"},
+        "argus_events_token": {"environment": "ARGUS_EVENTS_TOKEN"},
+    }
+    # mounted as /run/secrets/<name>: the names the service's settings read there
+    assert set(services["argus"]["secrets"]) == {"argus_redis_password", "argus_events_token"}
+    assert services["offline"]["secrets"] == ["argus_redis_password"]  # argus publish
+    environment = Settings.environment()
+    for name in secrets:
+        assert name.upper() in environment, f"no setting reads the secret {name}"
+    redis_command = " ".join(services["redis"]["command"])
+    assert "--requirepass" in redis_command and "/run/secrets/argus_redis_password" in redis_command
+    assert "REDISCLI_AUTH" in " ".join(services["redis"]["healthcheck"]["test"])
+    for name in ("argus", "offline", "redis"):
+        text = yaml.safe_dump(services[name])
+        assert "TOKEN:" not in text and "PASSWORD:" not in text, f"{name}: a secret in plain env"
+    for name in ("prometheus", "grafana"):
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
+    assert "ports" not in services["redis"]  # Redis is reachable on the compose network only
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
 
 
 def test_the_images_install_with_the_script_the_tests_use() -> None:
