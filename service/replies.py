@@ -25,9 +25,10 @@ def base64_f32(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
 
 
-def problem(status: int, field: str, message: str) -> HTTPException:
-    """An error in the shape FastAPI uses for validation errors: the field, then the message."""
-    return HTTPException(status, detail=[{"loc": ["body", field], "msg": message}])
+def problem(status: int, field: str, message: str, kind: str = "limit_exceeded") -> HTTPException:
+    """An error in the shape FastAPI documents for validation errors (``/openapi.json``'s
+    ``ValidationError``: location, message and type), so clients parse every 422 alike."""
+    return HTTPException(status, detail=[{"loc": ["body", field], "msg": message, "type": kind}])
 
 
 def check_length(values: Sized | None, limit: int, field: str, what: str) -> None:
