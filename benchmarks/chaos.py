@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -59,7 +58,7 @@ from index.bundle import Bundle, rows_of
 from index.store import publish
 from loadtests.run import aggregated
 from service.cli import wait_ready
-from tests.servers import RedisServer, SlowProxy, free_port
+from tests.servers import RedisServer, SlowProxy, free_port, fuzz
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = Path(__file__).with_name("chaos_load.py")
@@ -183,41 +182,6 @@ def sampling(pid: int, timeline: Timeline) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-
-
-def fuzz(url: str, *, examples: int, token: str, workers: int = 1) -> dict[str, Any]:
-    """schemathesis against ``url``'s live /openapi.json: cases generated and failures."""
-    st = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
-    if st is None:
-        raise RuntimeError("schemathesis is not installed (the dev extra has it)")
-    command = [
-        st,
-        "run",
-        f"{url}/openapi.json",
-        "--checks",
-        "not_a_server_error,response_schema_conformance",
-        "--max-examples",
-        str(examples),
-        "--header",
-        f"Authorization: Bearer {token}",
-        "--workers",
-        str(workers),
-        "--seed",
-        "1",
-        "--no-color",
-    ]
-    began = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    output = done.stdout + done.stderr
-    generated = re.search(r"Test cases:\s*\n?\s*(\d+) generated", output)
-    failures = re.search(r"(\d+) (?:unique )?failures?", output)
-    return {
-        "cases": int(generated[1]) if generated else 0,
-        "failures": int(failures[1]) if failures else (0 if done.returncode == 0 else -1),
-        "exit_code": done.returncode,
-        "seconds": time.perf_counter() - began,
-        "tail": output[-3000:],
-    }
 
 
 # -- the analysis --------------------------------------------------------------------------------

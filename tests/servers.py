@@ -1,16 +1,20 @@
-"""A throwaway local ``redis-server`` on a free loopback port, for the tests and the benchmarks:
-a real server (the Debian package that scripts/install.sh installs), never a fake.
-No persistence; it can be stopped and restarted on the same port."""
+"""Real servers and tools for the tests and the benchmarks: a throwaway local ``redis-server`` on
+a free loopback port (the Debian package that scripts/install.sh installs, never a fake; no
+persistence; it can be stopped and restarted on the same port), a proxy that makes it slow, and
+schemathesis against a live service."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -126,3 +130,38 @@ class SlowProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+def fuzz(url: str, *, examples: int, token: str, workers: int = 1) -> dict[str, Any]:
+    """schemathesis against ``url``'s live /openapi.json: cases generated and failures."""
+    st = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
+    if st is None:
+        raise RuntimeError("schemathesis is not installed (the dev extra has it)")
+    command = [
+        st,
+        "run",
+        f"{url}/openapi.json",
+        "--checks",
+        "not_a_server_error,response_schema_conformance",
+        "--max-examples",
+        str(examples),
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--workers",
+        str(workers),
+        "--seed",
+        "1",
+        "--no-color",
+    ]
+    began = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    generated = re.search(r"Test cases:\s*\n?\s*(\d+) generated", output)
+    failures = re.search(r"(\d+) (?:unique )?failures?", output)
+    return {
+        "cases": int(generated[1]) if generated else 0,
+        "failures": int(failures[1]) if failures else (0 if done.returncode == 0 else -1),
+        "exit_code": done.returncode,
+        "seconds": time.perf_counter() - began,
+        "tail": output[-3000:],
+    }

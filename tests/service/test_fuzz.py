@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.chaos import fuzz
 from service.settings import EncoderSettings, RequestSettings, Settings, StoreSettings
 from tests.conftest import serving
+from tests.servers import fuzz
 
 
 def test_generated_requests_get_no_server_error_and_match_the_schema(bundles: Path) -> None:
