@@ -65,12 +65,18 @@ class ArgusConfig:
         return self.item_dim or self.d_model
 
 
+# The paper's presets share the seed's item embedding: a unified hashed table of 2^19 rows x 256
+# (three hashes per item, 134M parameters), fixed while the encoder grows. Where d_model is wider,
+# the token projection W maps the 256-wide item embedding into d_model, and the NIP head's MLP
+# compresses h_t back to 256: queries and output embeddings live in the table's width.
+SEED_EMBEDDING = {"hash_rows": 2**19, "item_dim": 256}
+
 PRESETS: dict[str, dict[str, int]] = {
     "argus-tiny": {"d_model": 32, "n_layers": 2, "n_heads": 2, "hash_rows": 4096, "max_len": 64},
-    "argus-3m": {"d_model": 256, "n_layers": 4, "n_heads": 4},
-    "argus-30m": {"d_model": 512, "n_layers": 10, "n_heads": 8},
-    "argus-130m": {"d_model": 1024, "n_layers": 10, "n_heads": 16},
-    "argus-1b": {"d_model": 2048, "n_layers": 20, "n_heads": 16},
+    "argus-3m": {"d_model": 256, "n_layers": 4, "n_heads": 4, **SEED_EMBEDDING},
+    "argus-30m": {"d_model": 512, "n_layers": 10, "n_heads": 8, **SEED_EMBEDDING},
+    "argus-130m": {"d_model": 1024, "n_layers": 10, "n_heads": 16, **SEED_EMBEDDING},
+    "argus-1b": {"d_model": 2048, "n_layers": 20, "n_heads": 16, **SEED_EMBEDDING},
 }
 
 
@@ -345,3 +351,10 @@ def count_parameters(model: nn.Module, *, transformer_only: bool = False) -> int
     """Number of parameters; ``transformer_only`` counts the blocks alone (embeddings excluded)."""
     modules = model.blocks if transformer_only and isinstance(model, Argus) else model
     return sum(p.numel() for p in modules.parameters())
+
+
+def count_embedding_parameters(model: Argus) -> int:
+    """Parameters of the hashed item tables (the unified item/artist table, and the retrieval
+    space's when there is one)."""
+    tables = [model.item] + ([model.retrieval_item] if hasattr(model, "retrieval_item") else [])
+    return sum(t.table.weight.numel() for t in tables)

@@ -51,18 +51,34 @@ def validate(
 
 
 def presets() -> None:
-    """List the model size presets with transformer (embeddings excluded) and total parameters."""
+    """List the model size presets: transformer (the blocks), item embedding table and total
+    parameters, and the table's shape."""
     needs_extra("train", "torch")
     import torch
 
-    from model.argus import PRESETS, Argus, count_parameters, preset
+    from model.argus import (
+        PRESETS,
+        Argus,
+        count_embedding_parameters,
+        count_parameters,
+        preset,
+    )
 
-    typer.echo(f"{'preset':<12} {'transformer':>14} {'total':>14}")
+    typer.echo(
+        f"{'preset':<12} {'d_model':>8} {'transformer':>14} {'embedding':>12} {'table':>12} "
+        f"{'total':>14}"
+    )
     for name in PRESETS:
+        config = preset(name)
         with torch.device("meta"):  # no memory is allocated, even for argus-1b
-            model = Argus(preset(name))
-        transformer, total = count_parameters(model, transformer_only=True), count_parameters(model)
-        typer.echo(f"{name:<12} {transformer:>14,} {total:>14,}")
+            model = Argus(config)
+        transformer = count_parameters(model, transformer_only=True)
+        embedding, total = count_embedding_parameters(model), count_parameters(model)
+        table = f"{config.hash_rows}x{config.embedding_dim}"
+        typer.echo(
+            f"{name:<12} {config.d_model:>8} {transformer:>14,} {embedding:>12,} {table:>12} "
+            f"{total:>14,}"
+        )
 
 
 # Options shared by `pretrain` and `finetune`.

@@ -61,8 +61,10 @@ def test_presets_lists_each_size_with_its_counts() -> None:
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines()[1:]}
     assert set(rows) == {"argus-tiny", "argus-3m", "argus-30m", "argus-130m", "argus-1b"}
-    transformer_1b = int(rows["argus-1b"][0].replace(",", ""))
-    assert abs(transformer_1b - 1.007e9) / 1.007e9 < 0.02
+    d_model, transformer, embedding, table, total = rows["argus-1b"]
+    assert (d_model, transformer) == ("2048", "1,007,165,440")
+    assert (embedding, table) == ("134,217,728", "524288x256")  # the seed's 130M-parameter table
+    assert int(total.replace(",", "")) < 1.2e9  # was 2.1B with a 2^19 x 2048 table
 
 
 def test_pretrain_then_evaluate_from_the_command_line(tmp_path: Path) -> None:

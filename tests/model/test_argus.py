@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.argus import Argus, ArgusConfig, count_parameters, preset
+from model.argus import Argus, ArgusConfig, count_embedding_parameters, count_parameters, preset
 from model.data.batching import chunk_spans, make_batch
 from model.losses import ItemFrequencies, feedback_losses, pretraining_loss, sampled_softmax_loss
 from tests.model.data.helpers import make_events
@@ -144,13 +144,50 @@ def test_a_tiny_model_overfits_one_batch(objective: str) -> None:
     assert first is not None and losses["nip"].item() < 0.2 * first
 
 
-def test_preset_parameter_counts() -> None:
-    small = Argus(preset("argus-3m"))
-    assert count_parameters(small, transformer_only=True) == pytest.approx(3.2e6, rel=0.05)
-    with torch.device("meta"):
-        big = Argus(preset("argus-1b"))
-    assert count_parameters(big, transformer_only=True) == pytest.approx(1.007e9, rel=0.02)
-    assert count_parameters(big) > count_parameters(big, transformer_only=True)
+TRANSFORMER = {  # the blocks' parameters of each paper preset (the seed's 3.2M ... 1.007B)
+    "argus-3m": 3_159_040,
+    "argus-30m": 31_523_840,
+    "argus-130m": 125_962_240,
+    "argus-1b": 1_007_165_440,
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMER))
+def test_paper_presets_share_the_seeds_fixed_embedding_while_the_encoder_grows(name: str) -> None:
+    with torch.device("meta"):  # no memory, even for argus-1b
+        model = Argus(preset(name))
+    assert count_parameters(model, transformer_only=True) == TRANSFORMER[name]
+    # the unified hashed table: 2^19 rows x 256 (134M parameters), three hashes per id
+    assert tuple(model.item.table.weight.shape) == (2**19, 256)
+    assert model.item.coefficients.shape[1] == 3
+    assert count_embedding_parameters(model) == 2**19 * 256
+    d = model.cfg.d_model  # the token projection maps the 256-wide item embedding into d_model
+    assert model.token.in_features == d + 256 + d and model.token.out_features == d
+    assert model.nip_head[-1].out_features == 256  # the NIP head compresses to the table width
+    total = count_parameters(model)
+    assert total - TRANSFORMER[name] - 2**19 * 256 < 0.2 * TRANSFORMER[name] + 2e6
+
+
+def test_an_item_table_narrower_than_the_model_trains_and_scores_in_its_width() -> None:
+    model = tiny(d_model=64, n_heads=2, item_dim=16).train()  # as argus-1b: 2048 over 256
+    batch = batch_of(n_users=4, length=16, seed=3)
+    h = model(batch)
+    assert h.shape[-1] == 64
+    context = model.context_embedding(batch)
+    queries = model.nip_query(h[:, :-1].reshape(-1, 64), context[:, 1:].reshape(-1, 64))
+    outputs = model.item_embedding(batch["item_id"])
+    assert queries.shape[-1] == outputs.shape[-1] == 16  # <q, o> in the table's width
+    freq = ItemFrequencies.from_item_ids(batch["item_id"][batch["target_mask"]].numpy())
+    uniform = freq.sample_uniform(16, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(100):
+        losses = pretraining_loss(model, batch, freq, uniform)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        first = first if first is not None else losses["nip"].item()
+    assert first is not None and losses["nip"].item() < 0.3 * first
 
 
 def test_bad_configs_are_refused() -> None:
