@@ -273,10 +273,19 @@ def export(
         ),
     ] = "all",
     device: Device = "auto",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Encode the users on Ray Data: 'local' (a local instance), 'auto' (this "
+            "machine's cluster) or a cluster address; the files are the same."
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """The ONNX user encoder, item vectors and every user's vector from their latest events."""
     needs_extra("train", "torch")
+    if ray is not None:
+        needs_extra("distributed", "ray")
     from model.export import export as run
 
     summary = run(
@@ -287,6 +296,7 @@ def export(
         until=until,
         device=device,
         progress=not quiet,
+        ray_address=ray,
     )
     typer.echo(summary.line())
 

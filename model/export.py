@@ -153,18 +153,17 @@ def last_spans(events: Events, max_len: int) -> Spans:
 
 
 @torch.no_grad()
-def user_vectors(
+def encode_spans(
     model: Argus,
     events: Events,
+    spans: Spans,
     *,
     batch_size: int = 64,
     max_tokens: int = 1 << 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(user_ids, vectors)``: each user's vector from their last ``max_len`` events."""
-    spans = last_spans(events, model.cfg.max_len)
-    users = events.user_id[spans.start]
+) -> np.ndarray:
+    """(S, tower_dim + retrieval_dim) user vectors of ``spans`` (one history each), in order."""
     vectors = np.empty((len(spans), model.cfg.tower_dim + retrieval_dim(model)), dtype=np.float32)
     encoder = UserEncoder(model)
     bar = tqdm(total=len(spans), desc="user vectors", unit="user", disable=not progress)
@@ -173,7 +172,23 @@ def user_vectors(
         vectors[index] = encoder.encode(batch).float().cpu().numpy()
         bar.update(len(index))
     bar.close()
-    return users, vectors
+    return vectors
+
+
+def user_vectors(
+    model: Argus,
+    events: Events,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_ids, vectors)``: each user's vector from their last ``max_len`` events."""
+    spans = last_spans(events, model.cfg.max_len)
+    vectors = encode_spans(
+        model, events, spans, batch_size=batch_size, device=device, progress=progress
+    )
+    return events.user_id[spans.start], vectors
 
 
 @torch.no_grad()
@@ -257,10 +272,12 @@ def export(
     until: str = "all",
     device: str = "auto",
     progress: bool = True,
+    ray_address: str | None = None,
 ) -> ExportSummary:
     """Write the export directory ``out`` (see the module docstring); refuses to overwrite one.
     ``until``: only events before it count — ``"all"``, ``"trained"`` (the checkpoint's training
-    cut-off) or Unix seconds."""
+    cut-off) or Unix seconds. ``ray_address``: encode the users on a Ray cluster at that address
+    (``"local"``: a local instance) with Ray Data; the files are the same."""
     out = Path(out)
     if out.exists():
         raise ValueError(f"{out} already exists; export into a new directory")
@@ -287,9 +304,16 @@ def export(
     model.to(chosen)
     catalog = Catalog.from_events(events)
     items, item_vecs, retrieval_vecs = item_vectors(model, events, catalog=catalog, device=chosen)
-    users, user_vecs = user_vectors(
-        model, events, batch_size=batch_size, device=chosen, progress=progress
-    )
+    if ray_address is None:
+        users, user_vecs = user_vectors(
+            model, events, batch_size=batch_size, device=chosen, progress=progress
+        )
+    else:  # the same spans and encoder, mapped over a Ray cluster's actors
+        from model.distributed_export import ray_user_vectors
+
+        users, user_vecs = ray_user_vectors(
+            checkpoint, model, events, address=ray_address, batch_size=batch_size, progress=progress
+        )
     arrays = {
         "item_ids": items,
         "item_artist_ids": catalog.artist_id,

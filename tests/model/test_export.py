@@ -155,3 +155,44 @@ def test_export_from_the_command_line(finetuned: Path, sim_data: Path, tmp_path:
     assert result.output.startswith("exported ")
     again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "e"), "--quiet"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_the_export_on_a_local_ray_instance_writes_the_local_exports_files(
+    finetuned: Path, sim_data: Path, exported: Path, tmp_path: Path
+) -> None:
+    """`argus export --ray local`: Ray Data's actors (2 CPUs here) encode the users; every file
+    equals the local export's (vectors within 1e-5: batches are cut differently)."""
+    import ray
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--checkpoint",
+            str(finetuned),
+            "--data",
+            str(sim_data),
+            "--out",
+            str(tmp_path / "ray"),
+            "--ray",
+            "local",
+            "--quiet",
+        ],
+    )
+    try:
+        assert result.exit_code == 0, result.output
+        assert ray.cluster_resources()["CPU"] >= 1  # it really ran on a Ray instance
+    finally:
+        ray.shutdown()
+    local = {p.name for p in exported.iterdir()}
+    assert {p.name for p in (tmp_path / "ray").iterdir()} == local
+    for name in sorted(n for n in local if n.endswith(".npy")):
+        ours, theirs = np.load(tmp_path / "ray" / name), np.load(exported / name)
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, name
+        if ours.dtype.kind == "f":
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(ours, theirs, err_msg=name)
+    assert (tmp_path / "ray" / "encoder.onnx").read_bytes() == (
+        exported / "encoder.onnx"
+    ).read_bytes()
