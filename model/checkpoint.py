@@ -19,13 +19,17 @@ FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def save_checkpoint(path: str | Path, model: Argus, **state: Any) -> Path:
-    """Write ``model`` (config and weights) and ``state`` to ``path`` via a temporary file, so a
-    crash mid-write leaves the previous checkpoint intact."""
+def save_checkpoint(
+    path: str | Path, model: Argus, *, weights: dict[str, Any] | None = None, **state: Any
+) -> Path:
+    """Write ``model`` (config and weights: ``weights`` when given, e.g. gathered from FSDP
+    shards, else its state dict) and ``state`` to ``path`` via a temporary file, so a crash
+    mid-write leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    payload = {"format": FORMAT, "model_config": asdict(model.cfg), "model": model.state_dict()}
+    weights = model.state_dict() if weights is None else weights
+    payload = {"format": FORMAT, "model_config": asdict(model.cfg), "model": weights}
     torch.save({**payload, **state}, tmp)
     os.replace(tmp, path)
     return path

@@ -119,10 +119,48 @@ def _train(
         raise typer.Exit(75)  # EX_TEMPFAIL: rerun with --resume
 
 
+def dry_run(config: Any, ranks: int) -> None:
+    """Print the per-rank memory of ``config``'s training on ``ranks`` ranks (nothing is read,
+    nothing allocated: the model is built on the ``meta`` device)."""
+    import torch
+
+    from model.argus import Argus, count_parameters
+    from model.runtime import MemoryPlan
+    from model.train import FSDP_ABOVE
+
+    model_config = config.model_config()
+    with torch.device("meta"):
+        model = Argus(model_config)
+    total = count_parameters(model)
+    fsdp = ranks > 1 and (
+        config.parallel == "fsdp" or (config.parallel == "auto" and total > FSDP_ABOVE)
+    )
+    units = [*model.blocks, *(m for n, m in model.named_children() if n != "blocks")]
+    plan = MemoryPlan(
+        parameters=total,
+        largest_unit=max(count_parameters(unit) for unit in units),
+        ranks=ranks,
+        fsdp=fsdp,
+        tokens=config.batch_size * model_config.max_len,
+        layers=model_config.n_layers,
+        width=model_config.d_model,
+        negatives=model_config.n_uniform_negatives,
+    )
+    typer.echo(
+        f"{config.preset}: {total:,} parameters, max_len {model_config.max_len}, "
+        f"batch {config.batch_size}"
+    )
+    typer.echo(plan.table())
+
+
 @fails_cleanly
 def pretrain(
-    data: Data,
-    out: Out,
+    data: Annotated[
+        Path | None, typer.Option(help="Events directory or Parquet file (not for --dry-run).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory: checkpoint, metrics, curve PNG.")
+    ] = None,
     preset: Annotated[
         str, typer.Option(help="Model size preset (see `argus presets`).")
     ] = "argus-3m",
@@ -141,13 +179,24 @@ def pretrain(
     resume: Resume = False,
     set_: Settings = None,
     model: ModelSettings = None,
+    dry_run_ranks: Annotated[
+        int,
+        typer.Option(
+            "--dry-run",
+            help="Print the per-rank memory of this run on N ranks (bf16 activations, as on "
+            "CUDA) and exit; no data is read.",
+        ),
+    ] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Pretrain ARGUS (next-item + feedback prediction) or the SASRec baseline."""
     needs_extra("train", "torch")
+    from model.config import apply_overrides
     from model.train import PretrainConfig
     from model.train import pretrain as run
 
+    if not dry_run_ranks and (data is None or out is None):
+        raise ValueError("--data and --out are required (unless --dry-run N)")
     config = PretrainConfig(
         data=str(data),
         out=str(out),
@@ -164,6 +213,9 @@ def pretrain(
         device=device,
         model=tuple(model or ()),
     )
+    if dry_run_ranks:
+        dry_run(apply_overrides(config, set_ or []), dry_run_ranks)
+        return
     _train(run, config, set_, quiet=quiet, resume=resume)
 
 

@@ -78,6 +78,31 @@ class Runtime:
             return nn.parallel.DistributedDataParallel(module, device_ids=ids)
         return module
 
+    def fully_shard(self, model: nn.Module, units: Sequence[nn.Module]) -> list[nn.Parameter]:
+        """Shard ``model`` in place with FSDP (PyTorch's ``fully_shard``): each of ``units`` is
+        gathered for its own forward and backward and freed after. The units must cover every
+        parameter that is used through a module call (a head called outside ``model.forward``
+        would otherwise see its shard). Parameters, gradients and optimizer state are then
+        split over the ranks. Works on CPU (gloo) as on CUDA (NCCL).
+
+        Scalar parameters (the temperature) cannot be sharded: they stay whole on every rank and
+        are returned, for :meth:`average_gradients` after each backward."""
+        from torch.distributed.fsdp import fully_shard
+
+        model.to(self.device)
+        scalars = [p for p in model.parameters() if p.ndim == 0]
+        for unit in units:
+            fully_shard(unit)
+        fully_shard(model, ignored_params=set(scalars))
+        return scalars
+
+    def average_gradients(self, parameters: Sequence[nn.Parameter]) -> None:
+        """Average the gradients of ``parameters`` over the ranks (as FSDP and DDP do theirs)."""
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share; every rank gets as many items as the others (the rest is dropped)."""
         usable = len(items) - len(items) % self.world_size
@@ -114,3 +139,56 @@ class Runtime:
             yield self
         finally:
             self.close()
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-rank training memory of a model, estimated from its parameter counts (``argus
+    pretrain --dry-run``). fp32 weights and gradients, AdamW's two moments; under FSDP those
+    are split over the ranks and one unit at a time is gathered whole. Activations: 34 bytes
+    per token per layer per unit of width (bf16 with fused attention: Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models"; twice that in fp32 on a
+    CPU), plus the sampled softmax's logits and their gradient."""
+
+    parameters: int
+    largest_unit: int  # parameters of the largest FSDP unit (gathered whole in its turn)
+    ranks: int
+    fsdp: bool
+    tokens: int  # per rank per step: batch_size * max_len
+    layers: int
+    width: int
+    negatives: int  # uniform negatives per step, beside the in-batch ones
+    bf16: bool = True
+
+    def rows(self) -> list[tuple[str, float]]:
+        split = self.ranks if self.fsdp else 1
+        act = 2 if self.bf16 else 4
+        rows = [
+            ("parameters (fp32)", 4 * self.parameters / split),
+            ("gradients (fp32)", 4 * self.parameters / split),
+            ("optimizer state (AdamW, fp32)", 8 * self.parameters / split),
+        ]
+        if self.fsdp:
+            rows.append(("one unit gathered (weights + gradients)", 2 * act * self.largest_unit))
+        rows.append(("activations", 17 * act * self.tokens * self.layers * self.width))
+        rows.append(
+            ("softmax logits + gradient", 2 * 4 * self.tokens * (self.tokens + self.negatives))
+        )
+        return rows
+
+    def total(self) -> float:
+        return sum(value for _, value in self.rows())
+
+    def table(self) -> str:
+        mode = (
+            f"FSDP over {self.ranks} ranks"
+            if self.fsdp
+            else ("one process" if self.ranks == 1 else f"DDP over {self.ranks} ranks")
+        )
+        lines = [
+            f"per-rank memory, {mode}, {self.tokens:,} tokens per rank per step "
+            f"({'bf16' if self.bf16 else 'fp32'} activations):"
+        ]
+        lines += [f"  {name:<42} {value / 2**30:10.2f} GiB" for name, value in self.rows()]
+        lines.append(f"  {'total':<42} {self.total() / 2**30:10.2f} GiB")
+        return "\n".join(lines)

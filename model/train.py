@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from model.argus import Argus, ArgusConfig, count_parameters, preset
@@ -37,6 +38,7 @@ from model.runtime import Runtime
 
 # Fields that may differ when resuming: they change how long or where the run goes, not what it
 # computes.
+FSDP_ABOVE = 500_000_000  # parameters; "auto" shards larger models (argus-1b) over the ranks
 RESUMABLE = frozenset({"max_steps", "epochs", "log_every", "checkpoint_every", "device", "compile"})
 
 
@@ -66,8 +68,11 @@ class TrainConfig:
     device: str = "auto"
     compile: str = "auto"  # "auto" (on CUDA), "on" or "off"
     # Sparse gradients + SparseAdam for the hashed table: "auto" (on, except multi-GPU, where
-    # NCCL has no sparse all-reduce), "on" or "off" (dense AdamW over the whole table).
+    # NCCL has no sparse all-reduce, and FSDP, which shards dense gradients), "on" or "off".
     sparse_embeddings: str = "auto"
+    # Several ranks: "ddp" (each holds the whole model), "fsdp" (parameters, gradients and
+    # optimizer state sharded over the ranks) or "auto" (FSDP above FSDP_ABOVE parameters).
+    parallel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "log_every", "checkpoint_every"):
@@ -76,6 +81,10 @@ class TrainConfig:
         for name in ("compile", "sparse_embeddings"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ValueError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            raise ValueError(f"parallel must be auto, ddp or fsdp, got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.sparse_embeddings == "on":
+            raise ValueError("FSDP shards dense gradients: set sparse_embeddings to auto or off")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -240,8 +249,10 @@ class Optimizers:
         if not grads:
             return 0.0
         norms = [g.values().norm() if g.is_sparse else g.norm() for g in grads]
+        # FSDP: each norm is of this rank's shard; full_tensor() reduces it over the ranks
+        norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
         total = torch.stack(norms).norm()
-        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        scale = float((max_norm / (total + 1e-6)).clamp(max=1.0))  # a number: DTensors too
         for g in grads:
             g.mul_(scale)
         return float(total)
@@ -422,17 +433,34 @@ class Trainer:
         self.job, self.runtime, self.cfg = job, runtime, job.cfg
         cfg, model = job.cfg, job.model
         self.out = Path(cfg.out)
-        sparse = cfg.sparse_embeddings == "on" or (
-            cfg.sparse_embeddings == "auto" and not (runtime.cuda and runtime.world_size > 1)
+        self.fsdp = runtime.world_size > 1 and (
+            cfg.parallel == "fsdp"
+            or (cfg.parallel == "auto" and count_parameters(model) > FSDP_ABOVE)
         )
-        self.optimizer = Optimizers(model, cfg, sparse=sparse)
+        sparse = cfg.sparse_embeddings == "on" or (
+            cfg.sparse_embeddings == "auto"
+            and not self.fsdp
+            and not (runtime.cuda and runtime.world_size > 1)
+        )
+        model.item.table.sparse = sparse  # before DDP wraps it: DDP sets up sparse gradients
         self.position = Position()
-        if saved is not None:
+        if saved is not None:  # the full weights, before any sharding
             model.load_state_dict(saved["model"])
-            self.optimizer.load_state_dict(saved["optimizer"])
             self.position = Position(**{name: saved[name] for name in asdict(self.position)})
         model.to(runtime.device).train()
-        self.objective = runtime.wrap(job.objective)
+        self.replicated: list[nn.Parameter] = []  # FSDP: whole on each rank, averaged by us
+        if self.fsdp:  # shard in place; the optimizer then sees this rank's shards only
+            # one unit per block and per other submodule: the heads and tables are called
+            # outside forward() (negatives, queries), so each must gather itself; the root is
+            # the objective, the first module a step calls
+            units = [*model.blocks, *(m for n, m in model.named_children() if n != "blocks")]
+            self.replicated = runtime.fully_shard(job.objective, units)
+            self.objective: nn.Module = job.objective
+        else:
+            self.objective = runtime.wrap(job.objective)
+        self.optimizer = Optimizers(model, cfg, sparse=sparse)
+        if saved is not None:
+            self.load_optimizer(saved["optimizer"])
         if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
             model.compile(dynamic=True)
         self.total = cfg.max_steps or sum(len(job.epoch_batches(e)) for e in range(cfg.epochs))
@@ -501,6 +529,7 @@ class Trainer:
         losses, batch_events = self.job.step(self.objective, index)
         self.optimizer.zero_grad()
         losses["loss"].backward()
+        self.runtime.average_gradients(self.replicated)
         grad_norm = self.optimizer.clip_and_step(cfg.grad_clip)
         at.step += 1
         at.batch_in_epoch += 1
@@ -531,14 +560,42 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
         self.bar.set_postfix(loss=f"{row['loss']:.3f}", ev_s=f"{events_per_s:,.0f}")
 
+    def load_optimizer(self, state: dict[str, Any]) -> None:
+        if not self.fsdp:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(
+            self.job.model, self.optimizer.dense, state["dense"], options=options
+        )
+
     def checkpoint(self) -> None:
-        """``checkpoint.pt`` (rank 0): weights, optimiser state and position."""
+        """``checkpoint.pt`` (rank 0): weights, optimiser state and position. Under FSDP every
+        rank first takes part in gathering the full weights and optimizer state."""
+        weights, optimizer = None, None
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = get_model_state_dict(self.job.model, options=options)
+            dense = get_optimizer_state_dict(self.job.model, self.optimizer.dense, options=options)
+            optimizer = {"dense": dense, "sparse": None}
         if self.runtime.is_main:
             save_checkpoint(
                 self.out / CHECKPOINT_FILE,
                 self.job.model,
+                weights=weights,
                 train_config=asdict(self.cfg),
-                optimizer=self.optimizer.state_dict(),
+                optimizer=optimizer or self.optimizer.state_dict(),
                 train_until=self.job.train_until,
                 **asdict(self.position),
             )

@@ -153,3 +153,28 @@ def test_finetune_then_evaluate_pair_accuracy_from_the_command_line(tmp_path: Pa
     for name in ("ARGUS fine-tuned (fine)", "MostPop", "Oracle (simulator truth)"):
         assert 0.0 <= report["models"][name]["pair_accuracy"] <= 1.0
     assert "pair_accuracy" not in report["models"]["ARGUS (pre)"]  # no towers, no score
+
+
+def gib(output: str, row: str) -> float:
+    line = next(x for x in output.splitlines() if x.strip().startswith(row))
+    return float(line.split()[-2])
+
+
+def test_a_dry_run_prints_per_rank_memory_without_data() -> None:
+    runner = CliRunner()
+    sharded = runner.invoke(app, ["pretrain", "--preset", "argus-1b", "--dry-run", "8"])
+    whole = runner.invoke(
+        app, ["pretrain", "--preset", "argus-1b", "--dry-run", "8", "--set", "parallel=ddp"]
+    )
+    assert sharded.exit_code == 0 and whole.exit_code == 0, sharded.output + whole.output
+    assert "FSDP over 8 ranks" in sharded.output and "DDP over 8 ranks" in whole.output
+    # 1,168,265,477 parameters: fp32 weights are 4.35 GiB whole, an eighth of it sharded
+    assert gib(whole.output, "parameters") == 4.35
+    assert gib(sharded.output, "optimizer state") == round(8 * 1_168_265_477 / 8 / 2**30, 2)
+    assert gib(sharded.output, "total") < gib(whole.output, "total")
+    longer = runner.invoke(
+        app, ["pretrain", "--preset", "argus-1b", "--dry-run", "8", "--max-len", "8192"]
+    )
+    assert gib(longer.output, "activations") == 4 * gib(sharded.output, "activations")
+    missing = runner.invoke(app, ["pretrain", "--preset", "argus-tiny"])
+    assert missing.exit_code == 2 and "--data and --out are required" in missing.output

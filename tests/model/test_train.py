@@ -181,6 +181,47 @@ def test_the_same_command_runs_data_parallel_under_torchrun(sim_data: Path, tmp_
     assert read_checkpoint(out)["step"] == 4
 
 
+def torchrun_pretrain(
+    sim_data: Path, out: Path, *settings: str, steps: int = 4, resume: bool = False
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "argus", "pretrain", "--data", str(sim_data), "--out", str(out)]
+    command += ["--preset", "argus-tiny", "--max-steps", str(steps), "--batch-size", "4"]
+    command += ["--resume"] if resume else []
+    command += ["--test-days", "3", "--model", "n_uniform_negatives=32", "--quiet"]
+    for setting in ("log_every=1", "sparse_embeddings=off", *settings):
+        command += ["--set", setting]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_fsdp_over_two_gloo_processes_trains_as_data_parallel_does(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    """The same command under FSDP (parameters, gradients and optimizer state sharded over two
+    CPU processes) and under DDP (each holds the whole model) with dense table gradients: the
+    same losses at every step (rtol 1e-5; only the order of float reductions differs) and the
+    same weights in the checkpoint, which FSDP gathers into one ordinary file."""
+    runs = {}
+    for parallel in ("fsdp", "ddp"):
+        run = torchrun_pretrain(sim_data, tmp_path / parallel, f"parallel={parallel}")
+        assert run.returncode == 0, run.stderr[-3000:]
+        rows = (tmp_path / parallel / "metrics.jsonl").read_text().splitlines()
+        runs[parallel] = [json.loads(row)["loss"] for row in rows]
+    assert len(runs["fsdp"]) == 4
+    np.testing.assert_allclose(runs["fsdp"], runs["ddp"], rtol=1e-5)
+    assert runs["fsdp"][-1] < runs["fsdp"][0]  # it trained
+    sharded, _ = load_model(tmp_path / "fsdp")  # a plain single-process load
+    whole, _ = load_model(tmp_path / "ddp")
+    for (name, a), (_, b) in zip(
+        sharded.state_dict().items(), whole.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    # and it resumes: two more steps from the gathered checkpoint, sharded again
+    again = torchrun_pretrain(sim_data, tmp_path / "fsdp", "parallel=fsdp", steps=6, resume=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_checkpoint(tmp_path / "fsdp")["step"] == 6
+
+
 def test_sparse_table_gradients_equal_dense_and_training_tracks_dense(
     sim_data: Path, tmp_path: Path
 ) -> None:
