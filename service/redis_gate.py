@@ -7,8 +7,9 @@ outage or a slow Redis costs answers their freshness (``degraded=true``), never 
   ``argus_redis_shed_total``). A slow Redis therefore holds ``workers`` threads, not every
   request and not the default executor that the rest of the service uses.
 * **No retries, no reconnect storm.** The client answers a timeout at once (no redis-py retry
-  with back-off); after ``failures_to_open`` failed calls in a row the gate *opens*: calls are
-  not tried until the health check's ``PING`` (every ``interval_s``, its own thread) succeeds,
+  with back-off); after ``failures_to_open`` failed calls in a row, or one failed health check,
+  the gate *opens*: calls are not tried until the health check's ``PING`` (every
+  ``interval_s``, its own thread) succeeds,
   so during an outage one connection attempt per interval reaches Redis, not one per request.
 * **Health is a metric, not readiness.** ``argus_redis_up`` is the health check's last answer.
   A replica without Redis still answers (realtime, then popularity), so readiness ignores Redis:
@@ -101,9 +102,14 @@ class RedisGate:
         return up
 
     async def watch(self) -> None:
+        """Check every ``interval_s`` until cancelled; no failure ends the watch (a dead watch
+        would leave an open gate open for good)."""
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # e.g. the thread pool refusing work during shutdown
+                log.exception("Redis health check failed")
 
     @property
     def up(self) -> bool:
