@@ -1,11 +1,14 @@
-"""Publishing user vectors to Redis: vectors/s, Redis memory per vector, read latency, by layout.
+"""Publishing user vectors to Redis: vectors/s, Redis memory per vector, read latency, by layout,
+on one server and on a three-master Redis Cluster side by side.
 
-A real ``redis-server`` on loopback (started here, no persistence). Each layout of
-``index/store.py`` ("hash": users hashed into buckets of ~128; "plain": one key per user)
-publishes the same ``--users`` vectors with the same code path as ``argus publish``
-(MULTI/EXEC chunks that also advance the resume marker), alternating layouts over ``--rounds`` to
-spread the machine's noise. Memory per vector is Redis's ``used_memory`` growth divided by the
-number of vectors; reads are ``RedisStore.get`` of ``--batch`` random users.
+Real ``redis-server`` processes on loopback (started here, no persistence): one server, and a
+cluster of three (``redis-cli --cluster create``). Each layout of ``index/store.py`` ("hash":
+users hashed into buckets of ~128; "plain": one key per user) publishes the same ``--users``
+vectors with the same code path as ``argus publish`` (chunks written, then the resume marker
+advanced), alternating targets and layouts over ``--rounds`` to spread the machine's noise.
+Memory per vector is ``used_memory`` growth (summed over the cluster's masters) divided by the
+number of vectors; reads are ``RedisStore.get`` of ``--batch`` random users (on the cluster,
+one MGET per slot).
 
     .venv/bin/python -m benchmarks.publish [--users 1000000] [--dim 128]
 
@@ -25,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from index.bundle import Bundle
-from index.store import LAYOUTS, RedisStore, publish
-from tests.servers import RedisServer
+from index.store import LAYOUTS, RedisClient, RedisStore, publish, redis_client
+from tests.servers import RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("single", "cluster")  # one redis-server; a three-master Redis Cluster
 
 
 def fake_bundle(users: int, dim: int, seed: int) -> Bundle:
@@ -55,8 +60,18 @@ def fake_bundle(users: int, dim: int, seed: int) -> Bundle:
     )
 
 
-def used_memory(client: redis.Redis) -> int:
+def used_memory(client: RedisClient) -> int:
+    if isinstance(client, RedisCluster):
+        nodes = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return sum(int(info["used_memory"]) for info in nodes.values())
     return int(client.info("memory")["used_memory"])
+
+
+def flush(client: RedisClient) -> None:
+    if isinstance(client, RedisCluster):
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.flushall()
 
 
 def read_latencies(store: RedisStore, bundle: Bundle, batch: int, n: int) -> list[float]:
@@ -83,16 +98,24 @@ def main() -> None:
     args = parser.parse_args()
 
     bundle = fake_bundle(args.users, args.dim, seed=7)
-    runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
+    rows = [(target, layout) for target in TARGETS for layout in LAYOUTS]
+    runs: dict[str, list[dict]] = {f"{t} {layout}": [] for t, layout in rows}
     with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp))
+        server = RedisServer(Path(tmp) / "single")
+        server.workdir.mkdir()
+        cluster = RedisClusterServers(Path(tmp) / "cluster")
         server.start()
+        cluster.start()
         try:
-            client = redis.Redis.from_url(server.url)
-            version = client.info("server")["redis_version"]
+            clients: dict[str, RedisClient] = {
+                "single": redis_client(server.url),
+                "cluster": redis_client(cluster.url, cluster=True),
+            }
+            version = redis.Redis.from_url(server.url).info("server")["redis_version"]
             for round_ in range(args.rounds):
-                for layout in LAYOUTS:
-                    client.flushall()
+                for target, layout in rows:
+                    client = clients[target]
+                    flush(client)
                     before = used_memory(client)
                     summary = publish(
                         bundle, client, layout=layout, chunk=args.chunk, grace_s=0, progress=False
@@ -100,7 +123,8 @@ def main() -> None:
                     memory = (used_memory(client) - before) / args.users
                     single = read_latencies(RedisStore(client), bundle, 1, args.reads)
                     batched = read_latencies(RedisStore(client), bundle, args.batch, args.reads)
-                    runs[layout].append(
+                    name = f"{target} {layout}"
+                    runs[name].append(
                         {
                             "vectors_per_s": summary.vectors_per_s,
                             "elapsed_s": summary.elapsed_s,
@@ -110,15 +134,16 @@ def main() -> None:
                             f"read_{args.batch}_p99_ms": 1e3 * float(np.quantile(batched, 0.99)),
                         }
                     )
-                    print(f"round {round_ + 1} {layout}: {runs[layout][-1]}", flush=True)
+                    print(f"round {round_ + 1} {name}: {runs[name][-1]}", flush=True)
         finally:
             server.stop()
+            cluster.stop()
 
-    def median(layout: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[layout])
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[name])
 
-    keys = list(runs[LAYOUTS[0]][0])
-    table = {layout: {key: median(layout, key) for key in keys} for layout in LAYOUTS}
+    keys = list(next(iter(runs.values()))[0])
+    table = {name: {key: median(name, key) for key in keys} for name in runs}
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "redis": version,
@@ -129,9 +154,12 @@ def main() -> None:
         "rounds": args.rounds,
         "median": table,
         "runs": runs,
-        "hash_vs_plain_speed": table["hash"]["vectors_per_s"] / table["plain"]["vectors_per_s"],
-        "hash_vs_plain_memory": table["hash"]["bytes_per_vector"]
-        / table["plain"]["bytes_per_vector"],
+        "hash_vs_plain_speed": table["single hash"]["vectors_per_s"]
+        / table["single plain"]["vectors_per_s"],
+        "hash_vs_plain_memory": table["single hash"]["bytes_per_vector"]
+        / table["single plain"]["bytes_per_vector"],
+        "cluster_vs_single_speed": table["cluster plain"]["vectors_per_s"]
+        / table["single plain"]["vectors_per_s"],
         "goal_vectors_per_s": 200_000,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +168,7 @@ def main() -> None:
         f"{args.users:,} user vectors x {args.dim} (raw {4 * args.dim} B) to Redis {version} on "
         f"loopback, {result['machine']}; medians of {args.rounds} alternating rounds.",
         "",
-        "| layout | vectors/s | Redis bytes/vector | read 1 user p50 | "
+        "| Redis, layout | vectors/s | Redis bytes/vector | read 1 user p50 | "
         f"read {args.batch} users p50 / p99 |",
         "|---|---|---|---|---|",
     ]
@@ -152,8 +180,9 @@ def main() -> None:
         )
     lines += [
         "",
-        f"hash / plain: speed {result['hash_vs_plain_speed']:.2f}x, "
-        f"memory {result['hash_vs_plain_memory']:.2f}x (goal: >= 200,000 vectors/s)",
+        f"hash / plain (one server): speed {result['hash_vs_plain_speed']:.2f}x, "
+        f"memory {result['hash_vs_plain_memory']:.2f}x; cluster / one server (plain): speed "
+        f"{result['cluster_vs_single_speed']:.2f}x (goal: >= 200,000 vectors/s)",
     ]
     (args.out / "publish.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -54,8 +54,12 @@ def publish(
     bundle: Annotated[Path, typer.Option(help="Bundle directory (ROOT/<version>).")],
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
     layout: Annotated[
-        str, typer.Option(help="Key layout: plain (key per user) or hash.")
-    ] = "plain",
+        str,
+        typer.Option(
+            help="Key layout: plain (a key per user), hash (~128 users per key) or auto (hash "
+            "on a Redis Cluster, where plain writes 6x slower: no MSET across slots; else plain)."
+        ),
+    ] = "auto",
     grace: Annotated[
         str, typer.Option(help="How long older versions stay readable: 0, 90s, 30m, 6h, 1d.")
     ] = "1d",
@@ -63,6 +67,12 @@ def publish(
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for another publish to finish (0: refuse).")
     ] = 0.0,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            envvar="ARGUS_REDIS_CLUSTER", help="--redis-url names a node of a Redis Cluster."
+        ),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Write a bundle's user vectors to Redis under its version, then flip argus:current."""
@@ -75,7 +85,9 @@ def publish(
 
     grace_s = parse_duration(grace)
     opened = Bundle.open(bundle, with_index=False)
-    client = connect(redis_url)
+    client = connect(redis_url, cluster=cluster)
+    if layout == "auto":
+        layout = "hash" if cluster else "plain"
     try:
         summary = run(
             opened,

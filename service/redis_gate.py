@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import redis
 
+from index.store import RedisClient
 from service.metrics import Metrics
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ class RedisUnavailable(redis.ConnectionError):
 class RedisGate:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         metrics: Metrics,
         *,
         workers: int = 16,

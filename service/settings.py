@@ -25,6 +25,7 @@ class StoreSettings(BaseSettings):
 
     bundles: Path = Path("bundles")  # ROOT/<version>/ directories from `argus build`
     redis_url: str | None = None  # None: the embedded local store, latest bundle under ROOT
+    redis_cluster: bool = False  # the URL names a node of a Redis Cluster
     redis_timeout_s: Annotated[float, Field(gt=0)] = 0.1  # per call; a down Redis degrades fast
     redis_workers: Annotated[int, Field(gt=0)] = 16  # threads (and connections) calling Redis
     redis_failures_to_open: Annotated[int, Field(gt=0)] = 3  # failed calls in a row: stop trying

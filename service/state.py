@@ -22,6 +22,7 @@ from index.store import (
     LiveHistory,
     LocalHistory,
     LocalStore,
+    RedisClient,
     RedisHistory,
     RedisStore,
     UserVectorStore,
@@ -54,7 +55,7 @@ class Backend:
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
-        self.redis: redis.Redis | None = None
+        self.redis: RedisClient | None = None
         self.gate: RedisGate | None = None
         self.redis_store: RedisStore | None = None
         self.history: LiveHistory
@@ -66,6 +67,7 @@ class Backend:
                 timeout_s=store.redis_timeout_s,
                 retries=0,
                 max_connections=store.redis_workers + 2,  # + the health check, the reloader
+                cluster=store.redis_cluster,
             )
             self.gate = RedisGate(
                 self.redis,

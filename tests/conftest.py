@@ -7,16 +7,18 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 import uvicorn
+from redis.cluster import RedisCluster
 
 from index.bundle import HnswParams, build
 from service.app import create_app
 from service.settings import Settings
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisClusterServers, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +27,40 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real three-master Redis Cluster (started on first use)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    url: str
+    cluster: bool
+
+    def client(self) -> redis.Redis | RedisCluster:
+        return RedisCluster.from_url(self.url) if self.cluster else redis.Redis.from_url(self.url)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> Iterator[RedisTarget]:
+    """An empty Redis: a single server, then (the same test again) a three-master cluster."""
+    if request.param == "single":
+        url = request.getfixturevalue("redis_url")
+        yield RedisTarget(url, cluster=False)
+        return
+    cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+    target = RedisTarget(cluster.url, cluster=True)
+    client = target.client()
+    assert isinstance(client, RedisCluster)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client.close()
+    yield target
 
 
 @pytest.fixture

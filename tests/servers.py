@@ -36,6 +36,7 @@ class RedisServer:
             )
         self.binary, self.workdir, self.port = binary, workdir, free_port()
         self.password = password
+        self.extra: list[str] = []  # more redis-server arguments (cluster mode)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,6 +60,7 @@ class RedisServer:
                 "--protected-mode",
                 "no",
                 *(["--requirepass", self.password] if self.password else []),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
@@ -87,6 +89,49 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of three masters (no replicas) on free loopback ports: three
+    ``redis-server --cluster-enabled yes`` processes joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = []
+        for index in range(masters):
+            node = RedisServer(workdir / f"node{index}")
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            node.extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            # the bus port defaults to port + 10000, past 65535 for a high ephemeral port
+            node.extra += ["--cluster-port", str(free_port())]
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed: run scripts/install.sh")
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        command = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0"]
+        created = subprocess.run([*command, "--cluster-yes"], capture_output=True, text=True)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+                time.sleep(0.1)
+            client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class SlowProxy:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from redis.cluster import RedisCluster
 from typer.testing import CliRunner
 
 from argus.cli import app
@@ -32,6 +33,7 @@ from index.store import (
     vector_prefix,
 )
 from model.contract import HISTORY_EVENT
+from tests.conftest import RedisTarget
 from tests.index.conftest import export_with_users
 
 
@@ -67,10 +69,10 @@ def test_local_store_reads_the_bundle_and_refuses_other_versions(bundle_dir: Pat
 
 @pytest.mark.parametrize("layout", ["plain", "hash"])
 def test_a_published_version_reads_back_vector_for_vector(
-    bundle_dir: Path, redis_url: str, layout: str
+    bundle_dir: Path, redis_target: RedisTarget, layout: str
 ) -> None:
     bundle = Bundle.open(bundle_dir, with_index=False)
-    client = client_for(redis_url)
+    client = redis_target.client()
     summary = publish(bundle, client, layout=layout, chunk=7, per_bucket=4, progress=False)
     assert summary.previous is None and summary.written == len(bundle.user_ids)
     assert "vectors/s" in summary.line()
@@ -84,10 +86,10 @@ def test_a_published_version_reads_back_vector_for_vector(
 
 
 def test_a_new_version_flips_the_pointer_and_the_old_one_expires(
-    exported: Path, bundle_dir: Path, redis_url: str, tmp_path: Path
+    exported: Path, bundle_dir: Path, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     old = Bundle.open(bundle_dir, with_index=False)
-    client = client_for(redis_url)
+    client = redis_target.client()
     publish(old, client, progress=False)
     other = export_with_users(exported, tmp_path / "export2", 300, seed=1)
     new = Bundle.open(build(other, tmp_path / "b2", HnswParams(k=20), progress=False).path)
@@ -110,9 +112,11 @@ def test_a_new_version_flips_the_pointer_and_the_old_one_expires(
     assert_serves(RedisStore(client), old)
 
 
-def test_a_partial_version_is_refused_to_readers(bundle_dir: Path, redis_url: str) -> None:
+def test_a_partial_version_is_refused_to_readers(
+    bundle_dir: Path, redis_target: RedisTarget
+) -> None:
     bundle = Bundle.open(bundle_dir, with_index=False)
-    client = client_for(redis_url)
+    client = redis_target.client()
     client.hset(meta_key(bundle.version), mapping={"layout": "hash", "complete": 0})
     with pytest.raises(VersionUnavailable, match="only partly published"):
         RedisStore(client).get(bundle.version, [1])
@@ -120,10 +124,20 @@ def test_a_partial_version_is_refused_to_readers(bundle_dir: Path, redis_url: st
         RedisStore(client).get("20990101T0000Z-000000", [1])
 
 
+def pause_writes(client: redis.Redis | RedisCluster, ms: int) -> None:
+    """CLIENT PAUSE ... WRITE on the server, or on every node of a cluster (0: unpause)."""
+    command = ("CLIENT", "PAUSE", ms, "WRITE") if ms else ("CLIENT", "UNPAUSE")
+    if isinstance(client, RedisCluster):
+        client.execute_command(*command, target_nodes=RedisCluster.ALL_NODES)
+    else:
+        client.execute_command(*command)
+
+
 def test_a_publish_killed_midway_changes_nothing_and_a_rerun_finishes(
-    exported: Path, bundle_dir: Path, redis_url: str, tmp_path: Path
+    exported: Path, bundle_dir: Path, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
-    client = client_for(redis_url)
+    client = redis_target.client()
+    redis_url = redis_target.url
     old = Bundle.open(bundle_dir, with_index=False)
     publish(old, client, progress=False)
     big = export_with_users(exported, tmp_path / "export-big", 200_000, seed=2)
@@ -139,7 +153,10 @@ def test_a_publish_killed_midway_changes_nothing_and_a_rerun_finishes(
         redis_url,
         "--chunk",
         "500",
+        "--layout",
+        "plain",  # as the rerun below
         "--quiet",
+        *(["--cluster"] if redis_target.cluster else []),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -149,13 +166,13 @@ def test_a_publish_killed_midway_changes_nothing_and_a_rerun_finishes(
         assert time.monotonic() < deadline, "publish never started writing"
         written = int(client.hget(meta_key(new.version), "written") or 0)
         time.sleep(0.002)
-    client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")  # ... hold it mid-way ...
+    pause_writes(client, 20_000)  # ... hold it mid-way ...
     try:
         time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)  # ... and kill it
         process.wait(timeout=10)
     finally:
-        client.execute_command("CLIENT", "UNPAUSE")
+        pause_writes(client, 0)
     meta = decoded(client.hgetall(meta_key(new.version)))
     assert 0 < int(meta["written"]) < int(meta["units"]) and meta["complete"] == "0"
     store = RedisStore(client)
@@ -214,9 +231,9 @@ def events(timestamps: list[int], first_item: int = 1) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["redis", "local"])
-def test_live_history_is_capped_and_in_time_order(kind: str, redis_url: str) -> None:
+def test_live_history_is_capped_and_in_time_order(kind: str, redis_target: RedisTarget) -> None:
     history: RedisHistory | LocalHistory = (
-        RedisHistory(client_for(redis_url), cap=5, ttl_s=60)
+        RedisHistory(redis_target.client(), cap=5, ttl_s=60)
         if kind == "redis"
         else LocalHistory(cap=5)
     )
@@ -232,13 +249,14 @@ def test_live_history_is_capped_and_in_time_order(kind: str, redis_url: str) -> 
     with pytest.raises(TypeError, match="HISTORY_EVENT"):
         history.append(7, np.zeros(3))
     if kind == "redis":
-        assert 0 < client_for(redis_url).ttl("argus:hist:7") <= 60
+        assert 0 < redis_target.client().ttl("argus:hist:7") <= 60
 
 
 def test_one_publish_at_a_time_the_second_refuses_or_waits(
-    bundle_dir: Path, redis_url: str
+    bundle_dir: Path, redis_target: RedisTarget
 ) -> None:
-    client = client_for(redis_url)
+    client = redis_target.client()
+    redis_url = redis_target.url
     bundle = Bundle.open(bundle_dir, with_index=False)
     held = PublishLock(client)
     held.acquire()
@@ -246,8 +264,10 @@ def test_one_publish_at_a_time_the_second_refuses_or_waits(
         with pytest.raises(PublishBusy, match=r"another publish .* holds argus:publish-lock"):
             publish(bundle, client, progress=False)
         assert client.get(CURRENT) is None  # the refused run wrote nothing
+        cluster = ["--cluster"] if redis_target.cluster else []
         result = CliRunner().invoke(
-            app, ["publish", "--bundle", str(bundle_dir), "--redis-url", redis_url, "--quiet"]
+            app,
+            ["publish", "--bundle", str(bundle_dir), "--redis-url", redis_url, "--quiet", *cluster],
         )
         assert result.exit_code == 2 and "--wait SECONDS" in result.output, result.output
         # A waiting run goes as soon as the holder is done.

@@ -78,3 +78,34 @@ def test_publish_and_the_service_use_the_configured_redis_password(
         out = c.post("/candidates", json={"user_id": user, "k": 3}).json()
         assert out["source"] == "stored" and not out["degraded"]
         assert "hunter2" not in c.get("/readyz").text
+
+
+def test_the_service_serves_from_a_redis_cluster(bundles: Path, redis_cluster: object) -> None:
+    """Vectors published to a real three-master Redis Cluster, live histories written there: the
+    same answers as from one server."""
+    from index.store import RedisStore, publish, redis_client
+    from service.settings import RequestSettings
+    from tests.servers import RedisClusterServers
+
+    assert isinstance(redis_cluster, RedisClusterServers)
+    (path,) = list(bundles.iterdir())
+    bundle = Bundle.open(path, with_index=False)
+    client = redis_client(redis_cluster.url, cluster=True)
+    client.flushall(target_nodes=client.PRIMARIES)  # type: ignore[union-attr]
+    publish(bundle, client, progress=False)
+    users = bundle.user_ids[:50]
+    vectors, found = RedisStore(client).get(bundle.version, users)  # MGET split by slot
+    assert found.all() and (vectors == bundle.user_vectors[:50]).all()
+    store = StoreSettings(bundles=bundles, redis_url=redis_cluster.url, redis_cluster=True)
+    settings = Settings(store=store, requests=RequestSettings(events_open=True))
+    with client_for(settings) as service:
+        for user in users[:5].tolist():
+            out = service.post("/candidates", json={"user_id": user, "k": 3}).json()
+            assert out["source"] == "stored" and not out["degraded"], out
+        stranger = int(bundle.user_ids.max()) + 1
+        event = {"item_id": int(bundle.item_ids[0]), "timestamp": 1_700_000_000}
+        written = service.post("/events", json={"user_id": stranger, "events": [event]})
+        assert written.status_code == 200
+        out = service.post("/candidates", json={"user_id": stranger, "k": 3}).json()
+        assert out["source"] == "history" and not out["degraded"], out
+        assert service.get("/readyz").json()["redis"].startswith("up")
