@@ -73,9 +73,12 @@ class TrainConfig:
     # Several ranks: "ddp" (each holds the whole model), "fsdp" (parameters, gradients and
     # optimizer state sharded over the ranks) or "auto" (FSDP above FSDP_ABOVE parameters).
     parallel: str = "auto"
+    # Batches per optimiser step, their gradients averaged: one process with accumulate=N takes
+    # the steps N ranks take together (each micro-batch seeded as that rank's batch would be).
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "epochs", "log_every", "checkpoint_every"):
+        for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("compile", "sparse_embeddings"):
@@ -463,7 +466,8 @@ class Trainer:
             self.load_optimizer(saved["optimizer"])
         if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
             model.compile(dynamic=True)
-        self.total = cfg.max_steps or sum(len(job.epoch_batches(e)) for e in range(cfg.epochs))
+        k = cfg.accumulate
+        self.total = cfg.max_steps or sum(len(job.epoch_batches(e)) // k for e in range(cfg.epochs))
         self.warmup = min(cfg.warmup_steps, self.total // 10)  # a short run keeps its cosine
         self.window = MetricsWindow()
         self.lr, self.last_loss = cfg.lr, math.nan
@@ -498,8 +502,10 @@ class Trainer:
         with _StopRequest() as stop:
             while not (self.finished or stopped):
                 batches = self.job.epoch_batches(at.epoch)
-                for index in batches[at.batch_in_epoch :]:
-                    self.step(index)
+                k = cfg.accumulate
+                usable = len(batches) - len(batches) % k  # whole steps only
+                for start in range(at.batch_in_epoch, usable, k):
+                    self.step(batches[start : start + k])
                     if at.step % cfg.log_every == 0 or at.step == self.total:
                         self.log()
                     self.bar.update(1)
@@ -510,7 +516,7 @@ class Trainer:
                     stopped = self.runtime.sum(float(stop.requested)) > 0  # on every rank
                     if stopped:
                         break
-                if at.batch_in_epoch >= len(batches):
+                if at.batch_in_epoch >= usable:
                     at.epoch, at.batch_in_epoch = at.epoch + 1, 0
         self.bar.close()
         self.checkpoint()
@@ -520,22 +526,30 @@ class Trainer:
             training_curve(self.history, self.out / "training_curve.png", title=self.title)
         return self.summary()
 
-    def step(self, index: np.ndarray) -> None:
-        """One optimiser step on the batch of spans ``index``."""
+    def step(self, group: list[np.ndarray]) -> None:
+        """One optimiser step on the batches of spans in ``group`` (``accumulate`` of them):
+        the mean of their losses, each batch seeded with the step's seed (dropout, sampling),
+        as each rank's batch is under data parallelism."""
         cfg, at = self.cfg, self.position
-        torch.manual_seed(cfg.seed * 1_000_003 + at.step)  # dropout, sampling
         self.lr = cfg.lr * lr_factor(at.step, self.warmup, self.total, cfg.min_lr_ratio)
         self.optimizer.set_lr(self.lr)
-        losses, batch_events = self.job.step(self.objective, index)
         self.optimizer.zero_grad()
-        losses["loss"].backward()
+        totals: dict[str, torch.Tensor] = {}
+        batch_events = 0
+        for index in group:
+            torch.manual_seed(cfg.seed * 1_000_003 + at.step)
+            losses, events = self.job.step(self.objective, index)
+            (losses["loss"] / len(group)).backward()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + value.detach() / len(group)
+            batch_events += events
         self.runtime.average_gradients(self.replicated)
         grad_norm = self.optimizer.clip_and_step(cfg.grad_clip)
         at.step += 1
-        at.batch_in_epoch += 1
-        events = int(self.runtime.sum(float(batch_events)))
-        at.events_seen += events
-        self.window.add(losses, grad_norm, events)
+        at.batch_in_epoch += len(group)
+        seen = int(self.runtime.sum(float(batch_events)))
+        at.events_seen += seen
+        self.window.add(totals, grad_norm, seen)
 
     def log(self) -> None:
         """One row of ``metrics.jsonl``: the window's means, position, learning rate."""

@@ -182,9 +182,15 @@ def test_the_same_command_runs_data_parallel_under_torchrun(sim_data: Path, tmp_
 
 
 def torchrun_pretrain(
-    sim_data: Path, out: Path, *settings: str, steps: int = 4, resume: bool = False
+    sim_data: Path,
+    out: Path,
+    *settings: str,
+    steps: int = 4,
+    resume: bool = False,
+    ranks: int = 2,
 ) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)]
+    command = command if ranks > 1 else [sys.executable]
     command += ["-m", "argus", "pretrain", "--data", str(sim_data), "--out", str(out)]
     command += ["--preset", "argus-tiny", "--max-steps", str(steps), "--batch-size", "4"]
     command += ["--resume"] if resume else []
@@ -194,24 +200,30 @@ def torchrun_pretrain(
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
-def test_fsdp_over_two_gloo_processes_trains_as_data_parallel_does(
+def test_fsdp_over_two_gloo_processes_matches_one_process_step_for_step(
     sim_data: Path, tmp_path: Path
 ) -> None:
     """The same command under FSDP (parameters, gradients and optimizer state sharded over two
-    CPU processes) and under DDP (each holds the whole model) with dense table gradients: the
-    same losses at every step (rtol 1e-5; only the order of float reductions differs) and the
-    same weights in the checkpoint, which FSDP gathers into one ordinary file."""
+    CPU processes), under DDP (each process holds the whole model), and in one process that
+    accumulates the two ranks' batches per step (accumulate=2), all with dense table gradients:
+    the same losses at every step (rtol 1e-5; only the order of float reductions differs) and
+    the same weights in the checkpoint, which FSDP gathers into one ordinary file."""
     runs = {}
-    for parallel in ("fsdp", "ddp"):
-        run = torchrun_pretrain(sim_data, tmp_path / parallel, f"parallel={parallel}")
+    for name, settings, ranks in (
+        ("fsdp", ("parallel=fsdp",), 2),
+        ("ddp", ("parallel=ddp",), 2),
+        ("single", ("accumulate=2",), 1),
+    ):
+        run = torchrun_pretrain(sim_data, tmp_path / name, *settings, ranks=ranks)
         assert run.returncode == 0, run.stderr[-3000:]
-        rows = (tmp_path / parallel / "metrics.jsonl").read_text().splitlines()
-        runs[parallel] = [json.loads(row)["loss"] for row in rows]
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        runs[name] = [json.loads(row)["loss"] for row in rows]
     assert len(runs["fsdp"]) == 4
-    np.testing.assert_allclose(runs["fsdp"], runs["ddp"], rtol=1e-5)
+    np.testing.assert_allclose(runs["fsdp"], runs["single"], rtol=1e-5)
+    np.testing.assert_allclose(runs["ddp"], runs["single"], rtol=1e-5)
     assert runs["fsdp"][-1] < runs["fsdp"][0]  # it trained
     sharded, _ = load_model(tmp_path / "fsdp")  # a plain single-process load
-    whole, _ = load_model(tmp_path / "ddp")
+    whole, _ = load_model(tmp_path / "single")
     for (name, a), (_, b) in zip(
         sharded.state_dict().items(), whole.state_dict().items(), strict=True
     ):
