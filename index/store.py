@@ -20,9 +20,10 @@ A publish writes a version in order, a chunk of whole keys per pipeline, then ad
 ``written`` once the chunk is acknowledged (never ahead of the data; a rerun rewrites at most one
 chunk); a killed publish leaves ``argus:current`` untouched and a rerun resumes from ``written``.
 Every command touches one key (no MULTI/EXEC across keys), so all of this works on a Redis
-Cluster too (``RedisClient``), where the ``hash`` layout is the faster writer. Readers refuse a version whose ``complete`` flag is not set. After the flip every
-other version gets a TTL (the grace period), so services still holding the previous bundle keep
-reading its vectors until they reload.
+Cluster too (``RedisClient``), where the ``hash`` layout is the faster writer. Readers refuse a
+version whose ``complete`` flag is not set. After the flip every other version gets a TTL (the
+grace period), so services still holding the previous bundle keep reading its vectors until they
+reload.
 """
 
 from __future__ import annotations
