@@ -126,21 +126,17 @@ def dry_run(config: Any, ranks: int) -> None:
 
     from model.argus import Argus, count_parameters
     from model.runtime import MemoryPlan
-    from model.train import FSDP_ABOVE
+    from model.train import fsdp_units, uses_fsdp
 
     model_config = config.model_config()
     with torch.device("meta"):
         model = Argus(model_config)
     total = count_parameters(model)
-    fsdp = ranks > 1 and (
-        config.parallel == "fsdp" or (config.parallel == "auto" and total > FSDP_ABOVE)
-    )
-    units = [*model.blocks, *(m for n, m in model.named_children() if n != "blocks")]
     plan = MemoryPlan(
         parameters=total,
-        largest_unit=max(count_parameters(unit) for unit in units),
+        largest_unit=max(count_parameters(unit) for unit in fsdp_units(model)),
         ranks=ranks,
-        fsdp=fsdp,
+        fsdp=uses_fsdp(config, total, ranks),
         tokens=config.batch_size * model_config.max_len,
         layers=model_config.n_layers,
         width=model_config.d_model,

@@ -80,7 +80,7 @@ def ray_user_vectors(
     import ray
     import ray.data
 
-    from model.export import last_spans, retrieval_dim
+    from model.export import last_spans, user_vector_dim
 
     connect(address)
     began = time.perf_counter()
@@ -103,7 +103,7 @@ def ray_user_vectors(
         num_gpus=1 if gpus else 0,
         num_cpus=0 if gpus else 1,
     )
-    vectors = np.empty((len(spans), model.cfg.tower_dim + retrieval_dim(model)), dtype=np.float32)
+    vectors = np.empty((len(spans), user_vector_dim(model)), dtype=np.float32)
     bar = tqdm(total=len(spans), desc=f"user vectors (Ray, {actors} actors)", disable=not progress)
     for out in encoded.iter_batches(batch_size=None, batch_format="numpy"):
         vectors[out["row"]] = out["vector"]

@@ -44,6 +44,11 @@ def retrieval_dim(model: Argus) -> int:
     return model.cfg.retrieval_dim or model.cfg.tower_dim
 
 
+def user_vector_dim(model: Argus) -> int:
+    """Floats per user vector: the ranking part, then the retrieval part."""
+    return model.cfg.tower_dim + retrieval_dim(model)
+
+
 class UserEncoder(nn.Module):
     """The user towers over padded histories, at each row's last real event: the ranking vector
     ``u`` and the retrieval query side by side (``[B, tower_dim + retrieval_dim]``)."""
@@ -164,7 +169,7 @@ def encode_spans(
     progress: bool = False,
 ) -> np.ndarray:
     """(S, tower_dim + retrieval_dim) user vectors of ``spans`` (one history each), in order."""
-    vectors = np.empty((len(spans), model.cfg.tower_dim + retrieval_dim(model)), dtype=np.float32)
+    vectors = np.empty((len(spans), user_vector_dim(model)), dtype=np.float32)
     encoder = UserEncoder(model)
     bar = tqdm(total=len(spans), desc="user vectors", unit="user", disable=not progress)
     for index in bucket_batches(spans, batch_size=batch_size, max_tokens=max_tokens):

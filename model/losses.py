@@ -12,6 +12,7 @@ Output embeddings are item-only (no artist), so any candidate id can be scored t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,31 @@ class ItemFrequencies:
         return self.ids[index]
 
 
+def batch_softmax_loss(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    uniform_ids: torch.Tensor,
+    frequencies: ItemFrequencies,
+    temperature: torch.Tensor | float,
+) -> torch.Tensor:
+    """:func:`sampled_softmax_loss` of the targets ``ids`` (N,) given ``query`` (N, E), with the
+    batch's targets and ``uniform_ids`` as negatives and both logQ-corrected; ``embed`` maps ids
+    to the output embeddings."""
+    negative_ids = torch.unique(torch.cat([ids, uniform_ids.to(ids.device)]))  # (M,)
+    n, u = len(ids), len(uniform_ids)
+    return sampled_softmax_loss(
+        query,
+        embed(ids),
+        ids,
+        embed(negative_ids),
+        negative_ids,
+        frequencies.log_q(ids, n, u),
+        frequencies.log_q(negative_ids, n, u),
+        temperature,
+    )
+
+
 def pretraining_loss(
     model: Argus,
     batch: dict[str, torch.Tensor],
@@ -125,17 +151,8 @@ def pretraining_loss(
     next_ids = next_("item_id")  # (N,)
     next_context = context[:, 1:][valid] if context is not None else None
     query = model.nip_query(h_t, next_context)  # (N, E)
-    negative_ids = torch.unique(torch.cat([next_ids, uniform_ids.to(next_ids.device)]))  # (M,)
-    n, u = len(next_ids), len(uniform_ids)
-    nip = sampled_softmax_loss(
-        query,
-        model.item_embedding(next_ids),
-        next_ids,
-        model.item_embedding(negative_ids),
-        negative_ids,
-        frequencies.log_q(next_ids, n, u),
-        frequencies.log_q(negative_ids, n, u),
-        model.temperature(),
+    nip = batch_softmax_loss(
+        query, next_ids, model.item_embedding, uniform_ids, frequencies, model.temperature()
     )
     parts = {"nip": nip}
     total = nip
@@ -192,15 +209,6 @@ def retrieval_loss(
         return query.sum() * 0.0
     rows = torch.arange(len(target), device=target.device)[:, None].expand_as(target)
     ids = batch["item_id"][rows[valid], target[valid]]  # (N,)
-    negative_ids = torch.unique(torch.cat([ids, uniform_ids.to(ids.device)]))
-    n, u = len(ids), len(uniform_ids)
-    return sampled_softmax_loss(
-        query[valid],
-        model.retrieval_items(ids),
-        ids,
-        model.retrieval_items(negative_ids),
-        negative_ids,
-        frequencies.log_q(ids, n, u),
-        frequencies.log_q(negative_ids, n, u),
-        temperature,
+    return batch_softmax_loss(
+        query[valid], ids, model.retrieval_items, uniform_ids, frequencies, temperature
     )

@@ -427,6 +427,19 @@ class MetricsWindow:
         return means, seconds, events_per_s
 
 
+def uses_fsdp(cfg: TrainConfig, parameters: int, ranks: int) -> bool:
+    """Whether training on ``ranks`` ranks shards the model (``cfg.parallel``, or ``auto``:
+    above :data:`FSDP_ABOVE` parameters)."""
+    auto = cfg.parallel == "auto" and parameters > FSDP_ABOVE
+    return ranks > 1 and (cfg.parallel == "fsdp" or auto)
+
+
+def fsdp_units(model: Argus) -> list[nn.Module]:
+    """What FSDP gathers one at a time: each block and each other submodule (the heads and
+    tables are called outside ``forward()`` — negatives, queries — so each gathers itself)."""
+    return [*model.blocks, *(m for name, m in model.named_children() if name != "blocks")]
+
+
 class Trainer:
     """Optimises ``job.objective``: schedule, clipping, logging, checkpoints, resume, curve."""
 
@@ -436,10 +449,7 @@ class Trainer:
         self.job, self.runtime, self.cfg = job, runtime, job.cfg
         cfg, model = job.cfg, job.model
         self.out = Path(cfg.out)
-        self.fsdp = runtime.world_size > 1 and (
-            cfg.parallel == "fsdp"
-            or (cfg.parallel == "auto" and count_parameters(model) > FSDP_ABOVE)
-        )
+        self.fsdp = uses_fsdp(cfg, count_parameters(model), runtime.world_size)
         sparse = cfg.sparse_embeddings == "on" or (
             cfg.sparse_embeddings == "auto"
             and not self.fsdp
@@ -453,11 +463,8 @@ class Trainer:
         model.to(runtime.device).train()
         self.replicated: list[nn.Parameter] = []  # FSDP: whole on each rank, averaged by us
         if self.fsdp:  # shard in place; the optimizer then sees this rank's shards only
-            # one unit per block and per other submodule: the heads and tables are called
-            # outside forward() (negatives, queries), so each must gather itself; the root is
-            # the objective, the first module a step calls
-            units = [*model.blocks, *(m for n, m in model.named_children() if n != "blocks")]
-            self.replicated = runtime.fully_shard(job.objective, units)
+            # the root is the objective, the first module a step calls
+            self.replicated = runtime.fully_shard(job.objective, fsdp_units(model))
             self.objective: nn.Module = job.objective
         else:
             self.objective = runtime.wrap(job.objective)

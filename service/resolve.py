@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -55,14 +56,20 @@ class Resolver:
     def __init__(self, backend: Backend, settings: RequestSettings, metrics: Metrics) -> None:
         self.backend, self.settings, self.metrics = backend, settings, metrics
 
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """The block's wall time, observed as stage ``name``."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - began)
+
     async def stage(self, name: str, work: Callable[[], T], *, offload: bool) -> T:
         """``work()`` timed as ``name``, in a worker thread when ``offload``, else inline (a
         thread hop costs more than a lookup in memory)."""
-        began = time.perf_counter()
-        try:
+        with self.timed(name):
             return await asyncio.to_thread(work) if offload else work()
-        finally:
-            self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - began)
 
     async def store(self, work: Callable[[], T]) -> T:
         """A store call: through the Redis gate (its bounded workers; RedisUnavailable when it
@@ -70,11 +77,8 @@ class Resolver:
         gate = self.backend.gate
         if gate is None:
             return await self.stage("store", work, offload=False)
-        began = time.perf_counter()
-        try:
+        with self.timed("store"):
             return await gate.call(work)
-        finally:
-            self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - began)
 
     async def fetch(self, served: Served, user_id: int, history: bool, realtime: bool) -> Lookup:
         """:meth:`lookup` through :meth:`store`; a call not tried is an empty, degraded lookup."""
@@ -89,14 +93,12 @@ class Resolver:
     async def encode(self, served: Served, history: np.ndarray) -> np.ndarray | None:
         """The runtime encoder's vector of ``history``, or None when it cannot answer in time
         (queue full, deadline passed, retired): the caller goes on to the next source."""
-        began = time.perf_counter()
-        try:
-            return await served.batcher.encode(history)  # the encoder keeps the newest max_len
-        except EncoderUnavailable:
-            self.metrics.encoder_unavailable.inc()
-            return None
-        finally:
-            self.metrics.stage_seconds.labels("encoder").observe(time.perf_counter() - began)
+        with self.timed("encoder"):
+            try:
+                return await served.batcher.encode(history)  # it keeps the newest max_len
+            except EncoderUnavailable:
+                self.metrics.encoder_unavailable.inc()
+                return None
 
     def lookup(self, served: Served, user_id: int, history: bool, realtime: bool) -> Lookup:
         """One trip to the stores (blocking): the live history when ``history`` is asked, then

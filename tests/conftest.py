@@ -16,6 +16,7 @@ import uvicorn
 from redis.cluster import RedisCluster
 
 from index.bundle import HnswParams, build
+from index.store import RedisClient, redis_client
 from service.app import create_app
 from service.settings import Settings
 from tests.servers import RedisClusterServers, RedisServer, free_port
@@ -43,8 +44,8 @@ class RedisTarget:
     url: str
     cluster: bool
 
-    def client(self) -> redis.Redis | RedisCluster:
-        return RedisCluster.from_url(self.url) if self.cluster else redis.Redis.from_url(self.url)
+    def client(self) -> RedisClient:
+        return redis_client(self.url, cluster=self.cluster)
 
 
 @pytest.fixture(params=["single", "cluster"])
