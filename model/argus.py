@@ -53,6 +53,7 @@ class ArgusConfig:
     hash_seed: int = 0
     tower_dim: int = 0  # width of the two-tower vectors u, v (fine-tuning); 0: no towers
     retrieval_dim: int = 0  # width of the retrieval space (fine-tuning); 0: none
+    runtime_head: bool = False  # a second user projection, fine-tuned for the runtime lag (0)
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -130,9 +131,14 @@ class ContextEmbedding(nn.Module):
         self.weekday = nn.Embedding(7, dim)
         self.gap = nn.Linear(1, dim)
 
-    def forward(self, source: torch.Tensor, timestamp: torch.Tensor) -> torch.Tensor:
-        """(B, L) source and timestamp (seconds) -> (B, L, dim)."""
-        previous = torch.cat([timestamp[:, :1], timestamp[:, :-1]], dim=1)  # (ONNX has no diff)
+    def forward(
+        self, source: torch.Tensor, timestamp: torch.Tensor, before: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L) source and timestamp (seconds) -> (B, L, dim). ``before`` (B,): the time of
+        the event before each row's first (a cached history's last); without it the first
+        event's gap is 0, as at the start of a window."""
+        first = timestamp[:, :1] if before is None else before[:, None]
+        previous = torch.cat([first, timestamp[:, :-1]], dim=1)  # (ONNX has no diff)
         gap = (timestamp - previous).clamp(min=0)  # (B, L)
         hour = torch.remainder(timestamp, DAY) // HOUR
         weekday = torch.remainder(timestamp // DAY + 3, 7)  # 0 = Monday
@@ -179,14 +185,43 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> q, k, v, each (B, H, T, D / H)."""
         b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)  # (B, T, D) each
-        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, Dh)
+        q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)
+        return tuple(  # type: ignore[return-value]
+            z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v)
+        )
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The residual around attention's output ``y`` (B, H, T, Dh), then the MLP's."""
+        b, t, d = x.shape
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's output (B, T, D) and its keys and values (B, H, T, Dh)."""
+        q, k, v = self.heads(x)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, Dh)
+        return self.finish(x, y), k, v
+
+    def step(
+        self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` (B, S, D): S new tokens after P cached ones (``past_k``/``past_v``, (B, H, P,
+        Dh)) -> their outputs and the present keys and values (B, H, P + S, Dh). New token s
+        attends to every cached token and to new tokens up to itself, as in :meth:`forward`."""
+        q, k, v = self.heads(x)
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        new, total = x.shape[1], keys.shape[2]
+        position = torch.arange(new, device=x.device) + (total - new)  # of each new token
+        allowed = torch.arange(total, device=x.device)[None, :] <= position[:, None]  # (S, P+S)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
+        return self.finish(x, y), keys, values
 
 
 def positive_events(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -238,6 +273,10 @@ class Argus(nn.Module):
             if cfg.tower_dim:  # the towers read the retrieval space's taste (never train it)
                 self.user_taste = nn.Linear(r, cfg.tower_dim, bias=False)
                 self.item_taste = nn.Linear(r, cfg.tower_dim, bias=False)
+        if cfg.tower_dim and cfg.runtime_head:  # u0 = P_0 h (+ T_0 taste): the lag-0 user tower
+            self.runtime_proj = nn.Linear(d, cfg.tower_dim, bias=False)
+            if cfg.retrieval_dim:
+                self.runtime_taste = nn.Linear(cfg.retrieval_dim, cfg.tower_dim, bias=False)
 
     @property
     def has_towers(self) -> bool:
@@ -268,19 +307,59 @@ class Argus(nn.Module):
 
         ``context`` is :meth:`context_embedding` of the batch when the caller already has it.
         """
-        item = self.item_embedding(batch["item_id"], batch.get("artist_id"))  # (B, L, E)
-        if self.argus:
-            ctx = context if context is not None else self.context_embedding(batch)  # (B, L, D)
-            fb = self.feedback(
-                batch["liked"], batch["disliked"], batch["played_ratio"]
-            )  # (B, L, D)
-            x = self.token(torch.cat([ctx, item, fb], dim=-1))  # (B, L, D)
-        else:
-            x = self.token(item)
-        x = self.token_norm(x)
+        x = self.tokens(batch, context)
         for block in self.blocks:
             x = block(x)
         return self.final_norm(x)
+
+    def tokens(
+        self,
+        batch: dict[str, torch.Tensor],
+        context: torch.Tensor | None = None,
+        before: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, L, D) normalised event tokens ``x_t``; ``before`` (B,): the time of the event
+        before each row (a cached history's last), for the first event's gap."""
+        item = self.item_embedding(batch["item_id"], batch.get("artist_id"))  # (B, L, E)
+        if self.argus:
+            if context is None:
+                context = self.context(batch["source"], batch["timestamp"], before)  # (B, L, D)
+            fb = self.feedback(batch["liked"], batch["disliked"], batch["played_ratio"])
+            x = self.token(torch.cat([context, item, fb], dim=-1))  # (B, L, D)
+        else:
+            x = self.token(item)
+        return self.token_norm(x)
+
+    # -- incremental encoding (the service's key/value cache) -------------------------------------
+
+    def encode_cached(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` that also returns every layer's keys and values, each
+        (n_layers, B, H, L, D / H): the cache :meth:`step` continues from."""
+        x, keys, values = self.tokens(batch), [], []
+        for block in self.blocks:
+            x, k, v = block.attend(x)
+            keys.append(k)
+            values.append(v)
+        return self.final_norm(x), torch.stack(keys), torch.stack(values)
+
+    def step(
+        self,
+        batch: dict[str, torch.Tensor],
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+        before: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The states (B, S, D) of S new events after P cached ones, and the present keys and
+        values (n_layers, B, H, P + S, D / H). ``before`` (B,): the last cached event's time.
+        Equal to :meth:`encode_cached` over the whole history (up to rounding)."""
+        x, keys, values = self.tokens(batch, before=before), [], []
+        for layer, block in enumerate(self.blocks):
+            x, k, v = block.step(x, past_keys[layer], past_values[layer])
+            keys.append(k)
+            values.append(v)
+        return self.final_norm(x), torch.stack(keys), torch.stack(values)
 
     # -- heads -----------------------------------------------------------------------------------
 
@@ -297,12 +376,20 @@ class Argus(nn.Module):
         """(N, D), (N, D), (N, E) -> (N, 4) logits of like, dislike, skip, played_ratio."""
         return self.fp_head(torch.cat([h, next_context, next_item], dim=-1))
 
-    def user_vector(self, h: torch.Tensor, taste: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def has_runtime_head(self) -> bool:
+        return hasattr(self, "runtime_proj")
+
+    def user_vector(
+        self, h: torch.Tensor, taste: torch.Tensor | None = None, *, runtime: bool = False
+    ) -> torch.Tensor:
         """(..., D) states (and (..., R) :meth:`taste` there, for a model with a retrieval
-        space) -> (..., tower_dim) user vectors ``u = P_u h (+ T_u taste)``."""
-        u = self.user_proj(h)
+        space) -> (..., tower_dim) user vectors ``u = P_u h (+ T_u taste)``; ``runtime``: the
+        lag-0 head's (``P_0``, ``T_0``) when the model has one."""
+        runtime = runtime and self.has_runtime_head
+        u = (self.runtime_proj if runtime else self.user_proj)(h)
         if taste is not None and hasattr(self, "user_taste"):
-            u = u + self.user_taste(taste.detach())
+            u = u + (self.runtime_taste if runtime else self.user_taste)(taste.detach())
         return u
 
     def item_vector(
@@ -333,10 +420,25 @@ class Argus(nn.Module):
     def taste(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, L, R) mean retrieval embedding of the row's positive events so far (zeros before
         the first): the pooled history the retrieval query reads."""
+        total, count = self.taste_sums(batch)
+        return total / count.clamp(min=1.0)[..., None]
+
+    def taste_sums(
+        self,
+        batch: dict[str, torch.Tensor],
+        past_sum: torch.Tensor | None = None,
+        past_count: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, R) sum of the retrieval embeddings of the row's positive events so far and
+        (B, L) their number, after a cached history's ``past_sum`` (B, R) and ``past_count``
+        (B,): :meth:`taste` is their ratio."""
         item = batch["item_id"]
-        positive = positive_events(batch).float()[..., None]
-        total = torch.cumsum(self.retrieval_item(item) * positive, dim=1)  # (B, L, R)
-        return total / torch.cumsum(positive, dim=1).clamp(min=1.0)
+        positive = positive_events(batch).float()
+        total = torch.cumsum(self.retrieval_item(item) * positive[..., None], dim=1)
+        count = torch.cumsum(positive, dim=1)
+        if past_sum is not None and past_count is not None:
+            total, count = total + past_sum[:, None, :], count + past_count[:, None]
+        return total, count
 
     def retrieval_items(self, item_id: torch.Tensor) -> torch.Tensor:
         """(...) ids -> (..., R) item vectors of the retrieval space; score = <query, item>."""

@@ -234,6 +234,14 @@ def finetune(
             "of a session with the state before its first impression (the real-time encoder)."
         ),
     ] = "1d",
+    runtime_lag: Annotated[
+        str,
+        typer.Option(
+            help="A second user head for the service's runtime encoder (realtime and history "
+            "sources), fine-tuned at this lag on the same impressions and item towers; '' for "
+            "none (the runtime encoder then uses the --lag head)."
+        ),
+    ] = "0",
     group: Annotated[
         str,
         typer.Option(
@@ -286,6 +294,7 @@ def finetune(
         init=str(init or ""),
         preset=preset,
         lag=lag,
+        runtime_lag=runtime_lag,
         group=group,
         snapshot_delay=snapshot_delay,
         session_gap=session_gap,

@@ -33,6 +33,21 @@ ENCODER_INPUTS = (
     "lengths",  # int64 [B], real events per row (>= 1)
 )
 ENCODER_OUTPUT = "user_vector"  # [B, dim + retrieval_dim]: the ranking vector, then retrieval
+# The encoder's state after each row's last event, its further outputs (DESIGN.md §8: the service's
+# key/value cache): every layer's keys and values [n_layers, B, H, L, D/H] (past the row's length:
+# padding), the sum of the retrieval embeddings of its positive events [B, R] and their number [B].
+CACHE_OUTPUTS = ("keys", "values", "taste_sum", "positives")
+# The step graph: new events [B, S] after a cached state (every row of a batch with the same number
+# P of cached events) -> the user vector and the state after them (keys and values [.., P + S, ..]).
+STEP_FILE = "encoder_step.onnx"
+STEP_INPUTS = (
+    *ENCODER_INPUTS,  # the new events; ``lengths``: real new events per row (>= 1)
+    "past_keys",  # float32 [n_layers, B, H, P, D/H]
+    "past_values",  # float32 [n_layers, B, H, P, D/H]
+    "last_timestamp",  # int64 [B]: the last cached event's time (the first new event's gap)
+    "past_taste_sum",  # float32 [B, R]
+    "past_positives",  # float32 [B]
+)
 OPSET = 17
 
 # One event of a live history as stored in Redis (little-endian, packed: 29 bytes).

@@ -377,6 +377,7 @@ def impression_scores(
     device: str | torch.device = "cpu",
     progress: bool = False,
     popularity: ItemPopularity | None = None,
+    runtime: bool = False,
 ) -> np.ndarray:
     """(M,) two-tower scores ``<u, v>`` of impressions, each from its state row's hidden state
     (and taste) computed with as much history as ``max_len`` allows (one pass per user, more if
@@ -408,7 +409,8 @@ def impression_scores(
     at = torch.from_numpy(np.searchsorted(needed, impressions.state)).to(device)
     tastes = taste[at] if model.has_retrieval else None
     log_popularity = popularity.log_counts(item) if popularity is not None else None
-    return tower_scores(model, h[at], item, artist, tastes, log_popularity).cpu().numpy()
+    scores = tower_scores(model, h[at], item, artist, tastes, log_popularity, runtime=runtime)
+    return scores.cpu().numpy()
 
 
 def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) -> Events:
@@ -551,8 +553,16 @@ def _pair_accuracies(
     for path, model, state in towers:
         device = next(model.parameters()).device
         seen = ItemPopularity.of(split.train(all_users), device)  # as fine-tuning counted
+        runtime_lag = state["train_config"].get("runtime_lag", "")
         scores = impression_scores(
-            model, events, test, batch_size=cfg.batch_size, device=device, popularity=seen
+            model,
+            events,
+            test,
+            batch_size=cfg.batch_size,
+            device=device,
+            popularity=seen,
+            # the runtime head answers at its own lag (the service's realtime source)
+            runtime=bool(runtime_lag) and parse_duration(runtime_lag) == parse_duration(lag),
         )
         rows[name_of(path, state)]["pair_accuracy"] = pair_accuracy(scores, hi, lo, w)
     popularity = popularity_counts(all_users, split, catalog)

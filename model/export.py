@@ -31,7 +31,16 @@ from tqdm import tqdm
 
 from model.argus import Argus
 from model.checkpoint import load_model
-from model.contract import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, EXPORT_MANIFEST, OPSET
+from model.contract import (
+    CACHE_OUTPUTS,
+    ENCODER_FILE,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+    EXPORT_MANIFEST,
+    OPSET,
+    STEP_FILE,
+    STEP_INPUTS,
+)
 from model.data.batching import Spans, bucket_batches, make_batch
 from model.data.events import Catalog, Events, read_events
 from model.evaluate import popularity_counts
@@ -49,9 +58,50 @@ def user_vector_dim(model: Argus) -> int:
     return model.cfg.tower_dim + retrieval_dim(model)
 
 
+def _batch(inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Encoder inputs (in :data:`ENCODER_INPUTS` order) as a model batch."""
+    return dict(zip(ENCODER_INPUTS, inputs, strict=True))
+
+
 class UserEncoder(nn.Module):
     """The user towers over padded histories, at each row's last real event: the ranking vector
-    ``u`` and the retrieval query side by side (``[B, tower_dim + retrieval_dim]``)."""
+    ``u`` and the retrieval query side by side (``[B, tower_dim + retrieval_dim]``).
+
+    ``runtime``: the lag-0 user head (the service's encoder) when the model has one, else the
+    offline one. ``cache``: also return the state after each row (:data:`CACHE_OUTPUTS`), which
+    :class:`StepEncoder` continues from.
+    """
+
+    def __init__(self, model: Argus, *, runtime: bool = False, cache: bool = False) -> None:
+        super().__init__()
+        if not model.has_towers:
+            raise ValueError("the checkpoint has no towers; export a model from `argus finetune`")
+        self.model, self.runtime, self.cache = model, runtime, cache
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        batch = _batch(inputs)
+        lengths = batch["lengths"]
+        if self.cache:
+            h, keys, values = self.model.encode_cached(batch)
+        else:
+            h = self.model(batch)  # (B, L, D); causal: right padding never reaches a real state
+        rows = torch.arange(h.shape[0], device=h.device)
+        total, count = taste_state(self.model, batch)
+        last = (rows, lengths - 1)
+        vector = tower_vectors(self.model, h[last], total[last], count[last], self.runtime)
+        if not self.cache:
+            return vector
+        return vector, keys, values, total[last], count[last]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Vectors of a :meth:`model.data.batching.Batch.to_torch` batch."""
+        vector = self(*(batch[name] for name in ENCODER_INPUTS))
+        return vector if isinstance(vector, torch.Tensor) else vector[0]
+
+
+class StepEncoder(nn.Module):
+    """The runtime encoder continued from a cached state (:data:`STEP_INPUTS`): S new events
+    cost S tokens per layer; the outputs are :class:`UserEncoder`'s with ``cache=True``."""
 
     def __init__(self, model: Argus) -> None:
         super().__init__()
@@ -59,76 +109,138 @@ class UserEncoder(nn.Module):
             raise ValueError("the checkpoint has no towers; export a model from `argus finetune`")
         self.model = model
 
-    def forward(
-        self,
-        item_id: torch.Tensor,
-        artist_id: torch.Tensor,
-        timestamp: torch.Tensor,
-        source: torch.Tensor,
-        played_ratio: torch.Tensor,
-        liked: torch.Tensor,
-        disliked: torch.Tensor,
-        lengths: torch.Tensor,
-    ) -> torch.Tensor:
-        batch = {
-            "item_id": item_id,
-            "artist_id": artist_id,
-            "timestamp": timestamp,
-            "source": source,
-            "played_ratio": played_ratio,
-            "liked": liked,
-            "disliked": disliked,
-        }
-        h = self.model(batch)  # (B, L, D); causal, so right padding never reaches a real state
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(ENCODER_INPUTS)
+        batch = _batch(inputs[:n])
+        past_keys, past_values, before, past_sum, past_count = inputs[n:]
+        h, keys, values = self.model.step(batch, past_keys, past_values, before)
         rows = torch.arange(h.shape[0], device=h.device)
-        if not self.model.has_retrieval:  # the towers answer retrieval too
-            ranking = self.model.user_vector(h[rows, lengths - 1])  # (B, tower_dim)
-            return torch.cat([ranking, ranking], dim=-1)
-        batch["lengths"] = lengths
-        taste = self.model.taste(batch)[rows, lengths - 1]  # (B, R)
-        ranking = self.model.user_vector(h[rows, lengths - 1], taste)
-        retrieval = self.model.retrieval_head(taste)
-        return torch.cat([ranking, retrieval], dim=-1)
-
-    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Vectors of a :meth:`model.data.batching.Batch.to_torch` batch."""
-        return self(*(batch[name] for name in ENCODER_INPUTS))
+        total, count = taste_state(self.model, batch, past_sum, past_count)
+        last = (rows, batch["lengths"] - 1)
+        vector = tower_vectors(self.model, h[last], total[last], count[last], runtime=True)
+        return vector, keys, values, total[last], count[last]
 
 
-def export_onnx(model: Argus, path: str | Path) -> Path:
-    """Write the user encoder of ``model`` as ONNX with dynamic batch and length (traced on the
-    CPU in float32: the model is moved there)."""
-    import warnings
+def taste_state(
+    model: Argus,
+    batch: dict[str, torch.Tensor],
+    past_sum: torch.Tensor | None = None,
+    past_count: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`Argus.taste_sums` of a model with a retrieval space; zeros (B, L, 1), (B, L) of
+    one without (its state carries no taste)."""
+    if model.has_retrieval:
+        return model.taste_sums(batch, past_sum, past_count)
+    zeros = torch.zeros_like(batch["timestamp"], dtype=torch.float32)
+    return zeros[..., None], zeros
 
-    path = Path(path)
-    encoder = UserEncoder(model).to("cpu").float().eval()
-    b, length = 2, 3
-    example = (
+
+def tower_vectors(
+    model: Argus, h: torch.Tensor, total: torch.Tensor, count: torch.Tensor, runtime: bool
+) -> torch.Tensor:
+    """(N, D) states and their taste sums (N, R) and counts (N,) -> (N, tower_dim +
+    retrieval_dim) user vectors: the ranking vector, then the retrieval query."""
+    if not model.has_retrieval:  # the towers answer retrieval too
+        ranking = model.user_vector(h, runtime=runtime)
+        return torch.cat([ranking, ranking], dim=-1)
+    taste = total / count.clamp(min=1.0)[..., None]
+    ranking = model.user_vector(h, taste, runtime=runtime)
+    return torch.cat([ranking, model.retrieval_head(taste)], dim=-1)
+
+
+def _example_events(b: int, length: int, start: int = 0) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs: (B, length) events in :data:`ENCODER_INPUTS` order."""
+    return (
         torch.zeros(b, length, dtype=torch.int64),
         torch.full((b, length), -1, dtype=torch.int64),
-        torch.arange(b * length, dtype=torch.int64).view(b, length),
+        torch.arange(b * length, dtype=torch.int64).view(b, length) + start,
         torch.zeros(b, length, dtype=torch.int64),
         torch.full((b, length), 0.5),
         torch.zeros(b, length, dtype=torch.bool),
         torch.zeros(b, length, dtype=torch.bool),
-        torch.tensor([length, 1]),
+        torch.tensor([length, 1] + [1] * (b - 2)),
     )
-    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "length"} for name in ENCODER_INPUTS}
-    axes["lengths"] = {0: "batch"}
-    axes[ENCODER_OUTPUT] = {0: "batch"}
+
+
+def _to_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    axes: dict[str, dict[int, str]],
+) -> Path:
+    import warnings
+
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(
-            encoder,
+            module,
             example,
             str(path),
-            input_names=list(ENCODER_INPUTS),
-            output_names=[ENCODER_OUTPUT],
+            input_names=inputs,
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter needs no onnxscript and handles int64 hashing
         )
     return path
+
+
+def _cache_axes(length: str) -> dict[str, dict[int, str]]:
+    """Dynamic axes of the state outputs (:data:`CACHE_OUTPUTS`)."""
+    return {
+        "keys": {1: "batch", 3: length},
+        "values": {1: "batch", 3: length},
+        "taste_sum": {0: "batch"},
+        "positives": {0: "batch"},
+    }
+
+
+def export_onnx(model: Argus, path: str | Path, *, runtime: bool = True) -> Path:
+    """Write the user encoder of ``model`` as ONNX with dynamic batch and length (traced on the
+    CPU in float32: the model is moved there): the user vector, then the state
+    (:data:`CACHE_OUTPUTS`). ``runtime``: the lag-0 head when the model has one."""
+    encoder = UserEncoder(model.to("cpu").float().eval(), runtime=runtime, cache=True)
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "length"} for name in ENCODER_INPUTS}
+    axes["lengths"] = {0: "batch"}
+    axes[ENCODER_OUTPUT] = {0: "batch"}
+    axes.update(_cache_axes("length"))
+    outputs = [ENCODER_OUTPUT, *CACHE_OUTPUTS]
+    return _to_onnx(encoder, _example_events(2, 3), Path(path), list(ENCODER_INPUTS), outputs, axes)
+
+
+def export_step_onnx(model: Argus, path: str | Path) -> Path:
+    """Write the runtime encoder's step graph (:data:`STEP_INPUTS` -> the user vector and the
+    state after the new events) as ONNX; batch, new events and cached events are dynamic."""
+    model = model.to("cpu").float().eval()
+    cfg = model.cfg
+    b, past = 2, 4
+    head = cfg.d_model // cfg.n_heads
+    taste = cfg.retrieval_dim or 1
+    example = (
+        *_example_events(b, 3, start=past),
+        torch.randn(cfg.n_layers, b, cfg.n_heads, past, head),
+        torch.randn(cfg.n_layers, b, cfg.n_heads, past, head),
+        torch.full((b,), past - 1, dtype=torch.int64),
+        torch.zeros(b, taste),
+        torch.zeros(b),
+    )
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "new"} for name in ENCODER_INPUTS}
+    axes["lengths"] = {0: "batch"}
+    axes.update(
+        {
+            "past_keys": {1: "batch", 3: "past"},
+            "past_values": {1: "batch", 3: "past"},
+            "last_timestamp": {0: "batch"},
+            "past_taste_sum": {0: "batch"},
+            "past_positives": {0: "batch"},
+            ENCODER_OUTPUT: {0: "batch"},
+        }
+    )
+    axes.update(_cache_axes("present"))
+    outputs = [ENCODER_OUTPUT, *CACHE_OUTPUTS]
+    return _to_onnx(StepEncoder(model), example, Path(path), list(STEP_INPUTS), outputs, axes)
 
 
 @dataclass
@@ -226,6 +338,24 @@ def item_vectors(
     return ids, ranking, retrieval
 
 
+def user_encoders(model: Argus, state: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Which user head made what, and the lag of the state it was fine-tuned on: ``stored`` (the
+    published vectors) and ``runtime`` (``encoder.onnx``: the service's realtime and history
+    sources)."""
+    config = state.get("train_config", {})
+    lag = str(config.get("lag", "1d"))
+    runtime_lag = str(config.get("runtime_lag", "")) if model.has_runtime_head else ""
+    return {
+        "stored": {"head": "user_proj", "lag": lag},
+        "runtime": {
+            "head": "runtime_proj" if runtime_lag else "user_proj",
+            "lag": runtime_lag or lag,
+            "file": ENCODER_FILE,
+            "step_file": STEP_FILE,
+        },
+    }
+
+
 def popular_items(events: Events, catalog: Catalog | None = None) -> np.ndarray:
     """Item ids by number of positive events, most popular first (ties: smaller id first)."""
     catalog = Catalog.from_events(events) if catalog is None else catalog
@@ -238,7 +368,13 @@ def write_files(directory: Path, arrays: dict[str, np.ndarray], manifest: dict[s
     as ``export.json``: every file of an export but ``encoder.onnx``."""
     for name, array in arrays.items():
         np.save(directory / f"{name}.npy", array, allow_pickle=False)
-    signature = {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "opset": OPSET}
+    signature = {
+        "inputs": list(ENCODER_INPUTS),
+        "output": ENCODER_OUTPUT,
+        "state": list(CACHE_OUTPUTS),
+        "step": {"file": STEP_FILE, "inputs": list(STEP_INPUTS)},
+        "opset": OPSET,
+    }
     text = json.dumps({**manifest, "encoder": signature}, indent=2)
     (directory / EXPORT_MANIFEST).write_text(text + "\n")
 
@@ -306,6 +442,7 @@ def export(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     export_onnx(model, tmp / ENCODER_FILE)
+    export_step_onnx(model, tmp / STEP_FILE)
     model.to(chosen)
     catalog = Catalog.from_events(events)
     items, item_vecs, retrieval_vecs = item_vectors(model, events, catalog=catalog, device=chosen)
@@ -339,6 +476,7 @@ def export(
         "n_users": len(users),
         "trained_until": state["train_until"],
         "events_until": int(events.timestamp.max()) + 1,
+        "user_encoders": user_encoders(model, state),
         "elapsed_s": elapsed,
     }
     write_files(tmp, arrays, manifest)

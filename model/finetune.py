@@ -153,6 +153,7 @@ class Impressions:
     state: np.ndarray  # the row whose state scores it (one per group)
     grade: np.ndarray  # index into GRADES
     group: np.ndarray  # comparison group id
+    head: np.ndarray  # 0: scored by the offline user head, 1: by the runtime (lag-0) head
 
     def __len__(self) -> int:
         return len(self.row)
@@ -168,10 +169,12 @@ def find_impressions(
     *,
     snapshot_delay: int = 0,
     session_gap: int = SESSION_GAP,
+    head: int = 0,
 ) -> Impressions:
     """Every impression of ``events`` that has a state, with the state the serving path would
     have used (see the module docstring): the daily snapshot when ``lag`` > 0, else the state
-    before the first impression of its group. Groups without a state are dropped."""
+    before the first impression of its group. Groups without a state are dropped. ``head``:
+    which user head scores them (:attr:`Impressions.head`)."""
     grade = impression_grades(events)
     rows = np.flatnonzero(grade >= 0)
     group_of = group_ids(events, rows, group, lag, session_gap)
@@ -185,7 +188,28 @@ def find_impressions(
         state = np.where(same_user, before, -1)[group_of]
     keep = np.flatnonzero(state >= 0)
     _, renumbered = np.unique(group_of[keep], return_inverse=True)  # consecutive again
-    return Impressions(rows[keep], state[keep], grade[rows[keep]], renumbered.astype(np.int64))
+    return Impressions(
+        rows[keep],
+        state[keep],
+        grade[rows[keep]],
+        renumbered.astype(np.int64),
+        np.full(len(keep), head, dtype=np.int64),
+    )
+
+
+def both_heads(offline: Impressions, runtime: Impressions) -> Impressions:
+    """The impressions of both user heads in one set: each impression once with the daily state
+    (head 0) and once with the runtime one (head 1), in separate groups (a pair never mixes
+    heads), sorted by row."""
+    shifted = dataclasses.replace(
+        runtime,
+        group=runtime.group + (int(offline.group.max()) + 1 if len(offline) else 0),
+        head=np.ones(len(runtime), dtype=np.int64),
+    )
+    merged = Impressions(
+        **{k: np.concatenate([getattr(offline, k), getattr(shifted, k)]) for k in vars(offline)}
+    )
+    return merged.take(np.argsort(merged.row, kind="stable"))
 
 
 def group_pairs(
@@ -268,7 +292,7 @@ def every_chunk(events: Events, max_len: int) -> Samples:
     spans = chunk_spans(events.user_offsets()[1], max_len)
     empty = np.zeros(0, np.int64)
     return Samples(
-        spans, np.zeros(len(spans) + 1, np.int64), Impressions(empty, empty, empty, empty)
+        spans, np.zeros(len(spans) + 1, np.int64), Impressions(empty, empty, empty, empty, empty)
     )
 
 
@@ -282,6 +306,7 @@ class ImpressionBatch:
     artist_id: np.ndarray  # (M,)
     grade: np.ndarray  # (M,)
     group: np.ndarray  # (M,) group id, unique within the batch (a group never spans two chunks)
+    runtime: np.ndarray  # (M,) bool: scored by the runtime (lag-0) user head
     hi: np.ndarray  # (P,) index of the better impression of each pair
     lo: np.ndarray  # (P,)
     weight: np.ndarray  # (P,) float32
@@ -326,6 +351,7 @@ def sample_batch(
         artist_id=events.artist_id[imp.row],
         grade=imp.grade,
         group=group,
+        runtime=imp.head == 1,
         hi=hi,
         lo=lo,
         weight=weight.astype(np.float32),
@@ -339,10 +365,20 @@ def tower_scores(
     artist_id: torch.Tensor,
     taste: torch.Tensor | None = None,
     log_popularity: torch.Tensor | None = None,
+    runtime: torch.Tensor | bool = False,
 ) -> torch.Tensor:
-    """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``."""
+    """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``;
+    ``runtime``: the lag-0 user head's, for all or (an (M,) bool mask) some impressions."""
     v = model.item_vector(item_id, artist_id, log_popularity)
-    return (model.user_vector(h, taste) * v).sum(-1)
+    if isinstance(runtime, torch.Tensor):
+        u = torch.where(
+            runtime[:, None],
+            model.user_vector(h, taste, runtime=True),
+            model.user_vector(h, taste),
+        )
+    else:
+        u = model.user_vector(h, taste, runtime=runtime)
+    return (u * v).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -405,7 +441,7 @@ class PairwiseObjective(nn.Module):
             self.popularity.log_counts(imp["item_id"]) if self.popularity is not None else None
         )
         scores = tower_scores(
-            self.model, h[at], imp["item_id"], imp["artist_id"], taste, popularity
+            self.model, h[at], imp["item_id"], imp["artist_id"], taste, popularity, imp["runtime"]
         )
         pairwise = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
         with torch.no_grad():
@@ -480,7 +516,13 @@ def impression_level_backward(
         taste = model.taste(batch)[rows, positions] if model.has_retrieval else None
         log_popularity = popularity.log_counts(items) if popularity is not None else None
         scores = tower_scores(
-            model, h[rows, positions], items, tensors["artist_id"][mine], taste, log_popularity
+            model,
+            h[rows, positions],
+            items,
+            tensors["artist_id"][mine],
+            taste,
+            log_popularity,
+            tensors["runtime"][mine],
         )
         pairs = np.flatnonzero(local[pair_group] >= 0)
         hi = torch.from_numpy(where[imp.hi[pairs]]).to(device)
@@ -498,6 +540,7 @@ def impression_level_backward(
 class FinetuneConfig(TrainConfig):
     init: str = ""  # pretrained run directory or checkpoint; "" trains from scratch
     lag: str = "1d"  # "1d": the daily bundle's state; "0": the runtime encoder's (per session)
+    runtime_lag: str = "0"  # a second user head for the service's runtime encoder; "": none
     group: str = "auto"  # "auto" (lag bucket; sessions at lag 0), "lag", "session" or e.g. "6h"
     snapshot_delay: str = "0"  # the daily snapshot is taken this long before the bucket starts
     session_gap: str = "30m"  # silence that starts a new session
@@ -520,6 +563,8 @@ class FinetuneConfig(TrainConfig):
         super().__post_init__()
         for name in ("lag", "snapshot_delay", "session_gap"):
             parse_duration(getattr(self, name))
+        if self.runtime_lag:
+            parse_duration(self.runtime_lag)
         if self.group not in ("auto", "lag", "session"):
             parse_duration(self.group)
         pair_weight_table(self.pair_weights)
@@ -534,15 +579,30 @@ class FinetuneConfig(TrainConfig):
     def lag_seconds(self) -> int:
         return parse_duration(self.lag)
 
+    @property
+    def runtime_head(self) -> bool:
+        """A second user head, for ``runtime_lag``: set, and not the lag the first one has."""
+        return bool(self.runtime_lag) and parse_duration(self.runtime_lag) != self.lag_seconds
+
     def impressions(self, events: Events) -> Impressions:
-        """The impressions of ``events`` with the states and groups this config trains on."""
-        return find_impressions(
-            events,
-            self.lag_seconds,
-            self.group,
-            snapshot_delay=parse_duration(self.snapshot_delay),
-            session_gap=parse_duration(self.session_gap),
-        )
+        """The impressions of ``events`` with the states and groups this config trains on: the
+        first head's at ``lag``, and with a runtime head also each at ``runtime_lag`` (its
+        groups: sessions at lag 0)."""
+
+        def at(lag: int, group: str, head: int) -> Impressions:
+            return find_impressions(
+                events,
+                lag,
+                group,
+                snapshot_delay=parse_duration(self.snapshot_delay),
+                session_gap=parse_duration(self.session_gap),
+                head=head,
+            )
+
+        offline = at(self.lag_seconds, self.group, 0)
+        if not self.runtime_head:
+            return offline
+        return both_heads(offline, at(parse_duration(self.runtime_lag), "auto", 1))
 
     def retrieval_training(
         self, train: Events, device: str | torch.device
@@ -580,7 +640,10 @@ class FinetuneConfig(TrainConfig):
                 f"{base.objective!r} (a SASRec model never reads the impressions' context)"
             )
         return dataclasses.replace(
-            base, tower_dim=self.tower_dim or base.d_model, retrieval_dim=self.retrieval_dim
+            base,
+            tower_dim=self.tower_dim or base.d_model,
+            retrieval_dim=self.retrieval_dim,
+            runtime_head=self.runtime_head,
         )
 
 
@@ -665,6 +728,8 @@ def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) 
         "retrieval_head.",
         "user_taste.",
         "item_taste.",
+        "runtime_proj.",
+        "runtime_taste.",
     )
     if unexpected or any(not name.startswith(towers) for name in missing):
         raise ValueError(

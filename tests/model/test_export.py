@@ -16,9 +16,14 @@ from model.data.events import read_events
 from model.export import (
     ENCODER_FILE,
     ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+    STEP_FILE,
+    STEP_INPUTS,
+    StepEncoder,
     UserEncoder,
     export,
     export_onnx,
+    export_step_onnx,
     last_spans,
     popular_items,
 )
@@ -52,9 +57,14 @@ def test_onnx_encoder_equals_the_torch_user_tower(
     path = export_onnx(model, tmp_path / ENCODER_FILE)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = histories(sim_data, b, length, seed=b * 100 + length)
-    (onnx_out,) = session.run(None, inputs)
+    (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
     with torch.no_grad():
-        torch_out = UserEncoder(model)(*(torch.from_numpy(inputs[n]) for n in ENCODER_INPUTS))
+        tensors = [torch.from_numpy(inputs[n]) for n in ENCODER_INPUTS]
+        torch_out = UserEncoder(model, runtime=True)(*tensors)
+        offline = UserEncoder(model)(*tensors)
+    # The runtime (lag-0) head differs from the offline one in the ranking part only.
+    assert model.has_runtime_head and not torch.allclose(torch_out[:, :24], offline[:, :24])
+    np.testing.assert_array_equal(torch_out[:, 24:].numpy(), offline[:, 24:].numpy())
     assert onnx_out.shape == (b, 24 + model.cfg.retrieval_dim) and model.cfg.retrieval_dim > 0
     assert np.abs(onnx_out - torch_out.numpy()).max() < 1e-4
 
@@ -68,6 +78,7 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     files = {p.name for p in out.iterdir()}
     assert files == {
         "encoder.onnx",
+        "encoder_step.onnx",
         "export.json",
         "item_ids.npy",
         "item_artist_ids.npy",
@@ -97,9 +108,12 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["dim"] == 24 and manifest["n_users"] == len(load["user_ids"])
     assert manifest["retrieval_dim"] == model.cfg.retrieval_dim
+    encoders = manifest["user_encoders"]
+    assert encoders["stored"]["lag"] == "1d" and encoders["runtime"]["lag"] == "0"
+    assert encoders["runtime"]["head"] == "runtime_proj"
 
     # Every user's vector is the tower at their last event, from their last max_len events,
-    # whatever batch it was computed in; and the ONNX encoder agrees.
+    # whatever batch it was computed in; and the ONNX (runtime) encoder agrees with that head.
     session = ort.InferenceSession(str(out / ENCODER_FILE), providers=["CPUExecutionProvider"])
     spans = last_spans(events, model.cfg.max_len)
     assert spans.length.max() == 96 and spans.length.min() < 96
@@ -107,9 +121,11 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
         batch = make_batch(events, spans.take(np.array([k])), pad_to_multiple=1)
         with torch.no_grad():
             alone = UserEncoder(model).encode(batch.to_torch())[0].numpy()
+            runtime = UserEncoder(model, runtime=True).encode(batch.to_torch())[0].numpy()
         np.testing.assert_allclose(load["user_vectors"][k], alone, rtol=0, atol=1e-5)
-        (onnx_out,) = session.run(None, {n: getattr(batch, n) for n in ENCODER_INPUTS})
-        assert np.abs(onnx_out[0] - alone).max() < 1e-4
+        inputs = {n: getattr(batch, n) for n in ENCODER_INPUTS}
+        (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
+        assert np.abs(onnx_out[0] - runtime).max() < 1e-4
     ids, first = np.unique(events.item_id, return_index=True)
     with torch.no_grad():  # popularity: the exported events' positives
         item = torch.from_numpy(ids)
@@ -196,3 +212,86 @@ def test_the_export_on_a_local_ray_instance_writes_the_local_exports_files(
     assert (tmp_path / "ray" / "encoder.onnx").read_bytes() == (
         exported / "encoder.onnx"
     ).read_bytes()
+
+
+def split_inputs(inputs: dict[str, np.ndarray], cut: int) -> tuple[dict, dict]:
+    """One-row encoder inputs cut into the first ``cut`` events and the rest."""
+    head = {n: inputs[n][:, :cut] for n in ENCODER_INPUTS if n != "lengths"}
+    tail = {n: inputs[n][:, cut:] for n in ENCODER_INPUTS if n != "lengths"}
+    head["lengths"] = np.array([cut])
+    tail["lengths"] = np.array([inputs["item_id"].shape[1] - cut])
+    return head, tail
+
+
+def test_the_step_graph_continues_a_cached_state_as_a_full_encode_would(
+    finetuned: Path, sim_data: Path, tmp_path: Path
+) -> None:
+    """Full encode of a prefix, then the step graph over the rest in random pieces (1 event or
+    several): the user vector and the state equal one full encode of the whole history (1e-4),
+    in PyTorch and in ONNX Runtime."""
+    model, _ = load_model(finetuned)
+    full = ort.InferenceSession(
+        str(export_onnx(model, tmp_path / ENCODER_FILE)), providers=["CPUExecutionProvider"]
+    )
+    step = ort.InferenceSession(
+        str(export_step_onnx(model, tmp_path / STEP_FILE)), providers=["CPUExecutionProvider"]
+    )
+    assert [i.name for i in step.get_inputs()] == list(STEP_INPUTS)
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        inputs = histories(sim_data, 2, 96, seed=trial)
+        row = int(np.argmax(inputs["lengths"]))
+        n = int(inputs["lengths"][row])
+        one = {k: v[row : row + 1, :n] for k, v in inputs.items() if k != "lengths"}
+        one["lengths"] = np.array([n])
+        expected = full.run(None, one)
+        cut = int(rng.integers(1, n)) if n > 1 else 1
+        head, _ = split_inputs(one, cut)
+        vector, keys, values, taste_sum, positives = full.run(None, head)
+        while cut < n:
+            size = int(min(rng.choice([1, 1, 2, 5]), n - cut))
+            _, tail = split_inputs(one, cut)
+            piece = {k: v[:, :size] for k, v in tail.items() if k != "lengths"}
+            piece["lengths"] = np.array([size])
+            feeds = {
+                **piece,
+                "past_keys": keys,
+                "past_values": values,
+                "last_timestamp": one["timestamp"][:, cut - 1],
+                "past_taste_sum": taste_sum,
+                "past_positives": positives,
+            }
+            vector, keys, values, taste_sum, positives = step.run(None, feeds)
+            with torch.no_grad():  # PyTorch's step agrees with ONNX Runtime's
+                torch_out = StepEncoder(model)(*(torch.from_numpy(feeds[k]) for k in STEP_INPUTS))
+            assert np.abs(torch_out[0].numpy() - vector).max() < 1e-4
+            cut += size
+        assert keys.shape == expected[1].shape
+        for got, want in zip((vector, keys, values, taste_sum, positives), expected, strict=True):
+            assert np.abs(got - want).max() < 1e-4, trial
+
+
+def test_a_batched_step_equals_each_row_s_own_step(
+    finetuned: Path, sim_data: Path, tmp_path: Path
+) -> None:
+    """Rows of one step batch share the number of cached events; the new events are
+    right-padded; each row gets what it gets alone."""
+    model, _ = load_model(finetuned)
+    encoder = UserEncoder(model, runtime=True, cache=True)
+    stepper = StepEncoder(model)
+    inputs = histories(sim_data, 3, 40, seed=11)
+    width = inputs["item_id"].shape[1]
+    cut = width - 5
+    new = torch.tensor([5, 3, 1])  # right-padded new events
+    inputs["lengths"][:] = cut + new.numpy()  # (the rows' padding counts as events here)
+    t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        expected = encoder(*(t[k] for k in ENCODER_INPUTS))[0]
+        prefix = {k: v[:, :cut] for k, v in t.items() if k != "lengths"}
+        prefix["lengths"] = torch.full((3,), cut)
+        _, keys, values, total, count = encoder(*(prefix[k] for k in ENCODER_INPUTS))
+        rest = {k: v[:, cut:] for k, v in t.items() if k != "lengths"}
+        rest["lengths"] = new
+        before = t["timestamp"][:, cut - 1]
+        got = stepper(*(rest[k] for k in ENCODER_INPUTS), keys, values, before, total, count)[0]
+    assert torch.abs(got - expected).max() < 1e-4
