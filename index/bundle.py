@@ -10,7 +10,9 @@
     item_artist_ids.npy  int64 [n_items], each item's artist (-1 unknown): the unfamiliar filter
     item_vectors.npy   float32 [n_items, dim]: the ranking space (/score, ranking_score)
     retrieval_item_vectors.npy  float32 [n_items, retrieval_dim]: the retrieval space (/candidates)
-    encoder.onnx       the user encoder: [ranking | retrieval] user vectors
+    encoder.onnx       the runtime user encoder: [ranking | retrieval] user vectors, and the state
+                       the service caches (every layer's keys and values, the taste sums)
+    encoder_step.onnx  (optional) the step graph: new events after a cached state
     popular.npy        int64 item ids, most popular first: the fallback ranking
     user_ids.npy       int64 [n_users], sorted
     user_vectors.npy   float32 [n_users, dim + retrieval_dim], the ranking vector then the
@@ -45,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index.hnsw import ItemIndex, Tuning, tune_ef
-from model.contract import ENCODER_FILE, EXPORT_ARRAYS, EXPORT_MANIFEST
+from model.contract import ENCODER_FILE, EXPORT_ARRAYS, EXPORT_MANIFEST, STEP_FILE
 
 SCHEMA_VERSION = 2  # 2: two item spaces (retrieval, ranking)
 MANIFEST = "manifest.json"
@@ -238,9 +240,10 @@ def build(
                 "or pass --allow-low-recall"
             )
         index.save(str(tmp / INDEX_FILE))
-        for name in (*ARRAY_FILES, ENCODER_FILE):
+        optional = [STEP_FILE] if (Path(export_dir) / STEP_FILE).is_file() else []
+        for name in (*ARRAY_FILES, ENCODER_FILE, *optional):
             shutil.copyfile(Path(export_dir) / name, tmp / name)
-        digests = {name: sha256_of(tmp / name) for name in BUNDLE_FILES}
+        digests = {name: sha256_of(tmp / name) for name in (*BUNDLE_FILES, *optional)}
         files = {
             name: {"sha256": digest, "bytes": (tmp / name).stat().st_size}
             for name, digest in digests.items()
@@ -260,6 +263,7 @@ def build(
             "trained_until": export_manifest.get("trained_until"),
             "events_until": export_manifest.get("events_until"),
             "encoder": export_manifest.get("encoder", {}),
+            "user_encoders": export_manifest.get("user_encoders", {}),
             "hnsw": {
                 "space": params.space,
                 "max_norm": index.max_norm,
@@ -377,6 +381,11 @@ class Bundle:
     @property
     def encoder_path(self) -> Path:
         return self.path / ENCODER_FILE
+
+    @property
+    def step_path(self) -> Path | None:
+        """The encoder's step graph (incremental encoding), when the bundle has one."""
+        return self.path / STEP_FILE if STEP_FILE in self.manifest["files"] else None
 
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True, with_index: bool = True) -> Bundle:

@@ -189,8 +189,11 @@ class Block(nn.Module):
         """(B, T, D) -> q, k, v, each (B, H, T, D / H)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)
-        return tuple(  # type: ignore[return-value]
-            z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v)
+        shape = (b, t, self.n_heads, d // self.n_heads)
+        return (
+            q.view(shape).transpose(1, 2),
+            k.view(shape).transpose(1, 2),
+            v.view(shape).transpose(1, 2),
         )
 
     def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -338,7 +341,8 @@ class Argus(nn.Module):
         """:meth:`forward` that also returns every layer's keys and values, each
         (n_layers, B, H, L, D / H): the cache :meth:`step` continues from."""
         x, keys, values = self.tokens(batch), [], []
-        for block in self.blocks:
+        blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]
+        for block in blocks:
             x, k, v = block.attend(x)
             keys.append(k)
             values.append(v)
@@ -355,7 +359,8 @@ class Argus(nn.Module):
         values (n_layers, B, H, P + S, D / H). ``before`` (B,): the last cached event's time.
         Equal to :meth:`encode_cached` over the whole history (up to rounding)."""
         x, keys, values = self.tokens(batch, before=before), [], []
-        for layer, block in enumerate(self.blocks):
+        blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]
+        for layer, block in enumerate(blocks):
             x, k, v = block.step(x, past_keys[layer], past_values[layer])
             keys.append(k)
             values.append(v)

@@ -10,6 +10,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from service.encoder_cache import CacheReport
+
 # No *_created series: a timestamp per series that no dashboard or alert uses.
 disable_created_metrics()
 
@@ -91,6 +93,27 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.encoder_cache = Counter(
+            "argus_encoder_cache_total",
+            "Runtime encodes by what the key/value cache held: hit (the same history: no work), "
+            "extend (its new events only), miss (no state), diverged (the history no longer "
+            "extends the cached one: encoded in full).",
+            ["outcome"],
+            registry=r,
+        )
+        self.encoder_tokens = Counter(
+            "argus_encoder_tokens_total",
+            "Events the runtime encoder ran, by kind: full (whole windows) or step (new events "
+            "after a cached state).",
+            ["kind"],
+            registry=r,
+        )
+        self.encoder_cache_bytes = Gauge(
+            "argus_encoder_cache_bytes", "Bytes of cached encoder states.", registry=r
+        )
+        self.encoder_cache_users = Gauge(
+            "argus_encoder_cache_users", "Users with a cached encoder state.", registry=r
+        )
         self.bundle_info = Gauge(
             "argus_bundle_info", "The loaded bundle (value 1).", ["version"], registry=r
         )
@@ -100,6 +123,14 @@ class Metrics:
         self.reloads = Counter(
             "argus_bundle_reloads_total", "Bundle loads by result.", ["result"], registry=r
         )
+
+    def observe_cache(self, report: CacheReport) -> None:
+        for outcome, count in report.outcomes.items():
+            self.encoder_cache.labels(outcome).inc(count)
+        self.encoder_tokens.labels("full").inc(report.full_tokens)
+        self.encoder_tokens.labels("step").inc(report.step_tokens)
+        self.encoder_cache_bytes.set(report.bytes)
+        self.encoder_cache_users.set(report.users)
 
     def observe_batch(self, size: int, queue_delay_s: float) -> None:
         self.encoder_batch.observe(size)

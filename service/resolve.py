@@ -90,12 +90,13 @@ class Resolver:
             self.backend.gate.record(ok=not found.failed)
         return found
 
-    async def encode(self, served: Served, history: np.ndarray) -> np.ndarray | None:
-        """The runtime encoder's vector of ``history``, or None when it cannot answer in time
-        (queue full, deadline passed, retired): the caller goes on to the next source."""
+    async def encode(self, served: Served, user_id: int, history: np.ndarray) -> np.ndarray | None:
+        """The runtime encoder's vector of ``user_id``'s ``history`` (continuing their cached
+        state), or None when it cannot answer in time (queue full, deadline passed, retired):
+        the caller goes on to the next source."""
         with self.timed("encoder"):
             try:
-                return await served.batcher.encode(history)  # it keeps the newest max_len
+                return await served.batcher.encode(history, user_id)  # the newest max_len
             except EncoderUnavailable:
                 self.metrics.encoder_unavailable.inc()
                 return None
@@ -145,7 +146,7 @@ class Resolver:
         )
         encoder_failed = False
         if realtime and given is not None and len(given):
-            vector = await self.encode(served, given)
+            vector = await self.encode(served, user_id, given)
             if vector is not None:
                 return UserVector(vector, "realtime", False, given)
             encoder_failed, realtime = True, False  # the next source answers, flagged
@@ -153,7 +154,7 @@ class Resolver:
         history = found.history if given is None else given
         degraded = found.degraded or encoder_failed
         if realtime and len(history):
-            vector = await self.encode(served, history)
+            vector = await self.encode(served, user_id, history)
             if vector is not None:
                 return UserVector(vector, "realtime", degraded, history)
             encoder_failed = degraded = True  # fetch the stored vector the lookup skipped
@@ -162,7 +163,7 @@ class Resolver:
         if found.vector is not None:
             return UserVector(found.vector, "stored", degraded, history)
         if mode != "offline" and len(history) and not encoder_failed:
-            vector = await self.encode(served, history)
+            vector = await self.encode(served, user_id, history)
             if vector is not None:
                 return UserVector(vector, "history", degraded, history)
             degraded = True

@@ -99,6 +99,9 @@ class EncoderSettings(BaseSettings):
     threads: Annotated[int, Field(ge=0)] = 0  # ONNX Runtime intra-op threads, 0: its default
     timeout_ms: Annotated[float, Field(gt=0)] = 1_000.0  # then the next vector source answers
     max_queue: Annotated[int, Field(gt=0)] = 1_024  # histories waiting; beyond: the next source
+    # Per-user key/value states of the runtime encoder (least recently used out); 0: none, every
+    # realtime request re-encodes its whole window.
+    cache_mb: Annotated[int, Field(ge=0)] = 512
 
 
 GROUPS: dict[str, type[BaseSettings]] = {

@@ -113,6 +113,7 @@ class Backend:
             max_len=int(bundle.manifest["model_config"].get("max_len", 512)),
             device=s.device,
             threads=s.threads,
+            step_path=bundle.step_path,
         )
         batcher = DynamicBatcher(
             encoder,
@@ -121,6 +122,8 @@ class Backend:
             observe=self.metrics.observe_batch,
             timeout_s=s.timeout_ms / 1e3,
             max_queue=s.max_queue,
+            cache_bytes=s.cache_mb << 20,  # a new bundle starts an empty cache
+            observe_cache=self.metrics.observe_cache,
         )
         store: UserVectorStore = self.redis_store or LocalStore.from_bundle(bundle)
         built = datetime.fromisoformat(bundle.manifest["created_at"]).timestamp()

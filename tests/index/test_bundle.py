@@ -21,6 +21,7 @@ from index.bundle import (
     write_manifest,
 )
 from index.hnsw import exact_top_k, recall
+from model.contract import STEP_FILE
 from model.export import write_shared_space
 from tests.index.test_hnsw import latents
 
@@ -29,15 +30,16 @@ def test_a_bundle_holds_exactly_the_design_files_and_the_export(
     bundle_dir: Path, exported: Path
 ) -> None:
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", bundle_dir.name)
-    assert {p.name for p in bundle_dir.iterdir()} == {MANIFEST, *BUNDLE_FILES}
+    assert {p.name for p in bundle_dir.iterdir()} == {MANIFEST, *BUNDLE_FILES, STEP_FILE}
     manifest = read_manifest(bundle_dir)
+    assert manifest["user_encoders"]["runtime"]["lag"] == "0"
     assert manifest["version"] == bundle_dir.name and manifest["schema_version"] == 2
     assert manifest["dim"] == 24 and manifest["model_config"]["tower_dim"] == 24
     retrieval_dim = manifest["model_config"]["retrieval_dim"]
     assert retrieval_dim > 0 and manifest["retrieval_dim"] == retrieval_dim
     hnsw = manifest["hnsw"]
     assert hnsw["M"] == 16 and hnsw["k"] == 20 and hnsw["recall"] >= hnsw["target_recall"]
-    for name in BUNDLE_FILES:
+    for name in (*BUNDLE_FILES, STEP_FILE):
         assert manifest["files"][name]["sha256"] == sha256_of(bundle_dir / name)
 
     bundle = Bundle.open(bundle_dir)
@@ -64,7 +66,7 @@ def test_a_bundle_holds_exactly_the_design_files_and_the_export(
     assert recall(rows, truth) >= hnsw["target_recall"]
 
 
-@pytest.mark.parametrize("name", [MANIFEST, *BUNDLE_FILES])
+@pytest.mark.parametrize("name", [MANIFEST, *BUNDLE_FILES, STEP_FILE])
 def test_one_corrupt_byte_in_any_file_is_refused_naming_it(bundle_dir: Path, name: str) -> None:
     path = bundle_dir / name
     data = bytearray(path.read_bytes())
