@@ -211,3 +211,138 @@ def quick_recall(
         popular=recall(popular, window.items, k),
         seconds=time.perf_counter() - began,
     )
+
+
+# -- near-real-time: the runtime encoder vs the stored vector, session by session ----------------
+
+
+def as_request_events(events: Events, rows: np.ndarray) -> list[dict[str, Any]]:
+    """The events at ``rows`` as a request's ``history``."""
+    ratio = events.played_ratio[rows]
+    return [
+        {
+            "item_id": int(events.item_id[r]),
+            "artist_id": int(events.artist_id[r]),
+            "timestamp": int(events.timestamp[r]),
+            "source": int(events.source[r]),
+            "played_ratio": None if np.isnan(p) else float(p),
+            "liked": bool(events.liked[r]),
+            "disliked": bool(events.disliked[r]),
+        }
+        for r, p in zip(rows.tolist(), ratio.tolist(), strict=True)
+    ]
+
+
+@dataclass
+class SessionReplay:
+    """Realtime (the request carries the user's history up to the session) vs stored (the
+    bundle's vector, as of the window start) on the same sessions of the window."""
+
+    sessions: int
+    pairs: int
+    pair_accuracy: dict[str, float]  # realtime, stored, MostPop
+    recall: dict[str, float]  # /candidates recall@k of the session's positives
+    k: int
+    sources: dict[str, int]
+    seconds: float
+
+
+def session_replay(
+    client: Client,
+    events: Events,
+    users: np.ndarray,
+    start: int,
+    *,
+    days: float = 7.0,
+    k: int = 100,
+    max_len: int = 512,
+    session_gap: int = 1_800,
+    progress: bool = False,
+) -> SessionReplay:
+    """For every session (``session_gap`` of silence starts one) of ``users`` in the window
+    ``[start, start + days)``: ``/score`` its impressions (pairs within the session) and
+    ``/candidates`` (``k``, seen items kept) scored on its positive items, once with
+    ``mode=realtime`` and the user's last ``max_len`` events before the session in the request,
+    once from the stored vector. MostPop scores the same pairs by positives before ``start``."""
+    import time
+
+    from model.finetune import session_ids
+
+    began = time.perf_counter()
+    mine = events.take(np.isin(events.user_id, users))
+    session = session_ids(mine, session_gap)
+    grade = impression_grades(mine)
+    in_window = (mine.timestamp >= start) & (mine.timestamp < start + int(days * DAY))
+    ids, counts = mine.positive_counts(before=start)
+    scores: dict[str, list[np.ndarray]] = {"realtime": [], "stored": [], "MostPop": []}
+    pair_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    hits: dict[str, list[float]] = {"realtime": [], "stored": [], "MostPop": []}
+    sources: dict[str, int] = {}
+    offset = 0
+    table = pair_weight_table("")
+    popular = None
+    stored_lists: dict[int, np.ndarray] = {}
+    starts = np.flatnonzero(in_window & np.r_[True, session[1:] != session[:-1]])
+    for first in tqdm(starts.tolist(), desc="sessions", unit="session", disable=not progress):
+        rows = np.flatnonzero((session == session[first]) & in_window)
+        user = int(mine.user_id[first])
+        user_start = int(np.searchsorted(mine.user_id, user, side="left"))
+        before = np.arange(max(user_start, first - max_len), first)
+        if len(before) == 0:
+            continue
+        history = as_request_events(mine, before)
+        impressions = rows[grade[rows] >= 0]
+        hi, lo, w = group_pairs(np.zeros(len(impressions), np.int64), grade[impressions], table)
+        targets = np.unique(mine.item_id[rows[mine.positive[rows]]])
+        if len(hi):
+            items = np.unique(mine.item_id[impressions])
+            at = np.searchsorted(items, mine.item_id[impressions])
+            asks: list[tuple[str, dict[str, Any]]] = [
+                ("realtime", {"mode": "realtime", "history": history}),
+                ("stored", {}),
+            ]
+            for name, extra in asks:
+                reply = client.post(
+                    "/score", {"user_id": user, "item_ids": items.tolist(), **extra}
+                )
+                sources[reply["source"]] = sources.get(reply["source"], 0) + 1
+                values = np.array([np.nan if s is None else s for s in reply["scores"]])
+                scores[name].append(values[at])
+            found = np.searchsorted(ids, mine.item_id[impressions]).clip(max=len(ids) - 1)
+            known = ids[found] == mine.item_id[impressions] if len(ids) else np.zeros(0, bool)
+            scores["MostPop"].append(np.where(known, counts[found], 0).astype(np.float64))
+            pair_parts.append((hi + offset, lo + offset, w))
+            offset += len(impressions)
+        if len(targets):
+            body: dict[str, Any] = {"user_id": user, "k": k, "exclude_seen": False}
+            reply = client.post("/candidates", {**body, "mode": "realtime", "history": history})
+            sources[reply["source"]] = sources.get(reply["source"], 0) + 1
+            realtime = np.array([c["item_id"] for c in reply["items"]], dtype=np.int64)
+            if user not in stored_lists:
+                reply = client.post("/candidates", body)
+                stored_lists[user] = np.array([c["item_id"] for c in reply["items"]], np.int64)
+            if popular is None:
+                reply = client.post("/candidates", {"user_id": -1, "k": k, "mode": "offline"})
+                popular = np.array([c["item_id"] for c in reply["items"]], dtype=np.int64)
+            for name, ranked in (
+                ("realtime", realtime),
+                ("stored", stored_lists[user]),
+                ("MostPop", popular),
+            ):
+                hits[name].append(float(np.isin(targets, ranked[:k]).mean()))
+    hi_all = np.concatenate([p[0] for p in pair_parts]) if pair_parts else np.zeros(0, np.int64)
+    lo_all = np.concatenate([p[1] for p in pair_parts]) if pair_parts else np.zeros(0, np.int64)
+    w_all = np.concatenate([p[2] for p in pair_parts]) if pair_parts else np.zeros(0)
+    accuracy = {}
+    for name, parts in scores.items():
+        s = np.nan_to_num(np.concatenate(parts) if parts else np.zeros(0), nan=-np.inf)
+        accuracy[name] = pair_accuracy(s, hi_all, lo_all, w_all)
+    return SessionReplay(
+        sessions=len(starts),
+        pairs=len(hi_all),
+        pair_accuracy=accuracy,
+        recall={name: float(np.mean(v)) if v else float("nan") for name, v in hits.items()},
+        k=k,
+        sources=sources,
+        seconds=time.perf_counter() - began,
+    )

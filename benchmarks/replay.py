@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from argus.replay import (
     offline,
     popularity_scores,
     score_pairs,
+    session_replay,
 )
 from index.bundle import Bundle, list_versions
 from index.store import publish
@@ -154,6 +156,17 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         served = candidates(client, window, k, progress=True)
         served_scores = score_pairs(client, pairs, progress=True)
         results["http_seconds"] = time.perf_counter() - began
+        if not args.ml100k and args.realtime_sample:  # sessions of impressions: simulated data
+            replay = session_replay(
+                client,
+                events,
+                window.users[: args.realtime_sample],
+                start,
+                days=days,
+                max_len=int(bundle.manifest["model_config"]["max_len"]),
+                progress=True,
+            )
+            results["realtime"] = asdict(replay)
 
     local, local_scores = offline(bundle, window, pairs, k)
     popular = Rankings(
@@ -219,6 +232,23 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| recall@{k} ({part}) | " + " | ".join(row) + " |")
     acc = [f"{r['pair_accuracy'].get(n, float('nan')):.4f}" for n in names]
     lines.append("| /score PairAccuracy | " + " | ".join(acc) + " |")
+    if "realtime" in r:
+        rt = r["realtime"]
+        lines += [
+            "",
+            f"Near-real-time, session by session ({rt['sessions']:,} sessions of the first "
+            f"users, {rt['pairs']:,} pairs within sessions): `realtime` (the runtime encoder on "
+            "the history up to the session) vs `stored` (the bundle's vector):",
+            "",
+            "| | realtime | stored | MostPop |",
+            "|---|---|---|---|",
+            "| PairAccuracy | "
+            + " | ".join(f"{rt['pair_accuracy'][n]:.4f}" for n in ("realtime", "stored", "MostPop"))
+            + " |",
+            f"| recall@{rt['k']} of the session's positives | "
+            + " | ".join(f"{rt['recall'][n]:.3f}" for n in ("realtime", "stored", "MostPop"))
+            + " |",
+        ]
     if "oracle" in r["recall"]:
         lines += ["", "Share of the MostPop → oracle gap the service closes (goal ≥ 50%):", ""]
         for part in ("all", "new"):
@@ -269,6 +299,9 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument("--sample", type=int, default=2_000)
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    parser.add_argument(
+        "--realtime-sample", type=int, default=500, help="users of the session replay (0: none)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="runs/bench/replay[-ml100k]")
     parser.add_argument(
         "--ml100k", action="store_true", help="Replay MovieLens-100K (last 20%% of time) instead."

@@ -57,7 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.ann import catalog_vectors
 from index.bundle import Bundle, HnswParams, build, list_versions, read_manifest
 from index.store import publish
-from model.contract import DAY, ENCODER_FILE
+from model.contract import DAY, ENCODER_FILE, STEP_FILE
 from service.cli import run_server, wait_ready
 from tests.servers import RedisServer, free_port
 
@@ -91,24 +91,23 @@ def bench_bundle(args: argparse.Namespace) -> Path:
     bundles = args.work / "bundles"
     for path in reversed(list_versions(bundles)):
         manifest = read_manifest(path, verify=False)
-        if (manifest["n_items"], manifest["n_users"], manifest["dim"]) == (
-            args.items,
-            args.users,
-            args.dim,
-        ):
+        shape = (manifest["n_items"], manifest["n_users"], manifest["dim"])
+        if shape == (args.items, args.users, args.dim) and STEP_FILE in manifest["files"]:
             print(f"reusing bundle {path}")
             return path
     import torch
 
     from model.argus import Argus, preset
-    from model.export import export_onnx, write_shared_space
+    from model.export import export_onnx, export_step_onnx, write_shared_space
 
     export = args.work / "export"
     shutil.rmtree(export, ignore_errors=True)
     export.mkdir(parents=True)
     torch.manual_seed(args.seed)
     config = preset("argus-3m", tower_dim=args.dim)
-    export_onnx(Argus(config).eval(), export / ENCODER_FILE)
+    model = Argus(config).eval()
+    export_onnx(model, export / ENCODER_FILE)
+    export_step_onnx(model, export / STEP_FILE)
     items, users = catalog_vectors(args.items, args.dim, 16, 200, args.users, args.seed)
     manifest = {
         "model_config": asdict(config),
@@ -205,6 +204,40 @@ class Server:
         return {stage: (s, c) for stage, (s, c) in out.items()}
 
 
+def start_server(
+    args: argparse.Namespace,
+    stack: contextlib.ExitStack,
+    work: Path,
+    bundle_path: Path,
+    name: str,
+    argv: list[str],
+    **env: str,
+) -> Server:
+    """``argv --port P`` pinned to the server CPUs, one ONNX Runtime thread, serving the bundles
+    beside ``bundle_path``; stopped when ``stack`` closes."""
+    port = free_port()
+    log = work / f"{name}.log"
+    environment = {
+        **os.environ,
+        "ARGUS_BUNDLES": str(bundle_path.parent),
+        "ARGUS_ENCODER_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        **env,
+    }
+    process = subprocess.Popen(
+        ["taskset", "-c", args.server_cpus, *argv, "--port", str(port)],
+        env=environment,
+        cwd=ROOT,  # `python -m benchmarks.serve` finds the package here
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(name, f"http://127.0.0.1:{port}", process, log)
+    stack.callback(process.wait, 30)
+    stack.callback(process.terminate)  # callbacks run last first: terminate, then wait
+    return server
+
+
 def wrk(
     args: argparse.Namespace,
     url: str,
@@ -279,6 +312,229 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(run[key] for run in runs))
 
 
+# -- the runtime encoder's key/value cache ---------------------------------------------------------
+
+
+def packed(item_ids: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`history` as HISTORY_EVENT records (the service's live-history form)."""
+    from service.schemas import Event, as_history
+
+    return as_history([Event(**event) for event in history(item_ids, length, rng)])
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ms = np.asarray(values) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": len(ms),
+    }
+
+
+def encoder_timing(bundle_path: Path, length: int, reps: int, seed: int) -> dict[str, Any]:
+    """In this process, one ONNX Runtime thread: a full encode of a ``length``-event history
+    (what every realtime request costs without the cache) vs one new event after the cached
+    state of that history (what a warm request costs), and the bytes a cached user takes."""
+    import time
+
+    from service.encoder import Encoder
+
+    bundle = Bundle.open(bundle_path, with_index=False)
+    max_len = int(bundle.manifest["model_config"]["max_len"])
+    encoder = Encoder(
+        bundle.encoder_path, max_len=max_len, device="cpu", threads=1, step_path=bundle.step_path
+    )
+    events = packed(bundle.item_ids, length + reps, np.random.default_rng(seed))
+    encoder.encode([events[:length]])  # warm-up
+    full, step = [], []
+    for i in range(reps):
+        began = time.perf_counter()
+        encoder.encode([events[: length + i]])
+        full.append(time.perf_counter() - began)
+    state = encoder.encode_states([events[:length]])[0]
+    bytes_per_user = state.nbytes
+    for i in range(reps):
+        began = time.perf_counter()
+        state = encoder.step(state, events[: length + i + 1])
+        step.append(time.perf_counter() - began)
+    return {
+        "history": length,
+        "max_len": max_len,
+        "full": percentiles(full),
+        "step": percentiles(step),
+        "speedup_p50": float(np.median(full) / np.median(step)),
+        "bytes_per_cached_user": bytes_per_user,
+    }
+
+
+def cache_metrics(server: Server) -> dict[str, float]:
+    """The encoder's cache outcomes and tokens, and the encoder stage's (sum, count)."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "argus_encoder_cache_total":
+                out[f"cache_{sample.labels['outcome']}"] = sample.value
+            elif sample.name == "argus_encoder_tokens_total":
+                out[f"tokens_{sample.labels['kind']}"] = sample.value
+            elif sample.name == "argus_encoder_cache_bytes":
+                out["cache_bytes"] = sample.value
+    encoder = server.stages().get("encoder", (0.0, 0.0))
+    out["encoder_s"], out["encoder_count"] = encoder
+    return out
+
+
+def realtime_session(
+    server: Server,
+    users: int,
+    requests: int,
+    item_ids: np.ndarray,
+    rng: np.random.Generator,
+    clock: int,
+) -> dict[str, Any]:
+    """``requests`` listening steps over ``users`` users, in turn: ``POST /events`` one new event
+    (30 s after the last one, from ``clock``: an event older than the history's newest would be
+    inserted before it, and the history re-encoded), then time ``/candidates`` k=100
+    ``mode=realtime`` (the user's live history from the store), on one keep-alive connection."""
+    import http.client
+    import time
+
+    host = server.url.removeprefix("http://")
+    connection = http.client.HTTPConnection(host, timeout=60)
+    headers = {"Content-Type": "application/json"}
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        connection.request("POST", path, orjson.dumps(body), headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{server.name} {path}: {response.status} {data[:300]!r}")
+        return dict(orjson.loads(data))
+
+    before = cache_metrics(server)
+    latencies = []
+    for i in range(requests):
+        user = i % users
+        clock += 30
+        event = {"item_id": int(rng.choice(item_ids)), "timestamp": clock, "played_ratio": 1.0}
+        post("/events", {"user_id": user, "events": [event]})
+        began = time.perf_counter()
+        answer = post("/candidates", {"user_id": user, "k": 100, "mode": "realtime"})
+        latencies.append(time.perf_counter() - began)
+        assert answer["source"] == "realtime" and len(answer["items"]) == 100, answer
+    connection.close()
+    after = cache_metrics(server)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "cache_bytes"}
+    encoder_ms = 1e3 * delta["encoder_s"] / max(delta["encoder_count"], 1)
+    return {
+        **percentiles(latencies),
+        "encoder_ms_per_request": encoder_ms,
+        "counters": delta,
+        "cache_bytes": after.get("cache_bytes", 0.0),
+        "clock": clock,
+    }
+
+
+def cache_benchmark(
+    args: argparse.Namespace, bundle_path: Path, stack: contextlib.ExitStack, work: Path
+) -> dict[str, Any]:
+    """Warm cache vs full re-encode: in process (the encoder alone), then over HTTP (two
+    ``argus serve`` on the server CPU, one with ``ARGUS_ENCODER_CACHE_MB=0``), alternating."""
+    with contextlib.suppress(OSError):  # the client, like wrk, stays off the server's CPU
+        os.sched_setaffinity(0, {int(c) for c in args.load_cpus.split(",")})
+    timing = encoder_timing(bundle_path, args.cache_history, args.cache_reps, args.seed)
+    print(
+        f"encoder alone, history {timing['history']}: full p50 {timing['full']['p50_ms']:.2f} ms"
+        f", step p50 {timing['step']['p50_ms']:.3f} ms ({timing['speedup_p50']:.0f}x); "
+        f"{timing['bytes_per_cached_user'] / 2**20:.2f} MiB per cached user",
+        flush=True,
+    )
+    argus = str(Path(sys.executable).with_name("argus"))
+    servers = {
+        "cached": start_server(
+            args, stack, work, bundle_path, "cached", [argus, "serve"], ARGUS_EVENTS_OPEN="true"
+        ),
+        "full": start_server(
+            args,
+            stack,
+            work,
+            bundle_path,
+            "full",
+            [argus, "serve"],
+            ARGUS_EVENTS_OPEN="true",
+            ARGUS_ENCODER_CACHE_MB="0",
+        ),
+    }
+    bundle = Bundle.open(bundle_path, with_index=False)
+    rng = np.random.default_rng(args.seed)
+    for server in servers.values():
+        server.wait_ready()
+        for user in range(args.cache_users):  # each user's live history: cache_history events
+            events = history(bundle.item_ids, args.cache_history, rng)
+            server.post("/events", {"user_id": user, "events": events})
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    clocks = dict.fromkeys(servers, 1_790_000_000)  # after every seeded event
+    for round_ in range(1, args.rounds + 1):
+        for name, server in servers.items():
+            run = realtime_session(
+                server, args.cache_users, args.cache_requests, bundle.item_ids, rng, clocks[name]
+            )
+            clocks[name] = run.pop("clock")
+            runs[name].append(run)
+            print(
+                f"-- round {round_} realtime /candidates {name:<6} p50 {run['p50_ms']:7.2f} ms  "
+                f"p99 {run['p99_ms']:7.2f} ms  encoder {run['encoder_ms_per_request']:6.2f} ms"
+                f"/request  {run['counters']}",
+                flush=True,
+            )
+    summary = {
+        name: {key: median_of(r, key) for key in ("p50_ms", "p99_ms", "encoder_ms_per_request")}
+        for name, r in runs.items()
+    }
+    cached, full = summary["cached"], summary["full"]
+    grown = args.cache_requests * args.rounds // args.cache_users
+    return {
+        "encoder_alone": timing,
+        "http": summary,
+        "http_runs": runs,
+        "users": args.cache_users,
+        "requests_per_run": args.cache_requests,
+        "history": f"{args.cache_history} + up to {grown} events",
+        "encoder_speedup": full["encoder_ms_per_request"] / cached["encoder_ms_per_request"],
+        "p50_speedup": full["p50_ms"] / cached["p50_ms"],
+        "p99_speedup": full["p99_ms"] / cached["p99_ms"],
+        "goal_encoder_speedup": 10.0,
+    }
+
+
+def cache_markdown(c: dict[str, Any]) -> str:
+    t, http = c["encoder_alone"], c["http"]
+    lines = [
+        f"Realtime `/candidates` k=100, argus-3m (max_len {t['max_len']}), history "
+        f"{c['history']}, {c['users']} users in turn (`POST /events` one event, then "
+        "`/candidates` with `mode=realtime`), one connection, server on one core:",
+        "",
+        "| | warm cache | full re-encode | ratio |",
+        "|---|---|---|---|",
+        f"| encoder alone, p50 / p99 (ms) | {t['step']['p50_ms']:.3f} / {t['step']['p99_ms']:.3f}"
+        f" | {t['full']['p50_ms']:.2f} / {t['full']['p99_ms']:.2f} | {t['speedup_p50']:.1f}x |",
+        f"| encoder stage per request, service (ms) | "
+        f"{http['cached']['encoder_ms_per_request']:.3f} | "
+        f"{http['full']['encoder_ms_per_request']:.2f} | {c['encoder_speedup']:.1f}x |",
+        f"| request p50 (ms) | {http['cached']['p50_ms']:.2f} | {http['full']['p50_ms']:.2f} | "
+        f"{c['p50_speedup']:.1f}x |",
+        f"| request p99 (ms) | {http['cached']['p99_ms']:.2f} | {http['full']['p99_ms']:.2f} | "
+        f"{c['p99_speedup']:.1f}x |",
+        "",
+        f"Bytes per cached user at history {t['history']}: {t['bytes_per_cached_user']:,} "
+        f"({t['bytes_per_cached_user'] / 2**20:.2f} MiB). Goal: encoder time >= "
+        f"{c['goal_encoder_speedup']:.0f}x lower.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -297,12 +553,31 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "serve")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     # Child mode: serve the trivial endpoint (started like ``argus serve``, with --port).
+    parser.add_argument(
+        "--only", choices=("all", "cache"), default="all", help="cache: the key/value cache part"
+    )
+    parser.add_argument("--cache-history", type=int, default=512)
+    parser.add_argument("--cache-users", type=int, default=16)
+    parser.add_argument("--cache-requests", type=int, default=400, help="per server and round")
+    parser.add_argument("--cache-reps", type=int, default=50, help="encoder-alone repetitions")
     parser.add_argument("--trivial-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.trivial_server:
         run_server(trivial_app(), host="127.0.0.1", port=args.port)
+        return
+    if args.only == "cache":
+        bundle_path = bench_bundle(args)
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            cache = cache_benchmark(args, bundle_path, stack, Path(tmp))
+        cache["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+        cache["device"] = "cpu (no GPU lent)"
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "serve_cache.json").write_text(json.dumps(cache, indent=2) + "\n")
+        text = cache_markdown(cache)
+        (args.out / "serve_cache.md").write_text(text)
+        print(text)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk (make bench installs it)")
@@ -327,27 +602,7 @@ def main() -> None:
         redis_version = client.info("server")["redis_version"]
 
         def start(name: str, argv: list[str], **env: str) -> Server:
-            port = free_port()
-            log = work / f"{name}.log"
-            environment = {
-                **os.environ,
-                "ARGUS_BUNDLES": str(bundle_path.parent),
-                "ARGUS_ENCODER_THREADS": "1",
-                "OMP_NUM_THREADS": "1",
-                "OPENBLAS_NUM_THREADS": "1",
-                **env,
-            }
-            process = subprocess.Popen(
-                ["taskset", "-c", args.server_cpus, *argv, "--port", str(port)],
-                env=environment,
-                cwd=ROOT,  # `python -m benchmarks.serve` finds the package here
-                stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-            server = Server(name, f"http://127.0.0.1:{port}", process, log)
-            stack.callback(process.wait, 30)
-            stack.callback(process.terminate)  # callbacks run last first: terminate, then wait
-            return server
+            return start_server(args, stack, work, bundle_path, name, argv, **env)
 
         argus = str(Path(sys.executable).with_name("argus"))
         servers = {

@@ -177,9 +177,13 @@ class Encoder:
         self, session: ort.InferenceSession, feeds: dict[str, np.ndarray | ort.OrtValue]
     ) -> dict[str, ort.OrtValue]:
         """One run with I/O binding: keys and values stay on the encoder's device (bound there,
-        in and out), the rest comes back to the host."""
+        in and out), the rest comes back to the host. Feeds the graph does not read are left
+        out (a model without a retrieval space has no taste inputs)."""
         binding = session.io_binding()
+        inputs = {i.name for i in session.get_inputs()}
         for name, value in feeds.items():
+            if name not in inputs:
+                continue
             if isinstance(value, ort.OrtValue):
                 binding.bind_ortvalue_input(name, value)
             else:
@@ -284,11 +288,14 @@ class DynamicBatcher:
                 self._fail_waiting()
                 return
             jobs = [first]
-            deadline = first.queued + self.max_delay
+            # A history the cache answers (or extends) gains nothing from waiting for company:
+            # it goes at once, with whatever is already queued.
+            deadline = first.queued + (0.0 if self._cached(first) else self.max_delay)
             stop = False
             while len(jobs) < self.max_batch:
                 try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    wait = deadline - time.perf_counter()
+                    job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is None:
@@ -302,6 +309,13 @@ class DynamicBatcher:
             if stop:
                 self._fail_waiting()
                 return
+
+    def _cached(self, job: _Job) -> bool:
+        """The cache holds a state that ``job``'s history equals or extends."""
+        if self.cache is None or job.user is None:
+            return False
+        window = self.encoder.window(job.history)
+        return classify(self.cache.get(job.user), window) in ("hit", "extend")
 
     def _answer(self, jobs: list[_Job], first_queued: float) -> None:
         started = time.perf_counter()

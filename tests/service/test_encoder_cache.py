@@ -187,3 +187,22 @@ def test_a_bundle_swap_starts_an_empty_cache(
         assert np.abs(stale[0][: new.bundle.dim] - u).max() > 1e-3  # a stale state would show
         metrics = client.get("/metrics").text
         assert 'argus_encoder_cache_total{outcome="extend"}' in metrics
+
+
+def test_a_model_without_a_retrieval_space_steps_too(tmp_path: Path) -> None:
+    """Its graphs read no taste inputs (the exporter drops them); the encoder feeds what each
+    graph reads, and steps still equal full encodes."""
+    from model.argus import Argus, preset
+
+    torch.manual_seed(0)
+    model = Argus(preset("argus-tiny", tower_dim=8)).eval()
+    export_onnx(model, tmp_path / ENCODER_FILE)
+    export_step_onnx(model, tmp_path / STEP_FILE)
+    encoder = Encoder(
+        tmp_path / ENCODER_FILE, max_len=64, device="cpu", step_path=tmp_path / STEP_FILE
+    )
+    events = random_events(np.random.default_rng(2), 20, 1_700_000_000)
+    (state,) = encoder.encode_states([events[:15]])
+    for n in range(16, 21):
+        state = encoder.step(state, events[:n])
+        assert np.abs(state.vector - encoder.encode([events[:n]])[0]).max() < 1e-4
