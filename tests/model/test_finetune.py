@@ -335,3 +335,28 @@ def test_finetune_refuses_a_sasrec_init_and_a_leaking_one(sim_data: Path, tmp_pa
         FinetuneConfig(out=str(tmp_path / "c"), lag="-1d", **base)
     with pytest.raises(ValueError, match="min_history must be >= 1"):
         FinetuneConfig(out=str(tmp_path / "c"), min_history=0, **base)
+
+
+def test_the_runtime_head_trains_on_every_impression_at_lag_0_in_groups_of_its_own(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    events = read_events(sim_data)
+    cfg = FinetuneConfig(data=str(sim_data), out=str(tmp_path / "f"))  # 1d, runtime lag 0
+    assert cfg.runtime_head and cfg.model_config().runtime_head
+    both = cfg.impressions(events)
+    daily, runtime = find_impressions(events, DAY), find_impressions(events, 0)
+    assert (both.head == 0).sum() == len(daily) and (both.head == 1).sum() == len(runtime)
+    assert np.all(np.diff(both.row) >= 0)
+    np.testing.assert_array_equal(both.state[both.head == 1], runtime.state)
+    np.testing.assert_array_equal(both.state[both.head == 0], daily.state)
+    heads_per_group = np.zeros((both.group.max() + 1, 2), dtype=bool)
+    heads_per_group[both.group, both.head] = True
+    assert heads_per_group.sum(1).max() == 1  # a pair never mixes heads
+    batch = sample_batch(
+        events, make_samples(events, both, 96, 1), np.arange(4), pair_weight_table()
+    )[1]
+    assert batch.runtime.any() and not batch.runtime.all()
+    assert np.all(batch.runtime[batch.hi] == batch.runtime[batch.lo])
+    lag0 = FinetuneConfig(data=str(sim_data), out=str(tmp_path / "g"), lag="0")
+    off = FinetuneConfig(data=str(sim_data), out=str(tmp_path / "h"), runtime_lag="")
+    assert not lag0.runtime_head and not off.runtime_head

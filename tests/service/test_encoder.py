@@ -66,3 +66,27 @@ def test_a_retired_encoder_answers_at_once_instead_of_never(encoder: Encoder) ->
     with pytest.raises(EncoderUnavailable, match="retired"):
         asyncio.run(batcher.encode(history()))
     assert time.monotonic() - began < 0.1
+
+
+def test_auto_picks_cuda_only_with_a_driver_and_the_cpu_path_keeps_state_on_the_host(
+    serving_root: Path,
+) -> None:
+    """The CUDA provider is chosen only where a driver loads (CI has none: the CPU path, with the
+    same I/O binding, is what runs there); asking for CUDA without one is an error naming it."""
+    from service.encoder import has_cuda_driver, providers
+
+    bundle = Bundle.open(list_versions(serving_root)[-1], with_index=False)
+    encoder = Encoder(bundle.encoder_path, max_len=96, device="auto", step_path=bundle.step_path)
+    if has_cuda_driver():
+        assert providers("auto")[0] == "CUDAExecutionProvider"
+        assert encoder.device_type == "cuda"
+    else:
+        assert providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(ValueError, match="device cuda asked for"):
+            providers("cuda")
+        assert encoder.device_type == "cpu"
+    (state,) = encoder.encode_states([history(6)])
+    assert state.keys.device_name().lower() == encoder.device_type
+    longer = encoder.step(state, history(7))
+    assert longer.keys.device_name().lower() == encoder.device_type
+    np.testing.assert_allclose(longer.vector, encoder.encode([history(7)])[0], atol=1e-4)
