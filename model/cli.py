@@ -263,7 +263,7 @@ def finetune(
         ),
     ] = "",
     max_impressions: Annotated[
-        int, typer.Option(help="Impressions per chunk and step (random subset; 0: all).")
+        int, typer.Option(help="Impressions per chunk, step and user head (random subset; 0: all).")
     ] = 256,
     min_history: Annotated[
         int, typer.Option(help="Events a state must have seen for its impressions to count.")

@@ -545,7 +545,7 @@ class FinetuneConfig(TrainConfig):
     snapshot_delay: str = "0"  # the daily snapshot is taken this long before the bucket starts
     session_gap: str = "30m"  # silence that starts a new session
     pair_weights: str = ""  # grade-pair weight overrides, e.g. "like>skip=4"; "" = the default
-    max_impressions: int = 256  # per chunk and step (a random subset beyond it); 0: all
+    max_impressions: int = 256  # per chunk, step and user head (a random subset beyond it); 0: all
     min_history: int = 1  # events of the chunk a state must have seen
     tower_dim: int = 0  # width of u and v; 0: the model's d_model
     # the retrieval space (/candidates): a pooled-history tower trained on future positives
@@ -688,10 +688,12 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             frozen.requires_grad_(False)
         model.log_temperature.requires_grad_(False)
         table = pair_weight_table(cfg.pair_weights)
+        # with a runtime head every impression is there twice: the cap counts both heads' share
+        per_chunk = cfg.max_impressions * (2 if cfg.runtime_head else 1)
 
         def step(objective: nn.Module, index: np.ndarray) -> tuple[dict[str, torch.Tensor], int]:
             rng = np.random.default_rng(int(torch.randint(2**62, ())))  # seeded per step
-            batch, imp = sample_batch(train, samples, index, table, cfg.max_impressions, rng)
+            batch, imp = sample_batch(train, samples, index, table, per_chunk, rng)
             with runtime.autocast():
                 losses = objective(batch.to_torch(runtime.device), imp.to_torch(runtime.device))
             return losses, int(batch.lengths.sum())
