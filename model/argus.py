@@ -336,32 +336,25 @@ class Argus(nn.Module):
     # -- incremental encoding (the service's key/value cache) -------------------------------------
 
     def encode_cached(
-        self, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`forward` that also returns every layer's keys and values, each
-        (n_layers, B, H, L, D / H): the cache :meth:`step` continues from."""
-        x, keys, values = self.tokens(batch), [], []
-        blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]
-        for block in blocks:
-            x, k, v = block.attend(x)
-            keys.append(k)
-            values.append(v)
-        return self.final_norm(x), torch.stack(keys), torch.stack(values)
-
-    def step(
         self,
         batch: dict[str, torch.Tensor],
-        past_keys: torch.Tensor,
-        past_values: torch.Tensor,
-        before: torch.Tensor,
+        past_keys: torch.Tensor | None = None,
+        past_values: torch.Tensor | None = None,
+        before: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The states (B, S, D) of S new events after P cached ones, and the present keys and
-        values (n_layers, B, H, P + S, D / H). ``before`` (B,): the last cached event's time.
-        Equal to :meth:`encode_cached` over the whole history (up to rounding)."""
+        """:meth:`forward` that also returns every layer's keys and values, each
+        (n_layers, B, H, L, D / H): the cache a later call continues from. With ``past_keys``
+        and ``past_values`` (n_layers, B, H, P, D / H) of P cached events and ``before`` (B,),
+        the last cached event's time, the batch's events come after them: their states
+        (B, S, D) and the present keys and values (.., P + S, ..), equal to one call over the
+        whole history (up to rounding)."""
         x, keys, values = self.tokens(batch, before=before), [], []
         blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]
         for layer, block in enumerate(blocks):
-            x, k, v = block.step(x, past_keys[layer], past_values[layer])
+            if past_keys is None or past_values is None:
+                x, k, v = block.attend(x)
+            else:
+                x, k, v = block.step(x, past_keys[layer], past_values[layer])
             keys.append(k)
             values.append(v)
         return self.final_norm(x), torch.stack(keys), torch.stack(values)

@@ -80,18 +80,11 @@ class UserEncoder(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         batch = _batch(inputs)
-        lengths = batch["lengths"]
-        if self.cache:
-            h, keys, values = self.model.encode_cached(batch)
-        else:
-            h = self.model(batch)  # (B, L, D); causal: right padding never reaches a real state
-        rows = torch.arange(h.shape[0], device=h.device)
-        total, count = taste_state(self.model, batch)
-        last = (rows, lengths - 1)
-        vector = tower_vectors(self.model, h[last], total[last], count[last], self.runtime)
-        if not self.cache:
-            return vector
-        return vector, keys, values, total[last], count[last]
+        if not self.cache:  # causal: right padding never reaches a real state
+            return at_last(self.model, self.model(batch), batch, self.runtime)[0]
+        h, keys, values = self.model.encode_cached(batch)
+        vector, total, count = at_last(self.model, h, batch, self.runtime)
+        return vector, keys, values, total, count
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Vectors of a :meth:`model.data.batching.Batch.to_torch` batch."""
@@ -113,39 +106,34 @@ class StepEncoder(nn.Module):
         n = len(ENCODER_INPUTS)
         batch = _batch(inputs[:n])
         past_keys, past_values, before, past_sum, past_count = inputs[n:]
-        h, keys, values = self.model.step(batch, past_keys, past_values, before)
-        rows = torch.arange(h.shape[0], device=h.device)
-        total, count = taste_state(self.model, batch, past_sum, past_count)
-        last = (rows, batch["lengths"] - 1)
-        vector = tower_vectors(self.model, h[last], total[last], count[last], runtime=True)
-        return vector, keys, values, total[last], count[last]
+        h, keys, values = self.model.encode_cached(batch, past_keys, past_values, before)
+        vector, total, count = at_last(self.model, h, batch, True, past_sum, past_count)
+        return vector, keys, values, total, count
 
 
-def taste_state(
+def at_last(
     model: Argus,
+    h: torch.Tensor,
     batch: dict[str, torch.Tensor],
+    runtime: bool,
     past_sum: torch.Tensor | None = None,
     past_count: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:meth:`Argus.taste_sums` of a model with a retrieval space; zeros (B, L, 1), (B, L) of
-    one without (its state carries no taste)."""
-    if model.has_retrieval:
-        return model.taste_sums(batch, past_sum, past_count)
-    zeros = torch.zeros_like(batch["timestamp"], dtype=torch.float32)
-    return zeros[..., None], zeros
-
-
-def tower_vectors(
-    model: Argus, h: torch.Tensor, total: torch.Tensor, count: torch.Tensor, runtime: bool
-) -> torch.Tensor:
-    """(N, D) states and their taste sums (N, R) and counts (N,) -> (N, tower_dim +
-    retrieval_dim) user vectors: the ranking vector, then the retrieval query."""
-    if not model.has_retrieval:  # the towers answer retrieval too
-        ranking = model.user_vector(h, runtime=runtime)
-        return torch.cat([ranking, ranking], dim=-1)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """At each row's last real event of states ``h`` (B, L, D): the user vector (the ranking
+    vector, then the retrieval query), the sum of the retrieval embeddings of the positive
+    events so far (after a cached ``past_sum``/``past_count``) and their number. A model
+    without a retrieval space carries zeros (B, 1) and (B,) as its taste, and its towers answer
+    retrieval too."""
+    last = (torch.arange(h.shape[0], device=h.device), batch["lengths"] - 1)
+    if not model.has_retrieval:
+        ranking = model.user_vector(h[last], runtime=runtime)
+        zeros = torch.zeros_like(batch["lengths"], dtype=torch.float32)
+        return torch.cat([ranking, ranking], dim=-1), zeros[:, None], zeros
+    total, count = model.taste_sums(batch, past_sum, past_count)
+    total, count = total[last], count[last]
     taste = total / count.clamp(min=1.0)[..., None]
-    ranking = model.user_vector(h, taste, runtime=runtime)
-    return torch.cat([ranking, model.retrieval_head(taste)], dim=-1)
+    ranking = model.user_vector(h[last], taste, runtime=runtime)
+    return torch.cat([ranking, model.retrieval_head(taste)], dim=-1), total, count
 
 
 def _example_events(b: int, length: int, start: int = 0) -> tuple[torch.Tensor, ...]:
@@ -158,7 +146,7 @@ def _example_events(b: int, length: int, start: int = 0) -> tuple[torch.Tensor, 
         torch.full((b, length), 0.5),
         torch.zeros(b, length, dtype=torch.bool),
         torch.zeros(b, length, dtype=torch.bool),
-        torch.tensor([length, 1] + [1] * (b - 2)),
+        torch.tensor([length] + [1] * (b - 1)),
     )
 
 

@@ -199,12 +199,10 @@ def find_impressions(
 
 def both_heads(offline: Impressions, runtime: Impressions) -> Impressions:
     """The impressions of both user heads in one set: each impression once with the daily state
-    (head 0) and once with the runtime one (head 1), in separate groups (a pair never mixes
-    heads), sorted by row."""
+    (``offline``, head 0) and once with the runtime one (head 1), in separate groups (a pair never
+    mixes heads), sorted by row."""
     shifted = dataclasses.replace(
-        runtime,
-        group=runtime.group + (int(offline.group.max()) + 1 if len(offline) else 0),
-        head=np.ones(len(runtime), dtype=np.int64),
+        runtime, group=runtime.group + (int(offline.group.max()) + 1 if len(offline) else 0)
     )
     merged = Impressions(
         **{k: np.concatenate([getattr(offline, k), getattr(shifted, k)]) for k in vars(offline)}

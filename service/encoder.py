@@ -106,6 +106,12 @@ class Encoder:
         self.step_session: ort.InferenceSession | None = None
         if step_path is not None and outputs >= set(CACHE_OUTPUTS):
             self.step_session = ort.InferenceSession(str(step_path), options, providers=chosen)
+        # what each graph reads (a model without a retrieval space has no taste inputs)
+        self._inputs = {
+            session: {i.name for i in session.get_inputs()}
+            for session in (self.session, self.step_session)
+            if session is not None
+        }
 
     @property
     def stateful(self) -> bool:
@@ -125,7 +131,7 @@ class Encoder:
         out = self._run(self.session, pad(windows, self.max_len))
         vectors, taste, positives = (out[k].numpy() for k in (ENCODER_OUTPUT, *CACHE_OUTPUTS[2:]))
         keys, values = out["keys"], out["values"]
-        if len(windows) > 1 or keys.shape()[3] != len(windows[0]):  # split the rows
+        if len(windows) > 1:  # split the rows (one row: padded to its own length already)
             all_keys, all_values = keys.numpy(), values.numpy()
             rows = [
                 (all_keys[:, b : b + 1, :, : len(w)], all_values[:, b : b + 1, :, : len(w)])
@@ -180,7 +186,7 @@ class Encoder:
         in and out), the rest comes back to the host. Feeds the graph does not read are left
         out (a model without a retrieval space has no taste inputs)."""
         binding = session.io_binding()
-        inputs = {i.name for i in session.get_inputs()}
+        inputs = self._inputs[session]
         for name, value in feeds.items():
             if name not in inputs:
                 continue
