@@ -17,6 +17,7 @@ The replay benchmark feeds the service's answers to :func:`recall` beside these.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ import numpy as np
 from model.contract import DAY
 from model.data.events import Events
 from model.data.simulate import Truth
+from model.finetune import impression_grades
 
 
 @dataclass
@@ -164,3 +166,37 @@ def split_users(window: WindowTargets, seed: int = 0) -> tuple[WindowTargets, Wi
         )
         for h in halves
     )
+
+
+def estimated_offsets(
+    truth: Truth, history: Events, users: np.ndarray, before: int, *, ridge: float = 10.0
+) -> np.ndarray:
+    """(U, k) each user's personal latent offset as their own feedback before ``before`` shows
+    it, given everything else the simulator knows (the genre mixture, every item's latent and
+    bias): per user, a ridge regression of each event's feedback grade on
+    ``[1, a_known, v_i]`` (``a_known``: the affinity without the offset); the offset is the
+    ``v_i`` coefficients over ``a_known``'s. A ceiling check: what a model that learns from the
+    logs could know of the one part of the affinity that is personal (users without feedback
+    get 0)."""
+    graded = impression_grades(dataclasses.replace(history, source=np.ones_like(history.source)))
+    mine = (graded >= 0) & (history.timestamp < before) & np.isin(history.user_id, users)
+    rows = np.flatnonzero(mine)
+    rows = rows[np.argsort(history.user_id[rows], kind="stable")]
+    item = truth.item_rows(history.item_id[rows])
+    latent = truth.item_latent(item)
+    user_id, timestamp = history.user_id[rows], history.timestamp[rows]
+    taste = truth.user_latent(user_id, timestamp, offset=False)
+    known = np.einsum("nk,nk->n", taste, latent) + truth.arrays["item_bias"][item]
+    grade = graded[rows].astype(np.float64)
+    begin = np.searchsorted(user_id, users)
+    end = np.searchsorted(user_id, users, side="right")
+    k = latent.shape[1]
+    penalty = np.diag(np.r_[0.0, 0.0, np.full(k, ridge)])
+    out = np.zeros((len(users), k))
+    for u, (b, e) in enumerate(zip(begin.tolist(), end.tolist(), strict=True)):
+        if e - b <= k + 2:
+            continue
+        design = np.column_stack([np.ones(e - b), known[b:e], latent[b:e]])
+        coef = np.linalg.solve(design.T @ design + penalty, design.T @ grade[b:e])
+        out[u] = coef[2:] / max(coef[1], 1e-3)
+    return out

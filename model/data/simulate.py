@@ -776,10 +776,23 @@ class Truth:
     ) -> np.ndarray:
         """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple,
         with the user's taste of that day, exactly as the simulator drew feedback."""
-        a = self.arrays
         item = self.item_rows(item_ids)
-        latent = self._users(user_ids).latent(
-            a["genre_centers"], self._fraction(timestamps)[:, None]
-        )
-        dot = np.einsum("nk,nk->n", latent, a["item_latent"][item])
-        return dot / float(a["affinity_scale"]) + a["item_bias"][item]
+        dot = np.einsum("nk,nk->n", self.user_latent(user_ids, timestamps), self.item_latent(item))
+        return dot + self.arrays["item_bias"][item]
+
+    def user_latent(
+        self, user_ids: np.ndarray, timestamps: np.ndarray, *, offset: bool = True
+    ) -> np.ndarray:
+        """(N, k) each user's latent vector on the day of each timestamp: the genre mixture's
+        point plus (``offset``) the personal offset, which only the user's own feedback shows."""
+        a = self.arrays
+        users = self._users(user_ids)
+        if not offset:
+            users.offset = np.zeros_like(users.offset)
+        return users.latent(a["genre_centers"], self._fraction(timestamps)[:, None])
+
+    def item_latent(self, rows: np.ndarray) -> np.ndarray:
+        """(N, k) latent vectors of truth rows (:meth:`item_rows`) divided by the affinity's
+        scale, so that ``<user_latent, item_latent> + item_bias`` is the affinity."""
+        a = self.arrays
+        return a["item_latent"][rows] / float(a["affinity_scale"])

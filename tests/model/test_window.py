@@ -5,11 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from argus.replay import Pairs
 from model.contract import DAY
 from model.data.events import Events, read_events
 from model.data.simulate import SimConfig, Simulator, Truth
 from model.window import (
     WindowTargets,
+    estimated_offsets,
     fit_oracle,
     oracle_ranking,
     popular_ranking,
@@ -72,3 +74,34 @@ def test_in_the_default_world_personal_taste_beats_popularity_two_to_one(
     popular = recall(popular_ranking(events, test, 100, True), new, 100)
     assert oracle >= 2.0 * popular, (oracle, popular)
     assert popular > 0.03  # popularity still finds something: not a degenerate world
+
+
+def test_a_users_own_feedback_shows_part_of_their_personal_offset(
+    world: tuple[Events, Truth, int],
+) -> None:
+    """The ceiling check of ``benchmarks/pair_ceiling.py``: the offset estimated from a user's
+    feedback before the window points the right way, and ranking their window impressions with
+    it recovers part of what the offset is worth to the oracle, not all of it."""
+    events, truth, start = world
+    inside = (events.timestamp >= start) & (events.source > 0)
+    users = np.unique(events.user_id[inside])[:600]
+    offsets = estimated_offsets(truth, events, users, start)
+    at = np.full(len(users), start - 1)
+    true = truth.user_latent(users, at) - truth.user_latent(users, at, offset=False)
+    estimated = np.flatnonzero(np.abs(offsets).sum(1) > 0)
+    assert len(estimated) > 0.8 * len(users)
+    correlation = [np.corrcoef(offsets[u], true[u])[0, 1] for u in estimated]
+    assert np.median(correlation) > 0.3, np.median(correlation)
+
+    pairs = Pairs.of(events, users, start, days=7.0)
+    rows = truth.item_rows(pairs.item)
+    latent, bias = truth.item_latent(rows), truth.arrays["item_bias"][rows]
+    when = np.full(len(pairs.user), start - 1)
+    no_offset = truth.user_latent(pairs.user, when, offset=False)
+    with_estimate = no_offset + offsets[np.searchsorted(users, pairs.user)]
+
+    def accuracy(user: np.ndarray) -> float:
+        return pairs.accuracy(np.einsum("nk,nk->n", user, latent) + bias)
+
+    oracle = pairs.accuracy(truth.affinity(pairs.user, pairs.item, pairs.timestamp))
+    assert accuracy(no_offset) + 0.02 < accuracy(with_estimate) < oracle - 0.01

@@ -1,0 +1,159 @@
+"""How much of the MostPop → oracle PairAccuracy gap can a model learned from the logs close?
+
+    .venv/bin/python -m benchmarks.pair_ceiling [--data runs/bench/replay/data --sample 1500]
+
+The oracle of the replay benchmark ranks a user's impressions by their true affinity
+``<u(t), v_i> + b_i`` (:class:`model.data.simulate.Truth`). This takes that score apart on the
+same held-out pairs (the last 7 days; pairs of one user and UTC day, weighted by grade distance):
+
+* which parts carry the oracle's lead: the taste on the day vs as of the training cut-off, the
+  user's personal latent offset, each item's own latent vs its artist's mean, each item's bias vs
+  its popularity part;
+* a **ceiling for a model learned from the logs**: every part known *except* the personal offset,
+  which is estimated the only way a model can know it, from the user's own feedback before the
+  window (:func:`model.window.estimated_offsets`); a learned model must also estimate the parts
+  given here, so it can only do worse;
+* what simple counters reach: MostPop plus the user's positive rate on the item's artist.
+
+Simulates the replay's world first when ``--data`` has no events (same sizes and seed). Writes
+``runs/bench/pair_ceiling.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from argus.demo import options, stage
+from argus.replay import Pairs, popularity_scores
+from model.data.batching import TemporalSplit
+from model.data.events import Events, read_events
+from model.data.simulate import Truth
+from model.window import estimated_offsets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def artist_rates(events: Events, pairs: Pairs, before: int) -> np.ndarray:
+    """(M,) each impression's user's positive share on the item's artist before ``before``,
+    smoothed to 1/2 with one positive and one negative pseudo-event."""
+    artist = events.artist_id[pairs.rows]
+    past = events.timestamp < before
+    span = int(events.artist_id.max()) + 2
+    key = events.user_id[past] * span + events.artist_id[past] + 1
+    keys, inverse = np.unique(key, return_inverse=True)
+    total = np.bincount(inverse)
+    positive = np.bincount(inverse, weights=events.positive[past].astype(np.float64))
+    where = np.searchsorted(keys, pairs.user * span + artist + 1).clip(max=len(keys) - 1)
+    found = keys[where] == pairs.user * span + artist + 1
+    return np.where(found, (positive[where] + 1) / (total[where] + 2), 0.5)
+
+
+def measure(events: Events, truth: Truth, sample: int, seed: int) -> dict[str, object]:
+    start = TemporalSplit.last_days(events, 7.0).split_time
+    inside = (events.timestamp >= start) & (events.source > 0)
+    users = np.unique(events.user_id[inside])
+    if 0 < sample < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, sample, replace=False))
+    pairs = Pairs.of(events, users, start, days=7.0)
+    item = truth.item_rows(pairs.item)
+    latent, bias = truth.item_latent(item), truth.arrays["item_bias"][item]
+    on_day = truth.user_latent(pairs.user, pairs.timestamp)
+    at_cut = np.full(len(pairs.user), start - 1)
+    cut = truth.user_latent(pairs.user, at_cut)
+    no_offset = truth.user_latent(pairs.user, at_cut, offset=False)
+    artist = truth.arrays["item_artist_ids"]
+    _, artist_row = np.unique(artist, return_inverse=True)
+    artist_mean = np.zeros((artist_row.max() + 1, latent.shape[1]))
+    np.add.at(artist_mean, artist_row, truth.item_latent(np.arange(len(artist))))
+    artist_mean /= np.bincount(artist_row)[:, None]
+    log_popularity = np.log(truth.arrays["item_popularity"])
+    popularity_part = 0.3 * (log_popularity - log_popularity.mean()) / log_popularity.std()
+
+    def dot(user: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return np.einsum("nk,nk->n", user, items)
+
+    began = time.perf_counter()
+    offsets = estimated_offsets(truth, events, users, start)
+    estimated = no_offset + offsets[np.searchsorted(users, pairs.user)]
+    mostpop = np.log1p(popularity_scores(events, pairs, start))
+    rate = artist_rates(events, pairs, start)
+    scores = {
+        "oracle: true affinity on the day": dot(on_day, latent) + bias,
+        "taste as of the training cut-off": dot(cut, latent) + bias,
+        "item latent -> its artist's mean": dot(cut, artist_mean[artist_row[item]]) + bias,
+        "item bias -> its popularity part": dot(cut, latent) + popularity_part[item],
+        "without the personal offset": dot(no_offset, latent) + bias,
+        "ceiling: offset estimated from the user's feedback": dot(estimated, latent) + bias,
+        "MostPop + logit of the user's artist positive rate": mostpop + np.log(rate / (1 - rate)),
+        "MostPop": mostpop,
+        "item bias alone": bias.astype(np.float64),
+    }
+    accuracy = {name: pairs.accuracy(s) for name, s in scores.items()}
+    true_offsets = truth.user_latent(users, np.full(len(users), start - 1))
+    true_offsets -= truth.user_latent(users, np.full(len(users), start - 1), offset=False)
+    estimated_users = np.flatnonzero(np.abs(offsets).sum(1) > 0)
+    correlation = float(  # per user, across the latent's coordinates
+        np.median([np.corrcoef(offsets[u], true_offsets[u])[0, 1] for u in estimated_users])
+    )
+    return {
+        "users": len(users),
+        "pairs": len(pairs.hi),
+        "start": start,
+        "pair_accuracy": accuracy,
+        "offset_correlation": correlation,
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def markdown(r: dict[str, object]) -> str:
+    accuracy: dict[str, float] = r["pair_accuracy"]  # type: ignore[assignment]
+    low, high = accuracy["MostPop"], accuracy["oracle: true affinity on the day"]
+    goal = low + 0.5 * (high - low)
+    lines = [
+        f"PairAccuracy of {r['users']:,} users' last-7-day impressions ({r['pairs']:,} pairs); "
+        f"{platform.machine()}, Python {platform.python_version()}.",
+        "",
+        "| score | PairAccuracy | share of the MostPop → oracle gap |",
+        "|---|---|---|",
+    ]
+    for name, value in accuracy.items():
+        lines.append(f"| {name} | {value:.4f} | {(value - low) / (high - low):+.0%} |")
+    lines += [
+        "",
+        f"The issue's goal (50% of the gap) is {goal:.4f}. Median correlation of a user's "
+        f"estimated personal offset with the true one: {r['offset_correlation']:.2f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "runs/bench/replay/data")
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample", type=int, default=1_500, help="users (0: all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/bench")
+    args = parser.parse_args()
+    sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
+    done = (args.data / "events.parquet").exists()
+    stage(done, "simulate", *sizes, *options(out=args.data), "--quiet")
+    events = read_events(args.data)
+    result = measure(events, Truth(args.data), args.sample, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pair_ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (args.out / "pair_ceiling.md").write_text(text)
+    print(text, end="")
+    print(f"pair_ceiling: {result['pairs']:,} pairs in {result['seconds']:.1f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
