@@ -32,6 +32,20 @@ from model.data.events import FEEDBACK, SKIP_THRESHOLD
 
 _P = 2_147_483_647  # 2^31 - 1, the modulus of the hash family
 
+# The modules fine-tuning adds to a pretrained backbone (they start from scratch), by part.
+PARTS: dict[str, tuple[str, ...]] = {
+    "towers": (
+        "user_proj",
+        "item_mlp",
+        "item_popularity",
+        "user_taste",
+        "item_taste",
+        "runtime_proj",
+        "runtime_taste",
+    ),
+    "retrieval": ("retrieval_item", "retrieval_head"),
+}
+
 
 @dataclass(frozen=True)
 class ArgusConfig:
@@ -54,6 +68,7 @@ class ArgusConfig:
     tower_dim: int = 0  # width of the two-tower vectors u, v (fine-tuning); 0: no towers
     retrieval_dim: int = 0  # width of the retrieval space (fine-tuning); 0: none
     runtime_head: bool = False  # a second user projection, fine-tuned for the runtime lag (0)
+    item_prior: bool = False  # u's last coordinate is 1: v's last is an additive item prior
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -383,11 +398,15 @@ class Argus(nn.Module):
     ) -> torch.Tensor:
         """(..., D) states (and (..., R) :meth:`taste` there, for a model with a retrieval
         space) -> (..., tower_dim) user vectors ``u = P_u h (+ T_u taste)``; ``runtime``: the
-        lag-0 head's (``P_0``, ``T_0``) when the model has one."""
+        lag-0 head's (``P_0``, ``T_0``) when the model has one. With ``item_prior`` the last
+        coordinate is 1, so the item vector's last coordinate adds the same prior for every user
+        (popularity and quality, learned), apart from the personal part."""
         runtime = runtime and self.has_runtime_head
         u = (self.runtime_proj if runtime else self.user_proj)(h)
         if taste is not None and hasattr(self, "user_taste"):
             u = u + (self.runtime_taste if runtime else self.user_taste)(taste.detach())
+        if self.cfg.item_prior:  # <u, v> = personal part + v's last coordinate, the item prior
+            u = torch.cat([u[..., :-1], torch.ones_like(u[..., -1:])], dim=-1)
         return u
 
     def item_vector(

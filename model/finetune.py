@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.argus import Argus, ArgusConfig
+from model.argus import PARTS, Argus, ArgusConfig
 from model.checkpoint import model_config, read_checkpoint
 from model.config import apply_overrides
 from model.contract import DAY
@@ -546,6 +546,8 @@ class FinetuneConfig(TrainConfig):
     max_impressions: int = 256  # per chunk, step and user head (a random subset beyond it); 0: all
     min_history: int = 1  # events of the chunk a state must have seen
     tower_dim: int = 0  # width of u and v; 0: the model's d_model
+    tower_lr: float = 3e-3  # the towers' own learning rate (they start from scratch); 0: lr
+    item_prior: bool = True  # u's last coordinate is 1: v's last one is a non-personal prior
     # the retrieval space (/candidates): a pooled-history tower trained on future positives
     retrieval_dim: int = 64  # 0: no retrieval space (the bundle then retrieves with the towers)
     retrieval_weight: float = 1.0  # its loss beside the pairwise one
@@ -642,6 +644,7 @@ class FinetuneConfig(TrainConfig):
             tower_dim=self.tower_dim or base.d_model,
             retrieval_dim=self.retrieval_dim,
             runtime_head=self.runtime_head,
+            item_prior=self.item_prior,
         )
 
 
@@ -720,17 +723,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
 def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:
     """Pretrained weights into ``model``; only the new towers may be missing from them."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    towers = (
-        "user_proj.",
-        "item_mlp.",
-        "item_popularity.",
-        "retrieval_item.",
-        "retrieval_head.",
-        "user_taste.",
-        "item_taste.",
-        "runtime_proj.",
-        "runtime_taste.",
-    )
+    towers = tuple(f"{name}." for names in PARTS.values() for name in names)
     if unexpected or any(not name.startswith(towers) for name in missing):
         raise ValueError(
             f"{source}: weights do not fit the model "

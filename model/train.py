@@ -28,7 +28,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from model.argus import Argus, ArgusConfig, count_parameters, preset
+from model.argus import PARTS, Argus, ArgusConfig, count_parameters, preset
 from model.checkpoint import CHECKPOINT_FILE, read_checkpoint, save_checkpoint
 from model.config import apply_overrides
 from model.data.batching import Spans, TemporalSplit, bucket_batches, chunk_spans, make_batch
@@ -190,14 +190,24 @@ class Optimizers:
         }
         decay: list[nn.Parameter] = []
         rest: list[nn.Parameter] = []
-        retrieval: list[nn.Parameter] = []  # the retrieval space: its own learning rate
         trainable = [p for p in model.parameters() if p.requires_grad]  # fine-tuning freezes heads
-        own_rate = {id(p) for n, p in model.named_parameters() if n.startswith("retrieval_")}
+        # fine-tuning's new parts start from scratch: each its own learning rate (a multiple)
+        rates = {
+            "retrieval": getattr(cfg, "retrieval_lr", 0.0),
+            "towers": getattr(cfg, "tower_lr", 0.0),
+        }
+        own: dict[str, list[nn.Parameter]] = {part: [] for part, lr in rates.items() if lr}
+        part_of = {
+            id(p): part
+            for n, p in model.named_parameters()
+            for part in own
+            if n.split(".")[0] in PARTS[part]
+        }
         for p in trainable:
             if sparse and p is table.weight:
                 continue
-            if id(p) in own_rate:
-                retrieval.append(p)
+            if id(p) in part_of:
+                own[part_of[id(p)]].append(p)
                 continue
             (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
         betas = (0.9, 0.98)
@@ -205,10 +215,14 @@ class Optimizers:
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": rest, "weight_decay": 0.0},
         ]
-        if retrieval:
-            scale = getattr(cfg, "retrieval_lr", cfg.lr) / cfg.lr
-            groups.append({"params": retrieval, "weight_decay": 0.0, "lr_scale": scale})
+        for part, params in own.items():
+            if params:
+                groups.append(
+                    {"params": params, "weight_decay": 0.0, "lr_scale": rates[part] / cfg.lr}
+                )
         self.parameters = trainable
+        # the retrieval space is clipped on its own: its loss is a different scale
+        retrieval = own.get("retrieval", [])
         separate = {id(p) for p in retrieval}
         self.clip_sets = [[p for p in trainable if id(p) not in separate], retrieval]
         self.dense = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)

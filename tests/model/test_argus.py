@@ -196,3 +196,19 @@ def test_bad_configs_are_refused() -> None:
         ArgusConfig(objective="bert4rec")
     with pytest.raises(ValueError, match="not divisible"):
         ArgusConfig(d_model=30, n_heads=4)
+
+
+def test_the_item_prior_is_the_same_for_every_user() -> None:
+    """With ``item_prior`` the user vector's last coordinate is 1, so the item vector's last
+    coordinate adds one prior to every user's score and the rest is the personal part."""
+    model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=8, item_prior=True))
+    h, taste = torch.randn(5, model.cfg.d_model), torch.randn(5, 8)
+    u = model.user_vector(h, taste)
+    item = torch.tensor([3, 7, 11])
+    v = model.item_vector(item, torch.tensor([1, 1, 2]), torch.tensor([0.0, 2.0, 5.0]))
+    assert torch.equal(u[:, -1], torch.ones(5))
+    scores = u @ v.T  # (users, items)
+    torch.testing.assert_close(scores - u[:, :-1] @ v[:, :-1].T, v[:, -1].expand(5, 3))
+    plain = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=8))
+    plain.load_state_dict(model.state_dict())
+    assert not torch.equal(plain.user_vector(h, taste)[:, -1], torch.ones(5))

@@ -268,3 +268,26 @@ def test_sparse_table_gradients_equal_dense_and_training_tracks_dense(
         losses[mode] = np.array(losses_of(tmp_path / mode))
     assert np.allclose(losses["on"], losses["off"], rtol=0.02)
     assert losses["on"][-1] < losses["on"][0]
+
+
+def test_fine_tuning_s_new_parts_get_their_own_learning_rates() -> None:
+    """The towers and the retrieval space start from scratch: ``tower_lr`` and ``retrieval_lr``
+    apply to them (and to nothing else), the backbone keeps ``lr``."""
+    from model.finetune import FinetuneConfig
+    from model.train import Optimizers
+
+    model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=8, runtime_head=True))
+    cfg = FinetuneConfig(data="-", out="-", lr=1e-3, tower_lr=4e-3, retrieval_lr=2e-2)
+    optimizers = Optimizers(model, cfg, sparse=False)
+    optimizers.set_lr(cfg.lr)
+    rate = {id(p): g["lr"] for g in optimizers.dense.param_groups for p in g["params"]}
+    towers = {"user_proj", "item_mlp", "item_popularity", "user_taste", "item_taste"}
+    towers |= {"runtime_proj", "runtime_taste"}
+    for name, parameter in model.named_parameters():
+        module = name.split(".")[0]
+        expected = 4e-3 if module in towers else 1e-3
+        expected = 2e-2 if module in ("retrieval_item", "retrieval_head") else expected
+        assert rate[id(parameter)] == pytest.approx(expected), name
+    same = Optimizers(model, FinetuneConfig(data="-", out="-", tower_lr=0.0), sparse=False)
+    same.set_lr(1e-3)
+    assert len(same.dense.param_groups) == 3  # decay, no decay, retrieval: towers at lr
