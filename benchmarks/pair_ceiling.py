@@ -31,6 +31,7 @@ import numpy as np
 
 from argus.demo import options, stage
 from argus.replay import Pairs, popularity_scores
+from benchmarks.ranker_uplift import counts_before
 from model.data.batching import TemporalSplit
 from model.data.events import Events, read_events
 from model.data.simulate import Truth
@@ -42,16 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def artist_rates(events: Events, pairs: Pairs, before: int) -> np.ndarray:
     """(M,) each impression's user's positive share on the item's artist before ``before``,
     smoothed to 1/2 with one positive and one negative pseudo-event."""
-    artist = events.artist_id[pairs.rows]
-    past = events.timestamp < before
     span = int(events.artist_id.max()) + 2
-    key = events.user_id[past] * span + events.artist_id[past] + 1
-    keys, inverse = np.unique(key, return_inverse=True)
-    total = np.bincount(inverse)
-    positive = np.bincount(inverse, weights=events.positive[past].astype(np.float64))
-    where = np.searchsorted(keys, pairs.user * span + artist + 1).clip(max=len(keys) - 1)
-    found = keys[where] == pairs.user * span + artist + 1
-    return np.where(found, (positive[where] + 1) / (total[where] + 2), 0.5)
+    key = events.user_id * span + events.artist_id + 1
+    query = pairs.user * span + events.artist_id[pairs.rows] + 1
+    start, end = np.full(len(query), np.iinfo(np.int64).min // 4), np.full(len(query), before)
+    total = counts_before(key, events.timestamp, query, start, end)
+    positive = events.positive
+    liked = counts_before(key[positive], events.timestamp[positive], query, start, end)
+    return (liked + 1) / (total + 2)
 
 
 def measure(events: Events, truth: Truth, sample: int, seed: int) -> dict[str, object]:

@@ -51,9 +51,9 @@ FULL_LISTEN = 0.9  # played_ratio at or above which a listen is "full"
 SESSION_GAP = 1_800  # default seconds of silence that end a session
 
 
-def impression_grades(events: Events) -> np.ndarray:
-    """(N,) int64 grade index into :data:`GRADES` of each event; -1 where the event is not an
-    impression (organic, or a recommendation without feedback)."""
+def feedback_grades(events: Events) -> np.ndarray:
+    """(N,) int64 grade index into :data:`GRADES` of each event's feedback, whatever its source;
+    -1 where it has none."""
     ratio = events.played_ratio
     with np.errstate(invalid="ignore"):
         grade = np.select(
@@ -61,6 +61,13 @@ def impression_grades(events: Events) -> np.ndarray:
         ).astype(np.int64)
     grade[events.liked] = 4
     grade[events.disliked] = 0
+    return grade
+
+
+def impression_grades(events: Events) -> np.ndarray:
+    """(N,) :func:`feedback_grades`, -1 where the event is not an impression (organic, or a
+    recommendation without feedback)."""
+    grade = feedback_grades(events)
     grade[events.source <= 0] = -1
     return grade
 

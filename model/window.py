@@ -17,7 +17,6 @@ The replay benchmark feeds the service's answers to :func:`recall` beside these.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ import numpy as np
 from model.contract import DAY
 from model.data.events import Events
 from model.data.simulate import Truth
-from model.finetune import impression_grades
+from model.finetune import feedback_grades
 
 
 @dataclass
@@ -178,7 +177,7 @@ def estimated_offsets(
     ``v_i`` coefficients over ``a_known``'s. A ceiling check: what a model that learns from the
     logs could know of the one part of the affinity that is personal (users without feedback
     get 0)."""
-    graded = impression_grades(dataclasses.replace(history, source=np.ones_like(history.source)))
+    graded = feedback_grades(history)  # organic events' feedback shows the offset too
     mine = (graded >= 0) & (history.timestamp < before) & np.isin(history.user_id, users)
     rows = np.flatnonzero(mine)
     rows = rows[np.argsort(history.user_id[rows], kind="stable")]

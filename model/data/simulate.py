@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -788,7 +788,7 @@ class Truth:
         a = self.arrays
         users = self._users(user_ids)
         if not offset:
-            users.offset = np.zeros_like(users.offset)
+            users = replace(users, offset=np.zeros_like(users.offset))
         return users.latent(a["genre_centers"], self._fraction(timestamps)[:, None])
 
     def item_latent(self, rows: np.ndarray) -> np.ndarray:
