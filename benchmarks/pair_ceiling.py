@@ -31,9 +31,8 @@ import numpy as np
 
 from argus.demo import options, stage
 from argus.replay import Pairs, popularity_scores
-from benchmarks.ranker_uplift import counts_before
 from model.data.batching import TemporalSplit
-from model.data.events import Events, read_events
+from model.data.events import Events, counts_before, read_events
 from model.data.simulate import Truth
 from model.window import estimated_offsets
 

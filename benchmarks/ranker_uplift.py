@@ -38,28 +38,9 @@ from argus.replay import Client, Pairs
 from benchmarks.replay import ROOT, serving
 from index.bundle import Bundle, list_versions
 from model.contract import DAY, HOUR
-from model.data.events import Events, read_events
+from model.data.events import Events, counts_before, read_events
 
 TRAIN_DAYS = 4  # of the 7-day window; the rest is the test
-
-
-def counts_before(
-    keys: np.ndarray, times: np.ndarray, query_keys: np.ndarray, start: np.ndarray, end: np.ndarray
-) -> np.ndarray:
-    """For each query, the number of (key, time) records with key == query key and start <= time
-    < end (records given in any order)."""
-    order = np.lexsort((times, keys))
-    k, t = keys[order], times[order]
-    span = int(t.max() - t.min()) + 2 if len(t) else 2
-    base = int(t.min()) - 1 if len(t) else 0
-    packed = k * span + (t - base)
-
-    def rank(at: np.ndarray) -> np.ndarray:
-        return np.searchsorted(
-            packed, query_keys * span + (np.clip(at, base, base + span - 1) - base)
-        )
-
-    return rank(end) - rank(start)
 
 
 def baseline_features(events: Events, rows: np.ndarray) -> dict[str, np.ndarray]:

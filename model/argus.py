@@ -42,6 +42,7 @@ PARTS: dict[str, tuple[str, ...]] = {
         "item_taste",
         "runtime_proj",
         "runtime_taste",
+        "taste_scale",
     ),
     "retrieval": ("retrieval_item", "retrieval_head"),
 }
@@ -69,6 +70,7 @@ class ArgusConfig:
     retrieval_dim: int = 0  # width of the retrieval space (fine-tuning); 0: none
     runtime_head: bool = False  # a second user projection, fine-tuned for the runtime lag (0)
     item_prior: bool = False  # u's last coordinate is 1: v's last is an additive item prior
+    taste_shortcut: bool = False  # u and v also carry (a * taste, e_r): a learned scale, no mixing
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -79,6 +81,12 @@ class ArgusConfig:
     @property
     def embedding_dim(self) -> int:
         return self.item_dim or self.d_model
+
+    @property
+    def ranking_dim(self) -> int:
+        """Width of the ranking vectors u and v: the towers' own, and with ``taste_shortcut``
+        the retrieval space's beside them."""
+        return self.tower_dim + (self.retrieval_dim if self.taste_shortcut else 0)
 
 
 # The paper's presets share the seed's item embedding: a unified hashed table of 2^19 rows x 256
@@ -291,6 +299,8 @@ class Argus(nn.Module):
             if cfg.tower_dim:  # the towers read the retrieval space's taste (never train it)
                 self.user_taste = nn.Linear(r, cfg.tower_dim, bias=False)
                 self.item_taste = nn.Linear(r, cfg.tower_dim, bias=False)
+                if cfg.taste_shortcut:  # <a * taste, e_r(i)>: one scale per coordinate
+                    self.taste_scale = nn.Parameter(torch.ones(r))
         if cfg.tower_dim and cfg.runtime_head:  # u0 = P_0 h (+ T_0 taste): the lag-0 user tower
             self.runtime_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             if cfg.retrieval_dim:
@@ -397,14 +407,21 @@ class Argus(nn.Module):
         self, h: torch.Tensor, taste: torch.Tensor | None = None, *, runtime: bool = False
     ) -> torch.Tensor:
         """(..., D) states (and (..., R) :meth:`taste` there, for a model with a retrieval
-        space) -> (..., tower_dim) user vectors ``u = P_u h (+ T_u taste)``; ``runtime``: the
-        lag-0 head's (``P_0``, ``T_0``) when the model has one. With ``item_prior`` the last
-        coordinate is 1, so the item vector's last coordinate adds the same prior for every user
-        (popularity and quality, learned), apart from the personal part."""
+        space) -> (..., ranking_dim) user vectors ``u = P_u h (+ T_u taste)``; ``runtime``:
+        the lag-0 head's (``P_0``, ``T_0``) when the model has one. With ``taste_shortcut``
+        ``a * taste`` comes first (against the item's ``e_r``: the pooled history's own retrieval
+        score, scaled per coordinate by the learned ``a``; a bilinear ``T_u``/``T_i`` pair
+        learns it too slowly from scratch). With ``item_prior`` the last coordinate is 1, so the
+        item vector's last coordinate adds the same prior for every user (popularity and
+        quality, learned), apart from the personal part."""
         runtime = runtime and self.has_runtime_head
         u = (self.runtime_proj if runtime else self.user_proj)(h)
         if taste is not None and hasattr(self, "user_taste"):
             u = u + (self.runtime_taste if runtime else self.user_taste)(taste.detach())
+        if self.cfg.taste_shortcut:
+            if taste is None:
+                raise ValueError("this model's user vector has a taste shortcut: pass the taste")
+            u = torch.cat([self.taste_scale * taste.detach(), u], dim=-1)
         if self.cfg.item_prior:  # <u, v> = personal part + v's last coordinate, the item prior
             u = torch.cat([u[..., :-1], torch.ones_like(u[..., -1:])], dim=-1)
         return u
@@ -415,13 +432,17 @@ class Argus(nn.Module):
         artist_id: torch.Tensor | None = None,
         log_popularity: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(...) ids (their artists, log1p of their positive events) -> (..., tower_dim) item
-        vectors ``v = MLP(e_item) + p log_popularity (+ T_i e_r)``; score = <u, v>."""
+        """(...) ids (their artists, log1p of their positive events) -> (..., ranking_dim) item
+        vectors ``v = MLP(e_item) + p log_popularity (+ T_i e_r)`` (after ``e_r`` with
+        ``taste_shortcut``); score = <u, v>."""
         v = self.item_mlp(self.item_embedding(item_id, artist_id))
         if log_popularity is not None:
             v = v + self.item_popularity(log_popularity.unsqueeze(-1))
         if hasattr(self, "item_taste"):
-            v = v + self.item_taste(self.retrieval_item(item_id).detach())
+            e_r = self.retrieval_item(item_id).detach()
+            v = v + self.item_taste(e_r)
+            if self.cfg.taste_shortcut:
+                v = torch.cat([e_r, v], dim=-1)
         return v
 
     @property

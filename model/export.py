@@ -50,12 +50,12 @@ from model.runtime import pick_device
 
 def retrieval_dim(model: Argus) -> int:
     """Width of the retrieval space: its own, or the towers' when the model has none."""
-    return model.cfg.retrieval_dim or model.cfg.tower_dim
+    return model.cfg.retrieval_dim or model.cfg.ranking_dim
 
 
 def user_vector_dim(model: Argus) -> int:
     """Floats per user vector: the ranking part, then the retrieval part."""
-    return model.cfg.tower_dim + retrieval_dim(model)
+    return model.cfg.ranking_dim + retrieval_dim(model)
 
 
 def _batch(inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -310,7 +310,7 @@ def item_vectors(
     catalog = Catalog.from_events(events) if catalog is None else catalog
     ids, artists = catalog.ids, catalog.artist_id
     popularity = ItemPopularity.of(events, device)
-    ranking = np.empty((len(ids), model.cfg.tower_dim), dtype=np.float32)
+    ranking = np.empty((len(ids), model.cfg.ranking_dim), dtype=np.float32)
     retrieval = np.empty((len(ids), retrieval_dim(model)), dtype=np.float32)
     for begin in range(0, len(ids), batch_size):
         part = slice(begin, begin + batch_size)
@@ -458,7 +458,7 @@ def export(
         "checkpoint": str(checkpoint),
         "data": str(data),
         "model_config": asdict(model.cfg),
-        "dim": model.cfg.tower_dim,
+        "dim": model.cfg.ranking_dim,
         "retrieval_dim": retrieval_dim(model),
         "n_items": len(items),
         "n_users": len(users),
@@ -472,7 +472,7 @@ def export(
     user_events = int(np.minimum(np.diff(events.user_offsets()[1]), model.cfg.max_len).sum())
     return ExportSummary(
         out=str(out),
-        dim=model.cfg.tower_dim,
+        dim=model.cfg.ranking_dim,
         items=len(items),
         users=len(users),
         user_events=user_events,

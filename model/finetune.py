@@ -161,6 +161,7 @@ class Impressions:
     grade: np.ndarray  # index into GRADES
     group: np.ndarray  # comparison group id
     head: np.ndarray  # 0: scored by the offline user head, 1: by the runtime (lag-0) head
+    popularity: np.ndarray  # the item's positive events before the impression's UTC day
 
     def __len__(self) -> int:
         return len(self.row)
@@ -195,12 +196,15 @@ def find_impressions(
         state = np.where(same_user, before, -1)[group_of]
     keep = np.flatnonzero(state >= 0)
     _, renumbered = np.unique(group_of[keep], return_inverse=True)  # consecutive again
+    rows = rows[keep]
+    day = events.timestamp[rows] // DAY * DAY  # the daily bundle's item vectors count until then
     return Impressions(
-        rows[keep],
+        rows,
         state[keep],
-        grade[rows[keep]],
+        grade[rows],
         renumbered.astype(np.int64),
         np.full(len(keep), head, dtype=np.int64),
+        events.positives_before(events.item_id[rows], day),
     )
 
 
@@ -297,7 +301,9 @@ def every_chunk(events: Events, max_len: int) -> Samples:
     spans = chunk_spans(events.user_offsets()[1], max_len)
     empty = np.zeros(0, np.int64)
     return Samples(
-        spans, np.zeros(len(spans) + 1, np.int64), Impressions(empty, empty, empty, empty, empty)
+        spans,
+        np.zeros(len(spans) + 1, np.int64),
+        Impressions(empty, empty, empty, empty, empty, empty),
     )
 
 
@@ -312,6 +318,7 @@ class ImpressionBatch:
     grade: np.ndarray  # (M,)
     group: np.ndarray  # (M,) group id, unique within the batch (a group never spans two chunks)
     runtime: np.ndarray  # (M,) bool: scored by the runtime (lag-0) user head
+    log_popularity: np.ndarray  # (M,) float32 log1p(Impressions.popularity)
     hi: np.ndarray  # (P,) index of the better impression of each pair
     lo: np.ndarray  # (P,)
     weight: np.ndarray  # (P,) float32
@@ -357,6 +364,7 @@ def sample_batch(
         grade=imp.grade,
         group=group,
         runtime=imp.head == 1,
+        log_popularity=np.log1p(imp.popularity).astype(np.float32),
         hi=hi,
         lo=lo,
         weight=weight.astype(np.float32),
@@ -424,16 +432,10 @@ class PairwiseObjective(nn.Module):
     """One-pass fine-tuning loss: the transformer runs once over the batch of chunks. With
     ``retrieval``, the retrieval space's loss is added (on the same chunks)."""
 
-    def __init__(
-        self,
-        model: Argus,
-        retrieval: RetrievalTraining | None = None,
-        popularity: ItemPopularity | None = None,
-    ) -> None:
+    def __init__(self, model: Argus, retrieval: RetrievalTraining | None = None) -> None:
         super().__init__()
         self.model = model
         self.retrieval = retrieval
-        self.popularity = popularity
 
     def forward(
         self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
@@ -442,11 +444,14 @@ class PairwiseObjective(nn.Module):
         at = imp["sample"], imp["position"]
         tastes = self.model.taste(batch) if self.model.has_retrieval else None  # (B, L, R)
         taste = tastes[at] if tastes is not None else None
-        popularity = (
-            self.popularity.log_counts(imp["item_id"]) if self.popularity is not None else None
-        )
         scores = tower_scores(
-            self.model, h[at], imp["item_id"], imp["artist_id"], taste, popularity, imp["runtime"]
+            self.model,
+            h[at],
+            imp["item_id"],
+            imp["artist_id"],
+            taste,
+            imp["log_popularity"],
+            imp["runtime"],
         )
         pairwise = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
         with torch.no_grad():
@@ -485,7 +490,6 @@ def impression_level_backward(
     *,
     prefix_batch: int = 32,
     device: str | torch.device = "cpu",
-    popularity: ItemPopularity | None = None,
 ) -> float:
     """The reference trainer: the same loss as :class:`PairwiseObjective` on the same batch, but
     the transformer re-runs on each group's own prefix (the chunk up to the group's latest state).
@@ -519,14 +523,13 @@ def impression_level_backward(
         positions = tensors["position"][mine]
         items = tensors["item_id"][mine]
         taste = model.taste(batch)[rows, positions] if model.has_retrieval else None
-        log_popularity = popularity.log_counts(items) if popularity is not None else None
         scores = tower_scores(
             model,
             h[rows, positions],
             items,
             tensors["artist_id"][mine],
             taste,
-            log_popularity,
+            tensors["log_popularity"][mine],
             tensors["runtime"][mine],
         )
         pairs = np.flatnonzero(local[pair_group] >= 0)
@@ -555,6 +558,7 @@ class FinetuneConfig(TrainConfig):
     tower_dim: int = 0  # width of u and v; 0: the model's d_model
     tower_lr: float = 3e-3  # the towers' own learning rate (they start from scratch); 0: lr
     item_prior: bool = True  # u's last coordinate is 1: v's last one is a non-personal prior
+    taste_shortcut: bool = True  # u, v also carry (a * taste, e_r): the taste's score, scaled
     # the retrieval space (/candidates): a pooled-history tower trained on future positives
     retrieval_dim: int = 64  # 0: no retrieval space (the bundle then retrieves with the towers)
     retrieval_weight: float = 1.0  # its loss beside the pairwise one
@@ -652,6 +656,7 @@ class FinetuneConfig(TrainConfig):
             retrieval_dim=self.retrieval_dim,
             runtime_head=self.runtime_head,
             item_prior=self.item_prior,
+            taste_shortcut=self.taste_shortcut and self.retrieval_dim > 0,
         )
 
 
@@ -713,11 +718,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             preset=preset,
             objective_name="pairwise",
             model=model,
-            objective=PairwiseObjective(
-                model,
-                cfg.retrieval_training(train, runtime.device),
-                ItemPopularity.of(train, runtime.device),
-            ),
+            objective=PairwiseObjective(model, cfg.retrieval_training(train, runtime.device)),
             epoch_batches=functools.partial(
                 epoch_batches, samples.spans, cfg, model_cfg.max_len, runtime
             ),
@@ -730,9 +731,9 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
 def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:
     """Pretrained weights into ``model``; only the new towers may be missing from them."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    towers = tuple(f"{name}." for names in PARTS.values() for name in names)
-    if unexpected or any(not name.startswith(towers) for name in missing):
+    new = {name for names in PARTS.values() for name in names}
+    missing = [n for n in missing if n.split(".")[0] not in new]
+    if unexpected or missing:
         raise ValueError(
-            f"{source}: weights do not fit the model "
-            f"(missing {[n for n in missing if not n.startswith(towers)]}, unexpected {unexpected})"
+            f"{source}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
         )

@@ -105,6 +105,13 @@ class Events:
         keep = self.positive if before is None else self.positive & (self.timestamp < before)
         return np.unique(self.item_id[keep], return_counts=True)
 
+    def positives_before(self, item_id: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """(M,) each of ``item_id``'s positive events before its ``before`` time: the count a
+        popularity table built at that time holds (what a bundle exported then serves)."""
+        keep = self.positive
+        never = np.full(len(item_id), np.iinfo(np.int64).min // 4)
+        return counts_before(self.item_id[keep], self.timestamp[keep], item_id, never, before)
+
     def take(self, index: np.ndarray | slice) -> Events:
         """The rows selected by a boolean mask, an index array or a slice, in that order."""
         return Events(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
@@ -140,6 +147,27 @@ class Events:
     def to_table(self) -> pa.Table:
         """An Arrow table with :data:`EVENT_SCHEMA` (NaN played_ratio stays NaN, not null)."""
         return pa.Table.from_arrays([getattr(self, name) for name in COLUMNS], schema=EVENT_SCHEMA)
+
+
+def counts_before(
+    keys: np.ndarray, times: np.ndarray, query_keys: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> np.ndarray:
+    """For each query, the number of (key, time) records with key == query key and start <= time
+    < end (records given in any order)."""
+    order = np.lexsort((times, keys))
+    k, t = keys[order], times[order]
+    # One sorted key per record: times fall in [1, span - 2], so a query clipped to
+    # [base, base + span - 1] lands before every record of its key or after all of them.
+    span = int(t.max() - t.min()) + 3 if len(t) else 3
+    base = int(t.min()) - 1 if len(t) else 0
+    packed = k * span + (t - base)
+
+    def rank(at: np.ndarray) -> np.ndarray:
+        return np.searchsorted(
+            packed, query_keys * span + (np.clip(at, base, base + span - 1) - base)
+        )
+
+    return rank(end) - rank(start)
 
 
 def event_files(path: str | Path) -> list[Path]:

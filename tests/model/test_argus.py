@@ -212,3 +212,29 @@ def test_the_item_prior_is_the_same_for_every_user() -> None:
     plain = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=8))
     plain.load_state_dict(model.state_dict())
     assert not torch.equal(plain.user_vector(h, taste)[:, -1], torch.ones(5))
+
+
+def test_the_taste_shortcut_adds_the_taste_s_retrieval_score_scaled_per_coordinate() -> None:
+    """With ``taste_shortcut`` u and v carry ``a * taste`` and ``e_r(i)`` beside the towers' own
+    coordinates: the score gains ``sum_k a_k taste_k e_r(i)_k`` (the pooled history's own
+    retrieval score, scaled), which the pairwise loss reaches through ``a`` alone."""
+    cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=6, item_prior=True, taste_shortcut=True)
+    model = Argus(cfg)
+    assert cfg.ranking_dim == 14
+    h, taste = torch.randn(5, cfg.d_model), torch.randn(5, 6, requires_grad=True)
+    item, artist = torch.tensor([3, 7, 11]), torch.tensor([1, 1, 2])
+    popularity = torch.tensor([0.0, 2.0, 5.0])
+    u, v = model.user_vector(h, taste), model.item_vector(item, artist, popularity)
+    assert u.shape == (5, 14) and v.shape == (3, 14)
+    with torch.no_grad():
+        model.taste_scale.copy_(torch.arange(6.0))
+    u2 = model.user_vector(h, taste)
+    e_r = model.retrieval_items(item)
+    shortcut = (taste * torch.arange(6.0)) @ e_r.T
+    torch.testing.assert_close(u2 @ v.T - u @ v.T, shortcut - (taste @ e_r.T))  # a: 1 -> 0..5
+    (u2 @ v.T).sum().backward()
+    assert taste.grad is None  # read, never trained: the retrieval space keeps its own loss
+    assert model.retrieval_item.table.weight.grad is None
+    assert model.taste_scale.grad is not None and float(model.taste_scale.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="pass the taste"):
+        model.user_vector(h)

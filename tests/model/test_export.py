@@ -63,9 +63,11 @@ def test_onnx_encoder_equals_the_torch_user_tower(
         torch_out = UserEncoder(model, runtime=True)(*tensors)
         offline = UserEncoder(model)(*tensors)
     # The runtime (lag-0) head differs from the offline one in the ranking part only.
-    assert model.has_runtime_head and not torch.allclose(torch_out[:, :24], offline[:, :24])
-    np.testing.assert_array_equal(torch_out[:, 24:].numpy(), offline[:, 24:].numpy())
-    assert onnx_out.shape == (b, 24 + model.cfg.retrieval_dim) and model.cfg.retrieval_dim > 0
+    d = model.cfg.ranking_dim  # the towers' 24 and the taste shortcut's retrieval_dim
+    assert model.cfg.taste_shortcut and d == 24 + model.cfg.retrieval_dim
+    assert model.has_runtime_head and not torch.allclose(torch_out[:, :d], offline[:, :d])
+    np.testing.assert_array_equal(torch_out[:, d:].numpy(), offline[:, d:].numpy())
+    assert onnx_out.shape == (b, d + model.cfg.retrieval_dim) and model.cfg.retrieval_dim > 0
     assert np.abs(onnx_out - torch_out.numpy()).max() < 1e-4
 
 
@@ -103,10 +105,11 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     model, _ = load_model(finetuned)
     assert load["user_ids"].tolist() == np.unique(events.user_id).tolist()
     assert load["item_ids"].tolist() == np.unique(events.item_id).tolist()
-    width = 24 + model.cfg.retrieval_dim
+    ranking = 24 + model.cfg.retrieval_dim  # the towers' and the taste shortcut's
+    width = ranking + model.cfg.retrieval_dim
     assert load["user_vectors"].dtype == np.float32 and load["user_vectors"].shape[1] == width
     manifest = json.loads((out / "export.json").read_text())
-    assert manifest["dim"] == 24 and manifest["n_users"] == len(load["user_ids"])
+    assert manifest["dim"] == ranking and manifest["n_users"] == len(load["user_ids"])
     assert manifest["retrieval_dim"] == model.cfg.retrieval_dim
     encoders = manifest["user_encoders"]
     assert encoders["stored"]["lag"] == "1d" and encoders["runtime"]["lag"] == "0"

@@ -16,7 +16,6 @@ from model.data.events import Events, parse_duration, read_events
 from model.evaluate import impression_scores
 from model.finetune import (
     FinetuneConfig,
-    ItemPopularity,
     PairwiseObjective,
     find_impressions,
     finetune,
@@ -101,6 +100,41 @@ def test_a_day_is_scored_with_the_state_before_its_midnight() -> None:
     assert snapshot_rows(events, DAY, DAY - 50).tolist() == [-1, -1, 0, 0, 0, -1]
     with pytest.raises(ValueError, match="lag > 0"):
         snapshot_rows(events, 0)
+
+
+@pytest.mark.parametrize("lag", [0, DAY])
+def test_an_impression_s_popularity_is_the_count_the_day_s_bundle_holds(
+    sim_data: Path, lag: int
+) -> None:
+    """The towers' popularity input counts the item's positive events before the impression's
+    UTC day, as the daily bundle's item vectors do: never the impression's own day (its own
+    feedback, a label leak) nor anything after it."""
+    events = read_events(sim_data)
+    imp = find_impressions(events, lag)
+    positive = events.positive
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(imp), 200, replace=False).tolist():
+        row = imp.row[i]
+        day = events.timestamp[row] // DAY * DAY
+        mine = positive & (events.item_id == events.item_id[row]) & (events.timestamp < day)
+        assert imp.popularity[i] == mine.sum(), i
+    popular = int(np.argmax(imp.popularity))
+    assert imp.popularity[popular] > 0  # the check is not vacuous
+    # Flipping every event's feedback on and after the impression's day changes nothing.
+    day = events.timestamp[imp.row[popular]] // DAY * DAY
+    later = events.timestamp >= day
+    flipped = Events.from_arrays(
+        **{k: getattr(events, k) for k in ("user_id", "item_id", "timestamp", "source")},
+        artist_id=events.artist_id,
+        played_ratio=np.where(later, 0.0, events.played_ratio),
+        liked=events.liked & ~later,
+        disliked=events.disliked | later,
+    )
+    again = find_impressions(flipped, lag)
+    kept = np.isin(imp.row, again.row) & (events.timestamp[imp.row] < day + DAY)
+    same = np.searchsorted(again.row, imp.row[kept])
+    assert kept.sum() > 0
+    np.testing.assert_array_equal(again.popularity[same], imp.popularity[kept])
 
 
 @pytest.mark.parametrize(("lag", "delay"), [(3 * 3600, 0), (DAY, 0), (DAY, 600)])
@@ -214,15 +248,13 @@ def test_one_pass_and_impression_level_give_the_same_loss_and_gradients(sim_data
     batch, imp = sample_batch(events, samples, index, pair_weight_table())
     assert len(imp.hi) > 500 and len(np.unique(imp.group)) > 3 * len(index)  # many prefixes
     model = tiny_towers(retrieval_dim=8)  # the towers read the taste and the popularity too
-    popularity = ItemPopularity.of(events)
-
-    objective = PairwiseObjective(model, popularity=popularity)
+    objective = PairwiseObjective(model)
     one_pass = objective(batch.to_torch(), imp.to_torch())["loss"]
     one_pass.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     reference = impression_level_backward(
-        model, events, samples.spans.take(index), imp, prefix_batch=5, popularity=popularity
+        model, events, samples.spans.take(index), imp, prefix_batch=5
     )
     assert abs(float(one_pass.detach()) - reference) < 1e-5
     assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}

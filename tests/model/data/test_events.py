@@ -11,6 +11,7 @@ from model.data.events import (
     EVENT_SCHEMA,
     Events,
     EventSchemaError,
+    counts_before,
     read_events,
     validate_events,
     write_events,
@@ -150,3 +151,18 @@ def test_empty_directory_and_missing_path_are_errors(tmp_path: Path) -> None:
         read_events(tmp_path)
     with pytest.raises(EventSchemaError, match="no such file"):
         read_events(tmp_path / "nope.parquet")
+
+
+def test_counts_before_counts_each_key_s_records_in_the_window_even_at_the_edges() -> None:
+    keys = np.array([2, 1, 2, 2, 5, 1])
+    times = np.array([30, 10, 10, 20, 40, 40])
+    query = np.array([2, 2, 2, 1, 1, 5, 3, 2, 5])
+    start = np.array([0, 10, 11, 0, 41, -(10**9), 0, 30, 0])
+    # ends beyond the last record and starts before the first
+    end = np.array([10**9, 30, 31, 40, 10**9, 41, 100, 30, 10**9])
+    brute = [
+        int(((keys == q) & (times >= a) & (times < b)).sum())
+        for q, a, b in zip(query, start, end, strict=True)
+    ]
+    assert brute == [3, 2, 2, 1, 0, 1, 0, 0, 1]
+    assert counts_before(keys, times, query, start, end).tolist() == brute
