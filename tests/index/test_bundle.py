@@ -34,9 +34,11 @@ def test_a_bundle_holds_exactly_the_design_files_and_the_export(
     manifest = read_manifest(bundle_dir)
     assert manifest["user_encoders"]["runtime"]["lag"] == "0"
     assert manifest["version"] == bundle_dir.name and manifest["schema_version"] == 2
-    assert manifest["dim"] == 24 and manifest["model_config"]["tower_dim"] == 24
     retrieval_dim = manifest["model_config"]["retrieval_dim"]
     assert retrieval_dim > 0 and manifest["retrieval_dim"] == retrieval_dim
+    config = manifest["model_config"]
+    assert config["tower_dim"] == 24 and config["taste_shortcut"]
+    assert manifest["dim"] == 24 + retrieval_dim  # the ranking part: towers and taste shortcut
     hnsw = manifest["hnsw"]
     assert hnsw["M"] == 16 and hnsw["k"] == 20 and hnsw["recall"] >= hnsw["target_recall"]
     for name in (*BUNDLE_FILES, STEP_FILE):
@@ -53,7 +55,7 @@ def test_a_bundle_holds_exactly_the_design_files_and_the_export(
         "popular",
     ):
         assert np.array_equal(getattr(bundle, name), np.load(exported / f"{name}.npy"))
-    assert bundle.user_vectors.shape[1] == bundle.user_dim == 24 + retrieval_dim
+    assert bundle.user_vectors.shape[1] == bundle.user_dim == manifest["dim"] + retrieval_dim
     assert isinstance(bundle.user_vectors, np.memmap)
     assert manifest["n_items"] == len(bundle.item_ids) and manifest["n_users"] == len(
         bundle.user_ids
