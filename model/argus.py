@@ -77,6 +77,11 @@ class ArgusConfig:
             raise ValueError(f"objective must be 'argus' or 'sasrec', got {self.objective!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.taste_shortcut and not (self.tower_dim and self.retrieval_dim):
+            raise ValueError(
+                "taste_shortcut needs the towers and a retrieval space (tower_dim, "
+                f"retrieval_dim > 0), got {self.tower_dim}, {self.retrieval_dim}"
+            )
 
     @property
     def embedding_dim(self) -> int:

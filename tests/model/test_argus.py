@@ -238,3 +238,5 @@ def test_the_taste_shortcut_adds_the_taste_s_retrieval_score_scaled_per_coordina
     assert model.taste_scale.grad is not None and float(model.taste_scale.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="pass the taste"):
         model.user_vector(h)
+    with pytest.raises(ValueError, match="taste_shortcut needs the towers and a retrieval"):
+        preset("argus-tiny", tower_dim=8, taste_shortcut=True)
