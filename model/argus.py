@@ -44,7 +44,7 @@ PARTS: dict[str, tuple[str, ...]] = {
         "runtime_taste",
         "taste_scale",
     ),
-    "retrieval": ("retrieval_item", "retrieval_head"),
+    "retrieval": ("retrieval_item", "retrieval_head", "trend_head"),
 }
 
 
@@ -71,6 +71,8 @@ class ArgusConfig:
     runtime_head: bool = False  # a second user projection, fine-tuned for the runtime lag (0)
     item_prior: bool = False  # u's last coordinate is 1: v's last is an additive item prior
     taste_shortcut: bool = False  # u and v also carry (a * taste, e_r): a learned scale, no mixing
+    retrieval_trend: int = 0  # seconds: the retrieval score adds w(taste) * log1p(the item's
+    # positive events in this window before the day); 0: none
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -81,6 +83,11 @@ class ArgusConfig:
             raise ValueError(
                 "taste_shortcut needs the towers and a retrieval space (tower_dim, "
                 f"retrieval_dim > 0), got {self.tower_dim}, {self.retrieval_dim}"
+            )
+        if self.retrieval_trend < 0 or (self.retrieval_trend and not self.retrieval_dim):
+            raise ValueError(
+                "retrieval_trend needs a retrieval space (retrieval_dim > 0) and a window >= 0, "
+                f"got retrieval_dim={self.retrieval_dim}, retrieval_trend={self.retrieval_trend}"
             )
 
     @property
@@ -301,6 +308,10 @@ class Argus(nn.Module):
                 cfg.hash_rows, r, cfg.n_hash, n_salts=1, seed=cfg.hash_seed + 1
             )
             self.retrieval_head = _mlp(r, d, r)
+            if cfg.retrieval_trend:  # w(taste): how much this user follows what is trending
+                self.trend_head = nn.Linear(r, 1)
+                nn.init.zeros_(self.trend_head.weight)
+                nn.init.zeros_(self.trend_head.bias)
             if cfg.tower_dim:  # the towers read the retrieval space's taste (never train it)
                 self.user_taste = nn.Linear(r, cfg.tower_dim, bias=False)
                 self.item_taste = nn.Linear(r, cfg.tower_dim, bias=False)
@@ -455,10 +466,20 @@ class Argus(nn.Module):
         return self.cfg.retrieval_dim > 0
 
     def retrieval_queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, L, R) retrieval query after each event: an MLP of the mean retrieval embedding of
-        the row's positive events so far (a row with none yet gets the MLP of zeros, a learned
-        cold-start query). Padding (beyond ``lengths``) never reaches a real position."""
-        return self.retrieval_head(self.taste(batch))
+        """(B, L, R') retrieval query after each event (:meth:`retrieval_query` of the taste
+        there). Padding (beyond ``lengths``) never reaches a real position."""
+        return self.retrieval_query(self.taste(batch))
+
+    def retrieval_query(self, taste: torch.Tensor) -> torch.Tensor:
+        """(..., R) tastes -> (..., R') retrieval queries: an MLP of the taste (a history with
+        no positive yet gets the MLP of zeros, a learned cold-start query) and, with
+        ``retrieval_trend``, its trend weight ``w(taste)`` last, which meets the item's
+        log1p(positives in the trend window) (:meth:`retrieval_items` leaves that column to
+        its caller: it depends on the day)."""
+        query = self.retrieval_head(taste)
+        if self.cfg.retrieval_trend:
+            query = torch.cat([query, self.trend_head(taste)], dim=-1)
+        return query
 
     def taste(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, L, R) mean retrieval embedding of the row's positive events so far (zeros before

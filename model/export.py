@@ -42,15 +42,18 @@ from model.contract import (
     STEP_INPUTS,
 )
 from model.data.batching import Spans, bucket_batches, make_batch
-from model.data.events import Catalog, Events, read_events
+from model.data.events import Catalog, Events, counts_before, read_events
 from model.evaluate import popularity_counts
 from model.finetune import ItemPopularity
 from model.runtime import pick_device
 
 
 def retrieval_dim(model: Argus) -> int:
-    """Width of the retrieval space: its own, or the towers' when the model has none."""
-    return model.cfg.retrieval_dim or model.cfg.ranking_dim
+    """Width of the retrieval vectors: the space's own (and its trend column), or the towers'
+    when the model has none."""
+    if not model.cfg.retrieval_dim:
+        return model.cfg.ranking_dim
+    return model.cfg.retrieval_dim + (1 if model.cfg.retrieval_trend else 0)
 
 
 def user_vector_dim(model: Argus) -> int:
@@ -133,7 +136,7 @@ def at_last(
     total, count = total[last], count[last]
     taste = total / count.clamp(min=1.0)[..., None]
     ranking = model.user_vector(h[last], taste, runtime=runtime)
-    return torch.cat([ranking, model.retrieval_head(taste)], dim=-1), total, count
+    return torch.cat([ranking, model.retrieval_query(taste)], dim=-1), total, count
 
 
 def _example_events(b: int, length: int, start: int = 0) -> tuple[torch.Tensor, ...]:
@@ -306,7 +309,8 @@ def item_vectors(
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(item_ids, ranking, retrieval)``: every item in ``events`` (sorted ids, each with its
-    artist: ``catalog``, built from ``events`` unless given) and its vectors in both spaces."""
+    artist: ``catalog``, built from ``events`` unless given) and its vectors in both spaces.
+    With ``retrieval_trend``, the retrieval vectors end with log1p of :func:`trend_counts`."""
     catalog = Catalog.from_events(events) if catalog is None else catalog
     ids, artists = catalog.ids, catalog.artist_id
     popularity = ItemPopularity.of(events, device)
@@ -320,10 +324,24 @@ def item_vectors(
             model.item_vector(item, artist, popularity.log_counts(item)).float().cpu().numpy()
         )
         if model.has_retrieval:
-            retrieval[part] = model.retrieval_items(item).float().cpu().numpy()
+            width = model.cfg.retrieval_dim  # the trend column is filled below
+            retrieval[part, :width] = model.retrieval_items(item).float().cpu().numpy()
         else:
             retrieval[part] = ranking[part]
+    if model.cfg.retrieval_trend:
+        retrieval[:, -1] = np.log1p(trend_counts(events, ids, model.cfg.retrieval_trend))
     return ids, ranking, retrieval
+
+
+def trend_counts(events: Events, item_id: np.ndarray, window: int) -> np.ndarray:
+    """(M,) each item's positive events in the last ``window`` seconds of ``events`` (those
+    before its last second + 1): what is trending as the export sees it."""
+    end = int(events.timestamp.max()) + 1 if len(events) else 0
+    keep = events.positive
+    bounds = np.full(len(item_id), end, dtype=np.int64)
+    return counts_before(
+        events.item_id[keep], events.timestamp[keep], item_id, bounds - window, bounds
+    )
 
 
 def user_encoders(model: Argus, state: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -344,11 +362,14 @@ def user_encoders(model: Argus, state: dict[str, Any]) -> dict[str, dict[str, st
     }
 
 
-def popular_items(events: Events, catalog: Catalog | None = None) -> np.ndarray:
-    """Item ids by number of positive events, most popular first (ties: smaller id first)."""
+def popular_items(events: Events, catalog: Catalog | None = None, trend: int = 0) -> np.ndarray:
+    """Item ids by number of positive events, most popular first (ties: smaller id first);
+    with a ``trend`` window (seconds), by those in the last ``trend`` seconds first (ties: all
+    of them, then the id): what is popular now, the fallback of a user with no vector."""
     catalog = Catalog.from_events(events) if catalog is None else catalog
     counts = popularity_counts(events, None, catalog)
-    return catalog.ids[np.lexsort((catalog.ids, -counts))]
+    recent = trend_counts(events, catalog.ids, trend) if trend else np.zeros_like(counts)
+    return catalog.ids[np.lexsort((catalog.ids, -counts, -recent))]
 
 
 def write_files(directory: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
@@ -451,7 +472,7 @@ def export(
         "retrieval_item_vectors": retrieval_vecs,
         "user_ids": users,
         "user_vectors": user_vecs,
-        "popular": popular_items(events, catalog),
+        "popular": popular_items(events, catalog, model.cfg.retrieval_trend),
     }
     elapsed = time.perf_counter() - began
     manifest: dict[str, Any] = {

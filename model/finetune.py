@@ -42,7 +42,7 @@ from model.config import apply_overrides
 from model.contract import DAY
 from model.data.batching import Batch, Spans, bucket_batches, chunk_spans, make_batch
 from model.data.events import SKIP_THRESHOLD, Events, parse_duration, read_events
-from model.losses import ItemFrequencies, retrieval_loss
+from model.losses import ItemFrequencies, ItemTrend, retrieval_loss
 from model.runtime import Runtime
 from model.train import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
 
@@ -426,6 +426,7 @@ class RetrievalTraining:
     temperature: float
     negatives: int
     generator: torch.Generator  # its own random stream: the rest of training draws the same
+    trend: ItemTrend | None = None  # of the training positives, for a model with retrieval_trend
 
 
 class PairwiseObjective(nn.Module):
@@ -472,6 +473,7 @@ class PairwiseObjective(nn.Module):
                 temperature=r.temperature,
                 generator=r.generator,
                 taste=tastes,  # computed once for both losses
+                trend=r.trend,
             )
             out = {
                 "loss": pairwise + r.weight * retrieval,
@@ -567,6 +569,7 @@ class FinetuneConfig(TrainConfig):
     retrieval_window: int = 128  # ... among its next this many events
     retrieval_temperature: float = 0.05
     retrieval_negatives: int = 1024  # uniform negatives beside the in-batch ones
+    retrieval_trend: str = "7d"  # the score adds w(user) * log1p(item's positives then); "0": none
     lr: float = 1e-3
     warmup_steps: int = 20
 
@@ -580,6 +583,7 @@ class FinetuneConfig(TrainConfig):
             parse_duration(self.group)
         pair_weight_table(self.pair_weights)
         parse_duration(self.retrieval_horizon)
+        parse_duration(self.retrieval_trend)
         for name in ("max_impressions", "tower_dim", "retrieval_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -620,14 +624,18 @@ class FinetuneConfig(TrainConfig):
     ) -> RetrievalTraining | None:
         if not self.retrieval_dim:
             return None
+        positive = train.take(train.positive)
+        window = parse_duration(self.retrieval_trend)
+        trend = ItemTrend.of(positive.item_id, positive.timestamp, window) if window else None
         return RetrievalTraining(
-            frequencies=ItemFrequencies.from_item_ids(train.item_id[train.positive]).to(device),
+            frequencies=ItemFrequencies.from_item_ids(positive.item_id).to(device),
             weight=self.retrieval_weight,
             horizon=parse_duration(self.retrieval_horizon),
             window=self.retrieval_window,
             temperature=self.retrieval_temperature,
             negatives=self.retrieval_negatives,
             generator=torch.Generator(device=device).manual_seed(self.seed),
+            trend=trend.to(device) if trend is not None else None,
         )
 
     def init_state(self) -> dict[str, Any] | None:
@@ -657,6 +665,7 @@ class FinetuneConfig(TrainConfig):
             runtime_head=self.runtime_head,
             item_prior=self.item_prior,
             taste_shortcut=self.taste_shortcut and self.retrieval_dim > 0,
+            retrieval_trend=parse_duration(self.retrieval_trend) if self.retrieval_dim else 0,
         )
 
 

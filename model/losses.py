@@ -11,6 +11,7 @@ Output embeddings are item-only (no artist), so any candidate id can be scored t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from model.argus import Argus, positive_events
+from model.contract import DAY
 from model.data.events import FEEDBACK, SKIP_THRESHOLD
 
 
@@ -32,16 +34,21 @@ def sampled_softmax_loss(
     log_q_positive: torch.Tensor,
     log_q_negative: torch.Tensor,
     temperature: torch.Tensor | float,
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of each positive against the shared negatives.
 
     query (N, E), positive (N, E) with ids (N,), negative (M, E) with ids (M,), log Q of each
-    (N,) and (M,). Logits are ``<q, o>/T - log Q``; a negative equal to the row's positive (an
-    accidental hit) is masked out.
+    (N,) and (M,). Logits are ``(<q, o> + prior)/T - log Q``, ``prior`` a term of each positive
+    (N,) and each (row, negative) (N, M) that varies with the row (none when None); a negative
+    equal to the row's positive (an accidental hit) is masked out.
     """
     scaled = query / temperature  # (N, E): scale the queries, not the (N, M) logits
     pos = (scaled * positive).sum(-1) - log_q_positive  # (N,)
     neg = torch.addmm(-log_q_negative[None, :], scaled, negative.T)  # (N, M)
+    if prior is not None:
+        pos = pos + prior[0] / temperature
+        neg = neg + prior[1] / temperature
     neg = neg.masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
     log_normalizer = torch.logaddexp(pos, torch.logsumexp(neg, dim=1))  # (N,)
     return (log_normalizer - pos).mean()
@@ -101,6 +108,51 @@ class ItemFrequencies:
         return self.ids[index]
 
 
+@dataclass
+class ItemTrend:
+    """What is trending: each item's positive events in the ``window`` seconds before the start
+    of a UTC day, the count that day's bundle holds (its last retrieval column, log1p).
+
+    Records are ``(item rank, seconds)`` packed into one sorted int64 key; a count is two
+    binary searches, made once per distinct (day, item) of a batch."""
+
+    ids: torch.Tensor  # (C,) sorted unique ids of the items with a positive event
+    keys: torch.Tensor  # (P,) sorted rank * span + (time - base) of every positive event
+    base: int
+    span: int
+    window: int  # seconds
+
+    @classmethod
+    def of(cls, item_id: np.ndarray, timestamp: np.ndarray, window: int) -> ItemTrend:
+        """From the positive events' items and times."""
+        ids, rank = np.unique(item_id, return_inverse=True)
+        base = int(timestamp.min()) if len(timestamp) else 0
+        span = (int(timestamp.max()) - base if len(timestamp) else 0) + 2
+        keys = np.sort(rank.astype(np.int64) * span + (timestamp.astype(np.int64) - base))
+        return cls(torch.from_numpy(ids), torch.from_numpy(keys), base, span, window)
+
+    def to(self, device: str | torch.device) -> ItemTrend:
+        return dataclasses.replace(self, ids=self.ids.to(device), keys=self.keys.to(device))
+
+    def log_counts(self, item_id: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """(N, M): log1p of the positive events of each item ``item_id`` (M,) in ``[d - window,
+        d)``, ``d`` the start of the UTC day of each time ``at`` (N,)."""
+        day = torch.div(at, DAY, rounding_mode="floor") * DAY
+        days, row = torch.unique(day, return_inverse=True)
+        if len(self.ids) == 0:
+            return torch.zeros(len(at), len(item_id), device=item_id.device)
+        where = torch.searchsorted(self.ids, item_id).clamp(max=len(self.ids) - 1)
+        known = self.ids[where] == item_id  # (M,)
+
+        def rank(time: torch.Tensor) -> torch.Tensor:  # (D, M) records of the item before time
+            # clipped into [0, span - 1]: before every record of the item, or after all of them
+            offset = (time[:, None] - self.base).clamp(0, self.span - 1)
+            return torch.searchsorted(self.keys, where[None, :] * self.span + offset)
+
+        counts = (rank(days) - rank(days - self.window)) * known[None, :]  # (D, M)
+        return torch.log1p(counts.float())[row]
+
+
 def batch_softmax_loss(
     query: torch.Tensor,
     ids: torch.Tensor,
@@ -108,12 +160,18 @@ def batch_softmax_loss(
     uniform_ids: torch.Tensor,
     frequencies: ItemFrequencies,
     temperature: torch.Tensor | float,
+    prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """:func:`sampled_softmax_loss` of the targets ``ids`` (N,) given ``query`` (N, E), with the
     batch's targets and ``uniform_ids`` as negatives and both logQ-corrected; ``embed`` maps ids
-    to the output embeddings."""
-    negative_ids = torch.unique(torch.cat([ids, uniform_ids.to(ids.device)]))  # (M,)
+    to the output embeddings, ``prior`` (M,) ids to each row's additive term (N, M)."""
+    negative_ids = torch.unique(torch.cat([ids, uniform_ids.to(ids.device)]))  # (M,), sorted
     n, u = len(ids), len(uniform_ids)
+    terms = None
+    if prior is not None:  # every target is among the negatives: its term is a gather
+        negative_prior = prior(negative_ids)
+        column = torch.searchsorted(negative_ids, ids)
+        terms = (negative_prior.gather(1, column[:, None]).squeeze(1), negative_prior)
     return sampled_softmax_loss(
         query,
         embed(ids),
@@ -123,6 +181,7 @@ def batch_softmax_loss(
         frequencies.log_q(ids, n, u),
         frequencies.log_q(negative_ids, n, u),
         temperature,
+        terms,
     )
 
 
@@ -198,17 +257,31 @@ def retrieval_loss(
     temperature: float,
     generator: torch.Generator | None = None,
     taste: torch.Tensor | None = None,
+    trend: ItemTrend | None = None,
 ) -> torch.Tensor:
     """Sampled softmax (in-batch and uniform negatives, logQ-corrected) of a future positive
     event (:func:`future_targets`) given the retrieval query at each position: what makes the
     retrieval space recall the items a user goes on to enjoy. 0 when the batch has no target.
-    ``taste``: :meth:`Argus.taste` of the batch, when the caller has it already."""
-    query = model.retrieval_head(model.taste(batch) if taste is None else taste)  # (B, L, R)
+    ``taste``: :meth:`Argus.taste` of the batch, when the caller has it already. A model with
+    ``retrieval_trend`` needs ``trend``: each candidate's score adds the query's trend weight
+    times the candidate's :meth:`ItemTrend.log_counts` on the day of the query's event."""
+    query = model.retrieval_query(model.taste(batch) if taste is None else taste)  # (B, L, R')
+    if model.cfg.retrieval_trend and trend is None:
+        raise ValueError("this model's retrieval space has a trend column: pass the ItemTrend")
     valid, target = future_targets(batch, horizon, window, generator)
     if not bool(valid.any()):
         return query.sum() * 0.0
     rows = torch.arange(len(target), device=target.device)[:, None].expand_as(target)
     ids = batch["item_id"][rows[valid], target[valid]]  # (N,)
+    query = query[valid]
+    prior = None
+    if model.cfg.retrieval_trend:
+        assert trend is not None
+        query, weight, at = query[:, :-1], query[:, -1], batch["timestamp"][valid]
+
+        def prior(item_id: torch.Tensor) -> torch.Tensor:
+            return weight[:, None] * trend.log_counts(item_id, at)
+
     return batch_softmax_loss(
-        query[valid], ids, model.retrieval_items, uniform_ids, frequencies, temperature
+        query, ids, model.retrieval_items, uniform_ids, frequencies, temperature, prior
     )

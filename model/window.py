@@ -8,7 +8,8 @@ target (a seeded sample when asked).
 
 Rankers (every one returns ``(U, k)`` item ids, best first):
 
-* :func:`popular_ranking` — MostPop: positive events before ``start``;
+* :func:`popular_ranking` — MostPop: positive events before ``start`` (Trending: those of the
+  last days before it first);
 * :func:`oracle_ranking` — on simulated data, the true affinity of that day plus ``weight`` times
   the log of the true popularity, with ``weight`` fitted on other users (:func:`fit_oracle`).
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.contract import DAY
-from model.data.events import Events
+from model.data.events import Events, counts_before
 from model.data.simulate import Truth
 from model.finetune import feedback_grades
 
@@ -95,11 +96,18 @@ def top_excluding(
 
 
 def popular_ranking(
-    history: Events, window: WindowTargets, k: int, exclude_seen: bool
+    history: Events, window: WindowTargets, k: int, exclude_seen: bool, trend: int = 0
 ) -> np.ndarray:
-    """(U, k) MostPop lists: items by positive events before the window (ties: smaller id)."""
+    """(U, k) MostPop lists: items by positive events before the window (ties: smaller id);
+    with a ``trend`` (seconds), Trending lists: by those in the ``trend`` seconds before the
+    window first (ties: all of them, then the id)."""
     ids, counts = history.positive_counts(before=window.start)
-    order = np.lexsort((ids, -counts))
+    recent = np.zeros_like(counts)
+    if trend:
+        item, time = history.item_id[history.positive], history.timestamp[history.positive]
+        end = np.full(len(ids), window.start)
+        recent = counts_before(item, time, ids, end - trend, end)
+    order = np.lexsort((ids, -counts, -recent))
     popular = ids[order]
     depth = k + (max((len(s) for s in window.seen), default=0) if exclude_seen else 0)
     head = popular[:depth]

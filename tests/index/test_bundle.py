@@ -34,11 +34,12 @@ def test_a_bundle_holds_exactly_the_design_files_and_the_export(
     manifest = read_manifest(bundle_dir)
     assert manifest["user_encoders"]["runtime"]["lag"] == "0"
     assert manifest["version"] == bundle_dir.name and manifest["schema_version"] == 2
-    retrieval_dim = manifest["model_config"]["retrieval_dim"]
-    assert retrieval_dim > 0 and manifest["retrieval_dim"] == retrieval_dim
+    space = manifest["model_config"]["retrieval_dim"]
+    retrieval_dim = space + 1  # the retrieval space's own width and its trend column
+    assert space > 0 and manifest["retrieval_dim"] == retrieval_dim
     config = manifest["model_config"]
-    assert config["tower_dim"] == 24 and config["taste_shortcut"]
-    assert manifest["dim"] == 24 + retrieval_dim  # the ranking part: towers and taste shortcut
+    assert config["tower_dim"] == 24 and config["taste_shortcut"] and config["retrieval_trend"]
+    assert manifest["dim"] == 24 + space  # the ranking part: towers and taste shortcut
     hnsw = manifest["hnsw"]
     assert hnsw["M"] == 16 and hnsw["k"] == 20 and hnsw["recall"] >= hnsw["target_recall"]
     for name in (*BUNDLE_FILES, STEP_FILE):

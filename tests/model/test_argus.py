@@ -240,3 +240,17 @@ def test_the_taste_shortcut_adds_the_taste_s_retrieval_score_scaled_per_coordina
         model.user_vector(h)
     with pytest.raises(ValueError, match="taste_shortcut needs the towers and a retrieval"):
         preset("argus-tiny", tower_dim=8, taste_shortcut=True)
+    with pytest.raises(ValueError, match="retrieval_trend needs a retrieval space"):
+        preset("argus-tiny", tower_dim=8, retrieval_trend=7 * 86_400)
+
+
+def test_the_retrieval_query_ends_with_the_trend_weight_which_starts_at_zero() -> None:
+    cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=6, retrieval_trend=7 * 86_400)
+    model = Argus(cfg)
+    taste = torch.randn(3, 5, 6)
+    query = model.retrieval_query(taste)
+    assert query.shape == (3, 5, 7)
+    torch.testing.assert_close(query[..., :6], model.retrieval_head(taste))
+    assert not query[..., 6].any()  # zero-initialised: trends count for nothing at first
+    plain = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=6))
+    assert plain.retrieval_query(taste).shape == (3, 5, 6) and not hasattr(plain, "trend_head")

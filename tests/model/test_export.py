@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from argus.cli import app
 from model.checkpoint import load_model
+from model.contract import DAY
 from model.data.batching import Spans, make_batch
 from model.data.events import read_events
 from model.export import (
@@ -26,6 +27,7 @@ from model.export import (
     export_step_onnx,
     last_spans,
     popular_items,
+    retrieval_dim,
 )
 from model.finetune import ItemPopularity
 from model.train import pretrain
@@ -67,7 +69,8 @@ def test_onnx_encoder_equals_the_torch_user_tower(
     assert model.cfg.taste_shortcut and d == 24 + model.cfg.retrieval_dim
     assert model.has_runtime_head and not torch.allclose(torch_out[:, :d], offline[:, :d])
     np.testing.assert_array_equal(torch_out[:, d:].numpy(), offline[:, d:].numpy())
-    assert onnx_out.shape == (b, d + model.cfg.retrieval_dim) and model.cfg.retrieval_dim > 0
+    assert onnx_out.shape == (b, d + retrieval_dim(model)) and model.cfg.retrieval_trend
+    assert retrieval_dim(model) == model.cfg.retrieval_dim + 1  # the query, then w(taste)
     assert np.abs(onnx_out - torch_out.numpy()).max() < 1e-4
 
 
@@ -106,11 +109,11 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     assert load["user_ids"].tolist() == np.unique(events.user_id).tolist()
     assert load["item_ids"].tolist() == np.unique(events.item_id).tolist()
     ranking = 24 + model.cfg.retrieval_dim  # the towers' and the taste shortcut's
-    width = ranking + model.cfg.retrieval_dim
+    width = ranking + model.cfg.retrieval_dim + 1  # the retrieval query and its trend weight
     assert load["user_vectors"].dtype == np.float32 and load["user_vectors"].shape[1] == width
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["dim"] == ranking and manifest["n_users"] == len(load["user_ids"])
-    assert manifest["retrieval_dim"] == model.cfg.retrieval_dim
+    assert manifest["retrieval_dim"] == model.cfg.retrieval_dim + 1
     encoders = manifest["user_encoders"]
     assert encoders["stored"]["lag"] == "1d" and encoders["runtime"]["lag"] == "0"
     assert encoders["runtime"]["head"] == "runtime_proj"
@@ -138,13 +141,22 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     np.testing.assert_allclose(load["item_vectors"], expected, rtol=0, atol=1e-6)
     with torch.no_grad():
         retrieval = model.retrieval_items(torch.from_numpy(ids)).numpy()
-    np.testing.assert_allclose(load["retrieval_item_vectors"], retrieval, rtol=0, atol=1e-6)
+    vectors = load["retrieval_item_vectors"]
+    np.testing.assert_allclose(vectors[:, :-1], retrieval, rtol=0, atol=1e-6)
+    # the trend column: each item's positives in the window before the export's last second
+    window = model.cfg.retrieval_trend
+    assert window == 7 * DAY
+    end = int(events.timestamp.max()) + 1
+    recent = events.positive & (events.timestamp >= end - window)
+    counts = np.array([np.sum(recent & (events.item_id == i)) for i in ids])
+    assert counts.max() > 0
+    np.testing.assert_allclose(vectors[:, -1], np.log1p(counts), rtol=1e-6)
 
     with pytest.raises(ValueError, match="already exists"):
         export(finetuned, sim_data, out, progress=False)
 
 
-def test_popular_items_rank_by_positive_events() -> None:
+def test_popular_items_rank_by_positive_events_recent_ones_first_with_a_trend() -> None:
     from model.data.events import Events
 
     events = Events.from_arrays(
@@ -158,6 +170,8 @@ def test_popular_items_rank_by_positive_events() -> None:
         disliked=np.zeros(6, bool),
     )
     assert popular_items(events).tolist() == [6, 5, 8, 7]  # 6 twice, 5 and 8 once, 7 never
+    # with a trend window (the last 2 s: only 8's positive at t=4), what is popular now leads
+    assert popular_items(events, trend=2).tolist() == [8, 6, 5, 7]
 
 
 def test_export_refuses_a_model_without_towers(sim_data: Path, tmp_path: Path) -> None:

@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from model.argus import Argus, positive_events, preset
+from model.argus import PARTS, Argus, positive_events, preset
 from model.checkpoint import load_model
 from model.contract import DAY
 from model.data.batching import Spans, make_batch
-from model.data.events import read_events
+from model.data.events import counts_before, read_events
 from model.finetune import FinetuneConfig, finetune
-from model.losses import ItemFrequencies, future_targets, retrieval_loss
+from model.losses import (
+    ItemFrequencies,
+    ItemTrend,
+    batch_softmax_loss,
+    future_targets,
+    retrieval_loss,
+)
 
 
 def batch_of(sim_data: Path, n: int = 6, length: int = 40) -> dict[str, torch.Tensor]:
@@ -97,6 +103,9 @@ def test_finetuning_trains_the_retrieval_space_beside_the_towers(
     model, _ = load_model(tmp_path / "a")
     batch = batch_of(sim_data, n=8, length=64)
     frequencies = ItemFrequencies.from_item_ids(batch["item_id"].flatten().numpy())
+    events = read_events(sim_data)
+    positive = events.take(events.positive)
+    trend = ItemTrend.of(positive.item_id, positive.timestamp, 7 * DAY)
     loss = retrieval_loss(
         model,
         batch,
@@ -105,10 +114,69 @@ def test_finetuning_trains_the_retrieval_space_beside_the_towers(
         horizon=7 * DAY,
         window=32,
         temperature=0.05,
+        trend=trend,
     )
     loss.backward()
     touched = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
-    assert touched and all(n.startswith("retrieval_") for n in touched), touched
+    assert touched and all(n.split(".")[0] in PARTS["retrieval"] for n in touched), touched
+    assert "trend_head.bias" in touched  # the trend weight learns from the same loss
+    with pytest.raises(ValueError, match="pass the ItemTrend"):
+        retrieval_loss(
+            model, batch, frequencies, frequencies.ids[:16], horizon=DAY, window=8, temperature=1
+        )
+
+
+def test_item_trend_counts_each_item_s_positives_in_the_window_before_the_day(
+    sim_data: Path,
+) -> None:
+    events = read_events(sim_data)
+    positive = events.take(events.positive)
+    window = 3 * DAY
+    trend = ItemTrend.of(positive.item_id, positive.timestamp, window)
+    rng = np.random.default_rng(0)
+    ids = np.r_[rng.choice(np.unique(positive.item_id), 40), -5, 10**12]  # two never seen
+    at = np.r_[rng.integers(positive.timestamp.min(), positive.timestamp.max(), 30), 0, 2**40]
+    got = trend.log_counts(torch.from_numpy(ids), torch.from_numpy(at)).expm1().round()
+    day = at // DAY * DAY  # the day's start: the count the day's bundle holds
+    for row, d in enumerate(day):
+        bounds = np.full(len(ids), d)
+        want = counts_before(positive.item_id, positive.timestamp, ids, bounds - window, bounds)
+        np.testing.assert_array_equal(got[row].numpy(), want)
+    assert got.sum() > 0 and got[:, -2:].sum() == 0
+
+
+def test_the_trend_prior_is_the_query_s_weight_times_the_candidate_s_trend_for_its_row() -> None:
+    """The in-batch softmax with a row-dependent prior: each row's logits are what vectors with
+    the query's weight and the candidate's trend (on that row's day) appended would give."""
+    torch.manual_seed(0)
+    n, e, catalog = 6, 4, 20
+    table = torch.randn(catalog, e)
+    ids = torch.tensor([3, 5, 5, 9, 0, 12])
+    uniform = torch.tensor([1, 3, 17, 19])
+    frequencies = ItemFrequencies.from_item_ids(np.arange(catalog).repeat(np.arange(catalog) + 1))
+    query, weight = torch.randn(n, e), torch.randn(n)
+    trend = torch.rand(n, catalog) * 3  # each row's own day: its own trend of every item
+
+    with_prior = batch_softmax_loss(
+        query,
+        ids,
+        lambda i: table[i],
+        uniform,
+        frequencies,
+        0.5,
+        lambda i: weight[:, None] * trend[:, i],
+    )
+    rows = []
+    negatives = torch.unique(torch.cat([ids, uniform]))
+    log_q = frequencies.log_q(negatives, n, len(uniform))
+    for row in range(n):
+        logits = (query[row] @ table[negatives].T + weight[row] * trend[row, negatives]) / 0.5
+        logits = logits - log_q
+        target = int((negatives == ids[row]).nonzero())
+        others = negatives != ids[row]
+        normalizer = torch.logaddexp(logits[target], torch.logsumexp(logits[others], 0))
+        rows.append(normalizer - logits[target])
+    torch.testing.assert_close(with_prior, torch.stack(rows).mean())
 
 
 def test_a_data_set_without_impressions_trains_the_retrieval_space_only(
