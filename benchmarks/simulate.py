@@ -1,10 +1,12 @@
 """Simulator throughput: events/s for about 10M events, and peak memory.
 
     .venv/bin/python -m benchmarks.simulate [--users 60000 --items 100000 --days 30]
+    .venv/bin/python -m benchmarks.simulate --users 5000 --items 20000 --compare-pool 2
 
 Writes the data to a temporary directory (deleted afterwards) and the figures to
 runs/bench/simulate.json. Peak RSS shows that memory is bounded by one chunk of users, not by
-the number of events.
+the number of events. ``--compare-pool N`` instead runs N alternating rounds with the personal
+pool and without it (``pool_size=0``) and prints the speed ratio (what the pool costs).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/simulate.json"))
+    parser.add_argument("--compare-pool", type=int, default=0, metavar="ROUNDS")
     args = parser.parse_args()
+    if args.compare_pool:
+        compare_pool(args)
+        return
 
     config = SimConfig(n_users=args.users, n_items=args.items, n_days=args.days, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,6 +55,26 @@ def main() -> None:
         f"events/s {result['events_per_s']:,.0f} · peak RSS {peak_rss_mib:,.0f} MiB · "
         f"parquet {result['parquet_mib']:,.0f} MiB → {args.out}"
     )
+
+
+def compare_pool(args: argparse.Namespace) -> None:
+    """Side by side in one run: events/s with the pool and without, alternating."""
+    speeds: dict[str, list[float]] = {"with the pool": [], "without": []}
+    for _ in range(args.compare_pool):
+        for name, pool in (("with the pool", SimConfig().pool_size), ("without", 0)):
+            config = SimConfig(
+                n_users=args.users,
+                n_items=args.items,
+                n_days=args.days,
+                seed=args.seed,
+                pool_size=pool,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = Simulator(config).run(tmp, progress=False)
+            speeds[name].append(summary.events / summary.seconds)
+            print(f"{name}: {speeds[name][-1]:,.0f} events/s")
+    ratio = sum(speeds["with the pool"]) / sum(speeds["without"])
+    print(f"the pool's speed: {ratio:.2f}x of the simulator without it")
 
 
 if __name__ == "__main__":

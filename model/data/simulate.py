@@ -158,6 +158,7 @@ class SimCatalog:
     artist_range: np.ndarray = field(init=False)  # (A, 2) [start, end) rows
     genre_start: np.ndarray = field(init=False)  # (G,) first row of each genre
     genre_size: np.ndarray = field(init=False)  # (G,) rows of each genre
+    genre_size_float: np.ndarray = field(init=False)  # (G,) the same as float64
     taste_power: float = 1.0  # taste candidates are drawn ~ popularity ** taste_power
     cum_popularity: np.ndarray = field(init=False)  # (M,) float64
     cum_taste: np.ndarray = field(init=False)  # (M,) float64, cumulative popularity ** power
@@ -172,18 +173,37 @@ class SimCatalog:
         self.genre_size = np.where(
             empty, len(self.item_ids), np.diff(self.genre_range, axis=1)[:, 0]
         )
+        self.genre_size_float = self.genre_size.astype(np.float64)
         self.cum_popularity = np.cumsum(self.popularity)
         self.cum_taste = np.cumsum(self.popularity**self.taste_power)
         self.log_popularity_z = _zscore(np.log(self.popularity)).astype(np.float32)
 
     def sample_in_range(
-        self, rng: np.random.Generator, start: np.ndarray, end: np.ndarray, cum: np.ndarray
+        self,
+        rng: np.random.Generator,
+        start: np.ndarray,
+        end: np.ndarray,
+        cum: np.ndarray,
+        where: np.ndarray | None = None,
     ) -> np.ndarray:
         """One item per (start, end) row range, drawn proportionally to the weights whose
-        cumulative sum is ``cum`` (:attr:`cum_popularity` or :attr:`cum_taste`)."""
+        cumulative sum is ``cum`` (:attr:`cum_popularity` or :attr:`cum_taste`). With a mask
+        ``where``, only those entries are drawn (the rest are -1), from the same random numbers
+        a full draw takes: the stream, and so the data, do not depend on the mask."""
+        u = rng.random(start.shape)
+        if where is not None:
+            out = np.full(start.shape, -1, dtype=np.int64)
+            out[where] = self.sample_in_range_of(u[where], start[where], end[where], cum)
+            return out
+        return self.sample_in_range_of(u, start, end, cum)
+
+    @staticmethod
+    def sample_in_range_of(
+        u: np.ndarray, start: np.ndarray, end: np.ndarray, cum: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`sample_in_range` given its uniform numbers ``u``."""
         low = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
-        high = cum[end - 1]
-        draw = low + rng.random(low.shape) * (high - low)
+        draw = low + u * (cum[end - 1] - low)
         return np.clip(np.searchsorted(cum, draw, side="right"), start, end - 1)
 
 
@@ -346,19 +366,25 @@ class Simulator:
         if cfg.pool_size and (day % cfg.pool_refresh_days == 0 or not state.pool.any()):
             self._draw_pools(rng, state)
 
-    def _draw_pools(self, rng: np.random.Generator, state: _Chunk, batch: int = 1_024) -> None:
+    def _draw_pools(
+        self, rng: np.random.Generator, state: _Chunk, batch: int = 1_024, block: int = 64
+    ) -> None:
         """Each user's pool: the ``pool_size`` best of ``pool_draws`` taste candidates by true
-        affinity today."""
+        affinity today. Drawn ``batch`` users at a time (the random stream), scored ``block``
+        at a time: a (block, M) affinity matrix stays in the CPU's cache for the gather, about
+        4x faster than one (batch, M) matrix, and the same pools."""
         cfg = self.cfg
         if not cfg.pool_size:
             return
         for begin in range(0, len(state.pool), batch):
             user = np.arange(begin, min(begin + batch, len(state.pool)))
             draws = self._genre_uniform(rng, state, user, cfg.pool_draws)
-            every = state.latent_scaled[user] @ self.catalog.latent.T  # (U, M): BLAS, not a gather
-            score = np.take_along_axis(every, draws, 1) + self.catalog.bias[draws]
-            best = np.argpartition(-score, cfg.pool_size - 1, axis=1)[:, : cfg.pool_size]
-            state.pool[user] = np.take_along_axis(draws, best, 1)
+            for first in range(0, len(user), block):
+                rows, drawn = user[first : first + block], draws[first : first + block]
+                every = state.latent_scaled[rows] @ self.catalog.latent.T  # (block, M): BLAS
+                score = np.take_along_axis(every, drawn, 1) + self.catalog.bias[drawn]
+                best = np.argpartition(-score, cfg.pool_size - 1, axis=1)[:, : cfg.pool_size]
+                state.pool[rows] = np.take_along_axis(drawn, best, 1)
 
     def _genre_uniform(
         self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, n: int
@@ -367,11 +393,11 @@ class Simulator:
         taste = np.diff(state.taste_cum[user], axis=1, prepend=0.0).clip(min=0)
         taste /= taste.sum(1, keepdims=True)
         counts = rng.multinomial(n, taste.astype(np.float64))  # (U, G) draws per genre
-        n_genres = counts.shape[1]
-        genre = np.repeat(np.tile(np.arange(n_genres), len(user)), counts.ravel()).reshape(-1, n)
-        start, size = self.catalog.genre_start, self.catalog.genre_size
-        offset = rng.random(genre.shape, dtype=np.float32) * size[genre]
-        return start[genre] + offset.astype(np.int64)
+        genres = np.tile(np.arange(counts.shape[1], dtype=np.int32), len(user))
+        genre = np.repeat(genres, counts.ravel()).reshape(-1, n)
+        catalog = self.catalog
+        offset = rng.random(genre.shape, dtype=np.float32) * catalog.genre_size_float[genre]
+        return catalog.genre_start[genre] + offset.astype(np.int64)
 
     def _from_pool(
         self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, shape: tuple[int, ...]
@@ -615,12 +641,11 @@ class Simulator:
             end = np.where(popular, len(catalog.item_ids), end)
         empty = start == end  # a genre with no items: fall back to the whole catalog
         start, end = np.where(empty, 0, start), np.where(empty, len(catalog.item_ids), end)
-        by_taste = catalog.sample_in_range(rng, start, end, catalog.cum_taste)
         if popular is None:
-            return by_taste
-        return np.where(
-            popular, catalog.sample_in_range(rng, start, end, catalog.cum_popularity), by_taste
-        )
+            return catalog.sample_in_range(rng, start, end, catalog.cum_taste)
+        by_taste = catalog.sample_in_range(rng, start, end, catalog.cum_taste, ~popular)
+        by_popularity = catalog.sample_in_range(rng, start, end, catalog.cum_popularity, popular)
+        return np.where(popular, by_popularity, by_taste)
 
     def _best_by_affinity(
         self,

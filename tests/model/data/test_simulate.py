@@ -135,3 +135,21 @@ def test_bad_settings_fail_with_the_name(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "organic_share='lots': expected float" in result.output
     with pytest.raises(ValueError, match="n_users must be >= 1"):
         SimConfig(n_users=0)
+
+
+def test_a_masked_draw_is_the_full_draw_on_the_mask_from_the_same_random_stream() -> None:
+    """The surfaces draw by taste and by popularity only where each is used; the random
+    numbers (and so the data) must not depend on that."""
+    catalog = Simulator(SimConfig(n_users=10, n_items=500, n_days=1)).catalog
+    rng = np.random.default_rng(3)
+    start = rng.integers(0, 400, (50, 8))
+    end = start + rng.integers(1, 100, (50, 8))
+    where = rng.random((50, 8)) < 0.3
+    full = catalog.sample_in_range(np.random.default_rng(7), start, end, catalog.cum_taste)
+    masked_rng = np.random.default_rng(7)
+    masked = catalog.sample_in_range(masked_rng, start, end, catalog.cum_taste, where)
+    np.testing.assert_array_equal(masked[where], full[where])
+    assert (masked[~where] == -1).all() and ((full >= start) & (full < end)).all()
+    later = np.random.default_rng(7)
+    later.random(start.shape)  # the masked draw consumed exactly one full draw's numbers
+    assert masked_rng.random() == later.random()
