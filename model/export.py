@@ -42,7 +42,7 @@ from model.contract import (
     STEP_INPUTS,
 )
 from model.data.batching import Spans, bucket_batches, make_batch
-from model.data.events import Catalog, Events, counts_before, read_events
+from model.data.events import Catalog, Events, read_events
 from model.evaluate import popularity_counts
 from model.finetune import ItemPopularity
 from model.runtime import pick_device
@@ -337,11 +337,7 @@ def trend_counts(events: Events, item_id: np.ndarray, window: int) -> np.ndarray
     """(M,) each item's positive events in the last ``window`` seconds of ``events`` (those
     before its last second + 1): what is trending as the export sees it."""
     end = int(events.timestamp.max()) + 1 if len(events) else 0
-    keep = events.positive
-    bounds = np.full(len(item_id), end, dtype=np.int64)
-    return counts_before(
-        events.item_id[keep], events.timestamp[keep], item_id, bounds - window, bounds
-    )
+    return events.positives_before(item_id, np.full(len(item_id), end, np.int64), window)
 
 
 def user_encoders(model: Argus, state: dict[str, Any]) -> dict[str, dict[str, str]]:

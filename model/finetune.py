@@ -624,11 +624,11 @@ class FinetuneConfig(TrainConfig):
     ) -> RetrievalTraining | None:
         if not self.retrieval_dim:
             return None
-        positive = train.take(train.positive)
+        item, time = train.item_id[train.positive], train.timestamp[train.positive]
         window = parse_duration(self.retrieval_trend)
-        trend = ItemTrend.of(positive.item_id, positive.timestamp, window) if window else None
+        trend = ItemTrend.of(item, time, window) if window else None
         return RetrievalTraining(
-            frequencies=ItemFrequencies.from_item_ids(positive.item_id).to(device),
+            frequencies=ItemFrequencies.from_item_ids(item).to(device),
             weight=self.retrieval_weight,
             horizon=parse_duration(self.retrieval_horizon),
             window=self.retrieval_window,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.contract import DAY
-from model.data.events import Events, counts_before
+from model.data.events import Events
 from model.data.simulate import Truth
 from model.finetune import feedback_grades
 
@@ -104,9 +104,7 @@ def popular_ranking(
     ids, counts = history.positive_counts(before=window.start)
     recent = np.zeros_like(counts)
     if trend:
-        item, time = history.item_id[history.positive], history.timestamp[history.positive]
-        end = np.full(len(ids), window.start)
-        recent = counts_before(item, time, ids, end - trend, end)
+        recent = history.positives_before(ids, np.full(len(ids), window.start), trend)
     order = np.lexsort((ids, -counts, -recent))
     popular = ids[order]
     depth = k + (max((len(s) for s in window.seen), default=0) if exclude_seen else 0)

@@ -105,12 +105,19 @@ class Events:
         keep = self.positive if before is None else self.positive & (self.timestamp < before)
         return np.unique(self.item_id[keep], return_counts=True)
 
-    def positives_before(self, item_id: np.ndarray, before: np.ndarray) -> np.ndarray:
-        """(M,) each of ``item_id``'s positive events before its ``before`` time: the count a
-        popularity table built at that time holds (what a bundle exported then serves)."""
+    def positives_before(
+        self, item_id: np.ndarray, before: np.ndarray, window: int | None = None
+    ) -> np.ndarray:
+        """(M,) each of ``item_id``'s positive events before its ``before`` time (only those of
+        the last ``window`` seconds, when given): the count a popularity table built at that
+        time holds (what a bundle exported then serves)."""
         keep = self.positive
-        never = np.full(len(item_id), np.iinfo(np.int64).min // 4)
-        return counts_before(self.item_id[keep], self.timestamp[keep], item_id, never, before)
+        since = (
+            np.full(len(item_id), np.iinfo(np.int64).min // 4)
+            if window is None
+            else (np.asarray(before) - window)
+        )
+        return counts_before(self.item_id[keep], self.timestamp[keep], item_id, since, before)
 
     def take(self, index: np.ndarray | slice) -> Events:
         """The rows selected by a boolean mask, an index array or a slice, in that order."""

@@ -158,7 +158,6 @@ class SimCatalog:
     artist_range: np.ndarray = field(init=False)  # (A, 2) [start, end) rows
     genre_start: np.ndarray = field(init=False)  # (G,) first row of each genre
     genre_size: np.ndarray = field(init=False)  # (G,) rows of each genre
-    genre_size_float: np.ndarray = field(init=False)  # (G,) the same as float64
     taste_power: float = 1.0  # taste candidates are drawn ~ popularity ** taste_power
     cum_popularity: np.ndarray = field(init=False)  # (M,) float64
     cum_taste: np.ndarray = field(init=False)  # (M,) float64, cumulative popularity ** power
@@ -173,7 +172,6 @@ class SimCatalog:
         self.genre_size = np.where(
             empty, len(self.item_ids), np.diff(self.genre_range, axis=1)[:, 0]
         )
-        self.genre_size_float = self.genre_size.astype(np.float64)
         self.cum_popularity = np.cumsum(self.popularity)
         self.cum_taste = np.cumsum(self.popularity**self.taste_power)
         self.log_popularity_z = _zscore(np.log(self.popularity)).astype(np.float32)
@@ -396,7 +394,7 @@ class Simulator:
         genres = np.tile(np.arange(counts.shape[1], dtype=np.int32), len(user))
         genre = np.repeat(genres, counts.ravel()).reshape(-1, n)
         catalog = self.catalog
-        offset = rng.random(genre.shape, dtype=np.float32) * catalog.genre_size_float[genre]
+        offset = rng.random(genre.shape, dtype=np.float32) * catalog.genre_size[genre]
         return catalog.genre_start[genre] + offset.astype(np.int64)
 
     def _from_pool(
