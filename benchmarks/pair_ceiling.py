@@ -13,7 +13,12 @@ same held-out pairs (the last 7 days; pairs of one user and UTC day, weighted by
   which is estimated the only way a model can know it, from the user's own feedback before the
   window (:func:`model.window.estimated_offsets`); a learned model must also estimate the parts
   given here, so it can only do worse;
-* what simple counters reach: MostPop plus the user's positive rate on the item's artist.
+* what simple counters reach: MostPop plus the user's positive rate on the item's artist;
+* how well the logs **show the items**: the oracle's true user (taste and offset) scored against
+  items as a model learns them: a rank-64 SVD of the positive user x item matrix, or with
+  ``--export`` the fine-tuned towers' item vectors, each mapped to the true latent and bias by the
+  best linear map (fitted on the truth: generous). A model that must learn its items can do no
+  better than these rows, however well it knows its users.
 
 Simulates the replay's world first when ``--data`` has no events (same sizes and seed). Writes
 ``runs/bench/pair_ceiling.json`` and ``.md``.
@@ -34,7 +39,7 @@ from argus.replay import Pairs, popularity_scores
 from model.data.batching import TemporalSplit
 from model.data.events import Events, counts_before, read_events
 from model.data.simulate import Truth
-from model.window import estimated_offsets
+from model.window import estimated_offsets, mapped_to_truth, positive_factors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +57,15 @@ def artist_rates(events: Events, pairs: Pairs, before: int) -> np.ndarray:
     return (liked + 1) / (total + 2)
 
 
-def measure(events: Events, truth: Truth, sample: int, seed: int) -> dict[str, object]:
+def measure(
+    events: Events,
+    truth: Truth,
+    sample: int,
+    seed: int,
+    learned: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, object]:
+    """PairAccuracy of each score on the held-out pairs; ``learned`` = ``(item ids, item
+    vectors)`` of a bundle adds the towers' row."""
     start = TemporalSplit.last_days(events, 7.0).split_time
     inside = (events.timestamp >= start) & (events.source > 0)
     users = np.unique(events.user_id[inside])
@@ -81,6 +94,9 @@ def measure(events: Events, truth: Truth, sample: int, seed: int) -> dict[str, o
     estimated = no_offset + offsets[np.searchsorted(users, pairs.user)]
     mostpop = np.log1p(popularity_scores(events, pairs, start))
     rate = artist_rates(events, pairs, start)
+    item_views = {"rank-64 SVD of the positives": positive_factors(events, start, seed=seed)}
+    if learned is not None:
+        item_views["the fine-tuned towers' item vectors"] = learned
     scores = {
         "oracle: true affinity on the day": dot(on_day, latent) + bias,
         "taste as of the training cut-off": dot(cut, latent) + bias,
@@ -89,6 +105,11 @@ def measure(events: Events, truth: Truth, sample: int, seed: int) -> dict[str, o
         "without the personal offset": dot(no_offset, latent) + bias,
         "ceiling: offset estimated from the user's feedback": dot(estimated, latent) + bias,
         "MostPop + logit of the user's artist positive rate": mostpop + np.log(rate / (1 - rate)),
+        **{
+            f"true user, items as {name}": dot(cut, mapped[0]) + mapped[1]
+            for name, vectors in item_views.items()
+            for mapped in [mapped_to_truth(truth, *vectors, pairs.item)]
+        },
         "MostPop": mostpop,
         "item bias alone": bias.astype(np.float64),
     }
@@ -138,13 +159,19 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", type=int, default=1_500, help="users (0: all)")
+    parser.add_argument(
+        "--export", type=Path, help="an export's directory: adds the towers' item vectors row"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench")
     args = parser.parse_args()
     sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
     done = (args.data / "events.parquet").exists()
     stage(done, "simulate", *sizes, *options(out=args.data), "--quiet")
     events = read_events(args.data)
-    result = measure(events, Truth(args.data), args.sample, args.seed)
+    learned = None
+    if args.export is not None:
+        learned = (np.load(args.export / "item_ids.npy"), np.load(args.export / "item_vectors.npy"))
+    result = measure(events, Truth(args.data), args.sample, args.seed, learned)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pair_ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)

@@ -205,3 +205,44 @@ def estimated_offsets(
         coef = np.linalg.solve(design.T @ design + penalty, design.T @ grade[b:e])
         out[u] = coef[2:] / max(coef[1], 1e-3)
     return out
+
+
+def positive_factors(
+    events: Events, before: int, rank: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(item ids, (I, rank) factors)``: a rank-``rank`` truncated SVD (``V·S``) of the binary
+    user x item matrix of positive events before ``before``: item vectors a plain matrix
+    factorisation learns from the logs."""
+    import torch  # the train extra; only this analysis needs it here
+
+    keep = events.positive & (events.timestamp < before)
+    users, user = np.unique(events.user_id[keep], return_inverse=True)
+    items, item = np.unique(events.item_id[keep], return_inverse=True)
+    cell = np.unique(user.astype(np.int64) * len(items) + item)
+    index = torch.from_numpy(np.stack([cell // len(items), cell % len(items)]))
+    matrix = torch.sparse_coo_tensor(
+        index,
+        torch.ones(len(cell)),
+        (len(users), len(items)),
+        is_coalesced=True,
+        check_invariants=False,
+    )
+    torch.manual_seed(seed)
+    _, singular, right = torch.svd_lowrank(matrix, q=rank, niter=4)
+    return items, (right * singular).numpy()
+
+
+def mapped_to_truth(
+    truth: Truth, item_ids: np.ndarray, vectors: np.ndarray, query: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(latent, bias)`` of the ``query`` item ids as the learned ``vectors`` of ``item_ids``
+    show them: the least-squares linear map of ``[1, vector]`` onto the true ``[latent, bias]``,
+    fitted over ``item_ids`` (an item without a vector gets the map's intercept)."""
+    rows = truth.item_rows(item_ids)
+    target = np.column_stack([truth.item_latent(rows), truth.arrays["item_bias"][rows]])
+    design = np.column_stack([np.ones(len(vectors)), vectors]).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    at = np.clip(np.searchsorted(item_ids, query), 0, len(item_ids) - 1)
+    known = item_ids[at] == query
+    mapped = np.where(known[:, None], design[at] @ coef, coef[0])
+    return mapped[:, :-1], mapped[:, -1]

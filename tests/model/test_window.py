@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from argus.replay import Pairs
+from argus.replay import Pairs, popularity_scores
 from model.contract import DAY
 from model.data.events import Events, read_events
 from model.data.simulate import SimConfig, Simulator, Truth
@@ -13,8 +13,10 @@ from model.window import (
     WindowTargets,
     estimated_offsets,
     fit_oracle,
+    mapped_to_truth,
     oracle_ranking,
     popular_ranking,
+    positive_factors,
     recall,
     split_users,
 )
@@ -105,3 +107,44 @@ def test_a_users_own_feedback_shows_part_of_their_personal_offset(
 
     oracle = pairs.accuracy(truth.affinity(pairs.user, pairs.item, pairs.timestamp))
     assert accuracy(no_offset) + 0.02 < accuracy(with_estimate) < oracle - 0.01
+
+
+def test_items_mapped_to_the_truth_from_their_own_latent_are_the_truth(
+    world: tuple[Events, Truth, int],
+) -> None:
+    """``mapped_to_truth`` fits a linear map from learned item vectors to the true latent and
+    bias: handed the truth itself it returns it; an item without a vector gets the intercept."""
+    _, truth, _ = world
+    ids = truth.arrays["item_ids"][:3000]
+    rows = truth.item_rows(ids)
+    exact = np.column_stack([truth.item_latent(rows), truth.arrays["item_bias"][rows]])
+    order = np.argsort(ids)
+    query = np.array([ids[5], -7])
+    latent, bias = mapped_to_truth(truth, ids[order], exact[order], query)
+    np.testing.assert_allclose(latent[0], exact[5, :-1], atol=1e-4)
+    assert bias[0] == pytest.approx(exact[5, -1], abs=1e-4)
+    # no vector: the map's intercept, what a zero vector maps to (here the exact map's 0)
+    np.testing.assert_allclose(latent[1], 0.0, atol=1e-4)
+    assert bias[1] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_the_logs_show_items_only_in_part_even_to_a_perfect_user(
+    world: tuple[Events, Truth, int],
+) -> None:
+    """The pair ceiling's item rows: the true user scored against items as a rank-64 SVD of the
+    positives shows them (mapped to the truth) beats MostPop, yet stays well below the oracle,
+    which knows the items exactly."""
+    events, truth, start = world
+    inside = (events.timestamp >= start) & (events.source > 0)
+    users = np.unique(events.user_id[inside])[:800]
+    pairs = Pairs.of(events, users, start, days=7.0)
+    item_ids, factors = positive_factors(events, start)
+    assert factors.shape == (len(item_ids), 64) and np.all(np.diff(item_ids) > 0)
+    user = truth.user_latent(pairs.user, np.full(len(pairs.user), start - 1))
+    latent, bias = mapped_to_truth(truth, item_ids, factors, pairs.item)
+    learned = pairs.accuracy(np.einsum("nk,nk->n", user, latent) + bias)
+    exact = pairs.accuracy(
+        truth.affinity(pairs.user, pairs.item, np.full(len(pairs.user), start - 1))
+    )
+    popular = pairs.accuracy(np.log1p(popularity_scores(events, pairs, start)))
+    assert popular + 0.005 < learned < exact - 0.02, (popular, learned, exact)
