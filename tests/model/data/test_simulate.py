@@ -60,6 +60,17 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small: Path, tmp_path: Path
     assert (small / "events.parquet").read_bytes() != (other / "events.parquet").read_bytes()
 
 
+def test_chunks_in_worker_processes_write_the_same_bytes_as_one_process(tmp_path: Path) -> None:
+    """Several chunks simulated by two worker processes (in order, one BLAS thread each) give
+    the bytes one process writes."""
+    written = [
+        simulate(tmp_path / f"workers-{n}", "--set", "users_per_chunk=60", "--set", f"workers={n}")
+        for n in (1, 2)
+    ]
+    for name in ("events.parquet", "truth.npz"):
+        assert (written[0] / name).read_bytes() == (written[1] / name).read_bytes(), name
+
+
 def test_rates_within_the_documented_ranges(small: Path) -> None:
     events = read_events(small)
     assert 0.01 <= events.liked.mean() <= 0.08
@@ -135,6 +146,8 @@ def test_bad_settings_fail_with_the_name(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "organic_share='lots': expected float" in result.output
     with pytest.raises(ValueError, match="n_users must be >= 1"):
         SimConfig(n_users=0)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        SimConfig(workers=-1)
 
 
 def test_a_masked_draw_is_the_full_draw_on_the_mask_from_the_same_random_stream() -> None:
