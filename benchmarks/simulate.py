@@ -51,10 +51,12 @@ def main() -> None:
         summary = Simulator(config).run(tmp)
         size = (Path(tmp) / "events.parquet").stat().st_size
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest one
     result = {
         **asdict(summary),
         "events_per_s": summary.events / summary.seconds,
         "peak_rss_mib": peak_rss_mib,
+        "worker_peak_rss_mib": worker_rss_mib,
         "parquet_mib": size / 2**20,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
     }
@@ -62,7 +64,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(summary.line())
     print(
-        f"events/s {result['events_per_s']:,.0f} · peak RSS {peak_rss_mib:,.0f} MiB · "
+        f"events/s {result['events_per_s']:,.0f} · peak RSS {peak_rss_mib:,.0f} MiB "
+        f"(largest worker process {worker_rss_mib:,.0f} MiB) · "
         f"parquet {result['parquet_mib']:,.0f} MiB → {args.out}"
     )
 
