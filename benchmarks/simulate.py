@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,23 +71,32 @@ def main() -> None:
     )
 
 
+def side_by_side(rounds: int, runs: dict[str, Callable[[], tuple[int, float]]]) -> float:
+    """Alternating rounds of each run (``() -> (events, seconds)``); the first run's speed over
+    the second's."""
+    speeds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            events, seconds = run()
+            speeds[name].append(events / seconds)
+            print(f"{name}: {events:,} events, {speeds[name][-1]:,.0f} events/s")
+    first, second = speeds.values()
+    return sum(first) / sum(second)
+
+
 def compare_pool(args: argparse.Namespace) -> None:
-    """Side by side in one run: events/s with the pool and without, alternating."""
-    speeds: dict[str, list[float]] = {"with the pool": [], "without": []}
-    for _ in range(args.compare_pool):
-        for name, pool in (("with the pool", SimConfig().pool_size), ("without", 0)):
-            config = SimConfig(
-                n_users=args.users,
-                n_items=args.items,
-                n_days=args.days,
-                seed=args.seed,
-                pool_size=pool,
-            )
-            with tempfile.TemporaryDirectory() as tmp:
-                summary = Simulator(config).run(tmp, progress=False)
-            speeds[name].append(summary.events / summary.seconds)
-            print(f"{name}: {speeds[name][-1]:,.0f} events/s")
-    ratio = sum(speeds["with the pool"]) / sum(speeds["without"])
+    """Side by side in one run: events/s with the pool and without."""
+
+    def run(pool: int) -> tuple[int, float]:
+        config = SimConfig(
+            n_users=args.users, n_items=args.items, n_days=args.days, seed=args.seed, pool_size=pool
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = Simulator(config).run(tmp, progress=False)
+        return summary.events, summary.seconds
+
+    runs = {"with the pool": lambda: run(SimConfig().pool_size), "without": lambda: run(0)}
+    ratio = side_by_side(args.compare_pool, runs)
     print(f"the pool's speed: {ratio:.2f}x of the simulator without it")
 
 
@@ -104,10 +114,21 @@ print(s.events, s.seconds)
 
 def compare_rev(args: argparse.Namespace, rev: str, rounds: int) -> None:
     """Side by side in one run: this tree's simulator against git revision ``rev``'s, each
-    round a fresh process of each, alternating."""
+    round a fresh process of each."""
     root = Path(__file__).resolve().parents[1]
     sizes = [str(v) for v in (args.users, args.items, args.days, args.seed)]
-    speeds: dict[str, list[float]] = {"this tree": [], rev: []}
+
+    def run(where: Path) -> tuple[int, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", RUN_ONE, *sizes],
+            cwd=where,
+            env={**os.environ, "PYTHONPATH": str(where)},
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        return int(out[-2]), float(out[-1])
+
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "rev"
         subprocess.run(
@@ -116,26 +137,13 @@ def compare_rev(args: argparse.Namespace, rev: str, rounds: int) -> None:
             capture_output=True,
         )
         try:
-            for _ in range(rounds):
-                for name, where in (("this tree", root), (rev, tree)):
-                    out = subprocess.run(
-                        [sys.executable, "-c", RUN_ONE, *sizes],
-                        cwd=where,
-                        env={**os.environ, "PYTHONPATH": str(where)},
-                        check=True,
-                        capture_output=True,
-                        text=True,
-                    ).stdout.split()
-                    events, seconds = int(out[-2]), float(out[-1])
-                    speeds[name].append(events / seconds)
-                    print(f"{name}: {events:,} events, {speeds[name][-1]:,.0f} events/s")
+            ratio = side_by_side(rounds, {"this tree": lambda: run(root), rev: lambda: run(tree)})
         finally:
             subprocess.run(
                 ["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
                 check=False,
                 capture_output=True,
             )
-    ratio = sum(speeds["this tree"]) / sum(speeds[rev])
     print(f"this tree's simulator: {ratio:.2f}x the speed of {rev}'s")
 
 

@@ -552,7 +552,7 @@ def _pair_accuracies(
     hi, lo, w = group_pairs(test.group, test.grade, table)
     for path, model, state in towers:
         device = next(model.parameters()).device
-        seen = ItemPopularity.of(split.train(all_users), device)  # as fine-tuning counted
+        seen = ItemPopularity.of(split.train(all_users), device)  # the cut-off bundle's counts
         runtime_lag = state["train_config"].get("runtime_lag", "")
         scores = impression_scores(
             model,

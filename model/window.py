@@ -227,8 +227,9 @@ def positive_factors(
         is_coalesced=True,
         check_invariants=False,
     )
-    torch.manual_seed(seed)
-    _, singular, right = torch.svd_lowrank(matrix, q=rank, niter=4)
+    with torch.random.fork_rng():  # seeded, without touching the caller's random stream
+        torch.manual_seed(seed)
+        _, singular, right = torch.svd_lowrank(matrix, q=rank, niter=4)
     return items, (right * singular).numpy()
 
 
