@@ -240,7 +240,7 @@ def markdown(r: dict[str, Any]) -> str:
         for k in (100, 500):
             row = [f"{r['recall'][n][part][k]:.3f}" for n in names]
             lines.append(f"| recall@{k} ({part}) | " + " | ".join(row) + " |")
-    acc = [f"{r['pair_accuracy'].get(n, float('nan')):.4f}" for n in names]
+    acc = [f"{r['pair_accuracy'][n]:.4f}" if n in r["pair_accuracy"] else "—" for n in names]
     lines.append("| /score PairAccuracy | " + " | ".join(acc) + " |")
     if "realtime" in r:
         rt = r["realtime"]
