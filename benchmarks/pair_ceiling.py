@@ -12,7 +12,8 @@ same held-out pairs (the last 7 days; pairs of one user and UTC day, weighted by
 * a **ceiling for a model learned from the logs**: every part known *except* the personal offset,
   which is estimated the only way a model can know it, from the user's own feedback before the
   window (:func:`model.window.estimated_offsets`); a learned model must also estimate the parts
-  given here, so it can only do worse;
+  given here, so it can only do worse. Again from each user's last ``--max-len`` events alone:
+  a model reads no more of a history than that;
 * what simple counters reach: MostPop plus the user's positive rate on the item's artist;
 * how well the logs **show the items**: the oracle's true user (taste and offset) scored against
   items as a model learns them: a rank-64 SVD of the positive user x item matrix, or with
@@ -63,9 +64,11 @@ def measure(
     sample: int,
     seed: int,
     learned: tuple[np.ndarray, np.ndarray] | None = None,
+    max_len: int = 256,
 ) -> dict[str, object]:
     """PairAccuracy of each score on the held-out pairs; ``learned`` = ``(item ids, item
-    vectors)`` of a bundle adds the towers' row."""
+    vectors)`` of a bundle adds the towers' row; ``max_len`` > 0 adds the ceiling's row from
+    each user's last ``max_len`` events alone (what a model with that ``max_len`` sees)."""
     start = TemporalSplit.last_days(events, 7.0).split_time
     inside = (events.timestamp >= start) & (events.source > 0)
     users = np.unique(events.user_id[inside])
@@ -91,7 +94,17 @@ def measure(
 
     began = time.perf_counter()
     offsets = estimated_offsets(truth, events, users, start)
-    estimated = no_offset + offsets[np.searchsorted(users, pairs.user)]
+    user_row = np.searchsorted(users, pairs.user)
+    estimated = no_offset + offsets[user_row]
+    recent = {}
+    if max_len > 0:
+        recent_offsets = estimated_offsets(truth, events, users, start, last=max_len)
+        recent = {
+            f"the same from the user's last {max_len} events": dot(
+                no_offset + recent_offsets[user_row], latent
+            )
+            + bias
+        }
     mostpop = np.log1p(popularity_scores(events, pairs, start))
     rate = artist_rates(events, pairs, start)
     item_views = {"rank-64 SVD of the positives": positive_factors(events, start, seed=seed)}
@@ -104,6 +117,7 @@ def measure(
         "item bias -> its popularity part": dot(cut, latent) + popularity_part[item],
         "without the personal offset": dot(no_offset, latent) + bias,
         "ceiling: offset estimated from the user's feedback": dot(estimated, latent) + bias,
+        **recent,
         "MostPop + logit of the user's artist positive rate": mostpop + np.log(rate / (1 - rate)),
         **{
             f"true user, items as {name}": dot(cut, mapped[0]) + mapped[1]
@@ -162,6 +176,12 @@ def main() -> None:
     parser.add_argument(
         "--export", type=Path, help="an export's directory: adds the towers' item vectors row"
     )
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        default=256,
+        help="the ceiling again from each user's last N events (the replay's max_len); 0: not",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench")
     args = parser.parse_args()
     sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
@@ -171,7 +191,7 @@ def main() -> None:
     learned = None
     if args.export is not None:
         learned = (np.load(args.export / "item_ids.npy"), np.load(args.export / "item_vectors.npy"))
-    result = measure(events, Truth(args.data), args.sample, args.seed, learned)
+    result = measure(events, Truth(args.data), args.sample, args.seed, learned, args.max_len)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pair_ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)

@@ -174,7 +174,13 @@ def split_users(window: WindowTargets, seed: int = 0) -> tuple[WindowTargets, Wi
 
 
 def estimated_offsets(
-    truth: Truth, history: Events, users: np.ndarray, before: int, *, ridge: float = 10.0
+    truth: Truth,
+    history: Events,
+    users: np.ndarray,
+    before: int,
+    *,
+    ridge: float = 10.0,
+    last: int = 0,
 ) -> np.ndarray:
     """(U, k) each user's personal latent offset as their own feedback before ``before`` shows
     it, given everything else the simulator knows (the genre mixture, every item's latent and
@@ -182,10 +188,13 @@ def estimated_offsets(
     ``[1, a_known, v_i]`` (``a_known``: the affinity without the offset); the offset is the
     ``v_i`` coefficients over ``a_known``'s. A ceiling check: what a model that learns from the
     logs could know of the one part of the affinity that is personal (users without feedback
-    get 0)."""
+    get 0). ``last`` > 0 reads only each user's last ``last`` events before ``before``, as a
+    model whose ``max_len`` is ``last`` sees them."""
     graded = feedback_grades(history)  # organic events' feedback shows the offset too
-    mine = (graded >= 0) & (history.timestamp < before) & np.isin(history.user_id, users)
-    rows = np.flatnonzero(mine)
+    mine = (history.timestamp < before) & np.isin(history.user_id, users)
+    if last > 0:
+        mine &= recent_events(history, mine, last)
+    rows = np.flatnonzero(mine & (graded >= 0))
     rows = rows[np.argsort(history.user_id[rows], kind="stable")]
     item = truth.item_rows(history.item_id[rows])
     latent = truth.item_latent(item)
@@ -204,6 +213,20 @@ def estimated_offsets(
         design = np.column_stack([np.ones(e - b), known[b:e], latent[b:e]])
         coef = np.linalg.solve(design.T @ design + penalty, design.T @ grade[b:e])
         out[u] = coef[2:] / max(coef[1], 1e-3)
+    return out
+
+
+def recent_events(events: Events, mask: np.ndarray, last: int) -> np.ndarray:
+    """(N,) bool: the rows among ``mask`` that are one of their user's ``last`` latest rows
+    under ``mask`` (``events`` sorted by user, then time, as :func:`read_events` gives them)."""
+    out = np.zeros(len(events), dtype=bool)
+    rows = np.flatnonzero(mask)
+    if len(rows) == 0:
+        return out
+    user = events.user_id[rows]
+    ends = np.flatnonzero(np.r_[user[1:] != user[:-1], True])  # each user's last masked row
+    from_end = np.repeat(ends, np.diff(np.r_[-1, ends])) - np.arange(len(rows))
+    out[rows[from_end < last]] = True
     return out
 
 

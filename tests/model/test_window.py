@@ -18,6 +18,7 @@ from model.window import (
     popular_ranking,
     positive_factors,
     recall,
+    recent_events,
     split_users,
 )
 
@@ -107,6 +108,31 @@ def test_a_users_own_feedback_shows_part_of_their_personal_offset(
 
     oracle = pairs.accuracy(truth.affinity(pairs.user, pairs.item, pairs.timestamp))
     assert accuracy(no_offset) + 0.02 < accuracy(with_estimate) < oracle - 0.01
+
+    # a model reads only its last max_len events: a short history shows less of the offset
+    short = estimated_offsets(truth, events, users, start, last=100)
+    with_short = no_offset + short[np.searchsorted(users, pairs.user)]
+    assert accuracy(no_offset) < accuracy(with_short) < accuracy(with_estimate) - 0.005
+    everything = estimated_offsets(truth, events, users, start, last=10**9)
+    np.testing.assert_array_equal(everything, offsets)
+
+
+def test_recent_events_are_each_users_last_ones_under_the_mask() -> None:
+    user = np.array([1, 1, 1, 1, 2, 2, 3])
+    events = Events.from_arrays(
+        user_id=user,
+        item_id=np.arange(7),
+        timestamp=np.arange(7) + DAY,
+        source=np.zeros(7),
+        artist_id=np.full(7, -1),
+        played_ratio=np.ones(7),
+        liked=np.zeros(7, bool),
+        disliked=np.zeros(7, bool),
+    )
+    mask = np.array([True, True, False, True, True, True, False])
+    assert recent_events(events, mask, 2).tolist() == [0, 1, 0, 1, 1, 1, 0]
+    assert recent_events(events, mask, 1).tolist() == [0, 0, 0, 1, 0, 1, 0]
+    assert not recent_events(events, np.zeros(7, dtype=bool), 3).any()
 
 
 def test_items_mapped_to_the_truth_from_their_own_latent_are_the_truth(
