@@ -94,6 +94,8 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
         *options(model=f"hash_rows={args.hash_rows}"),
     )
     tune = options(init=pre, out=fine, max_steps=args.finetune_steps)
+    if args.retrieval_query != "pooled":
+        tune += options(model=f"retrieval_query={args.retrieval_query}")
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
     stage(
         export.exists(),
@@ -314,6 +316,12 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument(
         "--realtime-sample", type=int, default=500, help="users of the session replay (0: none)"
+    )
+    parser.add_argument(
+        "--retrieval-query",
+        choices=("pooled", "nip"),
+        default="pooled",
+        help="what answers /candidates: the retrieval space (pooled history) or the NIP head",
     )
     parser.add_argument("--work", type=Path, default=None, help="runs/bench/replay[-ml100k]")
     parser.add_argument(

@@ -73,6 +73,10 @@ class ArgusConfig:
     taste_shortcut: bool = False  # u and v also carry (a * taste, e_r): a learned scale, no mixing
     retrieval_trend: int = 0  # seconds: the retrieval score adds w(taste) * log1p(the item's
     # positive events in this window before the day); 0: none
+    retrieval_query: str = "pooled"  # what answers /candidates: "pooled" (the retrieval
+    # space's query of the pooled history; the towers' when there is none) or "nip" (the NIP
+    # head's query for the next event against the output embeddings, as in the paper)
+    nip_gap: int = DAY  # "nip": the next event is taken to come this many seconds after the last
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -83,6 +87,15 @@ class ArgusConfig:
             raise ValueError(
                 "taste_shortcut needs the towers and a retrieval space (tower_dim, "
                 f"retrieval_dim > 0), got {self.tower_dim}, {self.retrieval_dim}"
+            )
+        if self.retrieval_query not in ("pooled", "nip"):
+            raise ValueError(
+                f"retrieval_query must be 'pooled' or 'nip', got {self.retrieval_query!r}"
+            )
+        if self.retrieval_query == "nip" and (self.objective != "argus" or self.nip_gap < 0):
+            raise ValueError(
+                "retrieval_query='nip' needs the argus objective (its query reads the next "
+                f"event's context) and nip_gap >= 0, got {self.objective!r}, {self.nip_gap}"
             )
         if self.retrieval_trend < 0 or (self.retrieval_trend and not self.retrieval_dim):
             raise ValueError(
@@ -408,6 +421,18 @@ class Argus(nn.Module):
             assert next_context is not None, "the argus objective conditions on the next context"
             return self.nip_head(torch.cat([h, next_context], dim=-1))
         return self.nip_head(h)
+
+    def next_query(
+        self, h: torch.Tensor, source: torch.Tensor, timestamp: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, D) states after each history's last event, (N,) that event's source and time ->
+        (N, E) the NIP query for the next event, taken to come from the same source
+        ``nip_gap`` seconds later. The context is embedded with its real gap to the last event
+        (``before``): a one-column call would see a gap of 0, which training never shows at a
+        query position."""
+        after = (timestamp + self.cfg.nip_gap)[:, None]
+        context = self.context(source[:, None], after, before=timestamp)[:, 0]
+        return self.nip_query(h, context)
 
     def fp_logits(
         self, h: torch.Tensor, next_context: torch.Tensor, next_item: torch.Tensor

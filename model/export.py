@@ -49,11 +49,19 @@ from model.runtime import pick_device
 
 
 def retrieval_dim(model: Argus) -> int:
-    """Width of the retrieval vectors: the space's own (and its trend column), or the towers'
-    when the model has none."""
+    """Width of the retrieval vectors: the NIP head's (``retrieval_query="nip"``), the
+    space's own (and its trend column), or the towers' when the model has none."""
+    if nip_retrieval(model):
+        return model.cfg.embedding_dim
     if not model.cfg.retrieval_dim:
         return model.cfg.ranking_dim
     return model.cfg.retrieval_dim + (1 if model.cfg.retrieval_trend else 0)
+
+
+def nip_retrieval(model: Argus) -> bool:
+    """Whether ``/candidates`` is answered by the NIP head's query against the output
+    embeddings rather than by the retrieval space."""
+    return model.cfg.retrieval_query == "nip"
 
 
 def user_vector_dim(model: Argus) -> int:
@@ -126,17 +134,21 @@ def at_last(
     vector, then the retrieval query), the sum of the retrieval embeddings of the positive
     events so far (after a cached ``past_sum``/``past_count``) and their number. A model
     without a retrieval space carries zeros (B, 1) and (B,) as its taste, and its towers answer
-    retrieval too."""
+    retrieval too; with ``retrieval_query="nip"`` the NIP head's next-event query does."""
     last = (torch.arange(h.shape[0], device=h.device), batch["lengths"] - 1)
-    if not model.has_retrieval:
-        ranking = model.user_vector(h[last], runtime=runtime)
-        zeros = torch.zeros_like(batch["lengths"], dtype=torch.float32)
-        return torch.cat([ranking, ranking], dim=-1), zeros[:, None], zeros
-    total, count = model.taste_sums(batch, past_sum, past_count)
-    total, count = total[last], count[last]
-    taste = total / count.clamp(min=1.0)[..., None]
+    if model.has_retrieval:
+        total, count = model.taste_sums(batch, past_sum, past_count)
+        total, count = total[last], count[last]
+        taste: torch.Tensor | None = total / count.clamp(min=1.0)[..., None]
+    else:
+        count = torch.zeros_like(batch["lengths"], dtype=torch.float32)
+        total, taste = count[:, None], None
     ranking = model.user_vector(h[last], taste, runtime=runtime)
-    return torch.cat([ranking, model.retrieval_query(taste)], dim=-1), total, count
+    if nip_retrieval(model):
+        query = model.next_query(h[last], batch["source"][last], batch["timestamp"][last])
+    else:
+        query = ranking if taste is None else model.retrieval_query(taste)
+    return torch.cat([ranking, query], dim=-1), total, count
 
 
 def _example_events(b: int, length: int, start: int = 0) -> tuple[torch.Tensor, ...]:
@@ -310,7 +322,8 @@ def item_vectors(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(item_ids, ranking, retrieval)``: every item in ``events`` (sorted ids, each with its
     artist: ``catalog``, built from ``events`` unless given) and its vectors in both spaces.
-    With ``retrieval_trend``, the retrieval vectors end with log1p of :func:`trend_counts`."""
+    With ``retrieval_trend``, the retrieval vectors end with log1p of :func:`trend_counts`;
+    with ``retrieval_query="nip"`` they are the NIP head's output embeddings ``e_item``."""
     catalog = Catalog.from_events(events) if catalog is None else catalog
     ids, artists = catalog.ids, catalog.artist_id
     popularity = ItemPopularity.of(events, device)
@@ -323,12 +336,14 @@ def item_vectors(
         ranking[part] = (
             model.item_vector(item, artist, popularity.log_counts(item)).float().cpu().numpy()
         )
-        if model.has_retrieval:
+        if nip_retrieval(model):
+            retrieval[part] = model.item_embedding(item, artist).float().cpu().numpy()
+        elif model.has_retrieval:
             width = model.cfg.retrieval_dim  # the trend column is filled below
             retrieval[part, :width] = model.retrieval_items(item).float().cpu().numpy()
         else:
             retrieval[part] = ranking[part]
-    if model.cfg.retrieval_trend:
+    if model.cfg.retrieval_trend and not nip_retrieval(model):
         retrieval[:, -1] = np.log1p(trend_counts(events, ids, model.cfg.retrieval_trend))
     return ids, ranking, retrieval
 

@@ -1,0 +1,142 @@
+"""``retrieval_query="nip"``: /candidates answered by the NIP head's query for the next event
+against the output embeddings (the paper's candidate selection), through export, ONNX, the
+bundle and the service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from index.bundle import HnswParams, build
+from model.argus import ArgusConfig
+from model.checkpoint import load_model
+from model.contract import DAY
+from model.data.batching import make_batch
+from model.data.events import Catalog, read_events
+from model.export import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, export, last_spans
+from model.finetune import FinetuneConfig, finetune
+from service.settings import EncoderSettings, RequestSettings, Settings, StoreSettings
+from tests.service.conftest import client_for
+
+
+@pytest.fixture(scope="module")
+def nip_run(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fine-tuned model whose /candidates query is the NIP head's (a 2-day gap)."""
+    out = tmp_path_factory.mktemp("nip-finetuned")
+    cfg = FinetuneConfig(
+        data=str(sim_data),
+        out=str(out),
+        preset="argus-tiny",
+        model=("max_len=96", "retrieval_query=nip", f"nip_gap={2 * DAY}"),
+        test_days=3.0,
+        batch_size=8,
+        max_steps=3,
+        tower_dim=24,
+    )
+    finetune(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def nip_export(nip_run: Path, sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("nip-export") / "export"
+    export(nip_run, sim_data, out, batch_size=16, progress=False)
+    return out
+
+
+def test_a_bad_retrieval_query_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="retrieval_query must be 'pooled' or 'nip'"):
+        ArgusConfig(retrieval_query="ann")
+    with pytest.raises(ValueError, match="needs the argus objective"):
+        ArgusConfig(retrieval_query="nip", objective="sasrec")
+    with pytest.raises(ValueError, match="nip_gap >= 0"):
+        ArgusConfig(retrieval_query="nip", nip_gap=-1)
+
+
+def test_the_exported_query_is_the_nip_head_s_for_an_event_nip_gap_after_the_last(
+    nip_run: Path, nip_export: Path, sim_data: Path
+) -> None:
+    """The retrieval part of every user vector is ``MLP([h_last; e_ctx(next)])`` with the next
+    context embedded *after* the last event (its real gap, not the 0 of a one-column call),
+    the retrieval item vectors are the output embeddings ``e_item``, and the runtime ONNX
+    encoder gives the same query."""
+    model, _ = load_model(nip_run)
+    assert model.cfg.retrieval_query == "nip" and model.cfg.nip_gap == 2 * DAY
+    manifest = json.loads((nip_export / "export.json").read_text())
+    width = model.cfg.embedding_dim
+    assert manifest["retrieval_dim"] == width and manifest["dim"] == model.cfg.ranking_dim
+    events = read_events(sim_data)
+    catalog = Catalog.from_events(events)
+    with torch.no_grad():
+        e_item = model.item_embedding(
+            torch.from_numpy(catalog.ids), torch.from_numpy(catalog.artist_id)
+        ).numpy()
+    items = np.load(nip_export / "retrieval_item_vectors.npy")
+    np.testing.assert_allclose(items, e_item, rtol=0, atol=1e-6)
+
+    users = np.load(nip_export / "user_vectors.npy")
+    assert users.shape[1] == model.cfg.ranking_dim + width
+    spans = last_spans(events, model.cfg.max_len)
+    session = ort.InferenceSession(
+        str(nip_export / ENCODER_FILE), providers=["CPUExecutionProvider"]
+    )
+    for k in np.random.default_rng(1).choice(len(spans), 6, replace=False).tolist():
+        batch = make_batch(events, spans.take(np.array([k])), pad_to_multiple=1)
+        tensors = batch.to_torch()
+        n = int(tensors["lengths"][0])
+        with torch.no_grad():
+            h = model(tensors)[0, n - 1 : n]
+            last = tensors["timestamp"][:, n - 1]
+            # the next event as a second column of the same call: its gap is nip_gap
+            pair = model.context(
+                tensors["source"][:, [n - 1, n - 1]],
+                torch.stack([last, last + 2 * DAY], dim=1),
+            )
+            expected = model.nip_query(h, pair[:, 1]).numpy()[0]
+            # the pitfall: the same context alone in its call has a gap of 0
+            single = model.context(tensors["source"][:, [n - 1]], (last + 2 * DAY)[:, None])
+            alone = model.nip_query(h, single[:, 0]).numpy()[0]
+        query = users[k, model.cfg.ranking_dim :]
+        np.testing.assert_allclose(query, expected, rtol=0, atol=1e-5)
+        assert np.abs(alone - expected).max() > 1e-3
+        inputs = {name: getattr(batch, name) for name in ENCODER_INPUTS}
+        (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
+        np.testing.assert_allclose(
+            onnx_out[0, model.cfg.ranking_dim :], expected, rtol=0, atol=1e-4
+        )
+
+
+def test_the_service_answers_candidates_with_the_nip_query(
+    nip_export: Path, tmp_path: Path
+) -> None:
+    """Through the bundle and /candidates: the service's list is the exact top of the user's
+    NIP query against the output embeddings (HNSW at this size finds it), with the retrieval
+    score beside every item."""
+    bundles = tmp_path / "bundles"
+    build(nip_export, bundles, HnswParams(k=20, sample=200), progress=False)
+    ids = np.load(nip_export / "item_ids.npy")
+    items = np.load(nip_export / "retrieval_item_vectors.npy")
+    user_ids = np.load(nip_export / "user_ids.npy")
+    users = np.load(nip_export / "user_vectors.npy")
+    dim = json.loads((nip_export / "export.json").read_text())["dim"]
+    settings = Settings(
+        store=StoreSettings(bundles=bundles),
+        requests=RequestSettings(events_open=True),
+        encoder=EncoderSettings(max_delay_ms=0),
+    )
+    with client_for(settings) as client:
+        for row in (0, len(user_ids) // 2, len(user_ids) - 1):
+            reply = client.post("/candidates", json={"user_id": int(user_ids[row]), "k": 10})
+            assert reply.status_code == 200, reply.text
+            answer = reply.json()["items"]
+            got = np.array([c["item_id"] for c in answer])
+            scores = items @ users[row, dim:]
+            exact = ids[np.argsort(-scores, kind="stable")[:10]]
+            assert len(np.intersect1d(got, exact)) >= 9, (got, exact)
+            served = np.array([c["score"] for c in answer])
+            np.testing.assert_allclose(served, scores[np.searchsorted(ids, got)], atol=1e-4)
