@@ -423,15 +423,19 @@ class Argus(nn.Module):
         return self.nip_head(h)
 
     def next_query(
-        self, h: torch.Tensor, source: torch.Tensor, timestamp: torch.Tensor
+        self,
+        h: torch.Tensor,
+        source: torch.Tensor,
+        timestamp: torch.Tensor,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(N, D) states after each history's last event, (N,) that event's source and time ->
-        (N, E) the NIP query for the next event, taken to come from the same source
-        ``nip_gap`` seconds later. The context is embedded with its real gap to the last event
-        (``before``): a one-column call would see a gap of 0, which training never shows at a
-        query position."""
-        after = (timestamp + self.cfg.nip_gap)[:, None]
-        context = self.context(source[:, None], after, before=timestamp)[:, 0]
+        (N, E) the NIP query for the next event, taken to come from the same source at ``at``
+        (N,) seconds, or without it ``nip_gap`` seconds after the last event. The context is
+        embedded with its real gap to the last event (``before``): a one-column call would see
+        a gap of 0, which training never shows at a query position."""
+        after = timestamp + self.cfg.nip_gap if at is None else torch.maximum(at, timestamp)
+        context = self.context(source[:, None], after[:, None], before=timestamp)[:, 0]
         return self.nip_query(h, context)
 
     def fp_logits(

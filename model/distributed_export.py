@@ -33,7 +33,14 @@ SHARD_USERS = 512  # users per Ray Data batch: one actor call
 class ShardEncoder:
     """A Ray Data actor: the checkpoint's model, and the events (fetched once per actor)."""
 
-    def __init__(self, checkpoint: str, events: list[Any], batch_size: int, gpu: bool) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        events: list[Any],
+        batch_size: int,
+        gpu: bool,
+        as_of: int | None = None,
+    ) -> None:
         import ray
 
         from model.checkpoint import load_model
@@ -43,6 +50,7 @@ class ShardEncoder:
         self.model, _ = load_model(checkpoint, self.device)
         self.events: Events = ray.get(events[0])
         self.batch_size = batch_size
+        self.as_of = as_of
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from model.export import encode_spans
@@ -50,7 +58,12 @@ class ShardEncoder:
         start = batch["start"].astype(np.int64)
         spans = Spans(start, batch["end"].astype(np.int64), start.copy())
         vectors = encode_spans(
-            self.model, self.events, spans, batch_size=self.batch_size, device=self.device
+            self.model,
+            self.events,
+            spans,
+            batch_size=self.batch_size,
+            device=self.device,
+            as_of=self.as_of,
         )
         return {"row": batch["row"], "vector": vectors}
 
@@ -75,6 +88,7 @@ def ray_user_vectors(
     address: str,
     batch_size: int = 64,
     progress: bool = False,
+    as_of: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(user_ids, vectors)`` as :func:`model.export.user_vectors` computes them, on Ray."""
     import ray
@@ -98,6 +112,7 @@ def ray_user_vectors(
             "events": [ray.put(events)],  # in a list: Ray hands the actor the reference
             "batch_size": batch_size,
             "gpu": gpus > 0,
+            "as_of": as_of,
         },
         concurrency=actors,
         num_gpus=1 if gpus else 0,

@@ -80,19 +80,29 @@ class UserEncoder(nn.Module):
 
     ``runtime``: the lag-0 user head (the service's encoder) when the model has one, else the
     offline one. ``cache``: also return the state after each row (:data:`CACHE_OUTPUTS`), which
-    :class:`StepEncoder` continues from.
+    :class:`StepEncoder` continues from. ``as_of`` (seconds): with ``retrieval_query="nip"``,
+    the next event's time of every row's query (the stored vectors: the export's cut-off);
+    without it, ``nip_gap`` after each row's last event (the runtime graphs).
     """
 
-    def __init__(self, model: Argus, *, runtime: bool = False, cache: bool = False) -> None:
+    def __init__(
+        self,
+        model: Argus,
+        *,
+        runtime: bool = False,
+        cache: bool = False,
+        as_of: int | None = None,
+    ) -> None:
         super().__init__()
         if not model.has_towers:
             raise ValueError("the checkpoint has no towers; export a model from `argus finetune`")
-        self.model, self.runtime, self.cache = model, runtime, cache
+        self.model, self.runtime, self.cache, self.as_of = model, runtime, cache, as_of
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         batch = _batch(inputs)
         if not self.cache:  # causal: right padding never reaches a real state
-            return at_last(self.model, self.model(batch), batch, self.runtime)[0]
+            at = None if self.as_of is None else torch.full_like(batch["lengths"], self.as_of)
+            return at_last(self.model, self.model(batch), batch, self.runtime, at=at)[0]
         h, keys, values = self.model.encode_cached(batch)
         vector, total, count = at_last(self.model, h, batch, self.runtime)
         return vector, keys, values, total, count
@@ -129,12 +139,14 @@ def at_last(
     runtime: bool,
     past_sum: torch.Tensor | None = None,
     past_count: torch.Tensor | None = None,
+    at: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """At each row's last real event of states ``h`` (B, L, D): the user vector (the ranking
     vector, then the retrieval query), the sum of the retrieval embeddings of the positive
     events so far (after a cached ``past_sum``/``past_count``) and their number. A model
     without a retrieval space carries zeros (B, 1) and (B,) as its taste, and its towers answer
-    retrieval too; with ``retrieval_query="nip"`` the NIP head's next-event query does."""
+    retrieval too; with ``retrieval_query="nip"`` the NIP head's query for a next event at
+    ``at`` (B,) seconds (default: ``nip_gap`` after the last) does."""
     last = (torch.arange(h.shape[0], device=h.device), batch["lengths"] - 1)
     if model.has_retrieval:
         total, count = model.taste_sums(batch, past_sum, past_count)
@@ -145,7 +157,7 @@ def at_last(
         total, taste = count[:, None], None
     ranking = model.user_vector(h[last], taste, runtime=runtime)
     if nip_retrieval(model):
-        query = model.next_query(h[last], batch["source"][last], batch["timestamp"][last])
+        query = model.next_query(h[last], batch["source"][last], batch["timestamp"][last], at)
     else:
         query = ranking if taste is None else model.retrieval_query(taste)
     return torch.cat([ranking, query], dim=-1), total, count
@@ -282,10 +294,12 @@ def encode_spans(
     max_tokens: int = 1 << 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    as_of: int | None = None,
 ) -> np.ndarray:
-    """(S, tower_dim + retrieval_dim) user vectors of ``spans`` (one history each), in order."""
+    """(S, tower_dim + retrieval_dim) user vectors of ``spans`` (one history each), in order;
+    ``as_of``: the time of the next event a NIP query asks about (:class:`UserEncoder`)."""
     vectors = np.empty((len(spans), user_vector_dim(model)), dtype=np.float32)
-    encoder = UserEncoder(model)
+    encoder = UserEncoder(model, as_of=as_of)
     bar = tqdm(total=len(spans), desc="user vectors", unit="user", disable=not progress)
     for index in bucket_batches(spans, batch_size=batch_size, max_tokens=max_tokens):
         batch = make_batch(events, spans.take(index)).to_torch(device)
@@ -302,11 +316,13 @@ def user_vectors(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    as_of: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(user_ids, vectors)``: each user's vector from their last ``max_len`` events."""
+    """``(user_ids, vectors)``: each user's vector from their last ``max_len`` events (a NIP
+    query for a next event at ``as_of``, see :class:`UserEncoder`)."""
     spans = last_spans(events, model.cfg.max_len)
     vectors = encode_spans(
-        model, events, spans, batch_size=batch_size, device=device, progress=progress
+        model, events, spans, batch_size=batch_size, device=device, progress=progress, as_of=as_of
     )
     return events.user_id[spans.start], vectors
 
@@ -448,6 +464,7 @@ def export(
         raise ValueError(f"{checkpoint}: no towers in this checkpoint; run `argus finetune` first")
     began = time.perf_counter()
     events = read_events(data)
+    cutoff = None
     if until != "all":
         if until == "trained":
             cutoff = int(state["train_until"])
@@ -458,6 +475,8 @@ def export(
         events = events.take(events.timestamp < cutoff)
     if len(events) == 0:
         raise ValueError(f"{data}: no events to export")
+    # the stored vectors are as of the cut-off: a NIP query asks about an event then
+    as_of = cutoff if cutoff is not None else int(events.timestamp.max()) + 1
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -468,13 +487,19 @@ def export(
     items, item_vecs, retrieval_vecs = item_vectors(model, events, catalog=catalog, device=chosen)
     if ray_address is None:
         users, user_vecs = user_vectors(
-            model, events, batch_size=batch_size, device=chosen, progress=progress
+            model, events, batch_size=batch_size, device=chosen, progress=progress, as_of=as_of
         )
     else:  # the same spans and encoder, mapped over a Ray cluster's actors
         from model.distributed_export import ray_user_vectors
 
         users, user_vecs = ray_user_vectors(
-            checkpoint, model, events, address=ray_address, batch_size=batch_size, progress=progress
+            checkpoint,
+            model,
+            events,
+            address=ray_address,
+            batch_size=batch_size,
+            progress=progress,
+            as_of=as_of,
         )
     arrays = {
         "item_ids": items,
@@ -496,6 +521,7 @@ def export(
         "n_users": len(users),
         "trained_until": state["train_until"],
         "events_until": int(events.timestamp.max()) + 1,
+        "as_of": as_of,
         "user_encoders": user_encoders(model, state),
         "elapsed_s": elapsed,
     }

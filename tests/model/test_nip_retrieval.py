@@ -58,19 +58,21 @@ def test_a_bad_retrieval_query_is_refused_by_name() -> None:
         ArgusConfig(retrieval_query="nip", nip_gap=-1)
 
 
-def test_the_exported_query_is_the_nip_head_s_for_an_event_nip_gap_after_the_last(
+def test_the_stored_query_asks_about_the_cut_off_and_the_runtime_one_nip_gap_later(
     nip_run: Path, nip_export: Path, sim_data: Path
 ) -> None:
-    """The retrieval part of every user vector is ``MLP([h_last; e_ctx(next)])`` with the next
-    context embedded *after* the last event (its real gap, not the 0 of a one-column call),
-    the retrieval item vectors are the output embeddings ``e_item``, and the runtime ONNX
-    encoder gives the same query."""
+    """The retrieval part of every stored user vector is ``MLP([h_last; e_ctx(next)])`` for a
+    next event at the export's cut-off, the runtime ONNX encoder's for one ``nip_gap`` after the
+    last event; each context is embedded with its real gap to the last event (not the 0 of a
+    one-column call); the retrieval item vectors are the output embeddings ``e_item``."""
     model, _ = load_model(nip_run)
     assert model.cfg.retrieval_query == "nip" and model.cfg.nip_gap == 2 * DAY
     manifest = json.loads((nip_export / "export.json").read_text())
     width = model.cfg.embedding_dim
     assert manifest["retrieval_dim"] == width and manifest["dim"] == model.cfg.ranking_dim
     events = read_events(sim_data)
+    as_of = int(events.timestamp.max()) + 1  # an export of every event
+    assert manifest["as_of"] == as_of
     catalog = Catalog.from_events(events)
     with torch.no_grad():
         e_item = model.item_embedding(
@@ -85,30 +87,34 @@ def test_the_exported_query_is_the_nip_head_s_for_an_event_nip_gap_after_the_las
     session = ort.InferenceSession(
         str(nip_export / ENCODER_FILE), providers=["CPUExecutionProvider"]
     )
+
+    def query(h: torch.Tensor, source: torch.Tensor, last: torch.Tensor, at: int) -> np.ndarray:
+        """The NIP query with the next event as a second column of one context call."""
+        pair = model.context(source.repeat(1, 2), torch.stack([last, last * 0 + at], dim=1))
+        return model.nip_query(h, pair[:, 1]).numpy()[0]
+
+    gaps, apart = [], []
     for k in np.random.default_rng(1).choice(len(spans), 6, replace=False).tolist():
         batch = make_batch(events, spans.take(np.array([k])), pad_to_multiple=1)
         tensors = batch.to_torch()
         n = int(tensors["lengths"][0])
         with torch.no_grad():
             h = model(tensors)[0, n - 1 : n]
-            last = tensors["timestamp"][:, n - 1]
-            # the next event as a second column of the same call: its gap is nip_gap
-            pair = model.context(
-                tensors["source"][:, [n - 1, n - 1]],
-                torch.stack([last, last + 2 * DAY], dim=1),
-            )
-            expected = model.nip_query(h, pair[:, 1]).numpy()[0]
-            # the pitfall: the same context alone in its call has a gap of 0
-            single = model.context(tensors["source"][:, [n - 1]], (last + 2 * DAY)[:, None])
+            source, last = tensors["source"][:, [n - 1]], tensors["timestamp"][:, n - 1]
+            stored = query(h, source, last, as_of)
+            runtime = query(h, source, last, int(last[0]) + 2 * DAY)
+            # the pitfall: the same next context alone in its call has a gap of 0
+            single = model.context(source, (last + 2 * DAY)[:, None])
             alone = model.nip_query(h, single[:, 0]).numpy()[0]
-        query = users[k, model.cfg.ranking_dim :]
-        np.testing.assert_allclose(query, expected, rtol=0, atol=1e-5)
-        assert np.abs(alone - expected).max() > 1e-3
+        gaps.append(as_of - int(last[0]))
+        apart.append(float(np.abs(stored - runtime).max()))
+        np.testing.assert_allclose(users[k, model.cfg.ranking_dim :], stored, rtol=0, atol=1e-5)
+        assert np.abs(alone - runtime).max() > 1e-3
         inputs = {name: getattr(batch, name) for name in ENCODER_INPUTS}
         (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
-        np.testing.assert_allclose(
-            onnx_out[0, model.cfg.ranking_dim :], expected, rtol=0, atol=1e-4
-        )
+        np.testing.assert_allclose(onnx_out[0, model.cfg.ranking_dim :], runtime, atol=1e-4)
+    assert len(set(gaps)) > 1  # the stored queries saw different gaps ...
+    assert max(apart) > 1e-3  # ... and the time of the next event matters to the query
 
 
 def test_the_service_answers_candidates_with_the_nip_query(
