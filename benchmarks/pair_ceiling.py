@@ -93,18 +93,16 @@ def measure(
         return np.einsum("nk,nk->n", user, items)
 
     began = time.perf_counter()
-    offsets = estimated_offsets(truth, events, users, start)
     user_row = np.searchsorted(users, pairs.user)
-    estimated = no_offset + offsets[user_row]
+
+    def with_offsets(offsets: np.ndarray) -> np.ndarray:  # all but the offset true
+        return dot(no_offset + offsets[user_row], latent) + bias
+
+    offsets = estimated_offsets(truth, events, users, start)
     recent = {}
     if max_len > 0:
-        recent_offsets = estimated_offsets(truth, events, users, start, last=max_len)
-        recent = {
-            f"the same from the user's last {max_len} events": dot(
-                no_offset + recent_offsets[user_row], latent
-            )
-            + bias
-        }
+        short = estimated_offsets(truth, events, users, start, last=max_len)
+        recent = {f"the same from the user's last {max_len} events": with_offsets(short)}
     mostpop = np.log1p(popularity_scores(events, pairs, start))
     rate = artist_rates(events, pairs, start)
     item_views = {"rank-64 SVD of the positives": positive_factors(events, start, seed=seed)}
@@ -116,7 +114,7 @@ def measure(
         "item latent -> its artist's mean": dot(cut, artist_mean[artist_row[item]]) + bias,
         "item bias -> its popularity part": dot(cut, latent) + popularity_part[item],
         "without the personal offset": dot(no_offset, latent) + bias,
-        "ceiling: offset estimated from the user's feedback": dot(estimated, latent) + bias,
+        "ceiling: offset estimated from the user's feedback": with_offsets(offsets),
         **recent,
         "MostPop + logit of the user's artist positive rate": mostpop + np.log(rate / (1 - rate)),
         **{

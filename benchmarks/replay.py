@@ -13,8 +13,9 @@ Beside every figure: MostPop, Trending (MostPop of the last 7 days first), the s
 oracle (true affinity + w · log popularity, w fitted on a disjoint half of the sampled users;
 PairAccuracy by the true affinity alone), and the same bundle evaluated offline by exact search
 (the service must lose nothing). Writes ``runs/bench/replay/results.json``, ``results.md`` and
-``recall.png``. The data and trained stages are cached under ``--work`` and reused when their
-settings match.
+``recall.png``. The data and trained stages are cached under ``--work`` and reused whenever they
+are there: the default work directory names the data set and the retrieval query, so another
+setting gets its own.
 """
 
 from __future__ import annotations
@@ -323,12 +324,15 @@ def main() -> None:
         default="pooled",
         help="what answers /candidates: the retrieval space (pooled history) or the NIP head",
     )
-    parser.add_argument("--work", type=Path, default=None, help="runs/bench/replay[-ml100k]")
+    parser.add_argument("--work", type=Path, default=None, help="runs/bench/replay[-ml100k][-nip]")
     parser.add_argument(
         "--ml100k", action="store_true", help="Replay MovieLens-100K (last 20%% of time) instead."
     )
     args = parser.parse_args()
-    args.work = args.work or ROOT / f"runs/bench/replay{'-ml100k' if args.ml100k else ''}"
+    suffix = ("-ml100k" if args.ml100k else "") + (
+        "" if args.retrieval_query == "pooled" else f"-{args.retrieval_query}"
+    )
+    args.work = args.work or ROOT / f"runs/bench/replay{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     bundle_path = pipeline(args, args.work)

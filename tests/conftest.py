@@ -85,17 +85,16 @@ def sim_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def finetuned(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny fine-tuned model (a few steps: the values, not the quality, are under test)."""
+def tiny_finetune(data: Path, out: Path, *model: str) -> Path:
+    """A seconds-long fine-tuning run of the tiny preset from scratch (``model``: further
+    ``ArgusConfig`` overrides), holding out the last 3 days: ``out``."""
     from model.finetune import FinetuneConfig, finetune
 
-    out = tmp_path_factory.mktemp("finetuned")
     cfg = FinetuneConfig(
-        data=str(sim_data),
+        data=str(data),
         out=str(out),
         preset="argus-tiny",
-        model=("max_len=96",),
+        model=("max_len=96", *model),
         test_days=3.0,
         batch_size=8,
         max_steps=3,
@@ -103,6 +102,12 @@ def finetuned(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     finetune(cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def finetuned(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fine-tuned model (a few steps: the values, not the quality, are under test)."""
+    return tiny_finetune(sim_data, tmp_path_factory.mktemp("finetuned"))
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ from model.contract import DAY
 from model.data.batching import make_batch
 from model.data.events import Catalog, read_events
 from model.export import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, export, last_spans
-from model.finetune import FinetuneConfig, finetune
 from service.settings import EncoderSettings, RequestSettings, Settings, StoreSettings
+from tests.conftest import tiny_finetune
 from tests.service.conftest import client_for
 
 
@@ -28,18 +28,7 @@ from tests.service.conftest import client_for
 def nip_run(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny fine-tuned model whose /candidates query is the NIP head's (a 2-day gap)."""
     out = tmp_path_factory.mktemp("nip-finetuned")
-    cfg = FinetuneConfig(
-        data=str(sim_data),
-        out=str(out),
-        preset="argus-tiny",
-        model=("max_len=96", "retrieval_query=nip", f"nip_gap={2 * DAY}"),
-        test_days=3.0,
-        batch_size=8,
-        max_steps=3,
-        tower_dim=24,
-    )
-    finetune(cfg, progress=False)
-    return out
+    return tiny_finetune(sim_data, out, "retrieval_query=nip", f"nip_gap={2 * DAY}")
 
 
 @pytest.fixture(scope="module")
