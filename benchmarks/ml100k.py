@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from model.data.convert import convert_ml100k
+from model.data.events import read_events, write_events
 from model.evaluate import EvalConfig, evaluate
 from model.train import PretrainConfig, pretrain
 
@@ -43,11 +44,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-len", type=int, default=200)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs/bench/ml100k")
+    parser.add_argument(
+        "--positives-only",
+        action="store_true",
+        help="keep the positive ratings only (every event a like, no negatives): both objectives "
+        "then see the same events, and the extra inputs of ARGUS carry nothing",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="runs/bench/ml100k[-positives]")
     args = parser.parse_args()
+    args.out = args.out or ROOT / (
+        "runs/bench/ml100k" + ("-positives" if args.positives_only else "")
+    )
 
     data = args.out / "data"
     convert_ml100k(ML100K, data)
+    if args.positives_only:
+        events = read_events(data)
+        write_events(events.take(events.positive), data)
     per_seed: list[dict[str, dict[str, float]]] = []
     started = time.perf_counter()
     for seed in args.seeds:
@@ -104,6 +117,7 @@ def main() -> None:
         "max_len": args.max_len,
         "lr": args.lr,
         "model": list(MODEL),
+        "positives_only": args.positives_only,
         "ranking_targets": report["ranking_targets"],
         "catalog_size": report["catalog_size"],
         "summary": summary,
@@ -114,7 +128,7 @@ def main() -> None:
     lines = [
         f"ML-100K, last 20% of the time range as test; {report['ranking_targets']:,} targets, "
         f"{report['catalog_size']:,} items, seen excluded; seeds {args.seeds}, "
-        f"{args.steps} steps each.",
+        f"{args.steps} steps each" + ("; positive ratings only." if args.positives_only else "."),
         "",
         "| model | NDCG@10 | Recall@10 |",
         "|---|---:|---:|",

@@ -46,6 +46,9 @@ PARTS: dict[str, tuple[str, ...]] = {
     ),
     "retrieval": ("retrieval_item", "retrieval_head", "trend_head"),
 }
+# The FP head's score of an item: like and played_ratio for it, skip and dislike against it
+# (logits in FEEDBACK order), as the diagnostics rank by it.
+FP_SCORE_SIGNS = (1.0, -1.0, -1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class ArgusConfig:
     n_sources: int = 16  # source ids 0..n_sources-1 (larger ones share the last row)
     use_artist: bool = True  # add the artist id through the same table (another salt)
     objective: str = "argus"  # "argus" (NIP + FP) or "sasrec" (positives only, no context/FP)
-    fp_weight: float = 1.0  # lambda in L = L_nip + lambda * L_fp
+    fp_weight: float = 0.2  # lambda in L = L_nip + lambda * L_fp (at 1 the FP loss's pull on
+    # the shared backbone keeps the item embeddings from forming)
     n_uniform_negatives: int = 1024  # uniform samples added to the in-batch negatives
     init_temperature: float = 0.05  # T = exp(tau), learned, clipped to [0.01, 100]
     hash_seed: int = 0
@@ -71,32 +75,43 @@ class ArgusConfig:
     runtime_head: bool = False  # a second user projection, fine-tuned for the runtime lag (0)
     item_prior: bool = False  # u's last coordinate is 1: v's last is an additive item prior
     taste_shortcut: bool = False  # u and v also carry (a * taste, e_r): a learned scale, no mixing
+    tower_taste: bool = True  # the towers read the retrieval space's pooled taste (T_u, T_i)
     retrieval_trend: int = 0  # seconds: the retrieval score adds w(taste) * log1p(the item's
     # positive events in this window before the day); 0: none
-    retrieval_query: str = "pooled"  # what answers /candidates: "pooled" (the retrieval
-    # space's query of the pooled history; the towers' when there is none) or "nip" (the NIP
-    # head's query for the next event against the output embeddings, as in the paper)
+    retrieval_query: str = "state"  # what answers /candidates: "state" (the retrieval space's
+    # query of the transformer's state beside the pooled history), "pooled" (of the pooled
+    # history alone; the towers' when there is no retrieval space) or "nip" (the NIP head's
+    # query for the next event against the output embeddings, as in the paper)
     nip_gap: int = DAY  # "nip": the next event is taken to come this many seconds after the last
+    # token fusion: "balanced" (each part projected to d and normalised, then summed, so none
+    # drowns another; with the item as its feedback signs it as a fourth part) or "concat" (one
+    # linear map of the concatenated parts, the earlier checkpoints' fusion)
+    fusion: str = "balanced"
+    fp_dot: bool = True  # the FP head adds <W_k h, e_item> per output to its MLP's logits
+    nip_cosine: bool = True  # NIP scores cos(q, e_item) / T (both L2-normalised), not <q, e> / T
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
             raise ValueError(f"objective must be 'argus' or 'sasrec', got {self.objective!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.taste_shortcut and not (self.tower_dim and self.retrieval_dim):
+        if self.taste_shortcut and not (self.tower_dim and self.retrieval_dim and self.tower_taste):
             raise ValueError(
-                "taste_shortcut needs the towers and a retrieval space (tower_dim, "
-                f"retrieval_dim > 0), got {self.tower_dim}, {self.retrieval_dim}"
+                "taste_shortcut needs the towers, a retrieval space and tower_taste (tower_dim, "
+                f"retrieval_dim > 0), got {self.tower_dim}, {self.retrieval_dim}, "
+                f"{self.tower_taste}"
             )
-        if self.retrieval_query not in ("pooled", "nip"):
+        if self.retrieval_query not in ("state", "pooled", "nip"):
             raise ValueError(
-                f"retrieval_query must be 'pooled' or 'nip', got {self.retrieval_query!r}"
+                f"retrieval_query must be 'state', 'pooled' or 'nip', got {self.retrieval_query!r}"
             )
         if self.retrieval_query == "nip" and (self.objective != "argus" or self.nip_gap < 0):
             raise ValueError(
                 "retrieval_query='nip' needs the argus objective (its query reads the next "
                 f"event's context) and nip_gap >= 0, got {self.objective!r}, {self.nip_gap}"
             )
+        if self.fusion not in ("balanced", "concat"):
+            raise ValueError(f"fusion must be 'balanced' or 'concat', got {self.fusion!r}")
         if self.retrieval_trend < 0 or (self.retrieval_trend and not self.retrieval_dim):
             raise ValueError(
                 "retrieval_trend needs a retrieval space (retrieval_dim > 0) and a window >= 0, "
@@ -218,6 +233,37 @@ class FeedbackEmbedding(nn.Module):
         return self.flags(rows).sum(-2) + self.ratio(ratio.clamp(0, 1).unsqueeze(-1))
 
 
+class TokenFusion(nn.Module):
+    """The balanced token: each part projected to d and normalised on its own, then summed, so
+    that no part drowns another whatever the scale of its embedding. Beside the context, the
+    item and the feedback, a fourth part is the item as its feedback signs it,
+    ``e_item * S e_fb`` (one gain per item coordinate and feedback state): preference is the
+    product of the two, and a sum of parts cannot carry a product into attention's pooling."""
+
+    PARTS = ("context", "item", "feedback", "signed_item")
+
+    def __init__(self, d: int, e: int) -> None:
+        super().__init__()
+        self.context = nn.Linear(d, d)
+        self.item = nn.Linear(e, d)
+        self.feedback = nn.Linear(d, d)
+        self.sign = nn.Linear(d, e)  # S: the feedback's gain on each item coordinate
+        self.signed_item = nn.Linear(e, d)
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(d) for name in self.PARTS})
+
+    def forward(
+        self, context: torch.Tensor, item: torch.Tensor, fb: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """(B, L, D), (B, L, E), (B, L, D) -> each part's normalised (B, L, D)."""
+        parts = {
+            "context": self.context(context),
+            "item": self.item(item),
+            "feedback": self.feedback(fb),
+            "signed_item": self.signed_item(item * self.sign(fb)),
+        }
+        return {name: self.norms[name](x) for name, x in parts.items()}
+
+
 class Block(nn.Module):
     """Pre-norm causal self-attention and MLP."""
 
@@ -301,9 +347,14 @@ class Argus(nn.Module):
         if self.argus:
             self.context = ContextEmbedding(cfg.n_sources, d)
             self.feedback = FeedbackEmbedding(d)
-            self.token = nn.Linear(d + e + d, d)
+            if cfg.fusion == "balanced":
+                self.fusion = TokenFusion(d, e)
+            else:
+                self.token = nn.Linear(d + e + d, d)
             self.nip_head = _mlp(d + d, d, e)
             self.fp_head = _mlp(d + d + e, d, len(FEEDBACK))  # one logit per FEEDBACK name
+            if cfg.fp_dot:  # <W_k h, e_item>: an MLP of a concatenation learns a product poorly
+                self.fp_dot = nn.Linear(d, len(FEEDBACK) * e, bias=False)
         else:
             self.token = nn.Linear(e, d)
             self.nip_head = _mlp(d, d, e)
@@ -320,19 +371,20 @@ class Argus(nn.Module):
             self.retrieval_item = HashedEmbedding(
                 cfg.hash_rows, r, cfg.n_hash, n_salts=1, seed=cfg.hash_seed + 1
             )
-            self.retrieval_head = _mlp(r, d, r)
+            reads_state = cfg.retrieval_query == "state"
+            self.retrieval_head = _mlp(r + (d if reads_state else 0), d, r)
             if cfg.retrieval_trend:  # w(taste): how much this user follows what is trending
                 self.trend_head = nn.Linear(r, 1)
                 nn.init.zeros_(self.trend_head.weight)
                 nn.init.zeros_(self.trend_head.bias)
-            if cfg.tower_dim:  # the towers read the retrieval space's taste (never train it)
+            if cfg.tower_dim and cfg.tower_taste:  # the towers read its taste (never train it)
                 self.user_taste = nn.Linear(r, cfg.tower_dim, bias=False)
                 self.item_taste = nn.Linear(r, cfg.tower_dim, bias=False)
                 if cfg.taste_shortcut:  # <a * taste, e_r(i)>: one scale per coordinate
                     self.taste_scale = nn.Parameter(torch.ones(r))
         if cfg.tower_dim and cfg.runtime_head:  # u0 = P_0 h (+ T_0 taste): the lag-0 user tower
             self.runtime_proj = nn.Linear(d, cfg.tower_dim, bias=False)
-            if cfg.retrieval_dim:
+            if cfg.retrieval_dim and cfg.tower_taste:
                 self.runtime_taste = nn.Linear(cfg.retrieval_dim, cfg.tower_dim, bias=False)
 
     @property
@@ -377,15 +429,34 @@ class Argus(nn.Module):
     ) -> torch.Tensor:
         """(B, L, D) normalised event tokens ``x_t``; ``before`` (B,): the time of the event
         before each row (a cached history's last), for the first event's gap."""
+        parts = self.token_parts(batch, context, before)
+        bias = self.token.bias if hasattr(self, "token") else 0.0
+        return self.token_norm(sum(parts.values(), bias))
+
+    def token_parts(
+        self,
+        batch: dict[str, torch.Tensor],
+        context: torch.Tensor | None = None,
+        before: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each part's (B, L, D) contribution to the token before its norm: ``context``,
+        ``item``, ``feedback`` and with the balanced fusion ``signed_item`` (the item alone for
+        SASRec); their sum (plus the concatenating fusion's bias) is the token."""
         item = self.item_embedding(batch["item_id"], batch.get("artist_id"))  # (B, L, E)
-        if self.argus:
-            if context is None:
-                context = self.context(batch["source"], batch["timestamp"], before)  # (B, L, D)
-            fb = self.feedback(batch["liked"], batch["disliked"], batch["played_ratio"])
-            x = self.token(torch.cat([context, item, fb], dim=-1))  # (B, L, D)
-        else:
-            x = self.token(item)
-        return self.token_norm(x)
+        if not self.argus:
+            return {"item": F.linear(item, self.token.weight)}
+        if context is None:
+            context = self.context(batch["source"], batch["timestamp"], before)  # (B, L, D)
+        fb = self.feedback(batch["liked"], batch["disliked"], batch["played_ratio"])
+        if self.cfg.fusion == "balanced":
+            return self.fusion(context, item, fb)
+        d, e = self.cfg.d_model, self.cfg.embedding_dim
+        w_ctx, w_item, w_fb = self.token.weight.split([d, e, d], dim=1)
+        return {
+            "context": F.linear(context, w_ctx),
+            "item": F.linear(item, w_item),
+            "feedback": F.linear(fb, w_fb),
+        }
 
     # -- incremental encoding (the service's key/value cache) -------------------------------------
 
@@ -416,11 +487,21 @@ class Argus(nn.Module):
     # -- heads -----------------------------------------------------------------------------------
 
     def nip_query(self, h: torch.Tensor, next_context: torch.Tensor | None) -> torch.Tensor:
-        """(N, D) states (+ (N, D) context of the next event) -> (N, E) queries ``q``."""
+        """(N, D) states (+ (N, D) context of the next event) -> (N, E) queries ``q``, unit
+        length with ``nip_cosine``; an item's NIP logit is ``<q, output_embedding> / T``."""
         if self.argus:
             assert next_context is not None, "the argus objective conditions on the next context"
-            return self.nip_head(torch.cat([h, next_context], dim=-1))
-        return self.nip_head(h)
+            q = self.nip_head(torch.cat([h, next_context], dim=-1))
+        else:
+            q = self.nip_head(h)
+        return F.normalize(q, dim=-1) if self.cfg.nip_cosine else q
+
+    def output_embedding(self, item_id: torch.Tensor) -> torch.Tensor:
+        """(...) ids -> (..., E) the NIP head's output embeddings: ``e_item`` of the item alone
+        (no artist, so any candidate id is scored the same way), unit length with
+        ``nip_cosine``."""
+        e = self.item(item_id, salt=0)
+        return F.normalize(e, dim=-1) if self.cfg.nip_cosine else e
 
     def next_query(
         self,
@@ -441,8 +522,18 @@ class Argus(nn.Module):
     def fp_logits(
         self, h: torch.Tensor, next_context: torch.Tensor, next_item: torch.Tensor
     ) -> torch.Tensor:
-        """(N, D), (N, D), (N, E) -> (N, 4) logits of like, dislike, skip, played_ratio."""
-        return self.fp_head(torch.cat([h, next_context, next_item], dim=-1))
+        """(N, D), (N, D), (N, E) -> (N, 4) logits of like, dislike, skip, played_ratio: the
+        MLP of ``[h; e_ctx; e_item]``, plus ``<W_k h, e_item>`` for each output k (``fp_dot``)."""
+        logits = self.fp_head(torch.cat([h, next_context, next_item], dim=-1))
+        if self.cfg.fp_dot:
+            q = self.fp_dot(h).unflatten(-1, (len(FEEDBACK), next_item.shape[-1]))  # (N, 4, E)
+            logits = logits + (q * next_item.unsqueeze(-2)).sum(-1)
+        return logits
+
+    def pretraining_heads(self) -> list[nn.Module]:
+        """The NIP and FP heads (fine-tuning freezes them)."""
+        names = ("nip_head", "fp_head", "fp_dot")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
 
     @property
     def has_runtime_head(self) -> bool:
@@ -496,16 +587,28 @@ class Argus(nn.Module):
 
     def retrieval_queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, L, R') retrieval query after each event (:meth:`retrieval_query` of the taste
-        there). Padding (beyond ``lengths``) never reaches a real position."""
-        return self.retrieval_query(self.taste(batch))
+        and the state there). Padding (beyond ``lengths``) never reaches a real position."""
+        h = self(batch) if self.reads_state else None
+        return self.retrieval_query(self.taste(batch), h)
 
-    def retrieval_query(self, taste: torch.Tensor) -> torch.Tensor:
-        """(..., R) tastes -> (..., R') retrieval queries: an MLP of the taste (a history with
-        no positive yet gets the MLP of zeros, a learned cold-start query) and, with
-        ``retrieval_trend``, its trend weight ``w(taste)`` last, which meets the item's
-        log1p(positives in the trend window) (:meth:`retrieval_items` leaves that column to
-        its caller: it depends on the day)."""
-        query = self.retrieval_head(taste)
+    @property
+    def reads_state(self) -> bool:
+        """Whether the retrieval query reads the transformer's state (``"state"``)."""
+        return self.has_retrieval and self.cfg.retrieval_query == "state"
+
+    def retrieval_query(self, taste: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., R) tastes (and (..., D) states, when the query reads them) -> (..., R')
+        retrieval queries: an MLP of ``[taste; h]`` (a history with no positive yet has a taste
+        of zeros; the state is read, never trained, by the retrieval loss) and, with
+        ``retrieval_trend``, its trend weight ``w(taste)`` last, which meets
+        the item's log1p(positives in the trend window) (:meth:`retrieval_items` leaves that
+        column to its caller: it depends on the day)."""
+        if self.reads_state:
+            if h is None:
+                raise ValueError("this model's retrieval query reads the state: pass h")
+            query = self.retrieval_head(torch.cat([taste, h.detach()], dim=-1))
+        else:
+            query = self.retrieval_head(taste)
         if self.cfg.retrieval_trend:
             query = torch.cat([query, self.trend_head(taste)], dim=-1)
         return query

@@ -51,10 +51,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+# Settings added after checkpoints existed, with the value those checkpoints were trained with.
+BEFORE = {"fusion": "concat", "fp_dot": False, "nip_cosine": False, "tower_taste": True}
+
+
 def model_config(state: dict[str, Any]) -> ArgusConfig:
     """The :class:`ArgusConfig` a checkpoint was trained with."""
     known = {f.name for f in fields(ArgusConfig)}
-    config: dict[str, Any] = {k: v for k, v in state["model_config"].items() if k in known}
+    saved = state["model_config"]
+    config: dict[str, Any] = {k: v for k, v in {**BEFORE, **saved}.items() if k in known}
     return ArgusConfig(**config)
 
 

@@ -199,7 +199,7 @@ class NipRanking:
         self.seen = seen  # each user's earlier items, removed from the ranking (or None)
         self.catalog_ids = torch.from_numpy(catalog.ids).to(device)
         self.catalog_artists = torch.from_numpy(catalog.artist_id).to(device)
-        self.output = model.item_embedding(self.catalog_ids)  # (C, E), item-only as in training
+        self.output = model.output_embedding(self.catalog_ids)  # (C, E)
         self.temperature = model.temperature()
         self.loss_sum, self.count = 0.0, 0
         self.ranks: dict[str, dict[int, int]] = {"nip": {}}

@@ -159,7 +159,7 @@ def at_last(
     if nip_retrieval(model):
         query = model.next_query(h[last], batch["source"][last], batch["timestamp"][last], at)
     else:
-        query = ranking if taste is None else model.retrieval_query(taste)
+        query = ranking if taste is None else model.retrieval_query(taste, h[last])
     return torch.cat([ranking, query], dim=-1), total, count
 
 
@@ -353,7 +353,7 @@ def item_vectors(
             model.item_vector(item, artist, popularity.log_counts(item)).float().cpu().numpy()
         )
         if nip_retrieval(model):
-            retrieval[part] = model.item_embedding(item, artist).float().cpu().numpy()
+            retrieval[part] = model.output_embedding(item).float().cpu().numpy()
         elif model.has_retrieval:
             width = model.cfg.retrieval_dim  # the trend column is filled below
             retrieval[part, :width] = model.retrieval_items(item).float().cpu().numpy()

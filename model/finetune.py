@@ -474,6 +474,7 @@ class PairwiseObjective(nn.Module):
                 generator=r.generator,
                 taste=tastes,  # computed once for both losses
                 trend=r.trend,
+                h=h,
             )
             out = {
                 "loss": pairwise + r.weight * retrieval,
@@ -561,6 +562,9 @@ class FinetuneConfig(TrainConfig):
     tower_lr: float = 3e-3  # the towers' own learning rate (they start from scratch); 0: lr
     item_prior: bool = True  # u's last coordinate is 1: v's last one is a non-personal prior
     taste_shortcut: bool = True  # u, v also carry (a * taste, e_r): the taste's score, scaled
+    # the towers read the pooled taste at all (off, the default: they read the state alone, and
+    # the personal part of the score is the transformer's; with it they ignore the state)
+    tower_taste: bool = False
     # the retrieval space (/candidates): a pooled-history tower trained on future positives
     retrieval_dim: int = 64  # 0: no retrieval space (the bundle then retrieves with the towers)
     retrieval_weight: float = 1.0  # its loss beside the pairwise one
@@ -571,6 +575,7 @@ class FinetuneConfig(TrainConfig):
     retrieval_negatives: int = 1024  # uniform negatives beside the in-batch ones
     retrieval_trend: str = "7d"  # the score adds w(user) * log1p(item's positives then); "0": none
     lr: float = 1e-3
+    table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
     warmup_steps: int = 20
 
     def __post_init__(self) -> None:
@@ -664,7 +669,8 @@ class FinetuneConfig(TrainConfig):
             retrieval_dim=self.retrieval_dim,
             runtime_head=self.runtime_head,
             item_prior=self.item_prior,
-            taste_shortcut=self.taste_shortcut and self.retrieval_dim > 0,
+            taste_shortcut=self.taste_shortcut and self.tower_taste and self.retrieval_dim > 0,
+            tower_taste=self.tower_taste,
             retrieval_trend=parse_duration(self.retrieval_trend) if self.retrieval_dim else 0,
         )
 
@@ -706,7 +712,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         model = Argus(model_cfg)
         if init is not None and saved is None:  # a resumed run loads its own weights
             _load_backbone(model, init["model"], cfg.init)
-        for frozen in (model.nip_head, model.fp_head):
+        for frozen in model.pretraining_heads():
             frozen.requires_grad_(False)
         model.log_temperature.requires_grad_(False)
         table = pair_weight_table(cfg.pair_weights)

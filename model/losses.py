@@ -211,7 +211,7 @@ def pretraining_loss(
     next_context = context[:, 1:][valid] if context is not None else None
     query = model.nip_query(h_t, next_context)  # (N, E)
     nip = batch_softmax_loss(
-        query, next_ids, model.item_embedding, uniform_ids, frequencies, model.temperature()
+        query, next_ids, model.output_embedding, uniform_ids, frequencies, model.temperature()
     )
     parts = {"nip": nip}
     total = nip
@@ -258,14 +258,18 @@ def retrieval_loss(
     generator: torch.Generator | None = None,
     taste: torch.Tensor | None = None,
     trend: ItemTrend | None = None,
+    h: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled softmax (in-batch and uniform negatives, logQ-corrected) of a future positive
     event (:func:`future_targets`) given the retrieval query at each position: what makes the
     retrieval space recall the items a user goes on to enjoy. 0 when the batch has no target.
-    ``taste``: :meth:`Argus.taste` of the batch, when the caller has it already. A model with
+    ``taste`` and ``h``: :meth:`Argus.taste` and the states of the batch, when the caller has
+    them already. A model with
     ``retrieval_trend`` needs ``trend``: each candidate's score adds the query's trend weight
     times the candidate's :meth:`ItemTrend.log_counts` on the day of the query's event."""
-    query = model.retrieval_query(model.taste(batch) if taste is None else taste)  # (B, L, R')
+    if h is None and model.reads_state:
+        h = model(batch)
+    query = model.retrieval_query(model.taste(batch) if taste is None else taste, h)  # (B, L, R')
     if model.cfg.retrieval_trend and trend is None:
         raise ValueError("this model's retrieval space has a trend column: pass the ItemTrend")
     valid, target = future_targets(batch, horizon, window, generator)

@@ -56,6 +56,9 @@ class TrainConfig:
     max_steps: int = 0  # 0: train for `epochs` epochs
     epochs: int = 1
     lr: float = 1e-3
+    # the hashed item table's own learning rate: a row moves only when a batch holds its item,
+    # so at the backbone's rate the rows of rarely seen items hardly leave their random init
+    table_lr: float = 1e-2  # 0: lr
     weight_decay: float = 0.01  # on weight matrices only (no embeddings, norms or biases)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
@@ -88,8 +91,8 @@ class TrainConfig:
             raise ValueError(f"parallel must be auto, ddp or fsdp, got {self.parallel!r}")
         if self.parallel == "fsdp" and self.sparse_embeddings == "on":
             raise ValueError("FSDP shards dense gradients: set sparse_embeddings to auto or off")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or self.table_lr < 0:
+            raise ValueError(f"lr must be > 0 and table_lr >= 0, got {self.lr}, {self.table_lr}")
 
     def preset_config(self, **overrides: Any) -> ArgusConfig:
         """The preset's model config with ``overrides``, ``--max-len`` and ``--model`` applied."""
@@ -203,8 +206,9 @@ class Optimizers:
             for part in own
             if n.split(".")[0] in PARTS[part]
         }
+        table_scale = (cfg.table_lr or cfg.lr) / cfg.lr
         for p in trainable:
-            if sparse and p is table.weight:
+            if p is table.weight:
                 continue
             if id(p) in part_of:
                 own[part_of[id(p)]].append(p)
@@ -215,6 +219,8 @@ class Optimizers:
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": rest, "weight_decay": 0.0},
         ]
+        if not sparse and table.weight.requires_grad:
+            groups.append({"params": [table.weight], "weight_decay": 0.0, "lr_scale": table_scale})
         for part, params in own.items():
             if params:
                 groups.append(
@@ -227,7 +233,11 @@ class Optimizers:
         self.clip_sets = [[p for p in trainable if id(p) not in separate], retrieval]
         self.dense = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
         self.sparse = (
-            torch.optim.SparseAdam([table.weight], lr=cfg.lr, betas=betas) if sparse else None
+            torch.optim.SparseAdam(
+                [{"params": [table.weight], "lr_scale": table_scale}], lr=cfg.lr, betas=betas
+            )
+            if sparse
+            else None
         )
 
     @property

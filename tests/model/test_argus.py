@@ -170,7 +170,7 @@ def test_paper_presets_share_the_seeds_fixed_embedding_while_the_encoder_grows(n
     assert model.item.coefficients.shape[1] == 3
     assert count_embedding_parameters(model) == 2**19 * 256
     d = model.cfg.d_model  # the token projection maps the 256-wide item embedding into d_model
-    assert model.token.in_features == d + 256 + d and model.token.out_features == d
+    assert model.fusion.item.in_features == 256 and model.fusion.item.out_features == d
     assert model.nip_head[-1].out_features == 256  # the NIP head compresses to the table width
     total = count_parameters(model)
     assert total - TRANSFORMER[name] - 2**19 * 256 < 0.2 * TRANSFORMER[name] + 2e6
@@ -183,7 +183,7 @@ def test_an_item_table_narrower_than_the_model_trains_and_scores_in_its_width() 
     assert h.shape[-1] == 64
     context = model.context_embedding(batch)
     queries = model.nip_query(h[:, :-1].reshape(-1, 64), context[:, 1:].reshape(-1, 64))
-    outputs = model.item_embedding(batch["item_id"])
+    outputs = model.output_embedding(batch["item_id"])
     assert queries.shape[-1] == outputs.shape[-1] == 16  # <q, o> in the table's width
     first, last = nip_over_training(model, batch, steps=100)
     assert last < 0.3 * first
@@ -238,7 +238,7 @@ def test_the_taste_shortcut_adds_the_taste_s_retrieval_score_scaled_per_coordina
     assert model.taste_scale.grad is not None and float(model.taste_scale.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="pass the taste"):
         model.user_vector(h)
-    with pytest.raises(ValueError, match="taste_shortcut needs the towers and a retrieval"):
+    with pytest.raises(ValueError, match="taste_shortcut needs the towers, a retrieval space"):
         preset("argus-tiny", tower_dim=8, taste_shortcut=True)
     with pytest.raises(ValueError, match="retrieval_trend needs a retrieval space"):
         preset("argus-tiny", tower_dim=8, retrieval_trend=7 * 86_400)
@@ -247,10 +247,12 @@ def test_the_taste_shortcut_adds_the_taste_s_retrieval_score_scaled_per_coordina
 def test_the_retrieval_query_ends_with_the_trend_weight_which_starts_at_zero() -> None:
     cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=6, retrieval_trend=7 * 86_400)
     model = Argus(cfg)
-    taste = torch.randn(3, 5, 6)
-    query = model.retrieval_query(taste)
+    taste, h = torch.randn(3, 5, 6), torch.randn(3, 5, cfg.d_model)
+    query = model.retrieval_query(taste, h)
     assert query.shape == (3, 5, 7)
-    torch.testing.assert_close(query[..., :6], model.retrieval_head(taste))
+    torch.testing.assert_close(query[..., :6], model.retrieval_head(torch.cat([taste, h], -1)))
     assert not query[..., 6].any()  # zero-initialised: trends count for nothing at first
-    plain = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=6))
+    plain = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=6, retrieval_query="pooled"))
     assert plain.retrieval_query(taste).shape == (3, 5, 6) and not hasattr(plain, "trend_head")
+    with pytest.raises(ValueError, match="reads the state: pass h"):
+        model.retrieval_query(taste)

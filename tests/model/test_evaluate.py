@@ -94,7 +94,7 @@ def test_batched_ranks_equal_one_history_at_a_time(
         np.flatnonzero(events.positive) if objective == "sasrec" else np.arange(len(events))
     )
     _, offsets = own.user_offsets()
-    output = model.item_embedding(torch.from_numpy(catalog.ids))
+    output = model.output_embedding(torch.from_numpy(catalog.ids))
     for row in targets[:: max(1, len(targets) // 15)]:
         r = int(np.searchsorted(rows_of_own, row))  # the target's row in the model's own events
         first = offsets[np.searchsorted(offsets, r, side="right") - 1]

@@ -65,8 +65,8 @@ def test_onnx_encoder_equals_the_torch_user_tower(
         torch_out = UserEncoder(model, runtime=True)(*tensors)
         offline = UserEncoder(model)(*tensors)
     # The runtime (lag-0) head differs from the offline one in the ranking part only.
-    d = model.cfg.ranking_dim  # the towers' 24 and the taste shortcut's retrieval_dim
-    assert model.cfg.taste_shortcut and d == 24 + model.cfg.retrieval_dim
+    d = model.cfg.ranking_dim  # the towers' 24: they read the state, not the pooled taste
+    assert not model.cfg.taste_shortcut and d == 24
     assert model.has_runtime_head and not torch.allclose(torch_out[:, :d], offline[:, :d])
     np.testing.assert_array_equal(torch_out[:, d:].numpy(), offline[:, d:].numpy())
     assert onnx_out.shape == (b, d + retrieval_dim(model)) and model.cfg.retrieval_trend
@@ -108,7 +108,8 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     model, _ = load_model(finetuned)
     assert load["user_ids"].tolist() == np.unique(events.user_id).tolist()
     assert load["item_ids"].tolist() == np.unique(events.item_id).tolist()
-    ranking = 24 + model.cfg.retrieval_dim  # the towers' and the taste shortcut's
+    ranking = 24  # the towers' (no taste shortcut)
+    assert ranking == model.cfg.ranking_dim
     width = ranking + model.cfg.retrieval_dim + 1  # the retrieval query and its trend weight
     assert load["user_vectors"].dtype == np.float32 and load["user_vectors"].shape[1] == width
     manifest = json.loads((out / "export.json").read_text())

@@ -39,7 +39,7 @@ def nip_export(nip_run: Path, sim_data: Path, tmp_path_factory: pytest.TempPathF
 
 
 def test_a_bad_retrieval_query_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="retrieval_query must be 'pooled' or 'nip'"):
+    with pytest.raises(ValueError, match="retrieval_query must be 'state', 'pooled' or 'nip'"):
         ArgusConfig(retrieval_query="ann")
     with pytest.raises(ValueError, match="needs the argus objective"):
         ArgusConfig(retrieval_query="nip", objective="sasrec")
@@ -64,9 +64,7 @@ def test_the_stored_query_asks_about_the_cut_off_and_the_runtime_one_nip_gap_lat
     assert manifest["as_of"] == as_of
     catalog = Catalog.from_events(events)
     with torch.no_grad():
-        e_item = model.item_embedding(
-            torch.from_numpy(catalog.ids), torch.from_numpy(catalog.artist_id)
-        ).numpy()
+        e_item = model.output_embedding(torch.from_numpy(catalog.ids)).numpy()
     items = np.load(nip_export / "retrieval_item_vectors.npy")
     np.testing.assert_allclose(items, e_item, rtol=0, atol=1e-6)
 

@@ -32,12 +32,16 @@ def batch_of(sim_data: Path, n: int = 6, length: int = 40) -> dict[str, torch.Te
     return make_batch(events, Spans(start, end, start), pad_to_multiple=1).to_torch()
 
 
-def test_the_query_is_the_mlp_of_the_mean_positive_item_so_far(sim_data: Path) -> None:
+@pytest.mark.parametrize("reads", ["pooled", "state"])
+def test_the_query_is_the_mlp_of_the_mean_positive_item_so_far(sim_data: Path, reads: str) -> None:
+    """``pooled``: the MLP of the mean positive item so far; ``state``: of it and the state."""
     torch.manual_seed(0)
-    model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=12)).eval()
+    cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=12, retrieval_query=reads)
+    model = Argus(cfg).eval()
     batch = batch_of(sim_data)
     with torch.no_grad():
         queries = model.retrieval_queries(batch)
+        h = model(batch)
         positive = positive_events(batch)
         for row in range(len(batch["lengths"])):
             for t in range(int(batch["lengths"][row])):
@@ -47,7 +51,8 @@ def test_the_query_is_the_mlp_of_the_mean_positive_item_so_far(sim_data: Path) -
                     if len(ids)
                     else torch.zeros(model.cfg.retrieval_dim)
                 )
-                expected = model.retrieval_head(mean)
+                read = torch.cat([mean, h[row, t]]) if reads == "state" else mean
+                expected = model.retrieval_head(read)
                 torch.testing.assert_close(queries[row, t], expected, rtol=0, atol=1e-5)
         # Padding never reaches a real position: the same rows, cut to their own lengths.
         for row in range(len(batch["lengths"])):

@@ -1,0 +1,303 @@
+"""What the backbone carries, measured from the outside on a simulated world.
+
+Each figure asks one question of a trained model against the simulator's truth
+(:class:`model.data.simulate.Truth`), on the held-out impression pairs of ``argus evaluate``
+(daily-snapshot states, pairs within a user-day, weighted by grade distance):
+
+* **token shares** — of the token before its norm, the variance each part brings (context, item,
+  feedback): a part with a tiny share is drowned, whatever it carries;
+* **linear probes** (ridge regression, 2-fold over users or items, R² over every output
+  dimension): the state after a user's last event before the window → their true taste (the genre
+  mixture's point) and, apart, their personal offset; the backbone's item embedding → the item's
+  true latent;
+* **PairAccuracy** of every score the model can give a held-out pair: the FP head's (target-aware)
+  with the user's own state and with another user's, the fine-tuned towers' whole score, their
+  personal part read from the state alone and the pooled-history shortcut's part alone; beside
+  MostPop and the oracle.
+
+:func:`diagnose` computes them all; ``benchmarks/backbone.py`` trains the models and prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.argus import FP_SCORE_SIGNS, Argus
+from model.data.batching import Spans, TemporalSplit, covering_spans, iter_batches
+from model.data.events import Events
+from model.data.simulate import Truth
+from model.evaluate import sample_users
+from model.finetune import (
+    Impressions,
+    ItemPopularity,
+    find_impressions,
+    group_pairs,
+    pair_accuracy,
+    pair_weight_table,
+)
+
+RIDGES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # penalties tried by :func:`ridge_r2`
+
+
+@dataclass(frozen=True)
+class States:
+    """The model's view at a set of event rows (sorted, unique): the hidden state after each
+    and, for a model with a retrieval space, the pooled-history taste there."""
+
+    rows: np.ndarray  # (N,) rows of the events table
+    h: torch.Tensor  # (N, D)
+    taste: torch.Tensor | None  # (N, R)
+
+    def at(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The states of ``rows`` (each one of :attr:`rows`)."""
+        index = torch.from_numpy(np.searchsorted(self.rows, rows))
+        return self.h[index], (self.taste[index] if self.taste is not None else None)
+
+
+@torch.no_grad()
+def states_at(model: Argus, events: Events, rows: np.ndarray, *, batch_size: int = 64) -> States:
+    """:class:`States` after each of ``rows``, each computed with as much of its user's history
+    as ``max_len`` allows (one pass per user, more where the rows span further)."""
+    needed = np.unique(rows)
+    device = next(model.parameters()).device
+    h = torch.zeros(len(needed), model.cfg.d_model)
+    taste = torch.zeros(len(needed), model.cfg.retrieval_dim) if model.has_retrieval else None
+    if len(needed):
+        _, offsets = events.user_offsets()
+        user = np.searchsorted(offsets, needed, side="right") - 1
+        first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+        a = np.minimum.reduceat(needed, first)
+        b = np.maximum.reduceat(needed, first) + 1
+        spans = covering_spans(offsets[user[first]], a, b, model.cfg.max_len)
+        for batch in iter_batches(events, spans, batch_size=batch_size):
+            wanted = batch.target_mask & np.isin(batch.row_index, needed)
+            tensors = batch.to_torch(device)
+            at = torch.from_numpy(np.searchsorted(needed, batch.row_index[wanted]))
+            mask = torch.from_numpy(wanted).to(device)
+            h[at] = model(tensors)[mask].float().cpu()
+            if taste is not None:
+                taste[at] = model.taste(tensors)[mask].float().cpu()
+    return States(needed, h, taste)
+
+
+def last_rows_before(events: Events, users: np.ndarray, before: int) -> np.ndarray:
+    """(U,) each user's last row before ``before`` (-1 where there is none); ``users``
+    ascending."""
+    keep = events.timestamp < before
+    rows = np.flatnonzero(keep)
+    ids = events.user_id[rows]
+    end = np.searchsorted(ids, users, side="right")
+    start = np.searchsorted(ids, users, side="left")
+    return np.where(end > start, rows[np.maximum(end - 1, 0)], -1)
+
+
+def ridge_r2(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> float:
+    """Held-out R² (over all of ``y``'s columns) of a ridge regression of ``y`` (N, k) on ``x``
+    (N, d), 2-fold: fit on one half, score the other, both ways; the best of :data:`RIDGES`
+    (penalties on standardised inputs, scaled by the sample size)."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    order = np.random.default_rng(seed).permutation(len(x))
+    folds = (order[: len(x) // 2], order[len(x) // 2 :])
+    best = -np.inf
+    for ridge in RIDGES:
+        residual, total = 0.0, 0.0
+        for train, test in (folds, folds[::-1]):
+            mean, std = x[train].mean(0), x[train].std(0) + 1e-9
+            a = (x[train] - mean) / std
+            b = (x[test] - mean) / std
+            y_mean = y[train].mean(0)
+            gram = a.T @ a + ridge * len(train) / 100 * np.eye(a.shape[1])
+            coef = np.linalg.solve(gram, a.T @ (y[train] - y_mean))
+            residual += float(((b @ coef + y_mean - y[test]) ** 2).sum())
+            total += float(((y[test] - y[test].mean(0)) ** 2).sum())
+        best = max(best, 1.0 - residual / total)
+    return float(best)
+
+
+@torch.no_grad()
+def token_shares(
+    model: Argus, events: Events, *, rows: int = 20_000, seed: int = 0
+) -> dict[str, float]:
+    """Each token part's share of the variance of the token before its norm (summed over
+    dimensions), over ``rows`` events drawn at random from whole-history chunks."""
+    _, offsets = events.user_offsets()
+    users = np.random.default_rng(seed).permutation(len(offsets) - 1)
+    end = offsets[1:][users]
+    start = np.maximum(offsets[:-1][users], end - model.cfg.max_len)  # each user's last chunk
+    enough = int(np.searchsorted(np.cumsum(end - start), rows)) + 1
+    spans = Spans(start[:enough], end[:enough], start[:enough].copy())
+    device = next(model.parameters()).device
+    sums: dict[str, list[torch.Tensor]] = {}
+    for batch in iter_batches(events, spans, batch_size=32):
+        tensors = batch.to_torch(device)
+        real = torch.from_numpy(batch.padding_mask).to(device)
+        for name, part in model.token_parts(tensors).items():
+            sums.setdefault(name, []).append(part[real].float().cpu())
+    variance = {name: float(torch.cat(parts).var(0).sum()) for name, parts in sums.items()}
+    whole = sum(variance.values())
+    return {name: v / whole for name, v in variance.items()}
+
+
+@dataclass(frozen=True)
+class HeldOutPairs:
+    """The test window's impressions of a sample of users and their pairs (``argus evaluate``'s
+    protocol)."""
+
+    events: Events  # the sampled users' events up to the end of the window
+    impressions: Impressions
+    hi: np.ndarray
+    lo: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def of(
+        cls, events: Events, split: TemporalSplit, *, users: int = 1_000, seed: int = 0
+    ) -> HeldOutPairs:
+        sample = split.until_end(events)
+        if users:
+            sample = sample_users(sample, split, users, seed)
+        found = find_impressions(sample, lag=86_400)
+        test = found.take(np.flatnonzero(split.in_test(sample.timestamp[found.row])))
+        hi, lo, w = group_pairs(test.group, test.grade, pair_weight_table())
+        return cls(sample, test, hi, lo, w)
+
+    def accuracy(self, scores: np.ndarray | torch.Tensor) -> float:
+        values = scores.numpy() if isinstance(scores, torch.Tensor) else scores
+        return pair_accuracy(np.asarray(values, np.float64), self.hi, self.lo, self.weight)
+
+    @property
+    def item_id(self) -> np.ndarray:
+        return self.events.item_id[self.impressions.row]
+
+
+@torch.no_grad()
+def fp_scores(
+    model: Argus, pairs: HeldOutPairs, h: torch.Tensor, state_rows: np.ndarray
+) -> torch.Tensor:
+    """(M,) the FP head's score of each impression from the states ``h`` (M, D), its context
+    embedded with its real gap to the state's event (``state_rows``): the like, full-listen
+    (played_ratio) logits minus the skip and dislike ones."""
+    ev, rows = pairs.events, pairs.impressions.row
+
+    def column(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values))
+
+    context = model.context(
+        column(ev.source[rows].astype(np.int64))[:, None],
+        column(ev.timestamp[rows])[:, None],
+        before=column(ev.timestamp[state_rows]),
+    )[:, 0]
+    item = model.item_embedding(column(ev.item_id[rows]), column(ev.artist_id[rows]))
+    signs = torch.tensor(FP_SCORE_SIGNS)
+    return (model.fp_logits(h, context, item) * signs).sum(-1)
+
+
+@torch.no_grad()
+def tower_parts(
+    model: Argus,
+    pairs: HeldOutPairs,
+    h: torch.Tensor,
+    taste: torch.Tensor | None,
+    popularity: ItemPopularity,
+) -> dict[str, torch.Tensor]:
+    """(M,) scores of the fine-tuned towers: ``towers`` (the served ``<u, v>``),
+    ``towers_state_only`` (the personal part read from the state alone, ``<P_u h - mean, v>``:
+    no taste, and the mean user's vector, an item prior, taken out) and ``shortcut_only`` (the
+    pooled-history taste's personal part alone)."""
+    ev, rows = pairs.events, pairs.impressions.row
+    item = torch.from_numpy(ev.item_id[rows])
+    artist = torch.from_numpy(ev.artist_id[rows])
+    v = model.item_vector(item, artist, popularity.log_counts(item))
+    u = model.user_vector(h, taste)
+    parts = {"towers": (u * v).sum(-1)}
+    zero_h = torch.zeros_like(h)
+    # The user vector is linear in h and in the taste (no bias), so each part is its own call
+    # with the other set to zero; the item prior's coordinate (1 in every u) is left out.
+    # A part is personal when it differs between users: the mean user's vector (the same for
+    # everyone, an item prior) is taken out of each.
+    state = model.user_vector(h, torch.zeros_like(taste) if taste is not None else None)
+    parts["towers_state_only"] = ((state - state.mean(0)) * v).sum(-1)
+    if taste is not None:
+        shortcut = model.user_vector(zero_h, taste)
+        parts["shortcut_only"] = ((shortcut - shortcut.mean(0)) * v).sum(-1)
+    return parts
+
+
+@torch.no_grad()
+def diagnose(
+    model: Argus,
+    events: Events,
+    truth: Truth,
+    split: TemporalSplit,
+    *,
+    users: int = 1_000,
+    seed: int = 0,
+    min_item_events: int = 20,
+) -> dict[str, float]:
+    """Every figure of the module docstring for ``model`` (pretrained, or fine-tuned with
+    towers) on ``events``' held-out window; keys as ``benchmarks.backbone`` writes them."""
+    model.eval()
+    out: dict[str, float] = {}
+    train = split.train(events)
+    out.update({f"token_share_{k}": v for k, v in token_shares(model, train, seed=seed).items()})
+
+    # Probes of the state at the cut-off, over every user with a history before it.
+    all_users = np.unique(train.user_id)
+    last = last_rows_before(train, all_users, split.split_time)
+    states = states_at(model, train, last)
+    h_cut = states.at(last)[0].numpy()
+    at_cut = np.full(len(all_users), split.split_time - 1)
+    taste = truth.user_latent(all_users, at_cut, offset=False)
+    offset = truth.user_latent(all_users, at_cut) - taste
+    out["probe_taste_r2"] = ridge_r2(h_cut, taste, seed=seed)
+    out["probe_offset_r2"] = ridge_r2(h_cut, offset, seed=seed)
+
+    # Probe of the item embedding over items with enough training events.
+    ids, counts = np.unique(train.item_id, return_counts=True)
+    for floor, key in (
+        (min_item_events, "probe_item_r2"),
+        (10 * min_item_events, "probe_item_r2_frequent"),
+    ):
+        chosen = ids[counts >= floor]
+        if len(chosen) >= 20:
+            emb = model.item_embedding(torch.from_numpy(chosen)).float().numpy()
+            out[key] = ridge_r2(emb, truth.item_latent(truth.item_rows(chosen)), seed=seed)
+
+    # PairAccuracy of every score on the held-out pairs.
+    pairs = HeldOutPairs.of(events, split, users=users, seed=seed)
+    out["pairs"] = float(len(pairs.hi))
+    state_rows = pairs.impressions.state
+    held = states_at(model, pairs.events, state_rows)
+    h, taste_at = held.at(state_rows)
+    if model.argus:
+        out["fp_pair_accuracy"] = pairs.accuracy(fp_scores(model, pairs, h, state_rows))
+        # another user's state: each impression's state from the next sampled user's snapshot
+        user = pairs.events.user_id[state_rows]
+        ids_u, first = np.unique(user, return_index=True)
+        other = np.roll(np.arange(len(ids_u)), 1)[np.searchsorted(ids_u, user)]
+        # that user's state on their own latest snapshot before the impression's day
+        swapped_rows = state_rows[first[other]]
+        h_other, _ = held.at(swapped_rows)
+        out["fp_pair_accuracy_other_user"] = pairs.accuracy(
+            fp_scores(model, pairs, h_other, state_rows)
+        )
+    if model.has_towers:
+        popularity = ItemPopularity.of(train)
+        parts = tower_parts(model, pairs, h, taste_at, popularity)
+        for name, scores in parts.items():
+            out[f"{name}_pair_accuracy"] = pairs.accuracy(scores)
+    ids_p, counts_p = train.positive_counts()
+    where = np.clip(np.searchsorted(ids_p, pairs.item_id), 0, max(len(ids_p) - 1, 0))
+    found = ids_p[where] == pairs.item_id if len(ids_p) else np.zeros(len(pairs.item_id), bool)
+    out["mostpop_pair_accuracy"] = pairs.accuracy(np.where(found, counts_p[where], 0).astype(float))
+    rows = pairs.impressions.row
+    out["oracle_pair_accuracy"] = pairs.accuracy(
+        truth.affinity(pairs.events.user_id[rows], pairs.item_id, pairs.events.timestamp[rows])
+    )
+    return out

@@ -1,0 +1,96 @@
+"""Backbone diagnostics: the probes, the token shares, the states they read, and
+``benchmarks.backbone`` end to end on a tiny world (a trained model's probes beat an untrained
+one's)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.argus import Argus, preset
+from model.data.batching import Spans, make_batch
+from model.data.events import read_events
+from model.diagnostics import last_rows_before, ridge_r2, states_at, token_shares
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ridge_r2_is_high_for_a_linear_target_and_near_zero_for_noise() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2_000, 8))
+    y = x @ rng.standard_normal((8, 3)) + 0.1 * rng.standard_normal((2_000, 3))
+    assert ridge_r2(x, y) > 0.98
+    assert abs(ridge_r2(x, rng.standard_normal((2_000, 3)))) < 0.02
+
+
+def test_token_shares_sum_to_one_and_no_part_of_the_balanced_token_is_drowned(
+    sim_data: Path,
+) -> None:
+    events = read_events(sim_data)
+    torch.manual_seed(0)
+    shares = token_shares(Argus(preset("argus-tiny")).eval(), events, rows=2_000)
+    assert set(shares) == {"context", "item", "feedback", "signed_item"}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["item"] > 0.2  # the earlier fusion gave the item about 1%
+    legacy = Argus(preset("argus-tiny", fusion="concat", fp_dot=False)).eval()
+    assert token_shares(legacy, events, rows=2_000)["item"] < 0.05
+
+
+def test_states_at_rows_equal_a_forward_pass_over_the_history(sim_data: Path) -> None:
+    events = read_events(sim_data)
+    torch.manual_seed(0)
+    model = Argus(preset("argus-tiny", retrieval_dim=4, tower_dim=4)).eval()
+    users = np.unique(events.user_id)[:5]
+    cut = int(np.median(events.timestamp))
+    rows = last_rows_before(events, users, cut)
+    assert (rows >= 0).all()
+    assert (events.timestamp[rows] < cut).all() and (events.user_id[rows] == users).all()
+    nxt = rows + 1
+    later = (nxt < len(events)) & (events.user_id[np.minimum(nxt, len(events) - 1)] == users)
+    assert (events.timestamp[nxt[later]] >= cut).all()  # each the last one before the cut
+    states = states_at(model, events, rows)
+    _, offsets = events.user_offsets()
+    for user, row in zip(users.tolist(), rows.tolist(), strict=True):
+        start = offsets[np.searchsorted(np.unique(events.user_id), user)]
+        start = max(int(start), row + 1 - model.cfg.max_len)
+        span = Spans(np.array([start]), np.array([row + 1]), np.array([start]))
+        with torch.no_grad():
+            h = model(make_batch(events, span).to_torch())[0, row - start]
+        torch.testing.assert_close(states.at(np.array([row]))[0][0], h, rtol=0, atol=1e-5)
+
+
+def test_the_backbone_benchmark_shows_a_trained_model_s_probes_beat_an_untrained_one_s(
+    tmp_path: Path,
+) -> None:
+    """``python -m benchmarks.backbone`` as a user runs it, on a tiny world."""
+    argv = ["--users", "400", "--items", "1500", "--days", "14", "--epochs", "6"]
+    argv += ["--finetune-steps", "60", "--max-len", "128", "--sample", "200"]
+    command = [sys.executable, "-m", "benchmarks.backbone", *argv, "--work", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2_000:]
+    results = json.loads((tmp_path / "backbone.json").read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1])["pairs"] == results["pairs"]
+    stages = results["stages"]
+    for key in ("probe_taste_r2", "probe_item_r2"):
+        assert stages["pretrained"][key] > stages["untrained"][key] + 0.02, key
+    required = [
+        "token_share_item",
+        "probe_taste_r2",
+        "probe_offset_r2",
+        "probe_item_r2",
+        "fp_pair_accuracy",
+        "fp_pair_accuracy_other_user",
+        "towers_pair_accuracy",
+        "towers_state_only_pair_accuracy",
+        "shortcut_only_pair_accuracy",
+        "mostpop_pair_accuracy",
+        "oracle_pair_accuracy",
+    ]
+    assert all(k in results for k in required), set(required) - set(results)
+    assert "| probe R², state → taste |" in (tmp_path / "backbone.md").read_text()
