@@ -142,13 +142,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pretrain-set", action="append", default=[], help="key=value")
     parser.add_argument("--finetune-set", action="append", default=[], help="key=value")
     parser.add_argument("--sample", type=int, default=1_000, help="users of the held-out pairs")
+    parser.add_argument(
+        "--sample-seed", type=int, default=0, help="their seed (0: argus evaluate's sample)"
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/backbone")
     args = parser.parse_args(argv)
     args.model = ["hash_rows=65536"] if args.model is None else args.model
     args.work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     data, pre, fine = train(args)
-    stages = measure(data, pre, fine, args.sample, args.seed)
+    stages = measure(data, pre, fine, args.sample, args.sample_seed)
     served = stages["finetuned"]
     results = {
         **{k: v for k, v in served.items() if k != "pairs"},

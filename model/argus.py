@@ -11,8 +11,11 @@ arXiv 2507.15994), in its "simplified ARGUS" form (DESIGN.md §4):
 
 Deviations from the paper: the item embedding is a *unified hashed* table shared by items and
 artists (different salts), used both as input and as NIP output embedding; the time gap enters the
-context as a linear feature of ``log1p(gap)``. ``objective="sasrec"`` uses the same backbone with
-item-only tokens and an MLP(h_t) query (the SASRec baseline).
+context as a linear feature of ``log1p(gap)``. The token is *balanced* (:class:`TokenFusion`): each
+part is projected and normalised on its own, and the item as its feedback signs it is a fourth
+part. NIP scores cosines, ``cos(q, o_j) / T``. Each FP logit adds a dot term ``<W_k h_t, e_item>``.
+(docs/backbone.md measures why each.) ``objective="sasrec"`` uses the same backbone with item-only
+tokens and an MLP(h_t) query (the SASRec baseline).
 
 ``forward`` returns hidden states; the heads are separate methods so that training, evaluation and
 export each call only what they need (STYLE.md 4).

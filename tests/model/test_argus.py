@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,64 @@ def test_the_retrieval_query_ends_with_the_trend_weight_which_starts_at_zero() -
     assert plain.retrieval_query(taste).shape == (3, 5, 6) and not hasattr(plain, "trend_head")
     with pytest.raises(ValueError, match="reads the state: pass h"):
         model.retrieval_query(taste)
+
+
+def test_the_balanced_token_normalises_each_part_and_the_signed_item_follows_the_feedback() -> None:
+    model = tiny()
+    batch = batch_of()
+    parts = model.token_parts(batch)
+    assert set(parts) == {"context", "item", "feedback", "signed_item"}
+    for name, part in parts.items():  # each part's own norm: unit RMS per token at init
+        rms = part.pow(2).mean(-1).sqrt()
+        assert torch.allclose(rms, torch.ones_like(rms), atol=1e-3), name
+    sum_of_parts = sum(parts.values(), torch.zeros(()))
+    torch.testing.assert_close(model.tokens(batch), model.token_norm(sum_of_parts))
+    liked = {**batch, "liked": ~batch["liked"]}  # the same items with other feedback
+    changed = model.token_parts(liked)
+    assert torch.equal(changed["item"], parts["item"])
+    assert not torch.allclose(changed["signed_item"], parts["signed_item"])
+
+
+def test_nip_scores_cosines_and_the_fp_head_adds_a_dot_term() -> None:
+    model = tiny()
+    h, ctx = torch.randn(5, 32), torch.randn(5, 32)
+    q = model.nip_query(h, ctx)
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(5))
+    out = model.output_embedding(torch.arange(1, 8))
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(7))
+    item = torch.randn(5, 32)
+    with torch.no_grad():
+        mlp = model.fp_head(torch.cat([h, ctx, item], -1))
+        dot = (model.fp_dot(h).view(5, 4, 32) * item[:, None]).sum(-1)
+        torch.testing.assert_close(model.fp_logits(h, ctx, item), mlp + dot)
+    plain = tiny(fp_dot=False, nip_cosine=False)
+    assert not hasattr(plain, "fp_dot")
+    assert not torch.allclose(plain.nip_query(h, ctx).norm(dim=-1), torch.ones(5))
+
+
+def test_a_checkpoint_from_before_the_balanced_token_loads_as_it_was_trained(
+    tmp_path: Path,
+) -> None:
+    from model.checkpoint import load_model, save_checkpoint
+
+    legacy = tiny(fusion="concat", fp_dot=False, nip_cosine=False, fp_weight=1.0)
+    path = save_checkpoint(tmp_path / "checkpoint.pt", legacy)
+    state = torch.load(path, weights_only=True)
+    for name in ("fusion", "fp_dot", "nip_cosine", "tower_taste"):  # not written back then
+        del state["model_config"][name]
+    torch.save(state, path)
+    loaded, _ = load_model(path)
+    assert loaded.cfg == legacy.cfg
+    batch = batch_of()
+    torch.testing.assert_close(loaded(batch), legacy(batch))
+
+
+def test_towers_without_the_taste_read_the_state_alone() -> None:
+    model = tiny(tower_dim=8, retrieval_dim=6, tower_taste=False, item_prior=True)
+    assert not hasattr(model, "user_taste") and model.cfg.ranking_dim == 8
+    h = torch.randn(4, 32)
+    u = model.user_vector(h, torch.randn(4, 6))
+    torch.testing.assert_close(u, model.user_vector(h, torch.randn(4, 6)))  # taste ignored
+    assert (u[:, -1] == 1).all()  # the item prior's coordinate
+    with pytest.raises(ValueError, match="taste_shortcut needs"):
+        preset("argus-tiny", tower_dim=8, retrieval_dim=6, tower_taste=False, taste_shortcut=True)
