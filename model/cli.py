@@ -429,6 +429,24 @@ def convert_ml100k(
     typer.echo(run(src, out).line("ml-100k", out))
 
 
+@convert.command("kuairand")
+@fails_cleanly
+def convert_kuairand(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="A KuaiRand directory (log_standard_*.csv, log_random_*.csv) or one CSV/TSV "
+            "file of its rows."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="Output directory for events.parquet.")],
+) -> None:
+    """KuaiRand: every row a recommended impression with its like/hate and play ratio."""
+    from model.data.convert import convert_kuairand as run
+
+    typer.echo(run(src, out).line("kuairand", out))
+
+
 @convert.command("yambda")
 @fails_cleanly
 def convert_yambda(

@@ -2,6 +2,12 @@
 
 * **MovieLens-100K** (``u.data``: ``user item rating timestamp``, tab-separated): every rating is an
   organic event, ``liked = rating >= 4``, ``disliked = rating <= 2``, ``played_ratio`` NaN.
+* **KuaiRand** (Kuaishou's short-video logs, Gao et al., CIKM 2022): its ``log_standard_*.csv``
+  and ``log_random_*.csv`` files, or any CSV/TSV file of their rows (such as a like-vs-hate subset
+  whose ``label`` is 1 for a like and 0 for a hate). Every row is a recommended impression:
+  ``source`` 1, or 2 where ``is_rand`` is 1 (the randomly exposed videos); ``liked = is_like``,
+  ``disliked = is_hate``; ``played_ratio = play_time_ms / duration_ms`` (NaN where the duration is
+  0, at most 10); ``timestamp = time_ms // 1000``; no artist.
 * **Yandex Yambda**, flat layout: ``listens.parquet``, ``likes.parquet``, ``dislikes.parquet``
   (``uid, timestamp, item_id, is_organic`` plus ``played_ratio_pct, track_length_seconds`` on
   listens), or ``multi_event.parquet`` with all of them and an ``event_type`` column. ``is_organic
@@ -282,3 +288,62 @@ def _artist_ids(src: Path, mapping: str | Path | None, item_id: np.ndarray) -> n
     items, artists = items[order], artists[order]
     position = np.clip(np.searchsorted(items, item_id), 0, len(items) - 1)
     return np.where(items[position] == item_id, artists[position], -1)
+
+
+KUAIRAND_REQUIRED = ("user_id", "video_id", "time_ms", "play_time_ms", "duration_ms")
+
+
+def _kuairand_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    files = sorted(src.glob("log_standard_*.csv")) + sorted(src.glob("log_random_*.csv"))
+    files = files or sorted([*src.glob("*.csv"), *src.glob("*.tsv")])
+    if not files:
+        raise FileNotFoundError(f"{src}: no log_standard_*.csv, log_random_*.csv, *.csv or *.tsv")
+    return files
+
+
+def _read_kuairand(file: Path) -> dict[str, np.ndarray]:
+    """One KuaiRand file's columns as numpy arrays (feedback as ``is_like``/``is_hate``)."""
+    delimiter = "\t" if file.suffix == ".tsv" else ","
+    table = pacsv.read_csv(file, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    names = set(table.column_names)
+    missing = [c for c in KUAIRAND_REQUIRED if c not in names]
+    if "label" not in names and not {"is_like", "is_hate"} <= names:
+        missing.append("is_like and is_hate (or label)")
+    if missing:
+        raise ValueError(f"{file}: not a KuaiRand log, missing column(s) {', '.join(missing)}")
+    columns = {name: table.column(name).to_numpy() for name in KUAIRAND_REQUIRED}
+    if "label" in names:
+        label = table.column("label").to_numpy()
+        columns["is_like"], columns["is_hate"] = label == 1, label == 0
+    else:
+        columns["is_like"] = table.column("is_like").to_numpy() == 1
+        columns["is_hate"] = table.column("is_hate").to_numpy() == 1
+    is_rand = table.column("is_rand").to_numpy() if "is_rand" in names else None
+    columns["is_rand"] = np.zeros(len(table), bool) if is_rand is None else is_rand == 1
+    return columns
+
+
+def convert_kuairand(src: str | Path, out: str | Path) -> ConvertSummary:
+    """Convert KuaiRand logs in ``src`` (a directory or one file) to ``out/events.parquet``."""
+    parts = [_read_kuairand(f) for f in _kuairand_files(Path(src))]
+    c = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    duration = c["duration_ms"].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(duration > 0, c["play_time_ms"] / duration, np.nan)
+    user, item = c["user_id"].astype(np.int64), c["video_id"].astype(np.int64)
+    timestamp = c["time_ms"].astype(np.int64) // 1000
+    order = np.lexsort((item, timestamp, user))
+    events = Events.from_arrays(
+        user_id=user[order],
+        item_id=item[order],
+        timestamp=timestamp[order],
+        source=np.where(c["is_rand"], 2, 1).astype(np.int16)[order],
+        artist_id=np.full(len(order), -1, np.int64),
+        played_ratio=np.minimum(ratio, MAX_PLAYED_RATIO).astype(np.float32)[order],
+        liked=c["is_like"][order],
+        disliked=c["is_hate"][order],
+    )
+    write_events(events, out)
+    return _summary(events)

@@ -201,3 +201,62 @@ def test_yambda_missing_file_or_column_is_named(tmp_path: Path) -> None:
     pq.write_table(table(DISLIKES).drop_columns(["is_organic"]), src / "dislikes.parquet")
     with pytest.raises(ValueError, match=r"dislikes\.parquet: missing column 'is_organic'"):
         convert_yambda(src, tmp_path / "out")
+
+
+# -- KuaiRand ------------------------------------------------------------------------------------
+
+KUAIRAND_HEADER = "user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_hate,long_view,"
+KUAIRAND_HEADER += "play_time_ms,duration_ms,is_rand\n"
+
+
+def test_kuairand_own_layout_and_a_label_subset_give_impressions_with_feedback(
+    tmp_path: Path,
+) -> None:
+    logs = tmp_path / "kuairand"
+    logs.mkdir()
+    (logs / "log_standard_4_08_to_4_21.csv").write_text(
+        KUAIRAND_HEADER
+        + "7,100,20220408,1000,1649412000500,1,1,0,1,9000,10000,0\n"
+        + "7,101,20220408,1000,1649411000999,0,0,1,0,1000,0,0\n"
+        + "3,100,20220409,1100,1649500000000,1,0,0,0,30000,10000,0\n"
+    )
+    (logs / "log_random_4_22_to_5_08.csv").write_text(
+        KUAIRAND_HEADER + "3,102,20220422,0900,1650600000000,1,1,0,1,5000,20000,1\n"
+    )
+    result = CliRunner().invoke(app, ["convert", "kuairand", str(logs), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    events = read_events(tmp_path / "out")
+    assert events.user_id.tolist() == [3, 3, 7, 7] and events.item_id.tolist() == [
+        100,
+        102,
+        101,
+        100,
+    ]
+    assert events.timestamp.tolist() == [1649500000, 1650600000, 1649411000, 1649412000]
+    assert events.source.tolist() == [1, 2, 1, 1]  # the randomly exposed video: source 2
+    assert events.liked.tolist() == [False, True, False, True]
+    assert events.disliked.tolist() == [False, False, True, False]
+    ratio = events.played_ratio.tolist()
+    assert ratio[0] == 3.0 and ratio[1] == 0.25 and np.isnan(ratio[2])
+    assert ratio[3] == pytest.approx(0.9)
+    assert (events.artist_id == -1).all()
+
+    subset = tmp_path / "subset.tsv"  # the like-vs-hate layout: label 1 a like, 0 a hate
+    subset.write_text(
+        "user_id\tvideo_id\ttime_ms\tplay_time_ms\tduration_ms\tlabel\n"
+        "5\t9\t1649412000000\t100\t1000\t1\n5\t8\t1649412100000\t100\t1000\t0\n"
+    )
+    result = CliRunner().invoke(app, ["convert", "kuairand", str(subset), str(tmp_path / "sub")])
+    assert result.exit_code == 0, result.output
+    events = read_events(tmp_path / "sub")
+    assert events.liked.tolist() == [True, False] and events.disliked.tolist() == [False, True]
+
+
+def test_kuairand_missing_columns_are_named_and_nothing_is_written(tmp_path: Path) -> None:
+    bad = tmp_path / "log_standard_bad.csv"
+    bad.write_text("user_id,video_id,time_ms\n1,2,3\n")
+    result = CliRunner().invoke(app, ["convert", "kuairand", str(bad), str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "log_standard_bad.csv" in result.output and "play_time_ms" in result.output
+    assert "is_like and is_hate (or label)" in result.output
+    assert not (tmp_path / "out").exists()
