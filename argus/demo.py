@@ -118,7 +118,10 @@ def demo(
     users: Annotated[int, typer.Option(help="Simulated users.")] = 5_000,
     items: Annotated[int, typer.Option(help="Simulated items.")] = 20_000,
     days: Annotated[int, typer.Option(help="Simulated days.")] = 30,
-    pretrain_steps: Annotated[int, typer.Option(help="Pretraining steps.")] = 300,
+    pretrain_epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 2,
+    pretrain_steps: Annotated[
+        int, typer.Option(help="Pretraining steps, instead of epochs when > 0.")
+    ] = 0,
     finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 600,
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
@@ -143,8 +146,8 @@ def demo(
             preset="argus-tiny",
             model="hash_rows=65536",
             max_len=256,
-            batch_size=16,
-            max_steps=pretrain_steps,
+            batch_size=8,
+            **({"max_steps": pretrain_steps} if pretrain_steps else {"epochs": pretrain_epochs}),
         ),
     )
     stage(
@@ -198,11 +201,11 @@ def demo(
             wait_ready(process, base)
         except RuntimeError as error:
             raise SystemExit(f"argus demo: {error}") from None
-        from argus.replay import quick_recall
+        from argus.replay import quick_replay
         from index.bundle import Bundle
         from model.data.events import read_events
 
-        replayed = quick_recall(base, read_events(p.data), Bundle.open(bundle, with_index=False))
+        replayed = quick_replay(base, read_events(p.data), Bundle.open(bundle, with_index=False))
         print(f"\nargus demo: {replayed.line()}", flush=True)
         lines = examples(base, bundle, token)
         print("\nargus demo: serving on " + base + " (API docs at /docs). Try:\n", flush=True)

@@ -177,38 +177,54 @@ def popularity_scores(history: Events, pairs: Pairs, start: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class QuickRecall:
+class QuickReplay:
     users: int
     k: int
-    service: float
-    popular: float
+    service: float  # /candidates recall@k
+    popular: float  # MostPop's
+    pairs: int  # impression pairs of those users in the window
+    pair_accuracy: float  # /score's
+    popular_pair_accuracy: float  # MostPop's
     seconds: float
 
     def line(self) -> str:
-        verdict = "better" if self.service > self.popular else "NOT better"
+        def verdict(ours: float, theirs: float) -> str:
+            return "better" if ours > theirs else "NOT better"
+
         return (
             f"/candidates recall@{self.k} {self.service:.3f} vs most popular {self.popular:.3f} "
-            f"({self.service / max(self.popular, 1e-9):.2f}x, {verdict}) on the next 7 days' "
-            f"positives of {self.users:,} users, replayed over HTTP in {self.seconds:.1f} s"
+            f"({self.service / max(self.popular, 1e-9):.2f}x, "
+            f"{verdict(self.service, self.popular)}); /score PairAccuracy "
+            f"{self.pair_accuracy:.4f} vs most popular {self.popular_pair_accuracy:.4f} "
+            f"({verdict(self.pair_accuracy, self.popular_pair_accuracy)}, {self.pairs:,} pairs) "
+            f"on the next 7 days of {self.users:,} users, replayed over HTTP in "
+            f"{self.seconds:.1f} s"
         )
 
 
-def quick_recall(
+def quick_replay(
     url: str, events: Events, bundle: Bundle, *, users: int = 400, k: int = 100, seed: int = 0
-) -> QuickRecall:
-    """A few seconds of replay: ``/candidates`` for ``users`` users with positives in the 7 days
-    after the bundle's training cut-off, against the most-popular list of the same data."""
+) -> QuickReplay:
+    """A few seconds of replay, for ``users`` users with positives in the 7 days after the
+    bundle's training cut-off: ``/candidates`` recall of those positives and ``/score``
+    PairAccuracy of their impressions (pairs within a user-day), each against MostPop."""
     import time
 
     began = time.perf_counter()
-    window = WindowTargets.of(events, int(bundle.manifest["trained_until"]), users=users, seed=seed)
-    served = candidates(Client(url), window, k, new=False)
+    start = int(bundle.manifest["trained_until"])
+    window = WindowTargets.of(events, start, users=users, seed=seed)
+    client = Client(url)
+    served = candidates(client, window, k, new=False)
     popular = popular_ranking(events, window, k, exclude_seen=False)
-    return QuickRecall(
+    pairs = Pairs.of(events, window.users, start, days=7.0)
+    return QuickReplay(
         users=len(window),
         k=k,
         service=recall(served.all, window.items, k),
         popular=recall(popular, window.items, k),
+        pairs=len(pairs.hi),
+        pair_accuracy=pairs.accuracy(score_pairs(client, pairs)),
+        popular_pair_accuracy=pairs.accuracy(popularity_scores(events, pairs, start)),
         seconds=time.perf_counter() - began,
     )
 

@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from model.config import apply_overrides
 from model.data.convert import convert_ml100k
 from model.data.events import read_events, write_events
 from model.evaluate import EvalConfig, evaluate
@@ -50,6 +51,10 @@ def main() -> None:
         help="keep the positive ratings only (every event a like, no negatives): both objectives "
         "then see the same events, and the extra inputs of ARGUS carry nothing",
     )
+    parser.add_argument(
+        "--model", action="append", default=[], help="key=value over MODEL, both objectives"
+    )
+    parser.add_argument("--set", action="append", default=[], help="key=value training setting")
     parser.add_argument("--out", type=Path, default=None, help="runs/bench/ml100k[-positives]")
     args = parser.parse_args()
     args.out = args.out or ROOT / (
@@ -69,21 +74,24 @@ def main() -> None:
             out = args.out / f"seed{seed}" / objective
             for stale in (out / "checkpoint.pt", out / "metrics.jsonl"):
                 stale.unlink(missing_ok=True)
-            config = PretrainConfig(
-                data=str(data),
-                out=str(out),
-                preset="argus-tiny",
-                objective=objective,
-                model=MODEL,
-                max_len=args.max_len,
-                batch_size=args.batch_size,
-                max_steps=args.steps,
-                lr=args.lr,
-                test_days=0,
-                test_fraction=0.2,
-                seed=seed,
-                log_every=50,
-                checkpoint_every=10**9,
+            config = apply_overrides(
+                PretrainConfig(
+                    data=str(data),
+                    out=str(out),
+                    preset="argus-tiny",
+                    objective=objective,
+                    model=(*MODEL, *args.model),
+                    max_len=args.max_len,
+                    batch_size=args.batch_size,
+                    max_steps=args.steps,
+                    lr=args.lr,
+                    test_days=0,
+                    test_fraction=0.2,
+                    seed=seed,
+                    log_every=50,
+                    checkpoint_every=10**9,
+                ),
+                args.set,
             )
             print(pretrain(config, progress=True).line())
             runs.append(out)
@@ -116,7 +124,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "max_len": args.max_len,
         "lr": args.lr,
-        "model": list(MODEL),
+        "model": [*MODEL, *args.model],
+        "settings": args.set,
         "positives_only": args.positives_only,
         "ranking_targets": report["ranking_targets"],
         "catalog_size": report["catalog_size"],

@@ -84,19 +84,23 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
         done = (data / "events.parquet").exists()
         stage(done, "simulate", *sizes, *options(out=data), "--quiet")
     split = options(test_fraction=0.2) if args.ml100k else []  # else the last 7 days
-    shared = options(data=data, batch_size=args.batch_size) + split + ["--quiet"]
-    model = options(preset=args.preset, max_len=args.max_len, max_steps=args.pretrain_steps)
+    shared = options(data=data) + split + ["--quiet"]
+    schedule = (
+        options(epochs=args.pretrain_epochs)
+        if args.pretrain_epochs
+        else options(max_steps=args.pretrain_steps)
+    )
+    model = [*options(preset=args.preset, max_len=args.max_len), *schedule]
     stage(
         (pre / "checkpoint.pt").exists(),
         "pretrain",
         *shared,
         *model,
-        *options(out=pre),
+        *options(out=pre, batch_size=args.pretrain_batch_size),
         *options(model=f"hash_rows={args.hash_rows}"),
     )
-    tune = options(init=pre, out=fine, max_steps=args.finetune_steps)
-    if args.retrieval_query != "pooled":
-        tune += options(model=f"retrieval_query={args.retrieval_query}")
+    tune = options(init=pre, out=fine, max_steps=args.finetune_steps, batch_size=args.batch_size)
+    tune += options(model=f"retrieval_query={args.retrieval_query}")
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
     stage(
         export.exists(),
@@ -214,6 +218,16 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         }
         for name, r in rankings.items()
     }
+    # Users with a history before the window apart: the only ones a model can tell apart from
+    # the crowd (on ML-100K most window users are new).
+    known = np.flatnonzero([len(seen) > 0 for seen in window.seen])
+    results["with_history"] = {
+        "users": len(known),
+        "recall@100": {
+            name: recall([r.all[i] for i in known], [window.items[i] for i in known], 100)
+            for name, r in rankings.items()
+        },
+    }
     results["pair_accuracy"] = {name: pairs.accuracy(s) for name, s in scores.items()}
     results["sources"] = served.sources
     results["service_equals_offline_scores"] = bool(
@@ -245,6 +259,10 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| recall@{k} ({part}) | " + " | ".join(row) + " |")
     acc = [f"{r['pair_accuracy'][n]:.4f}" if n in r["pair_accuracy"] else "—" for n in names]
     lines.append("| /score PairAccuracy | " + " | ".join(acc) + " |")
+    known = r["with_history"]
+    row = [f"{known['recall@100'][n]:.3f}" for n in names]
+    label = f"recall@100, the {known['users']:,} users with a history"
+    lines.append(f"| {label} | " + " | ".join(row) + " |")
     if "realtime" in r:
         rt = r["realtime"]
         lines += [
@@ -311,7 +329,9 @@ def main() -> None:
     parser.add_argument("--hash-rows", type=int, default=131_072)
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pretrain-epochs", type=int, default=2, help="0: --pretrain-steps")
     parser.add_argument("--pretrain-steps", type=int, default=600)
+    parser.add_argument("--pretrain-batch-size", type=int, default=8)
     parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument("--sample", type=int, default=2_000)
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
@@ -320,17 +340,20 @@ def main() -> None:
     )
     parser.add_argument(
         "--retrieval-query",
-        choices=("pooled", "nip"),
-        default="pooled",
-        help="what answers /candidates: the retrieval space (pooled history) or the NIP head",
+        choices=("state", "pooled", "nip"),
+        default="state",
+        help="what answers /candidates: the retrieval space's query of the state beside the "
+        "pooled history, of the pooled history alone, or the NIP head",
     )
-    parser.add_argument("--work", type=Path, default=None, help="runs/bench/replay[-ml100k][-nip]")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="runs/bench/replay[-ml100k][-pooled|-nip]"
+    )
     parser.add_argument(
         "--ml100k", action="store_true", help="Replay MovieLens-100K (last 20%% of time) instead."
     )
     args = parser.parse_args()
     suffix = ("-ml100k" if args.ml100k else "") + (
-        "" if args.retrieval_query == "pooled" else f"-{args.retrieval_query}"
+        "" if args.retrieval_query == "state" else f"-{args.retrieval_query}"
     )
     args.work = args.work or ROOT / f"runs/bench/replay{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,8 @@ def test_demo_serves_and_its_curl_examples_answer_200(demo: tuple[Demo, Path, st
     assert len(replay) == 1, running.lines[-30:]
     found = re.search(r"recall@100 (\d\.\d{3}) vs most popular (\d\.\d{3})", replay[0])
     assert found and 0.0 < float(found[1]) <= 1.0 and 0.0 < float(found[2]) <= 1.0, replay[0]
+    pairs = re.search(r"PairAccuracy (\d\.\d{4}) vs most popular (\d\.\d{4})", replay[0])
+    assert pairs and 0.0 < float(pairs[1]) < 1.0 and 0.0 < float(pairs[2]) < 1.0, replay[0]
     examples = [line for line in running.lines if line.startswith("curl ")]
     assert len(examples) == 4 and any("/events" in e for e in examples)
     for example in examples:

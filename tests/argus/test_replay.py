@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from argus.replay import Client, Pairs, candidates, offline, quick_recall, score_pairs
+from argus.replay import Client, Pairs, candidates, offline, quick_replay, score_pairs
 from index.bundle import Bundle, list_versions
 from model.contract import DAY
 from model.data.events import Events, read_events
@@ -98,13 +98,17 @@ def test_pairs_are_impressions_of_one_user_and_day_ordered_by_grade(
     assert pairs.accuracy(highest) < 1.0
 
 
-def test_quick_recall_is_the_demos_line(served: tuple[str, Bundle], sim_data: Path) -> None:
+def test_quick_replay_is_the_demos_line(served: tuple[str, Bundle], sim_data: Path) -> None:
     url, bundle = served
-    measured = quick_recall(url, read_events(sim_data), bundle, users=25, k=20)
+    measured = quick_replay(url, read_events(sim_data), bundle, users=25, k=20)
     assert (
         measured.users == 25 and 0.0 <= measured.popular <= 1.0 and 0.0 <= measured.service <= 1.0
     )
+    assert measured.pairs > 0
+    assert 0.0 <= measured.pair_accuracy <= 1.0 and 0.0 <= measured.popular_pair_accuracy <= 1.0
+    line = measured.line()
+    assert f"recall@20 {measured.service:.3f} vs most popular {measured.popular:.3f}" in line
     assert (
-        f"recall@20 {measured.service:.3f} vs most popular {measured.popular:.3f}"
-        in measured.line()
+        f"PairAccuracy {measured.pair_accuracy:.4f} vs most popular "
+        f"{measured.popular_pair_accuracy:.4f}" in line
     )

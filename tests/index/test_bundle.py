@@ -38,8 +38,8 @@ def test_a_bundle_holds_exactly_the_design_files_and_the_export(
     retrieval_dim = space + 1  # the retrieval space's own width and its trend column
     assert space > 0 and manifest["retrieval_dim"] == retrieval_dim
     config = manifest["model_config"]
-    assert config["tower_dim"] == 24 and config["taste_shortcut"] and config["retrieval_trend"]
-    assert manifest["dim"] == 24 + space  # the ranking part: towers and taste shortcut
+    assert config["tower_dim"] == 24 and not config["tower_taste"] and config["retrieval_trend"]
+    assert manifest["dim"] == 24  # the ranking part: the towers, which read the state alone
     hnsw = manifest["hnsw"]
     assert hnsw["M"] == 16 and hnsw["k"] == 20 and hnsw["recall"] >= hnsw["target_recall"]
     for name in (*BUNDLE_FILES, STEP_FILE):
