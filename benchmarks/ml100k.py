@@ -22,11 +22,11 @@ from pathlib import Path
 from model.config import apply_overrides
 from model.data.convert import convert_ml100k
 from model.data.events import read_events, write_events
+from model.data.fetch import ml100k
 from model.evaluate import EvalConfig, evaluate
 from model.train import PretrainConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 MODEL = (
     "d_model=64",
     "n_layers=2",
@@ -62,7 +62,7 @@ def main() -> None:
     )
 
     data = args.out / "data"
-    convert_ml100k(ML100K, data)
+    convert_ml100k(ml100k(), data)
     if args.positives_only:
         events = read_events(data)
         write_events(events.take(events.positive), data)

@@ -52,6 +52,7 @@ from index.store import publish
 from model.contract import DAY
 from model.data.convert import convert_ml100k
 from model.data.events import read_events
+from model.data.fetch import ml100k
 from model.data.simulate import Truth
 from model.window import (
     WindowTargets,
@@ -66,7 +67,6 @@ from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGUS = str(Path(sys.executable).with_name("argus"))
-ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 KS = (10, 20, 50, 100, 200, 500)
 TREND = 7 * DAY  # the Trending baseline: MostPop of the last week first
 
@@ -78,7 +78,7 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     )
     if args.ml100k:
         if not (data / "events.parquet").exists():
-            convert_ml100k(ML100K, data)
+            convert_ml100k(ml100k(), data)
     else:
         sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
         done = (data / "events.parquet").exists()

@@ -1,6 +1,7 @@
 """Loaders that map public data sets onto the event schema (DESIGN.md §3).
 
-* **MovieLens-100K** (``u.data``: ``user item rating timestamp``, tab-separated): every rating is an
+* **MovieLens-100K** (``u.data``: ``user item rating timestamp``, tab-separated; or RecBole's
+  ``ml-100k.inter``, the same rows under a header line): every rating is an
   organic event, ``liked = rating >= 4``, ``disliked = rating <= 2``, ``played_ratio`` NaN.
 * **KuaiRand** (Kuaishou's short-video logs, Gao et al., CIKM 2022): its ``log_standard_*.csv``
   and ``log_random_*.csv`` files, or any CSV/TSV file of their rows (such as a like-vs-hate subset
@@ -26,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from model.data.events import EVENTS_FILE, MAX_PLAYED_RATIO, Events, write_events
+from model.contract import MAX_PLAYED_RATIO
+from model.data.events import EVENTS_FILE, Events, write_events
 
 
 @dataclass(frozen=True)
@@ -61,23 +64,21 @@ def _summary(events: Events, **feedback: int) -> ConvertSummary:
 
 
 def convert_ml100k(src: str | Path, out: str | Path) -> ConvertSummary:
-    """Convert MovieLens-100K's ``u.data`` in ``src`` to ``out/events.parquet``."""
-    path = Path(src) / "u.data"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (expected the MovieLens-100K directory)")
+    """Convert MovieLens-100K to ``out/events.parquet``.
+
+    ``src`` is GroupLens' ``u.data`` or RecBole's ``ml-100k.inter`` (the same rows under a header
+    line), or a directory holding either.
+    """
+    path = _ml100k_file(Path(src))
+    header = path.suffix == ".inter"
+    names = ["user_id", "item_id", "rating", "timestamp"]
     table = pacsv.read_csv(
         path,
-        read_options=pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"]),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=int(header)),
         parse_options=pacsv.ParseOptions(delimiter="\t"),
-        convert_options=pacsv.ConvertOptions(
-            column_types={
-                "user_id": pa.int64(),
-                "item_id": pa.int64(),
-                "rating": pa.int64(),
-                "timestamp": pa.int64(),
-            }
-        ),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.float64() for n in names}),
     )
+    table = pa.table({n: pc.cast(table.column(n), pa.int64()) for n in names})
     user, item = table.column("user_id").to_numpy(), table.column("item_id").to_numpy()
     rating, timestamp = table.column("rating").to_numpy(), table.column("timestamp").to_numpy()
     order = np.lexsort((item, timestamp, user))
@@ -94,6 +95,18 @@ def convert_ml100k(src: str | Path, out: str | Path) -> ConvertSummary:
     )
     write_events(events, out)
     return _summary(events)
+
+
+def _ml100k_file(src: Path) -> Path:
+    if src.is_file():
+        return src
+    for name in ("u.data", "ml-100k.inter"):
+        if (src / name).is_file():
+            return src / name
+    raise FileNotFoundError(
+        f"{src / 'u.data'}: not found (expected MovieLens-100K: u.data or ml-100k.inter;"
+        " `argus fetch ml100k` downloads it)"
+    )
 
 
 # -- Yambda ------------------------------------------------------------------------------------

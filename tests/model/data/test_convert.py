@@ -9,19 +9,22 @@ import pytest
 from typer.testing import CliRunner
 
 from argus.cli import app
+from model.data import fetch
 from model.data.convert import convert_yambda
 from model.data.events import read_events
-
-ML100K = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ml-100k"
 
 # -- MovieLens-100K ------------------------------------------------------------------------------
 
 
+def _ratings(src: Path) -> np.ndarray:
+    """The (user, item, rating) rows of either MovieLens-100K layout, read without our converter."""
+    path = src / "u.data" if (src / "u.data").is_file() else src / "ml-100k.inter"
+    return np.loadtxt(path, dtype=np.float64, skiprows=int(path.suffix == ".inter"))[:, :3]
+
+
 def test_ml100k_gives_100000_events_943_users_1682_items(tmp_path: Path) -> None:
-    assert (ML100K / "u.data").is_file(), (
-        f"MovieLens-100K is read from {ML100K} (shared/ beside the repo)"
-    )
-    result = CliRunner().invoke(app, ["convert", "ml100k", str(ML100K), str(tmp_path)])
+    src = fetch.ml100k()
+    result = CliRunner().invoke(app, ["convert", "ml100k", str(src), str(tmp_path)])
     assert result.exit_code == 0, result.output
     events = read_events(tmp_path)
     assert len(events) == 100_000
@@ -32,13 +35,47 @@ def test_ml100k_gives_100000_events_943_users_1682_items(tmp_path: Path) -> None
         and np.isnan(events.played_ratio).all()
         and (events.artist_id == -1).all()
     )
-    ratings = np.loadtxt(ML100K / "u.data", dtype=np.int64)
+    ratings = _ratings(src).astype(np.int64)
     assert events.liked.sum() == (ratings[:, 2] >= 4).sum()
     assert events.disliked.sum() == (ratings[:, 2] <= 2).sum()
     # The rating of a given (user, item) survives the conversion.
     user, item, rating = ratings[0, 0], ratings[0, 1], ratings[0, 2]
     row = np.flatnonzero((events.user_id == user) & (events.item_id == item))[0]
     assert events.liked[row] == (rating >= 4) and events.disliked[row] == (rating <= 2)
+
+
+def test_ml100k_fetch_downloads_the_hash_checked_wheel_once_and_converts_the_same_ratings(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(app, ["fetch", "ml100k", "--cache", str(cache)])
+    assert result.exit_code == 0, result.output
+    src = Path(result.output.strip())
+    assert src == cache / "ml-100k" and sorted(p.name for p in src.iterdir()) == ["ml-100k.inter"]
+    stamp = (src / "ml-100k.inter").stat().st_mtime_ns
+    assert fetch.ml100k(cache) == src and (src / "ml-100k.inter").stat().st_mtime_ns == stamp
+    # RecBole's file and GroupLens' u.data hold the same 100,000 ratings, in the same order.
+    ratings = _ratings(src)
+    assert ratings.shape == (100_000, 3)
+    if (fetch.ml100k() / "u.data").is_file():
+        np.testing.assert_array_equal(ratings, _ratings(fetch.ml100k()))
+    # A file given directly converts too.
+    out = tmp_path / "out"
+    assert (
+        "100,000 events"
+        in CliRunner()
+        .invoke(app, ["convert", "ml100k", str(src / "ml-100k.inter"), str(out)])
+        .output
+    )
+
+
+def test_ml100k_fetch_refuses_a_wheel_whose_hash_differs_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch, "RECBOLE_SHA256", "0" * 64)
+    result = CliRunner().invoke(app, ["fetch", "ml100k", "--cache", str(tmp_path)])
+    assert result.exit_code == 2 and "SHA-256" in result.output and "expected 0000" in result.output
+    assert list((tmp_path / "ml-100k").iterdir()) == []
 
 
 def test_ml100k_missing_source_names_the_file(tmp_path: Path) -> None:
