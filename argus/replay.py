@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from tqdm import tqdm
 
 from index.bundle import Bundle, rows_of
 from model.contract import DAY
 from model.data.events import Events
 from model.finetune import group_pairs, impression_grades, pair_accuracy, pair_weight_table
+from model.progress import bar as tqdm
 from model.window import WindowTargets, popular_ranking, recall, top_excluding
 
 

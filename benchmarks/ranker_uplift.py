@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from argus.replay import Client, Pairs
 from benchmarks.replay import ROOT, serving
 from index.bundle import Bundle, list_versions
 from model.contract import DAY, HOUR
 from model.data.events import Events, counts_before, read_events
+from model.progress import bar as tqdm
 
 TRAIN_DAYS = 4  # of the 7-day window; the rest is the test
 

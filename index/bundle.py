@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from index.hnsw import ItemIndex, Tuning, tune_ef
 from model.contract import ENCODER_FILE, EXPORT_ARRAYS, EXPORT_MANIFEST, STEP_FILE
+from model.progress import bar as tqdm
 
 SCHEMA_VERSION = 2  # 2: two item spaces (retrieval, ranking)
 MANIFEST = "manifest.json"
@@ -132,6 +132,14 @@ def _expected_shapes(
         "user_vectors.npy": (n_users, dim + retrieval_dim),
         "popular.npy": (None,),
     }
+
+
+def dots(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """(N, D) float32 vectors, a (D,) query -> (N,) float32 inner products, each summed in
+    float64 along its own row and rounded once: one item's score does not depend on which items
+    share the batch (a float32 BLAS product picks its kernel, and so its rounding, by the batch's
+    shape), and it is the correctly rounded dot product but for float64's own error."""
+    return (vectors.astype(np.float64) * query.astype(np.float64)).sum(axis=1).astype(np.float32)
 
 
 def rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -291,11 +291,19 @@ def redacted(url: str) -> str:
 
 
 class RedisStore:
-    """User vectors of any fully published version, read in batches."""
+    """User vectors of any fully published version, read in batches.
 
-    def __init__(self, client: RedisClient) -> None:
+    A version's meta is cached once seen complete, and read again when a read misses users and
+    the last check is older than ``recheck_s``: a version that vanished (a flush, a restart
+    without persistence, an expiry) then raises :class:`VersionUnavailable` within seconds instead
+    of looking like a store of unknown users."""
+
+    def __init__(self, client: RedisClient, recheck_s: float = 1.0) -> None:
         self.client = client
-        self._layouts: dict[str, tuple[Layout, int]] = {}
+        self.recheck_s = recheck_s
+        # version -> (layout, dim, time.monotonic() of the check); threads share it: an entry is
+        # replaced or dropped whole
+        self._layouts: dict[str, tuple[Layout, int, float]] = {}
 
     def current_version(self) -> str | None:
         value = self.client.get(CURRENT)
@@ -303,23 +311,40 @@ class RedisStore:
 
     def layout(self, version: str) -> tuple[Layout, int]:
         """``(layout, dim)`` of a complete version (cached once seen complete)."""
-        if version not in self._layouts:
-            meta = decoded(self.client.hgetall(meta_key(version)))
+        layout, dim, _ = self._known(version)
+        return layout, dim
+
+    def _known(self, version: str, fresh: bool = False) -> tuple[Layout, int, float]:
+        """The cached ``(layout, dim, checked_at)``, read from Redis when not cached or
+        ``fresh``; a version no longer complete leaves the cache."""
+        known = None if fresh else self._layouts.get(version)
+        if known is not None:
+            return known
+        meta = decoded(self.client.hgetall(meta_key(version)))
+        if meta.get("complete") != "1":
+            self._layouts.pop(version, None)
             if not meta:
                 raise VersionUnavailable(
-                    f"version {version} is not in Redis (never published, or expired)"
+                    f"version {version} is not in Redis (never published, flushed or expired)"
                 )
-            if meta.get("complete") != "1":
-                raise VersionUnavailable(f"version {version} is only partly published")
-            try:
-                layout = make_layout(meta["layout"], int(meta["buckets"]))
-                self._layouts[version] = (layout, int(meta["dim"]))
-            except (KeyError, ValueError) as error:
-                raise CorruptValue(f"meta of version {version} is unusable ({error!r})") from None
-        return self._layouts[version]
+            raise VersionUnavailable(f"version {version} is only partly published")
+        try:
+            layout, dim = make_layout(meta["layout"], int(meta["buckets"])), int(meta["dim"])
+        except (KeyError, ValueError) as error:
+            raise CorruptValue(f"meta of version {version} is unusable ({error!r})") from None
+        self._layouts[version] = entry = (layout, dim, time.monotonic())
+        return entry
+
+    def holds(self, version: str) -> bool:
+        """Whether ``version`` is (still) fully published; refreshes the cached meta."""
+        try:
+            self._known(version, fresh=True)
+        except VersionUnavailable:
+            return False
+        return True
 
     def get(self, version: str, user_ids: Ids) -> tuple[np.ndarray, np.ndarray]:
-        layout, dim = self.layout(version)
+        layout, dim, checked = self._known(version)
         ids = as_ids(user_ids)
         vectors = np.zeros((len(ids), dim), dtype=np.float32)
         found = np.zeros(len(ids), dtype=bool)
@@ -335,6 +360,9 @@ class RedisStore:
                 )
             vectors[row] = np.frombuffer(blob, dtype="<f4")
             found[row] = True
+        stale = time.monotonic() - checked > self.recheck_s
+        if not found.all() and stale and not self.holds(version):
+            raise VersionUnavailable(f"version {version} vanished from Redis")  # not the users
         return vectors, found
 
 

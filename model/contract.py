@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# Timestamps are int64 seconds since the Unix epoch (UTC).
+# Timestamps are int64 seconds since the Unix epoch (UTC), in [0, MAX_TIMESTAMP].
 HOUR, DAY = 3_600, 86_400
+MAX_TIMESTAMP = 2**32 - 1  # 2106-02-07: past any log, far from overflowing a time gap
+MAX_PLAYED_RATIO = 10.0  # >1 means the user replayed parts of the item (Yambda goes past 100%)
 
 ENCODER_FILE = "encoder.onnx"
 EXPORT_MANIFEST = "export.json"

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from model.argus import Argus
 from model.data.batching import Spans
 from model.data.events import Events
+from model.progress import bar as tqdm
 
 SHARD_USERS = 512  # users per Ray Data batch: one actor call
 

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from model.argus import Argus
 from model.checkpoint import load_model
@@ -51,6 +50,7 @@ from model.finetune import (
     tower_scores,
 )
 from model.losses import feedback_losses
+from model.progress import bar as tqdm
 from model.runtime import pick_device
 from model.train import choose_split, training_events
 

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from model.argus import Argus
 from model.checkpoint import load_model
@@ -45,6 +44,7 @@ from model.data.batching import Spans, bucket_batches, make_batch
 from model.data.events import Catalog, Events, read_events
 from model.evaluate import popularity_counts
 from model.finetune import ItemPopularity
+from model.progress import bar as tqdm
 from model.runtime import pick_device
 
 

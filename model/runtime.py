@@ -18,18 +18,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from model.cpus import thread_count
+
 T = TypeVar("T")
 
 
 def pick_device(device: str = "auto") -> torch.device:
     """``"auto"``: this rank's local GPU (``LOCAL_RANK``) when CUDA is available, else the CPU;
-    otherwise any torch device string, refused by name when it asks for CUDA that is not there."""
+    otherwise any torch device string, refused by name when it asks for CUDA that is not there.
+    On the CPU, torch's thread pool is sized by :func:`model.cpus.thread_count` (the CPUs this
+    process may use, or ``ARGUS_THREADS``)."""
     if device == "auto":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
+        chosen = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        chosen = torch.device(device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if chosen.type == "cpu":
+        torch.set_num_threads(thread_count())
     return chosen
 
 

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
-from tqdm import tqdm
 
 from model.argus import PARTS, Argus, ArgusConfig, count_parameters, preset
 from model.checkpoint import CHECKPOINT_FILE, read_checkpoint, save_checkpoint
@@ -34,6 +33,7 @@ from model.config import apply_overrides
 from model.data.batching import Spans, TemporalSplit, bucket_batches, chunk_spans, make_batch
 from model.data.events import Events, read_events
 from model.losses import ItemFrequencies, pretraining_loss
+from model.progress import bar as tqdm
 from model.runtime import Runtime
 
 # Fields that may differ when resuming: they change how long or where the run goes, not what it

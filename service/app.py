@@ -56,7 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.backend = backend
     app.state.resolver = Resolver(backend, settings.requests, metrics)
-    app.add_middleware(Guard, max_body_bytes=settings.limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=settings.limits.max_body_bytes,
+        body_timeout_s=settings.server.body_timeout_s,
+        metrics=metrics,
+    )
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, validation_error)

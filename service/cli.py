@@ -20,9 +20,14 @@ if TYPE_CHECKING:
 def run_server(
     app: str | FastAPI, *, host: str, port: int, workers: int = 1, access_log: bool = False
 ) -> None:
-    """uvicorn as ``argus serve`` runs it (``app``: an instance, or ``module:factory``). The
-    benchmarks serve their baseline through this too, so both sides run the same server."""
+    """uvicorn as ``argus serve`` runs it (``app``: an instance, or ``module:factory``), with
+    the limits of :class:`service.settings.ServerSettings`: a deadline on request headers (408),
+    on idle connections, and a cap on connections per worker (503 beyond). The benchmarks serve
+    their baseline through this too, so both sides run the same server."""
     import uvicorn
+
+    from service.protocol import uvicorn_options
+    from service.settings import ServerSettings
 
     uvicorn.run(
         app,
@@ -30,10 +35,9 @@ def run_server(
         host=host,
         port=port,
         workers=workers,
-        loop="uvloop",
-        http="httptools",
         log_level="info",
         access_log=access_log,
+        **uvicorn_options(ServerSettings()),
     )
 
 

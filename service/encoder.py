@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model.contract import CACHE_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUT, HISTORY_EVENT
+from model.cpus import thread_count
 from service.encoder_cache import CacheReport, EncoderCache, State, classify
 
 INT_FIELDS = ("item_id", "artist_id", "timestamp", "source")
@@ -95,8 +96,7 @@ class Encoder:
         step_path: str | Path | None = None,
     ):
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or thread_count()
         chosen = providers(device)
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
         self.max_len = max_len

@@ -74,6 +74,13 @@ class Metrics:
             "answers are degraded.",
             registry=r,
         )
+        self.store_version = Gauge(
+            "argus_store_version_present",
+            "0 when Redis answers but no longer holds the served version's user vectors "
+            "(checked each reload interval: a flush, a restart without persistence, an expiry), "
+            "so answers are degraded; else 1.",
+            registry=r,
+        )
         self.redis_shed = Counter(
             "argus_redis_shed_total",
             "Redis calls not tried, by reason: open (failing its health check) or busy (every "

@@ -3,12 +3,17 @@ every request through an extra task and memory streams, which cost more than som
 
 * Bodies over ``max_body_bytes`` get a 413: at once by ``Content-Length``, and by counting the
   bytes of a body sent without one (chunked), so no body is read past the limit.
+* A body must arrive within ``body_timeout_s`` of the headers, else a 408 (a slow client holds
+  no worker for long; its headers have their own deadline, :mod:`service.protocol`).
 * Every request is counted and timed by route (``argus_requests_total``,
-  ``argus_request_duration_seconds``); paths that match no route count as ``unmatched``.
+  ``argus_request_duration_seconds``); paths that match no route count as ``unmatched``. A client
+  that hangs up before its body is sent is counted with status 499 (as nginx does) and kept out
+  of the latency histogram: its wait was its own, not the service's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -23,9 +28,15 @@ def too_large(message: str) -> list[dict[str, Any]]:
     return [{"loc": ["body"], "msg": message}]
 
 
+CLIENT_CLOSED = 499  # the client hung up before its request was whole
+
+
 class Guard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, metrics: Metrics
+    ) -> None:
         self.app, self.limit, self.metrics = app, max_body_bytes, metrics
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,14 +63,25 @@ class Guard:
                 )
                 await send({"type": "http.response.body", "body": body})
                 return
-            received = 0
+            received, whole, aborted = 0, False, False
+            deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
             async def counted() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
+                nonlocal received, whole, aborted
+                if whole:  # after the body: only a disconnect is left to wait for
+                    return await receive()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:  # FastAPI passes an HTTPException through as is
+                    problem = f"body not received within {self.body_timeout_s:g} s"
+                    raise HTTPException(408, detail=too_large(problem)) from None
+                if message["type"] == "http.disconnect":
+                    aborted = True
+                elif message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > self.limit:  # FastAPI passes an HTTPException through as is
+                    whole = not message.get("more_body", False)
+                    if received > self.limit:
                         problem = f"body without Content-Length over the limit of {self.limit}"
                         raise HTTPException(413, detail=too_large(problem))
                 return message
@@ -70,8 +92,13 @@ class Guard:
                     status = message["status"]
                 await send(message)
 
-            await self.app(scope, counted, sent)
+            try:
+                await self.app(scope, counted, sent)
+            finally:
+                if aborted:
+                    status = CLIENT_CLOSED
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
+            if status != CLIENT_CLOSED:
+                self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
             self.metrics.requests.labels(endpoint, str(status)).inc()

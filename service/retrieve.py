@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from index.bundle import dots
 from index.hnsw import exact_top_k
 from service.state import Served
 
@@ -33,13 +34,13 @@ def top_k(
         else:
             rows = bundle.index.knn(query[None, :], fetch)[0][0]
         # Exact inner products (the MIPS transform's are off in the 7th digit); order by them.
-        scores = items[rows] @ query
+        scores = dots(items[rows], query)
         order = np.argsort(-scores, kind="stable")
         rows, scores = rows[order], scores[order]
         keep = ~np.isin(bundle.item_ids[rows], excluded)
         if keep.sum() >= k or 2 * fetch > n:
             rows, scores = rows[keep][:k], scores[keep][:k]
-            ranking = bundle.item_vectors[rows] @ bundle.ranking_part(vector)
+            ranking = dots(bundle.item_vectors[rows], bundle.ranking_part(vector))
             return [
                 {"item_id": int(i), "score": float(s), "ranking_score": float(r)}
                 for i, s, r in zip(bundle.item_ids[rows], scores, ranking, strict=True)

@@ -6,24 +6,30 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool
 
-from model.contract import HISTORY_EVENT
+from model.contract import HISTORY_EVENT, MAX_PLAYED_RATIO, MAX_TIMESTAMP
 from service.settings import Mode
 
-# Every id and time is stored as int64: a larger value is a 422 naming the field, never a 500.
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+# Ids and counts are JSON integers and flags JSON booleans: ``true``, ``"5"`` or ``1.0`` where an
+# id is due is a 422 naming the field, never a silent conversion. Every id is stored as int64: a
+# larger value is a 422 too, never a 500.
+Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
+# The data contract's ranges, applied to live events: seconds since the epoch, and a finite play
+# ratio (a time gap from an absurd timestamp would overflow the encoder's inputs).
+Timestamp = Annotated[int, Strict(), Field(ge=0, le=MAX_TIMESTAMP)]
+PlayedRatio = Annotated[float, Strict(), Field(ge=0, le=MAX_PLAYED_RATIO, allow_inf_nan=False)]
 
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: Int64
-    timestamp: Int64  # seconds
-    source: int = Field(0, ge=0, le=32_767)
-    artist_id: Int64 = -1
-    played_ratio: float | None = Field(None, ge=0)
-    liked: bool = False
-    disliked: bool = False
+    timestamp: Timestamp
+    source: Annotated[int, Strict(), Field(ge=0, le=32_767)] = 0
+    artist_id: Annotated[int, Strict(), Field(ge=-1, le=2**63 - 1)] = -1
+    played_ratio: PlayedRatio | None = None
+    liked: StrictBool = False
+    disliked: StrictBool = False
 
 
 class UserRequest(BaseModel):
@@ -36,8 +42,8 @@ class UserRequest(BaseModel):
 
 
 class CandidatesRequest(UserRequest):
-    k: int = Field(100, ge=1)
-    exclude_seen: bool = True  # leave out the items of the live history
+    k: Annotated[int, Strict(), Field(ge=1)] = 100
+    exclude_seen: StrictBool = True  # leave out the items of the live history
     exclude_item_ids: list[Int64] = []
     # "items": leave out the live history's items (whatever exclude_seen says); "artists": also
     # every item of an artist in it (the setting where ARGUS gains most, per the paper)
@@ -61,7 +67,7 @@ class CandidatesResponse(BaseModel):
 
 class ScoreRequest(UserRequest):
     item_ids: list[Int64] = Field(min_length=1)
-    return_vectors: bool = False
+    return_vectors: StrictBool = False
     # "base64": each vector array as base64 of little-endian float32 (rows of unknown items are
     # zeros): about 10x cheaper to produce and parse than JSON numbers, half the bytes.
     vectors_format: Literal["json", "base64"] = "json"

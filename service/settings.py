@@ -50,6 +50,20 @@ class LimitSettings(BaseSettings):
     max_exclude: Annotated[int, Field(gt=0)] = 10_000  # exclude_item_ids per /candidates
 
 
+class ServerSettings(BaseSettings):
+    """The HTTP server's own limits: what a slow or idle client may hold."""
+
+    model_config = SettingsConfigDict(env_prefix="ARGUS_", extra="ignore")
+
+    # A request's headers must arrive within this long of its first byte (or of the connection),
+    # its body within ``body_timeout_s`` of its headers: a slower client gets a 408 and is closed.
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    keep_alive_s: Annotated[int, Field(gt=0)] = 5  # seconds an idle connection is kept
+    # Connections and requests in flight per worker process; beyond it uvicorn answers 503.
+    max_connections: Annotated[int, Field(gt=0)] = 2_048
+
+
 class RequestSettings(BaseSettings):
     """How requests are answered: the user-vector source, writes, the search. The events token
     may also come from a mounted secret file ``argus_events_token`` (index.store.secrets_dir)."""
@@ -96,7 +110,9 @@ class EncoderSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch: Annotated[int, Field(gt=0)] = 32
     max_delay_ms: Annotated[float, Field(ge=0)] = 2.0
-    threads: Annotated[int, Field(ge=0)] = 0  # ONNX Runtime intra-op threads, 0: its default
+    # ONNX Runtime intra-op threads; 0: the CPUs this process may use (affinity, cgroup quota)
+    # or ARGUS_THREADS
+    threads: Annotated[int, Field(ge=0)] = 0
     timeout_ms: Annotated[float, Field(gt=0)] = 1_000.0  # then the next vector source answers
     max_queue: Annotated[int, Field(gt=0)] = 1_024  # histories waiting; beyond: the next source
     # Per-user key/value states of the runtime encoder (least recently used out); 0: none, every
@@ -107,6 +123,7 @@ class EncoderSettings(BaseSettings):
 GROUPS: dict[str, type[BaseSettings]] = {
     "store": StoreSettings,
     "limits": LimitSettings,
+    "server": ServerSettings,
     "requests": RequestSettings,
     "encoder": EncoderSettings,
     "redis_auth": RedisAuth,  # read where a client is made (index.store.redis_client)
@@ -118,6 +135,7 @@ class Settings(BaseModel):
 
     store: StoreSettings = Field(default_factory=StoreSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     requests: RequestSettings = Field(default_factory=RequestSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
 

@@ -85,6 +85,8 @@ class Backend:
         self.served: Served | None = None
         self.rejected: dict[str, Rejection] = {}  # version -> why it was refused, when to retry
         self.last_reload_error: str | None = None
+        self.store_holds_version: bool | None = None  # None: no Redis, or not checked yet
+        metrics.store_version.set(1.0)  # 0 only once Redis is seen without the served version
 
     # -- the pointer and loading -------------------------------------------------------------
 
@@ -180,8 +182,24 @@ class Backend:
             await asyncio.sleep(self.settings.store.reload_interval_s)
             try:
                 await self.refresh()
+                await self.check_store()
             except Exception:  # the reloader must outlive any single failure
                 log.exception("reload check failed")
+
+    async def check_store(self) -> None:
+        """Whether Redis still holds the served version's user vectors (a flush or a restart
+        without persistence empties it while PING still answers): the gauge, /readyz, a log."""
+        if self.redis_store is None or self.served is None:
+            return
+        version = self.served.version
+        try:
+            holds = await asyncio.to_thread(self.redis_store.holds, version)
+        except redis.RedisError:
+            return  # Redis down: the gate's health check reports it
+        if holds != self.store_holds_version and not holds:
+            log.error("Redis no longer holds version %s: answers are degraded", version)
+        self.store_holds_version = holds
+        self.metrics.store_version.set(1.0 if holds else 0.0)
 
     @property
     def version(self) -> str | None:
@@ -213,6 +231,17 @@ class Backend:
             return None
         where = redacted(self.settings.store.redis_url or "")
         return f"{'up' if self.gate.up else 'down'} ({where})"
+
+    def store_health(self) -> str | None:
+        """For /readyz: whether Redis holds the served version's vectors; None: not known."""
+        if self.store_holds_version is None or self.served is None:
+            return None
+        if self.store_holds_version:
+            return f"holds {self.served.version}"
+        return (
+            f"missing {self.served.version}: stored vectors are gone (flushed or expired), "
+            "answers are degraded until it is published again"
+        )
 
     def bundle_age_s(self) -> float:
         return 0.0 if self.served is None else time.time() - self.served.built_at

@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from index.bundle import HnswParams, build
 from index.store import RedisClient, redis_client
 from service.app import create_app
+from service.protocol import uvicorn_options
 from service.settings import Settings
 from tests.servers import RedisClusterServers, RedisServer, free_port
 
@@ -143,7 +144,10 @@ class ThreadedServer(uvicorn.Server):
 def serving(settings: Settings) -> Iterator[str]:
     """A real uvicorn server of the app on a free port, in a thread; yields its URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    options = uvicorn_options(settings.server, in_process=True)  # as `argus serve` runs it
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", **options
+    )
     server = ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -20,13 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.contract import DAY, HOUR
+from model.contract import DAY, HOUR, MAX_PLAYED_RATIO, MAX_TIMESTAMP
 
 SKIP_THRESHOLD = 0.3  # an event is a skip when played_ratio < 0.3 (DESIGN.md §3)
 # What feedback prediction (FP) predicts of an event, in the FP head's output order.
 FEEDBACK = ("like", "dislike", "skip", "played_ratio")
 _UNITS = {"s": 1, "m": 60, "h": HOUR, "d": DAY}
-MAX_PLAYED_RATIO = 10.0  # >1 means the user replayed parts of the item (Yambda goes past 100%)
 EVENTS_FILE = "events.parquet"  # the file name a data-set directory uses for its events
 
 _FIELDS: list[pa.Field] = [
@@ -284,6 +283,9 @@ def _check_values(
     negative = np.flatnonzero(timestamp < 0)
     if negative.size:
         fail("timestamp", int(negative[0]), f"negative timestamp {timestamp[negative[0]]}")
+    late = np.flatnonzero(timestamp > MAX_TIMESTAMP)
+    if late.size:
+        fail("timestamp", int(late[0]), f"{timestamp[late[0]]} is past {MAX_TIMESTAMP} (2106)")
 
     ratio = table.column("played_ratio").fill_null(_NAN32).to_numpy()
     with np.errstate(invalid="ignore"):

@@ -55,10 +55,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from model.contract import DAY
 from model.data.events import EVENT_SCHEMA, EVENTS_FILE, SKIP_THRESHOLD, Events
+from model.progress import bar as tqdm
 
 TRUTH_FILE = "truth.npz"
 SUMMARY_FILE = "simulation.json"

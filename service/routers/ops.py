@@ -27,6 +27,9 @@ async def readyz(backend: BackendDep) -> Response:
     redis_health = backend.redis_health()
     if redis_health is not None:
         body["redis"] = redis_health
+    store_health = backend.store_health()
+    if store_health is not None:
+        body["store"] = store_health
     return json_response(body, 200 if reason is None else 503)
 
 

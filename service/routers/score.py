@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Response
 
-from index.bundle import rows_of
+from index.bundle import dots, rows_of
 from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
 from service.replies import base64_f32, check_length, json_response
 from service.schemas import ScoreRequest, ScoreResponse
@@ -35,7 +35,7 @@ async def score(
     scores: list[float | None] = [None] * len(ids)
     ranking = None if user.vector is None else bundle.bundle.ranking_part(user.vector)
     if ranking is not None:
-        values = vectors @ ranking
+        values = dots(vectors, ranking)
         scores = [
             float(v) if k else None for v, k in zip(values.tolist(), known.tolist(), strict=True)
         ]

@@ -52,8 +52,8 @@ def test_score_is_the_dot_product_of_the_bundle_vectors(local: TestClient) -> No
     out = body.json()
     assert out["source"] == "stored" and out["model_version"] == bundle.version
     u = bundle.ranking_part(bundle.user_vectors[5])  # /score answers in the ranking space
-    expected = bundle.item_vectors[[3, 0, 77, 12]] @ u
-    assert [np.float32(s) for s in out["scores"][:4]] == expected.tolist()  # exactly
+    exact = bundle.item_vectors[[3, 0, 77, 12]].astype(np.float64) @ u.astype(np.float64)
+    assert out["scores"][:4] == exact.astype(np.float32).tolist()  # the dot product, rounded once
     assert out["scores"][4:] == [None, None] and out["unknown_item_ids"] == [-1, 10**15]
     assert np.array_equal(np.array(out["user_vector"], np.float32), u)
     assert np.array_equal(
@@ -200,6 +200,91 @@ def test_bad_input_is_a_422_naming_the_field(
     assert_422_naming(response, field)
     # every 422 has the documented ValidationError shape (schemathesis found one without "type")
     assert all(set(error) == {"loc", "msg", "type"} for error in response.json()["detail"])
+
+
+def test_one_item_has_one_score_whatever_the_batch_it_is_asked_in(local: TestClient) -> None:
+    bundle = served(local)
+    user = int(bundle.user_ids[0])
+    rng = np.random.default_rng(3)
+    items = [int(i) for i in rng.choice(bundle.item_ids, 1000)]  # with repeats
+
+    def scores(ids: list[int]) -> list[float]:
+        reply = local.post("/score", json={"user_id": user, "item_ids": ids})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["scores"]
+
+    alone = {i: scores([i])[0] for i in items[:40]}
+    assert scores([items[0]] * 3) == [alone[items[0]]] * 3
+    for size in (2, 7, 16, 33, 1000):  # (the tiny bundle has fewer items: ids repeat)
+        batch = scores(items[:size])
+        assert [batch[j] for j in range(min(size, 40))] == [alone[i] for i in items[:size][:40]]
+    # /candidates' ranking score of an item is /score's number for it, to the last digit.
+    for k in (1, 10, 100):
+        answer = local.post("/candidates", json={"user_id": user, "k": k}).json()["items"]
+        ids = [c["item_id"] for c in answer]
+        assert [c["ranking_score"] for c in answer] == [scores([i])[0] for i in ids[:10]] + [
+            c["ranking_score"] for c in answer[10:]
+        ]
+        assert [c["ranking_score"] for c in answer] == scores(ids)
+
+
+EVENT = {"item_id": 1, "timestamp": 1_700_000_000}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/candidates", {"user_id": True}, "user_id"),
+        ("/candidates", {"user_id": "2502"}, "user_id"),
+        ("/candidates", {"user_id": 1.0}, "user_id"),
+        ("/candidates", {"user_id": 1, "k": "5"}, "k"),
+        ("/candidates", {"user_id": 1, "k": True}, "k"),
+        ("/candidates", {"user_id": 1, "exclude_seen": 0}, "exclude_seen"),
+        ("/candidates", {"user_id": 1, "exclude_item_ids": [False]}, "exclude_item_ids"),
+        ("/score", {"user_id": 1, "item_ids": [1], "return_vectors": 0}, "return_vectors"),
+        ("/score", {"user_id": 1, "item_ids": [True]}, "item_ids"),
+        ("/score", {"user_id": 1, "item_ids": ["17788"]}, "item_ids"),
+        ("/candidates", {"user_id": 1, "history": [{**EVENT, "liked": 1}]}, "liked"),
+        ("/candidates", {"user_id": 1, "history": [{**EVENT, "source": "1"}]}, "source"),
+        (
+            "/score",
+            {"user_id": 1, "item_ids": [1], "history": [{**EVENT, "played_ratio": "1"}]},
+            "played_ratio",
+        ),
+        ("/events", {"user_id": 1, "events": [{**EVENT, "timestamp": 1.5}]}, "timestamp"),
+    ],
+)
+def test_ids_counts_and_flags_must_be_json_integers_and_booleans(
+    local: TestClient, path: str, body: dict, field: str
+) -> None:
+    assert_422_naming(local.post(path, json=body), field)
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({**EVENT, "timestamp": -(2**63)}, "timestamp"),
+        ({**EVENT, "timestamp": -1}, "timestamp"),
+        ({**EVENT, "timestamp": 2**63 - 1}, "timestamp"),
+        ({**EVENT, "timestamp": 2**32}, "timestamp"),
+        ({**EVENT, "played_ratio": 1e308}, "played_ratio"),
+        ({**EVENT, "played_ratio": 10.5}, "played_ratio"),
+        ({**EVENT, "artist_id": -2}, "artist_id"),
+    ],
+)
+def test_live_events_outside_the_data_contract_are_a_422_naming_the_field(
+    local: TestClient, event: dict, field: str
+) -> None:
+    for path, body in [
+        ("/candidates", {"user_id": 1, "history": [event]}),
+        ("/score", {"user_id": 1, "item_ids": [1], "history": [event]}),
+        ("/events", {"user_id": 1, "events": [event]}),
+    ]:
+        assert_422_naming(local.post(path, json=body), field)
+    # The contract's own edges are served.
+    edge = {**EVENT, "timestamp": 2**32 - 1, "played_ratio": 10.0, "artist_id": -1}
+    ok = local.post("/candidates", json={"user_id": 1, "k": 3, "history": [edge]})
+    assert ok.status_code == 200, ok.text
 
 
 def test_limits_and_the_events_token(bundles: Path) -> None:
@@ -377,6 +462,47 @@ def test_redis_down_degrades_stays_ready_and_a_restart_recovers(
             time.sleep(0.05)
         assert metric(client, "argus_redis_up") == 1.0
         assert client.post("/events", json=event).status_code == 200
+
+
+def test_a_version_that_vanishes_from_a_live_redis_is_flagged_within_seconds(
+    bundles: Path, redis_url: str
+) -> None:
+    (path,) = [p for p in bundles.iterdir()]
+    bundle = Bundle.open(path, with_index=False)
+    client_r = redis.Redis.from_url(redis_url)
+    publish(bundle, client_r, progress=False)
+    store = StoreSettings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.2)
+    user = int(bundle.user_ids[2])
+    with client_for(Settings(store=store)) as client:
+        out = client.post("/candidates", json={"user_id": user, "k": 3}).json()
+        assert out["source"] == "stored" and not out["degraded"]
+        time.sleep(0.5)
+        assert client.get("/readyz").json()["store"] == f"holds {bundle.version}"
+        assert metric(client, "argus_store_version_present") == 1.0
+        errors = metric(client, "argus_store_errors_total")
+        client_r.flushall()  # Redis still answers PING: only its data are gone
+        began, answers = time.monotonic(), []
+        while time.monotonic() - began < 3:
+            reply = client.post("/candidates", json={"user_id": user, "k": 3}).json()
+            answers.append((time.monotonic() - began, reply["source"], reply["degraded"]))
+            time.sleep(0.05)
+        flagged = [t for t, source, degraded in answers if source == "popular" and degraded]
+        assert flagged and flagged[0] < 1.5, answers[:5]
+        assert all(degraded for t, _, degraded in answers if t >= flagged[0])
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["redis"].startswith("up")
+        assert ready.json()["store"].startswith(f"missing {bundle.version}")
+        assert metric(client, "argus_store_version_present") == 0.0
+        assert metric(client, "argus_store_errors_total") > errors
+        # Published again: stored answers, not degraded, and the gauge back at 1.
+        publish(bundle, client_r, progress=False)
+        deadline = time.monotonic() + 5
+        while client.post("/candidates", json={"user_id": user, "k": 3}).json()["degraded"]:
+            assert time.monotonic() < deadline, "did not recover within 5 s"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert metric(client, "argus_store_version_present") == 1.0
+        assert client.get("/readyz").json()["store"] == f"holds {bundle.version}"
 
 
 def test_a_slow_redis_costs_one_timeout_then_nothing(

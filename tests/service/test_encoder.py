@@ -90,3 +90,14 @@ def test_auto_picks_cuda_only_with_a_driver_and_the_cpu_path_keeps_state_on_the_
     longer = encoder.step(state, history(7))
     assert longer.keys.device_name().lower() == encoder.device_type
     np.testing.assert_allclose(longer.vector, encoder.encode([history(7)])[0], atol=1e-4)
+
+
+def test_the_onnx_pool_is_sized_by_argus_threads_or_the_setting(
+    serving_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = Bundle.open(list_versions(serving_root)[-1], with_index=False).encoder_path
+    monkeypatch.setenv("ARGUS_THREADS", "1")
+    pooled = Encoder(path, max_len=96, device="cpu")
+    assert pooled.session.get_session_options().intra_op_num_threads == 1
+    chosen = Encoder(path, max_len=96, device="cpu", threads=2)
+    assert chosen.session.get_session_options().intra_op_num_threads == 2

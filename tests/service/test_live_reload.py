@@ -96,5 +96,6 @@ def test_publishing_under_concurrent_load_fails_nothing_and_mixes_nothing(
         assert body["source"] == "stored"
         u = b.ranking_part(b.user_vectors[np.searchsorted(b.user_ids, user)])
         rows = np.searchsorted(b.item_ids, items)
-        assert [np.float32(s) for s in body["scores"]] == (b.item_vectors[rows] @ u).tolist()
+        exact = b.item_vectors[rows].astype(np.float64) @ u.astype(np.float64)
+        assert body["scores"] == exact.astype(np.float32).tolist()
     assert len(responses) > 100

@@ -1,0 +1,112 @@
+"""The HTTP server's own limits, against a real uvicorn server run as `argus serve` runs it:
+slow headers and bodies get a 408, a client that hangs up is not a latency sample, and the
+connections one worker holds are capped."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.settings import EncoderSettings, ServerSettings, Settings, StoreSettings
+from tests.conftest import serving
+
+BODY = b'{"user_id": 1, "k": 5}'
+
+
+@pytest.fixture
+def server(bundles: Path) -> Iterator[str]:
+    limits = ServerSettings(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=8)
+    settings = Settings(
+        store=StoreSettings(bundles=bundles), server=limits, encoder=EncoderSettings(max_delay_ms=0)
+    )
+    yield from serving(settings)
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    return sock
+
+
+def answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sample(url: str, series: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_headers_that_do_not_arrive_in_time_get_a_408_and_a_closed_connection(
+    server: str,
+) -> None:
+    sock = connect(server)
+    began = time.monotonic()
+    sock.sendall(b"POST /candidates HTTP/1.1\r\nHost: argus\r\nContent-Type: appl")
+    reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 408") and b"headers too slow" in reply, reply
+    assert 0.4 < time.monotonic() - began < 3
+    # A connection that sends nothing at all is closed the same way.
+    idle = connect(server)
+    assert answer(idle).startswith(b"HTTP/1.1 408")
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_a_408_naming_it(server: str) -> None:
+    sock = connect(server)
+    head = "POST /candidates HTTP/1.1\r\nHost: argus\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY[:5])
+    began = time.monotonic()
+    sock.settimeout(5)
+    reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b"body not received within 0.5 s" in reply
+    assert 0.4 < time.monotonic() - began < 3
+    # A whole request on a fresh connection is answered as ever.
+    assert httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5).status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_499_and_no_latency_sample(server: str) -> None:
+    ok = httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5)
+    assert ok.status_code == 200
+    count = 'argus_request_duration_seconds_count{endpoint="/candidates"}'
+    before = sample(server, count)
+    sock = connect(server)
+    head = "POST /candidates HTTP/1.1\r\nHost: argus\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY[:5])
+    time.sleep(0.2)
+    sock.close()
+    aborted = 'argus_requests_total{endpoint="/candidates",status="499"}'
+    deadline = time.monotonic() + 5
+    while sample(server, aborted) < 1:
+        assert time.monotonic() < deadline, "the hang-up was never counted"
+        time.sleep(0.05)
+    assert sample(server, count) == before
+    assert sample(server, 'argus_requests_total{endpoint="/candidates",status="400"}') == 0
+
+
+def test_connections_beyond_the_cap_get_a_503_and_the_held_ones_are_released(
+    server: str,
+) -> None:
+    held = [connect(server) for _ in range(8)]
+    time.sleep(0.1)
+    try:
+        refused = httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5)
+        assert refused.status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
