@@ -420,7 +420,12 @@ convert = typer.Typer(help="Convert a public data set to the event schema.", no_
 @convert.command("ml100k")
 @fails_cleanly
 def convert_ml100k(
-    src: Annotated[Path, typer.Argument(help="The MovieLens-100K directory (holding u.data).")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="MovieLens-100K: u.data, ml-100k.inter or their directory (argus fetch ml100k)."
+        ),
+    ],
     out: Annotated[Path, typer.Argument(help="Output directory for events.parquet.")],
 ) -> None:
     """MovieLens-100K: every rating an organic event; liked = rating >= 4, disliked <= 2."""
@@ -445,6 +450,27 @@ def convert_kuairand(
     from model.data.convert import convert_kuairand as run
 
     typer.echo(run(src, out).line("kuairand", out))
+
+
+@convert.command("table")
+@fails_cleanly
+def convert_table(
+    src: Annotated[Path, typer.Argument(help="A CSV, TSV or Parquet log, or a directory of them.")],
+    out: Annotated[Path, typer.Argument(help="Output directory for events.parquet.")],
+    map_: Annotated[
+        list[str],
+        typer.Option(
+            "--map",
+            help="TARGET=EXPRESSION, repeatable: user_id=uid, item_id=track:str, "
+            "timestamp=ts:ms (s, ms, us, iso), source=1 or a column, played_ratio=play/length, "
+            "liked=is_like or rating>=4, disliked=…, artist_id=….",
+        ),
+    ],
+) -> None:
+    """Your own log: map its columns onto the event schema (ids hashed when they are text)."""
+    from model.data.table import convert_table as run
+
+    typer.echo(run(src, out, map_).line(out))
 
 
 @convert.command("yambda")
@@ -474,6 +500,23 @@ def convert_yambda(
     )
 
 
+fetch = typer.Typer(help="Download a public data set into the cache.", no_args_is_help=True)
+
+
+@fetch.command("ml100k")
+@fails_cleanly
+def fetch_ml100k(
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Cache directory (default: $ARGUS_CACHE or ~/.cache/argus)."),
+    ] = None,
+) -> None:
+    """MovieLens-100K from RecBole 1.2.1's wheel on PyPI (hash-checked); prints its directory."""
+    from model.data.fetch import ml100k
+
+    typer.echo(ml100k(cache))
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the ``argus`` app."""
     app.command()(simulate)
@@ -484,3 +527,4 @@ def register(app: typer.Typer) -> None:
     app.command()(evaluate)
     app.command()(export)
     app.add_typer(convert, name="convert")
+    app.add_typer(fetch, name="fetch")
