@@ -13,8 +13,9 @@ timestamp       ``COLUMN`` or ``COLUMN:UNIT``, UNIT one of ``s`` (default), ``ms
 source          a column of small integers, or a constant (``source=1``); unmapped: 0
 played_ratio    ``COLUMN`` or ``NUMERATOR/DENOMINATOR`` (NaN where the denominator is 0 or
                 a value is null; capped at 10); unmapped: NaN (not a consumption)
-liked           a boolean or numeric column (non-zero is true), or ``COLUMN OP NUMBER`` with
-disliked        OP one of ``>= <= > < == !=`` (``liked=rating>=4``); unmapped or null: false
+liked           a boolean or numeric column (non-zero is true), ``COLUMN OP NUMBER`` with
+disliked        OP one of ``>= <= > < == !=`` (``liked=rating>=4``), or ``true`` for every
+                row (a log of purchases: each row is itself the positive); unmapped: false
 ==============  ==========================================================================
 
 ``user_id``, ``item_id`` and ``timestamp`` are required. Hashed ids are the first 8 bytes of
@@ -95,6 +96,8 @@ class Mapping:
             )
         if target == "source" and re.fullmatch(r"\d+", expression):
             return cls(target, constant=int(expression))
+        if target in ("liked", "disliked") and expression in ("true", "false"):
+            return cls(target, constant=int(expression == "true"))
         if target in ("timestamp", *IDS) and ":" in expression:
             column, unit = expression.rsplit(":", 1)
             allowed = ("s", "ms", "us", "iso") if target == "timestamp" else ("str",)
@@ -387,11 +390,10 @@ def convert_batch(
     out["played_ratio"] = np.full(n, np.nan) if ratio is None else _ratios(batch, ratio, where)
     for flag in ("liked", "disliked"):
         mapping = maps.get(flag)
-        out[flag] = (
-            np.zeros(n, dtype=bool)
-            if mapping is None
-            else _flags(batch.column(mapping.columns[0]), mapping, where)
-        )
+        if mapping is None or mapping.constant is not None:
+            out[flag] = np.full(n, mapping is not None and mapping.constant == 1)
+        else:
+            out[flag] = _flags(batch.column(mapping.columns[0]), mapping, where)
     return out
 
 

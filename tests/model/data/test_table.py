@@ -76,6 +76,7 @@ def test_parquet_with_integer_ids_iso_times_and_a_constant_source(tmp_path: Path
     )
     pq.write_table(table, tmp_path / "log.parquet", row_group_size=2)
     maps = ["user_id=user", "item_id=item", "timestamp=when:iso", "source=2", "liked=liked"]
+    maps.append("disliked=false")
     convert_table(tmp_path / "log.parquet", tmp_path / "out", maps)
     events = read_events(tmp_path / "out")
     assert events.user_id.tolist() == [3, 7, 7] and events.item_id.tolist() == [10, 11, 10]
@@ -88,12 +89,13 @@ def test_string_ids_hash_the_same_on_every_run_and_in_every_file(tmp_path: Path)
     for day, rows in (("a", "u1,x,1\nu2,y,2\n"), ("b", "u2,x,3\n")):
         (tmp_path / "logs").mkdir(exist_ok=True)
         (tmp_path / "logs" / f"{day}.csv").write_text("u,i,t\n" + rows)
-    maps = ["user_id=u", "item_id=i", "timestamp=t"]
+    maps = ["user_id=u", "item_id=i", "timestamp=t", "liked=true"]  # purchases: all positive
     convert_table(tmp_path / "logs", tmp_path / "one", maps)
     convert_table(tmp_path / "logs", tmp_path / "two", maps)
     one, two = read_events(tmp_path / "one"), read_events(tmp_path / "two")
     assert one.user_id.tolist() == two.user_id.tolist() and len(one) == 3
     assert hash_text(["u2"])[0] in one.user_id and (one.user_id >= 0).all()
+    assert one.positive.all()
 
 
 @pytest.mark.parametrize(
@@ -159,4 +161,5 @@ def test_expressions_parse() -> None:
     expected = Mapping("liked", ("rating",), op=">=", threshold=4.0)
     assert Mapping.parse("liked=rating >= 4") == expected
     assert Mapping.parse("source=3").constant == 3
+    assert Mapping.parse("liked=true").constant == 1 and Mapping.parse("liked=truth").columns
     assert Mapping.parse("played_ratio=a/b").columns == ("a", "b")
