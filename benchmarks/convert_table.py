@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,16 +52,15 @@ def write_log(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def _schema() -> pa.Schema:
-    return pa.schema(
-        [
-            ("account", pa.string()),
-            ("track", pa.int64()),
-            ("ts_ms", pa.int64()),
-            ("play_ms", pa.int64()),
-            ("length_ms", pa.int64()),
-            ("is_like", pa.bool_()),
-        ]
-    )
+    fields: list[Any] = [
+        pa.field("account", pa.string()),
+        pa.field("track", pa.int64()),
+        pa.field("ts_ms", pa.int64()),
+        pa.field("play_ms", pa.int64()),
+        pa.field("length_ms", pa.int64()),
+        pa.field("is_like", pa.bool_()),
+    ]
+    return pa.schema(fields)
 
 
 def main() -> None:

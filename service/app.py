@@ -12,11 +12,14 @@ The rooms: request and response bodies in :mod:`service.schemas`, the user vecto
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 
 from service.metrics import Metrics
 from service.middleware import Guard
@@ -42,16 +45,74 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend.close()
 
 
+INT64 = {"maximum": 2**63 - 1, "minimum": -(2**63)}
+
+
+def exact_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """FastAPI's schema with integer bounds written as integers, and this process's settings in
+    it: its request limits, and the bearer scheme of ``/events`` only when a token is set (open
+    or closed writes take no credentials). FastAPI's OpenAPI model holds bounds as floats:
+    2^63 - 1 would read 9.223372036854776e18 (2^63), and a client (or a fuzzer) that trusts the
+    schema would send ids the service must refuse; so would one that never saw ``ARGUS_MAX_K``."""
+    limits = settings.limits
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+
+        def exact(node: Any) -> None:
+            if isinstance(node, dict):
+                if node.get("type") == "integer":
+                    for key in ("maximum", "minimum"):
+                        value = node.get(key)
+                        if isinstance(value, float):
+                            near = INT64[key] if abs(value) >= 2**62 else int(value)
+                            node[key] = near
+                for child in node.values():
+                    exact(child)
+            elif isinstance(node, list):
+                for child in node:
+                    exact(child)
+
+        exact(schema)
+        components = schema["components"]["schemas"]
+        bounds = {
+            ("CandidatesRequest", "k"): {"maximum": limits.max_k},
+            ("CandidatesRequest", "exclude_item_ids"): {"maxItems": limits.max_exclude},
+            ("ScoreRequest", "item_ids"): {"maxItems": limits.max_score_items},
+            ("EventsRequest", "events"): {"maxItems": limits.max_history},
+        }
+        for name in ("CandidatesRequest", "ScoreRequest"):
+            bounds[name, "history"] = {"maxItems": limits.max_history}
+        for (name, field), bound in bounds.items():
+            node = components[name]["properties"][field]
+            for option in node.get("anyOf", [node]):  # history may be null
+                if option.get("type") != "null":
+                    option.update(bound)
+        if settings.requests.events_token is None:
+            schema["paths"]["/events"]["post"].pop("security", None)
+            schema["components"].pop("securitySchemes", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service of one process, configured by ``settings`` (default: the environment)."""
     settings = settings or Settings()
     metrics = Metrics()
     backend = Backend(settings, metrics)
+    docs = settings.server.docs
     app = FastAPI(
         title="argus",
         summary="ARGUS candidates and ranking features from the daily bundle and live histories.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
+    app.openapi = functools.partial(exact_openapi, app, settings)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.backend = backend

@@ -11,6 +11,34 @@ import numpy as np
 import orjson
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """Every error answer: a message, or a list of them each naming where (as in a 422)."""
+
+    detail: str | list[ErrorItem]
+
+
+ANSWERS = {
+    400: "The body could not be read (the client went away mid-body, or it is not JSON text).",
+    401: "A write without 'Authorization: Bearer <ARGUS_EVENTS_TOKEN>' (or with a wrong one).",
+    403: "Writes are closed: no ARGUS_EVENTS_TOKEN is set and ARGUS_EVENTS_OPEN is false.",
+    408: "The body did not arrive within ARGUS_BODY_TIMEOUT_S of the headers.",
+    413: "The body is over ARGUS_MAX_BODY_BYTES.",
+    503: "No bundle is loaded yet (or, for /events, the live-history store is unavailable).",
+}
+
+
+def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error answers ``codes`` a route gives besides 422."""
+    return {code: {"model": Problem, "description": ANSWERS[code]} for code in codes}
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> Response:

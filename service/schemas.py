@@ -3,21 +3,37 @@ request events to the packed history records the encoder and the stores use."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool
 
 from model.contract import HISTORY_EVENT, MAX_PLAYED_RATIO, MAX_TIMESTAMP
 from service.settings import Mode
 
-# Ids and counts are JSON integers and flags JSON booleans: ``true``, ``"5"`` or ``1.0`` where an
-# id is due is a 422 naming the field, never a silent conversion. Every id is stored as int64: a
-# larger value is a 422 too, never a 500.
-Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
+
+def json_integer(value: Any) -> Any:
+    """A JSON integer as JSON Schema counts them (``7`` or ``7.0``), never a boolean or text: a
+    client that sends ``true`` or ``"2502"`` for an id has a bug worth hearing about."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a JSON integer, not {type(value).__name__}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+# Ids and counts are JSON integers and flags JSON booleans: a 422 naming the field otherwise,
+# never a silent conversion. Every id is stored as int64: a larger value is a 422 too, never a 500.
+JsonInt = BeforeValidator(json_integer)
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), JsonInt]
+ArtistId = Annotated[int, Field(ge=-1, le=2**63 - 1), JsonInt]  # -1: unknown
+Source = Annotated[int, Field(ge=0, le=32_767), JsonInt]
+Count = Annotated[int, Field(ge=1), JsonInt]
 # The data contract's ranges, applied to live events: seconds since the epoch, and a finite play
 # ratio (a time gap from an absurd timestamp would overflow the encoder's inputs).
-Timestamp = Annotated[int, Strict(), Field(ge=0, le=MAX_TIMESTAMP)]
+Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP), JsonInt]
 PlayedRatio = Annotated[float, Strict(), Field(ge=0, le=MAX_PLAYED_RATIO, allow_inf_nan=False)]
 
 
@@ -25,8 +41,8 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: Int64
     timestamp: Timestamp
-    source: Annotated[int, Strict(), Field(ge=0, le=32_767)] = 0
-    artist_id: Annotated[int, Strict(), Field(ge=-1, le=2**63 - 1)] = -1
+    source: Source = 0
+    artist_id: ArtistId = -1
     played_ratio: PlayedRatio | None = None
     liked: StrictBool = False
     disliked: StrictBool = False
@@ -42,7 +58,7 @@ class UserRequest(BaseModel):
 
 
 class CandidatesRequest(UserRequest):
-    k: Annotated[int, Strict(), Field(ge=1)] = 100
+    k: Count = 100
     exclude_seen: StrictBool = True  # leave out the items of the live history
     exclude_item_ids: list[Int64] = []
     # "items": leave out the live history's items (whatever exclude_seen says); "artists": also

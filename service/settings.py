@@ -62,6 +62,9 @@ class ServerSettings(BaseSettings):
     keep_alive_s: Annotated[int, Field(gt=0)] = 5  # seconds an idle connection is kept
     # Connections and requests in flight per worker process; beyond it uvicorn answers 503.
     max_connections: Annotated[int, Field(gt=0)] = 2_048
+    # /docs and /redoc (their pages load Swagger UI and ReDoc from a CDN); false or off: neither
+    # is served (/openapi.json always is)
+    docs: bool = True
 
 
 class RequestSettings(BaseSettings):

@@ -37,6 +37,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -252,7 +253,7 @@ class Ids:
             if not (textual or pa.types.is_integer(array.type)):
                 raise where.fail(column, 0, f"ids must be integers or text, not {array.type}")
             return pc.cast(array, pa.int64()).to_numpy(zero_copy_only=False)
-        encoded = pc.dictionary_encode(pc.cast(array, pa.string()))
+        encoded: Any = pc.dictionary_encode(pc.cast(array, pa.string()))
         uniques = encoded.dictionary.to_pylist()
         new = [u for u in uniques if u not in self.text]
         self.text.update(zip(new, hash_text(new).tolist(), strict=True))
@@ -285,7 +286,7 @@ def _timestamps(array: pa.Array, mapping: Mapping, where: Where) -> np.ndarray:
         except pa.ArrowInvalid:
             for index, value in enumerate(array.to_pylist()):
                 try:
-                    pc.cast(pa.array([value.strip()]), pa.timestamp("s"))
+                    pc.cast(pa.array([str(value).strip()]), pa.timestamp("s"))
                 except pa.ArrowInvalid:
                     raise where.fail(column, index, f"{value!r} is not an ISO 8601 time") from None
             raise
@@ -299,10 +300,12 @@ def _timestamps(array: pa.Array, mapping: Mapping, where: Where) -> np.ndarray:
 def _flags(array: pa.Array, mapping: Mapping, where: Where) -> np.ndarray:
     column = mapping.columns[0]
     if pa.types.is_boolean(array.type) and mapping.op is None:
-        return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+        filled: Any = pc.fill_null(array, False)  # type: ignore[type-var]
+        return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)
     textual = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
     if textual and mapping.op is None:
-        words = pc.utf8_lower(pc.utf8_trim_whitespace(pc.fill_null(array, "")))
+        text: Any = pc.fill_null(array, "")  # type: ignore[type-var]
+        words = pc.utf8_lower(pc.utf8_trim_whitespace(text))
         true = pc.is_in(words, pa.array(sorted(TRUE_TEXT))).to_numpy(zero_copy_only=False)
         false = pc.is_in(words, pa.array(sorted(FALSE_TEXT))).to_numpy(zero_copy_only=False)
         if not (true | false).all():

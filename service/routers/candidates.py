@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 
 from index.bundle import Bundle, rows_of
 from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
-from service.replies import check_length, json_response, problem
+from service.replies import answers, check_length, json_response, problem
 from service.retrieve import top_k
 from service.schemas import CandidatesRequest, CandidatesResponse
 
@@ -32,7 +32,9 @@ def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray)
     return ids[rows_of(bundle.item_ids, ids)[1]]
 
 
-@router.post("/candidates", response_model=CandidatesResponse)
+@router.post(
+    "/candidates", response_model=CandidatesResponse, responses=answers(400, 408, 413, 503)
+)
 async def candidates(
     body: CandidatesRequest,
     bundle: ServedBundle,

@@ -6,10 +6,11 @@ import hmac
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.deps import BackendDep, MetricsDep, ResolverDep, SettingsDep
-from service.replies import check_length
+from service.replies import answers, check_length
 from service.schemas import EventsRequest, as_history
 from service.settings import RequestSettings
 
@@ -32,19 +33,37 @@ def authorize(settings: RequestSettings, authorization: str | None) -> None:
         raise HTTPException(403, detail=CLOSED)
     given = (authorization or "").encode("utf-8")
     if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-        raise HTTPException(401, detail="POST /events needs 'Authorization: Bearer <token>'")
+        raise HTTPException(
+            401,
+            detail="POST /events needs 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="argus"'},
+        )
 
 
-@router.post("/events")
+# Declares the bearer scheme in /openapi.json; the header itself is checked by authorize.
+BEARER = HTTPBearer(auto_error=False, description="ARGUS_EVENTS_TOKEN")
+
+
+async def writer(
+    settings: SettingsDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """The write's credentials, checked before its body is validated: a client without them
+    learns nothing of the schema, and a bad body is not worth reading."""
+    authorize(settings.requests, authorization)
+
+
+@router.post(
+    "/events", dependencies=[Depends(writer)], responses=answers(400, 401, 403, 408, 413, 503)
+)
 async def events(
     body: EventsRequest,
     settings: SettingsDep,
     backend: BackendDep,
     resolver: ResolverDep,
     metrics: MetricsDep,
-    authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    authorize(settings.requests, authorization)
     check_length(body.events, settings.limits.max_history, "events", "events")
     history = as_history(body.events)
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import BackendDep, MetricsDep, ServedBundle
-from service.replies import json_response
+from service.replies import answers, json_response
 
 router = APIRouter()
 
@@ -16,7 +17,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"description": "Ready: a bundle is loaded and its encoder runs."},
+        503: {"description": "Not ready; the body's reason says why."},
+    },
+)
 async def readyz(backend: BackendDep) -> Response:
     """200 when this replica can answer (a bundle loaded, its encoder running). Redis's health
     is shown but not required: without Redis a replica still answers, flagged degraded."""
@@ -37,13 +44,17 @@ async def readyz(backend: BackendDep) -> Response:
 PRIVATE_FIELDS = ("source",)
 
 
-@router.get("/bundle")
+@router.get("/bundle", responses=answers(503))
 async def bundle_manifest(bundle: ServedBundle) -> Response:
     manifest = bundle.bundle.manifest
     return json_response({k: v for k, v in manifest.items() if k not in PRIVATE_FIELDS})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format."}},
+)
 async def metrics_endpoint(backend: BackendDep, metrics: MetricsDep) -> Response:
     metrics.bundle_age.set(backend.bundle_age_s())
     alive = backend.served is not None and backend.served.batcher.alive

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Response
 
 from index.bundle import dots, rows_of
 from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
-from service.replies import base64_f32, check_length, json_response
+from service.replies import answers, base64_f32, check_length, json_response
 from service.schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
 
-@router.post("/score", response_model=ScoreResponse)
+@router.post("/score", response_model=ScoreResponse, responses=answers(400, 408, 413, 503))
 async def score(
     body: ScoreRequest,
     bundle: ServedBundle,

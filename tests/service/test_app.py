@@ -15,7 +15,13 @@ from fastapi.testclient import TestClient
 from index.bundle import Bundle, HnswParams, build
 from index.store import publish
 from service.encoder import Encoder
-from service.settings import LimitSettings, RequestSettings, Settings, StoreSettings
+from service.settings import (
+    LimitSettings,
+    RequestSettings,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
 from tests.index.conftest import export_with_users
 from tests.servers import RedisServer, SlowProxy, free_port
 from tests.service.conftest import client_for
@@ -236,7 +242,8 @@ EVENT = {"item_id": 1, "timestamp": 1_700_000_000}
     [
         ("/candidates", {"user_id": True}, "user_id"),
         ("/candidates", {"user_id": "2502"}, "user_id"),
-        ("/candidates", {"user_id": 1.0}, "user_id"),
+        ("/candidates", {"user_id": 1.5}, "user_id"),
+        ("/candidates", {"user_id": 1, "k": 2.5}, "k"),
         ("/candidates", {"user_id": 1, "k": "5"}, "k"),
         ("/candidates", {"user_id": 1, "k": True}, "k"),
         ("/candidates", {"user_id": 1, "exclude_seen": 0}, "exclude_seen"),
@@ -258,6 +265,14 @@ def test_ids_counts_and_flags_must_be_json_integers_and_booleans(
     local: TestClient, path: str, body: dict, field: str
 ) -> None:
     assert_422_naming(local.post(path, json=body), field)
+
+
+def test_a_whole_number_written_with_a_point_is_the_integer_it_equals(local: TestClient) -> None:
+    """JSON Schema's "integer" counts 7.0 as 7: what the published schema allows is served."""
+    user = int(served(local).user_ids[0])
+    exact = local.post("/candidates", json={"user_id": user, "k": 5}).json()
+    pointed = local.post("/candidates", json={"user_id": float(user), "k": 5.0}).json()
+    assert pointed["user_id"] == user and pointed["items"] == exact["items"]
 
 
 @pytest.mark.parametrize(
@@ -601,11 +616,14 @@ def test_ids_and_times_beyond_int64_are_a_422_naming_the_field(
 
 def test_the_schema_documents_the_int64_bounds(local: TestClient) -> None:
     schemas = local.get("/openapi.json").json()["components"]["schemas"]
-    # (the JSON renders 2^63 - 1 as a float, 9.223372036854776e18: the bound, to 16 digits)
+    # exact integers: as a float 2^63 - 1 would read 2^63, an id the service refuses
     user_id = schemas["CandidatesRequest"]["properties"]["user_id"]
-    assert user_id["maximum"] == float(2**63 - 1) and user_id["minimum"] == float(-(2**63))
+    assert user_id["maximum"] == 2**63 - 1 and user_id["minimum"] == -(2**63)
+    assert isinstance(user_id["maximum"], int)
     items = schemas["ScoreRequest"]["properties"]["item_ids"]["items"]
-    assert items["maximum"] == float(2**63 - 1)
+    assert items["maximum"] == 2**63 - 1
+    event = schemas["Event"]["properties"]
+    assert event["timestamp"]["maximum"] == 2**32 - 1 and event["artist_id"]["minimum"] == -1
 
 
 def test_an_exclude_list_over_the_limit_is_a_422_and_unknown_ids_cost_no_search(
@@ -765,3 +783,39 @@ def test_an_encoder_that_cannot_answer_in_time_degrades_to_the_next_source(
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "encoder" in ready.json()["reason"]
         assert "argus_encoder_alive 0.0" in client.get("/metrics").text
+
+
+def test_writes_check_the_token_before_the_body_and_say_how_to_authenticate(
+    bundles: Path,
+) -> None:
+    settings = Settings(
+        store=StoreSettings(bundles=bundles), requests=RequestSettings(events_token="s3cret")
+    )
+    with client_for(settings) as client:
+        bad_body = {"user_id": "nobody", "events": []}
+        refused = client.post("/events", json=bad_body)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith(
+            "Bearer"
+        )
+        authorized = {"Authorization": "Bearer s3cret"}
+        assert client.post("/events", json=bad_body, headers=authorized).status_code == 422
+        schema = client.get("/openapi.json").json()
+        write = schema["paths"]["/events"]["post"]
+        assert {"400", "401", "403", "408", "413", "422", "503"} <= set(write["responses"])
+        assert write["security"] and "HTTPBearer" in schema["components"]["securitySchemes"]
+        for path in ("/candidates", "/score"):
+            assert {"400", "408", "413", "422", "503"} <= set(
+                schema["paths"][path]["post"]["responses"]
+            )
+        metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        assert list(metrics) == ["text/plain"]
+        assert client.get("/docs").status_code == 200
+
+
+def test_docs_can_be_turned_off_and_closed_writes_declare_no_credentials(bundles: Path) -> None:
+    settings = Settings(store=StoreSettings(bundles=bundles), server=ServerSettings(docs=False))
+    with client_for(settings) as client:
+        assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+        schema = client.get("/openapi.json").json()
+        assert "security" not in schema["paths"]["/events"]["post"]
+        assert "securitySchemes" not in schema.get("components", {})

@@ -19,6 +19,11 @@ from tests.conftest import serving
 BODY = b'{"user_id": 1, "k": 5}'
 
 
+def ask(url: str) -> int:
+    """A whole, well-formed /candidates request's status."""
+    return httpx.post(f"{url}/candidates", json={"user_id": 1, "k": 5}, timeout=5).status_code
+
+
 @pytest.fixture
 def server(bundles: Path) -> Iterator[str]:
     limits = ServerSettings(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=8)
@@ -73,12 +78,11 @@ def test_a_body_that_does_not_arrive_in_time_gets_a_408_naming_it(server: str) -
     assert b"body not received within 0.5 s" in reply
     assert 0.4 < time.monotonic() - began < 3
     # A whole request on a fresh connection is answered as ever.
-    assert httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5).status_code == 200
+    assert ask(server) == 200
 
 
 def test_a_client_that_hangs_up_mid_body_is_a_499_and_no_latency_sample(server: str) -> None:
-    ok = httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5)
-    assert ok.status_code == 200
+    assert ask(server) == 200
     count = 'argus_request_duration_seconds_count{endpoint="/candidates"}'
     before = sample(server, count)
     sock = connect(server)
@@ -101,12 +105,11 @@ def test_connections_beyond_the_cap_get_a_503_and_the_held_ones_are_released(
     held = [connect(server) for _ in range(8)]
     time.sleep(0.1)
     try:
-        refused = httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5)
-        assert refused.status_code == 503
+        assert ask(server) == 503
     finally:
         for sock in held:
             sock.close()
     deadline = time.monotonic() + 5
-    while httpx.post(f"{server}/candidates", json={"user_id": 1, "k": 5}, timeout=5).status_code != 200:
+    while ask(server) != 200:
         assert time.monotonic() < deadline
         time.sleep(0.05)
