@@ -1,4 +1,4 @@
-# The task runner (STYLE.md 12). CI calls `make test`, exactly what the README shows.
+# The task runner. CI calls `make test`, exactly what the README shows.
 VENV := .venv
 BIN := $(VENV)/bin
 

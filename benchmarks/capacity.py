@@ -1,5 +1,5 @@
 """Capacity on paper for a large deployment, each line computed from a per-unit figure measured
-here (README "Scaling out").
+here (docs/operations.md, "Scaling out").
 
 Measured on this machine, in one run:
 

@@ -1,4 +1,4 @@
-"""Bundles: one immutable, verified directory per daily version (DESIGN.md §7).
+"""Bundles: one immutable, verified directory per daily version.
 
 ``build`` turns an ``argus export`` directory into ``ROOT/<version>/``::
 

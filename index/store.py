@@ -1,4 +1,4 @@
-"""User-vector stores, the versioned publish to Redis, and live histories (DESIGN.md §7).
+"""User-vector stores, the versioned publish to Redis, and live histories.
 
 Redis keys (every vector key contains the bundle version, so a reader asks for the version of the
 items it serves and can never mix two)::

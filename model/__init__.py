@@ -1,1 +1,1 @@
-"""Offline stage: event data, the ARGUS model, training and export (DESIGN.md §2-§6)."""
+"""Offline stage: event data, the ARGUS model, training and export."""

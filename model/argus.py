@@ -1,7 +1,7 @@
 """ARGUS: AutoRegressive Generative User Sequential modeling.
 
 Khrylchenko et al., "Scaling Recommender Transformers to One Billion Parameters" (Yandex,
-arXiv 2507.15994), in its "simplified ARGUS" form (DESIGN.md §4):
+arXiv 2507.15994), in its "simplified ARGUS" form:
 
 * one token per event: ``x_t = Norm(W [e_ctx(c_t); e_item(i_t); e_fb(f_t)])``;
 * a causal pre-norm transformer; ``h_t`` is the state after event t;
@@ -18,7 +18,7 @@ part. NIP scores cosines, ``cos(q, o_j) / T``. Each FP logit adds a dot term ``<
 tokens and an MLP(h_t) query (the SASRec baseline).
 
 ``forward`` returns hidden states; the heads are separate methods so that training, evaluation and
-export each call only what they need (STYLE.md 4).
+export each call only what they need.
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ class Argus(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
-        if cfg.tower_dim:  # DESIGN.md §5: u = P_u h, v = MLP(e_item)
+        if cfg.tower_dim:  # u = P_u h, v = MLP(e_item)
             self.user_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             self.item_mlp = _mlp(e, d, cfg.tower_dim)
             self.item_popularity = nn.Linear(1, cfg.tower_dim, bias=False)  # of log1p(positives)

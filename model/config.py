@@ -1,4 +1,4 @@
-"""Command-line overrides for typed dataclass configs (STYLE.md 3).
+"""Command-line overrides for typed dataclass configs.
 
 ``apply_overrides(SimConfig(), ["n_genres=32", "surface_share=0.6,0.4"])`` returns a new config;
 an unknown key or a value that does not parse as the field's type raises ``ValueError`` naming it.

@@ -1,6 +1,6 @@
 """What the offline stage hands to ``index/`` and ``service/``: file names, the encoder's inputs
 and the packed form of one history event. Numpy only, so the serving side can import it without
-torch (DESIGN.md §7)."""
+torch."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ ENCODER_INPUTS = (
     "lengths",  # int64 [B], real events per row (>= 1)
 )
 ENCODER_OUTPUT = "user_vector"  # [B, dim + retrieval_dim]: the ranking vector, then retrieval
-# The encoder's state after each row's last event, its further outputs (DESIGN.md §8: the service's
+# The encoder's state after each row's last event, its further outputs (the service's
 # key/value cache): every layer's keys and values [n_layers, B, H, L, D/H] (past the row's length:
 # padding), the sum of the retrieval embeddings of its positive events [B, R] and their number [B].
 CACHE_OUTPUTS = ("keys", "values", "taste_sum", "positives")

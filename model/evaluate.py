@@ -1,4 +1,4 @@
-"""``argus evaluate``: test-window losses and full-catalog ranking metrics (DESIGN.md §6).
+"""``argus evaluate``: test-window losses and full-catalog ranking metrics.
 
 Global temporal split: the model sees every event before the end of the test window as context,
 and only test-window events are counted.
@@ -16,7 +16,7 @@ and only test-window events are counted.
 * **ARGUS + like**: the top ``rerank_depth`` NIP candidates reordered by
   ``log P_nip(j) + log P(like | j)``, the FP head's like probability for that candidate: the
   probability of "the next item is j and it is liked".
-* **PairAccuracy** (fine-tuned models, DESIGN.md §5): the weighted share of correctly ordered pairs
+* **PairAccuracy** (fine-tuned models): the weighted share of correctly ordered pairs
   of test-window impressions, each scored ``<u, v>`` with the state the serving path would have
   used (as fine-tuned: the daily snapshot at lag 1d, the state before the session at lag 0);
   MostPop scores by popularity, and on simulated data the oracle by the true affinity.

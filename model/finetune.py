@@ -1,6 +1,6 @@
 """``argus finetune``: two-tower pairwise ranking of impressions, in one transformer pass.
 
-DESIGN.md §5. The user tower is ``u = P_u h`` (``h``: the transformer's state after an event), the
+The user tower is ``u = P_u h`` (``h``: the transformer's state after an event), the
 item tower ``v = MLP(e_item)``, the score ``s = <u, v>``; these are the vectors the service serves.
 
 * **Impressions** are recommended events (``source > 0``) with feedback, graded

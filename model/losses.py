@@ -1,4 +1,4 @@
-"""Pretraining losses of ARGUS (DESIGN.md §4): sampled softmax with logQ correction for next-item
+"""Pretraining losses of ARGUS: sampled softmax with logQ correction for next-item
 prediction, masked binary cross-entropies for feedback prediction, and ``L = L_nip + lambda L_fp``.
 
 Negatives are the distinct items among the batch's N targets and U uniform samples from the

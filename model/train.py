@@ -1,6 +1,6 @@
 """``argus pretrain``: next-item + feedback prediction (or the SASRec baseline) on an event log.
 
-The trainer knows nothing model-specific beyond :func:`model.losses.pretraining_loss` (STYLE.md 4).
+The trainer knows nothing model-specific beyond :func:`model.losses.pretraining_loss`.
 AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast and ``torch.compile``
 on CUDA. Every step reseeds torch from ``(seed, step)``, so a run is deterministic for a seed and a
 resumed run continues exactly as if it had never stopped. Rank 0 writes ``checkpoint.pt``,

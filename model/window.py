@@ -1,4 +1,4 @@
-"""Recall over a future window: what ``/candidates`` is for (DESIGN.md §6, §8).
+"""Recall over a future window: what ``/candidates`` is for.
 
 A ranking for a user is judged by the items they go on to consume: the distinct items of their
 positive events (:attr:`Events.positive`) in the ``days`` after ``start``. **New to the user**

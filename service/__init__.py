@@ -1,1 +1,1 @@
-"""The FastAPI service (DESIGN.md §8): routers, the user vector's sources, the bundle reloader."""
+"""The FastAPI service: routers, the user vector's sources, the bundle reloader."""

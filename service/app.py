@@ -1,4 +1,4 @@
-"""The FastAPI app (DESIGN.md §8): ``/candidates``, ``/score``, ``/events`` and the ops endpoints.
+"""The FastAPI app: ``/candidates``, ``/score``, ``/events`` and the ops endpoints.
 
 Every request takes one reference to the served bundle and uses only it, so a reload in the
 middle of a request never mixes versions. Blocking work (Redis, hnswlib, numpy) runs in worker

@@ -1,4 +1,4 @@
-"""What routes receive through ``Annotated[..., Depends()]`` (STYLE.md 6): the process's
+"""What routes receive through ``Annotated[..., Depends()]``: the process's
 settings, metrics, backend and resolver (set on ``app.state`` by :func:`service.app.create_app`),
 and the one bundle a request uses from start to end.
 

@@ -1,4 +1,4 @@
-"""The runtime user encoder: ONNX Runtime behind a dynamic batcher (DESIGN.md §8).
+"""The runtime user encoder: ONNX Runtime behind a dynamic batcher.
 
 Concurrent requests each submit one history; a worker thread takes the first waiting one, waits at
 most ``max_delay_ms`` for more (up to ``max_batch``), right-pads the batch to its longest history

@@ -1,4 +1,4 @@
-"""The runtime encoder's per-user key/value cache (DESIGN.md §8; README "Near-real-time").
+"""The runtime encoder's per-user key/value cache (docs/serving.md, "Near-real-time").
 
 A :class:`State` is what the encoder holds after a user's window of live history: every layer's
 keys and values, the taste sums of the retrieval query, the user vector, and the window itself (so

@@ -1,4 +1,4 @@
-"""Prometheus series of the service (DESIGN.md §8), in a registry per app."""
+"""Prometheus series of the service, in a registry per app."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which user vector answers a request (DESIGN.md §8), in order (the response's ``source``):
+"""Which user vector answers a request, in order (the response's ``source``):
 
 1. ``realtime`` — the live history (the request's, else the user's list in the store) through the
    runtime encoder, when the request asks (``mode="realtime"``, or ``"auto"`` with a history in

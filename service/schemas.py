@@ -1,4 +1,4 @@
-"""Request and response bodies of the API (DESIGN.md §8), and the one conversion the routes need:
+"""Request and response bodies of the API, and the one conversion the routes need:
 request events to the packed history records the encoder and the stores use."""
 
 from __future__ import annotations

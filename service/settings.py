@@ -1,4 +1,4 @@
-"""Service settings, one pydantic-settings class per concern (STYLE.md 6), composed by
+"""Service settings, one pydantic-settings class per concern, composed by
 :class:`Settings`. Each reads environment variables with the ``ARGUS_`` prefix (``argus serve``
 flags set some of them); the variable names are flat, so a group is an internal detail:
 ``ARGUS_REDIS_URL`` is ``settings.store.redis_url``, ``ARGUS_ENCODER_MAX_BATCH`` is

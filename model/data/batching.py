@@ -7,7 +7,7 @@ before it are context only. Training spans cover each user's history in non-over
 test-window rows, each exactly once.
 
 Batches are numpy arrays, padded on the right; :meth:`Batch.to_torch` is the single place where
-they become tensors, so the model never converts numpy itself (STYLE.md 5).
+they become tensors, so the model never converts numpy itself.
 """
 
 from __future__ import annotations

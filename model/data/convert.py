@@ -1,4 +1,4 @@
-"""Loaders that map public data sets onto the event schema (DESIGN.md §3).
+"""Loaders that map public data sets onto the event schema.
 
 * **MovieLens-100K** (``u.data``: ``user item rating timestamp``, tab-separated; or RecBole's
   ``ml-100k.inter``, the same rows under a header line): every rating is an

@@ -1,4 +1,4 @@
-"""The event schema (DESIGN.md §3), a columnar in-memory table of events, and a validating reader.
+"""The event schema, a columnar in-memory table of events, and a validating reader.
 
 One row per interaction, sorted by ``(user_id, timestamp)``. Every stage reads events through
 :func:`read_events`, which refuses a file that breaks the contract with one message naming the
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from model.contract import DAY, HOUR, MAX_PLAYED_RATIO, MAX_TIMESTAMP
 
-SKIP_THRESHOLD = 0.3  # an event is a skip when played_ratio < 0.3 (DESIGN.md §3)
+SKIP_THRESHOLD = 0.3  # an event is a skip when played_ratio < 0.3
 # What feedback prediction (FP) predicts of an event, in the FP head's output order.
 FEEDBACK = ("like", "dislike", "skip", "played_ratio")
 _UNITS = {"s": 1, "m": 60, "h": HOUR, "d": DAY}
@@ -61,7 +61,7 @@ _ACCEPTED: dict[pa.DataType, set[pa.DataType]] = {
 
 
 class EventSchemaError(ValueError):
-    """An events file breaks the contract of DESIGN.md §3. The message names file, column, row."""
+    """An events file breaks the event contract. The message names file, column, row."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,4 @@
-"""The retrieval space: its query, its targets, its training (DESIGN.md §4, §7)."""
+"""The retrieval space: its query, its targets, its training."""
 
 from __future__ import annotations
 
