@@ -23,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from argus.console import fails_cleanly
+from model.console import fails_cleanly
 from service.cli import wait_ready
 
 

@@ -25,9 +25,10 @@ import orjson
 from index.bundle import Bundle, rows_of
 from model.contract import DAY
 from model.data.events import Events
-from model.finetune import group_pairs, impression_grades, pair_accuracy, pair_weight_table
+from model.future import WindowTargets, popular_ranking, top_excluding
+from model.impressions import SESSION_GAP, group_pairs, impression_grades, pair_weight_table
+from model.metrics import pair_accuracy, recall
 from model.progress import bar as tqdm
-from model.window import WindowTargets, popular_ranking, recall, top_excluding
 
 
 class Client:
@@ -79,7 +80,7 @@ class Pairs:
     user: np.ndarray  # (M,)
     item: np.ndarray  # (M,)
     timestamp: np.ndarray  # (M,)
-    grade: np.ndarray  # (M,) feedback grade (model.finetune.GRADES)
+    grade: np.ndarray  # (M,) feedback grade (model.impressions.GRADES)
     group: np.ndarray  # (M,) one per user and UTC day
     hi: np.ndarray  # (P,)
     lo: np.ndarray  # (P,)
@@ -272,7 +273,7 @@ def session_replay(
     days: float = 7.0,
     k: int = 100,
     max_len: int = 512,
-    session_gap: int = 1_800,
+    session_gap: int = SESSION_GAP,
     progress: bool = False,
 ) -> SessionReplay:
     """For every session (``session_gap`` of silence starts one) of ``users`` in the window
@@ -282,7 +283,7 @@ def session_replay(
     once from the stored vector. MostPop scores the same pairs by positives before ``start``."""
     import time
 
-    from model.finetune import session_ids
+    from model.impressions import session_ids
 
     began = time.perf_counter()
     mine = events.take(np.isin(events.user_id, users))

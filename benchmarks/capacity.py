@@ -37,12 +37,12 @@ import redis
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from argus.servers import RedisServer
 from benchmarks.ann import catalog_vectors, rss_bytes
 from index.hnsw import ItemIndex
 from index.store import PlainKeys, RedisHistory
 from model.argus import Argus, preset
 from model.contract import HISTORY_EVENT
-from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ and a real load generator (locust, ``benchmarks/chaos_load.py``), in one run.
 1. **Bundles**: three bundles of the same catalog size with different vectors (seeds 0, 1, 2:
    simulator latents, an untrained ``argus-3m`` encoder, as in ``benchmarks/serve.py``); the
    first is published.
-2. **Service**: ``argus serve`` reading Redis through a TCP proxy (``tests.servers.SlowProxy``)
+2. **Service**: ``argus serve`` reading Redis through a TCP proxy (``argus.servers.SlowProxy``)
    that passes bytes straight through until the slow phase, with an events token, reload and
    health checks every second.
 3. **Maximum**: locust closed loop (``--locust-users`` users, no wait) for ``--max-s``; the
@@ -55,12 +55,12 @@ import numpy as np
 import orjson
 import redis
 
+from argus.servers import RedisServer, SlowProxy, free_port, fuzz
 from benchmarks.serve import bench_bundle
 from index.bundle import Bundle, rows_of
 from index.store import publish
 from loadtests.run import aggregated
 from service.cli import wait_ready
-from tests.servers import RedisServer, SlowProxy, free_port, fuzz
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = Path(__file__).with_name("chaos_load.py")

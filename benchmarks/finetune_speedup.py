@@ -30,13 +30,12 @@ from model.data.simulate import SimConfig, Simulator
 from model.finetune import (
     FinetuneConfig,
     PairwiseObjective,
-    find_impressions,
     impression_level_backward,
     make_samples,
-    pair_weight_table,
     sample_batch,
 )
-from model.train import Optimizers
+from model.impressions import find_impressions, pair_weight_table
+from model.trainer import Optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
 

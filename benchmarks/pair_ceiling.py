@@ -11,7 +11,7 @@ same held-out pairs (the last 7 days; pairs of one user and UTC day, weighted by
   its popularity part;
 * a **ceiling for a model learned from the logs**: every part known *except* the personal offset,
   which is estimated the only way a model can know it, from the user's own feedback before the
-  window (:func:`model.window.estimated_offsets`); a learned model must also estimate the parts
+  window (:func:`model.future.estimated_offsets`); a learned model must also estimate the parts
   given here, so it can only do worse. Again from each user's last ``--max-len`` events alone:
   a model reads no more of a history than that;
 * what simple counters reach: MostPop plus the user's positive rate on the item's artist;
@@ -40,7 +40,7 @@ from argus.replay import Pairs, popularity_scores
 from model.data.batching import TemporalSplit
 from model.data.events import Events, counts_before, read_events
 from model.data.simulate import Truth
-from model.window import estimated_offsets, mapped_to_truth, positive_factors
+from model.future import estimated_offsets, mapped_to_truth, positive_factors
 
 ROOT = Path(__file__).resolve().parents[1]
 

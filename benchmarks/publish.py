@@ -30,9 +30,9 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
+from argus.servers import RedisClusterServers, RedisServer
 from index.bundle import Bundle
 from index.store import LAYOUTS, RedisClient, RedisStore, publish, redis_client
-from tests.servers import RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("single", "cluster")  # one redis-server; a three-master Redis Cluster

@@ -47,6 +47,7 @@ from argus.replay import (
     score_pairs,
     session_replay,
 )
+from argus.servers import RedisServer, free_port
 from index.bundle import Bundle, list_versions
 from index.store import publish
 from model.contract import DAY
@@ -54,16 +55,9 @@ from model.data.convert import convert_ml100k
 from model.data.events import read_events
 from model.data.fetch import ml100k
 from model.data.simulate import Truth
-from model.window import (
-    WindowTargets,
-    fit_oracle,
-    oracle_ranking,
-    popular_ranking,
-    recall,
-    split_users,
-)
+from model.future import WindowTargets, fit_oracle, oracle_ranking, popular_ranking, split_users
+from model.metrics import recall
 from service.cli import wait_ready
-from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGUS = str(Path(sys.executable).with_name("argus"))

@@ -54,12 +54,12 @@ import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from argus.servers import RedisServer, free_port
 from benchmarks.ann import catalog_vectors
 from index.bundle import Bundle, HnswParams, build, list_versions, read_manifest
 from index.store import publish
 from model.contract import DAY, ENCODER_FILE, STEP_FILE
 from service.cli import run_server, wait_ready
-from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from argus.console import Quiet, fails_cleanly, needs_extra
+from model.console import Quiet, fails_cleanly, needs_extra
 from model.data.events import parse_duration
 
 RedisUrl = Annotated[

@@ -72,6 +72,13 @@ def vector_prefix(version: str) -> str:
     return f"argus:uv:{version}:"
 
 
+# Live histories: events kept per user, how long one lives after its last append, and (without
+# Redis) how many users one process remembers.
+HISTORY_CAP = 2_048
+HISTORY_TTL_S = 30 * DAY
+HISTORY_MAX_USERS = 100_000
+
+
 def history_key(user_id: int) -> str:
     return f"argus:hist:{user_id}"
 
@@ -573,7 +580,9 @@ class RedisHistory:
     """``argus:hist:<user>``: one packed event per list element, trimmed to ``cap`` and expiring
     ``ttl_s`` after the user's last event."""
 
-    def __init__(self, client: RedisClient, *, cap: int = 2_048, ttl_s: int = 30 * DAY) -> None:
+    def __init__(
+        self, client: RedisClient, *, cap: int = HISTORY_CAP, ttl_s: int = HISTORY_TTL_S
+    ) -> None:
         self.client, self.cap, self.ttl_s = client, cap, ttl_s
 
     def append(self, user_id: int, events: np.ndarray) -> None:
@@ -607,7 +616,7 @@ class LocalHistory:
     ``cap`` events per user and ``max_users`` users (the least recently written is forgotten,
     as Redis's TTL forgets an idle user)."""
 
-    def __init__(self, *, cap: int = 2_048, max_users: int = 100_000) -> None:
+    def __init__(self, *, cap: int = HISTORY_CAP, max_users: int = HISTORY_MAX_USERS) -> None:
         self.cap, self.max_users = cap, max_users
         self._events: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()

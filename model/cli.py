@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from argus.console import Quiet, fails_cleanly, needs_extra
+from model.config import FINETUNE_LR, PRETRAIN_LR
+from model.console import Quiet, fails_cleanly, needs_extra
+from model.contract import DEFAULT_LAG, DEFAULT_SESSION_GAP
 
 
 @fails_cleanly
@@ -126,7 +128,7 @@ def dry_run(config: Any, ranks: int) -> None:
 
     from model.argus import Argus, count_parameters
     from model.runtime import MemoryPlan
-    from model.train import fsdp_units, uses_fsdp
+    from model.trainer import fsdp_units, uses_fsdp
 
     model_config = config.model_config()
     with torch.device("meta"):
@@ -167,7 +169,7 @@ def pretrain(
     batch_size: BatchSize = 32,
     max_steps: MaxSteps = 0,
     epochs: Epochs = 1,
-    lr: Lr = 1e-3,
+    lr: Lr = PRETRAIN_LR,
     test_days: TestDays = 7.0,
     test_fraction: TestFraction = 0.0,
     seed: Seed = 0,
@@ -233,7 +235,7 @@ def finetune(
             "with the user's state before 00:00 (the daily bundle); 0 scores every impression "
             "of a session with the state before its first impression (the real-time encoder)."
         ),
-    ] = "1d",
+    ] = DEFAULT_LAG,
     runtime_lag: Annotated[
         str,
         typer.Option(
@@ -254,7 +256,7 @@ def finetune(
     ] = "0",
     session_gap: Annotated[
         str, typer.Option(help="Silence that starts a new session (lag 0 groups).")
-    ] = "30m",
+    ] = DEFAULT_SESSION_GAP,
     pair_weights: Annotated[
         str,
         typer.Option(
@@ -273,7 +275,7 @@ def finetune(
     batch_size: BatchSize = 32,
     max_steps: MaxSteps = 0,
     epochs: Epochs = 1,
-    lr: Lr = 3e-4,
+    lr: Lr = FINETUNE_LR,
     test_days: TestDays = 7.0,
     test_fraction: TestFraction = 0.0,
     seed: Seed = 0,

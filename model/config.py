@@ -13,6 +13,11 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Learning rates the library and the CLI share: the backbone's, when pretraining and when
+# fine-tuning (a pretrained backbone needs a gentler rate than one trained from scratch).
+PRETRAIN_LR = 1e-3
+FINETUNE_LR = 3e-4
+
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 

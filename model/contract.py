@@ -8,6 +8,10 @@ import numpy as np
 
 # Timestamps are int64 seconds since the Unix epoch (UTC), in [0, MAX_TIMESTAMP].
 HOUR, DAY = 3_600, 86_400
+# The defaults every stage shares, as durations (``parse_duration``): the daily bundle's lag, and
+# the silence that ends a session.
+DEFAULT_LAG = "1d"
+DEFAULT_SESSION_GAP = "30m"
 MAX_TIMESTAMP = 2**32 - 1  # 2106-02-07: past any log, far from overflowing a time gap
 MAX_PLAYED_RATIO = 10.0  # >1 means the user replayed parts of the item (Yambda goes past 100%)
 

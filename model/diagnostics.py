@@ -26,18 +26,12 @@ import numpy as np
 import torch
 
 from model.argus import FP_SCORE_SIGNS, Argus
-from model.data.batching import Spans, TemporalSplit, covering_spans, iter_batches
+from model.data.batching import Spans, TemporalSplit, covering_spans, iter_batches, sample_users
 from model.data.events import Events
 from model.data.simulate import Truth
-from model.evaluate import sample_users
-from model.finetune import (
-    Impressions,
-    ItemPopularity,
-    find_impressions,
-    group_pairs,
-    pair_accuracy,
-    pair_weight_table,
-)
+from model.impressions import Impressions, find_impressions, group_pairs, pair_weight_table
+from model.inference import ItemPopularity
+from model.metrics import pair_accuracy
 
 RIDGES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # penalties tried by :func:`ridge_r2`
 

@@ -53,7 +53,7 @@ class ShardEncoder:
         self.as_of = as_of
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from model.export import encode_spans
+        from model.inference import encode_spans
 
         start = batch["start"].astype(np.int64)
         spans = Spans(start, batch["end"].astype(np.int64), start.copy())
@@ -90,11 +90,11 @@ def ray_user_vectors(
     progress: bool = False,
     as_of: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(user_ids, vectors)`` as :func:`model.export.user_vectors` computes them, on Ray."""
+    """``(user_ids, vectors)`` as :func:`model.inference.user_vectors` computes them, on Ray."""
     import ray
     import ray.data
 
-    from model.export import last_spans, user_vector_dim
+    from model.inference import last_spans, user_vector_dim
 
     connect(address)
     began = time.perf_counter()

@@ -25,7 +25,6 @@ and only test-window events are counted.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +36,30 @@ import torch.nn.functional as F
 
 from model.argus import Argus
 from model.checkpoint import load_model
-from model.data.batching import Batch, TemporalSplit, covering_spans, eval_spans, iter_batches
+from model.contract import DEFAULT_SESSION_GAP
+from model.data.batching import (
+    Batch,
+    TemporalSplit,
+    covering_spans,
+    eval_spans,
+    iter_batches,
+    sample_users,
+)
 from model.data.events import FEEDBACK, Catalog, Events, parse_duration, read_events
 from model.data.simulate import TRUTH_FILE, Truth
-from model.finetune import (
+from model.impressions import (
     Impressions,
-    ItemPopularity,
     find_impressions,
     group_pairs,
-    pair_accuracy,
     pair_weight_table,
-    tower_scores,
+    popularity_counts,
 )
+from model.inference import ItemPopularity, tower_scores
 from model.losses import feedback_losses
+from model.metrics import pair_accuracy, ranking_metrics, ranks
 from model.progress import bar as tqdm
 from model.runtime import pick_device
-from model.train import choose_split, training_events
+from model.trainer import choose_split, training_events
 
 
 @dataclass(frozen=True)
@@ -91,29 +98,6 @@ def first_occurrence(events: Events) -> np.ndarray:
     first = np.empty(len(events), dtype=bool)
     first[order] = new
     return first
-
-
-def ranks(
-    scores: torch.Tensor, target: torch.Tensor, excluded: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(n,) 0-based rank of each target column among (n, C) scores; ties count half."""
-    if excluded is not None:
-        scores = scores.masked_fill(excluded, float("-inf"))
-    target_score = scores.gather(1, target[:, None])  # (n, 1)
-    above = (scores > target_score).sum(1)
-    ties = (scores == target_score).sum(1) - 1
-    return above + ties // 2
-
-
-def ranking_metrics(rank: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """Recall@K and NDCG@K of single-target ranks (a miss scores 0)."""
-    out: dict[str, float] = {}
-    for k in ks:
-        hit = rank < k
-        out[f"recall@{k}"] = float(hit.mean()) if len(rank) else math.nan
-        gain = np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
-        out[f"ndcg@{k}"] = float(gain.mean()) if len(rank) else math.nan
-    return out
 
 
 class _SeenItems:
@@ -359,14 +343,6 @@ def most_popular_ranks(
     return found
 
 
-def popularity_counts(events: Events, split: TemporalSplit | None, catalog: Catalog) -> np.ndarray:
-    """(C,) float32 number of positive training events (all events without a ``split``) of each
-    catalog item: MostPop's score."""
-    before = events.timestamp < split.split_time if split else True
-    train = events.take(before & events.positive)
-    return np.bincount(catalog.column(train.item_id), minlength=len(catalog)).astype(np.float32)
-
-
 @torch.no_grad()
 def impression_scores(
     model: Argus,
@@ -411,15 +387,6 @@ def impression_scores(
     log_popularity = popularity.log_counts(item) if popularity is not None else None
     scores = tower_scores(model, h[at], item, artist, tastes, log_popularity, runtime=runtime)
     return scores.cpu().numpy()
-
-
-def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) -> Events:
-    """The events of ``n`` users drawn at random (seeded) among those with test-window events."""
-    users = np.unique(events.user_id[split.in_test(events.timestamp)])
-    if len(users) <= n:
-        return events
-    chosen = np.random.default_rng(seed).choice(users, n, replace=False)
-    return events.take(np.isin(events.user_id, chosen))
 
 
 def name_of(checkpoint: str | Path, state: dict[str, Any]) -> str:
@@ -546,7 +513,7 @@ def _pair_accuracies(
         parse_duration(lag),
         group,
         snapshot_delay=parse_duration(trained.get("snapshot_delay", "0")),
-        session_gap=parse_duration(trained.get("session_gap", "30m")),
+        session_gap=parse_duration(trained.get("session_gap", DEFAULT_SESSION_GAP)),
     )
     test = found.take(np.flatnonzero(split.in_test(events.timestamp[found.row])))
     hi, lo, w = group_pairs(test.group, test.grade, table)

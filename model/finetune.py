@@ -3,20 +3,10 @@
 The user tower is ``u = P_u h`` (``h``: the transformer's state after an event), the
 item tower ``v = MLP(e_item)``, the score ``s = <u, v>``; these are the vectors the service serves.
 
-* **Impressions** are recommended events (``source > 0``) with feedback, graded
-  like > full listen > partial > skip > dislike (:data:`GRADES`).
-* **States: what the service would have served.** ``lag`` = 1 day (the daily bundle): every
-  impression of UTC day d is scored with the state after the user's last event before 00:00 UTC
-  of day d (minus ``snapshot_delay``), so all impressions of one user-day share one state (other
-  lags: UTC-aligned buckets of that width). ``lag`` = 0 (the runtime encoder): impressions are
-  grouped by session (``session_gap`` of silence starts one) and every impression of a group is
-  scored with the state before the group's first impression, so no impression sees the feedback
-  of another one it is paired with.
-* **Groups and pairs.** Impressions are compared within a group that shares one state: by default
-  one user and one lag bucket (``lag`` > 0) or one session (``lag`` = 0); a finer group (a session
-  or a bucket width) is cut at lag-bucket boundaries. Every pair of a group with different grades
-  counts with the weight of its grade pair (:func:`pair_weight_table`):
-  ``L = sum w softplus(-(s_hi - s_lo)) / sum w``; the metric is the weighted PairAccuracy.
+* **What is ranked**: the impressions of :mod:`model.impressions`, each scored with the state the
+  service would have served, compared within groups that share one state; every pair counts with
+  the weight of its grade pair: ``L = sum w softplus(-(s_hi - s_lo)) / sum w``, and the metric is
+  the weighted PairAccuracy (:func:`model.metrics.pair_accuracy`).
 * **One pass.** A training sample is one history chunk of one user (the chunks of pretraining):
   the transformer runs over it once and every impression whose state lies in the chunk gathers that
   state by index. :func:`impression_level_backward` is the reference that re-runs the transformer
@@ -27,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,207 +27,22 @@ from torch import nn
 
 from model.argus import PARTS, Argus, ArgusConfig
 from model.checkpoint import model_config, read_checkpoint
-from model.config import apply_overrides
-from model.contract import DAY
+from model.config import FINETUNE_LR, apply_overrides
+from model.contract import DEFAULT_LAG, DEFAULT_SESSION_GAP
 from model.data.batching import Batch, Spans, bucket_batches, chunk_spans, make_batch
-from model.data.events import SKIP_THRESHOLD, Events, parse_duration, read_events
+from model.data.events import Events, parse_duration, read_events
+from model.impressions import (
+    Impressions,
+    both_heads,
+    find_impressions,
+    group_pairs,
+    pair_weight_table,
+)
+from model.inference import tower_scores
 from model.losses import ItemFrequencies, ItemTrend, retrieval_loss
+from model.metrics import pair_accuracy
 from model.runtime import Runtime
-from model.train import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
-
-GRADES = ("dislike", "skip", "partial", "full", "like")  # impression grades, lowest first
-FULL_LISTEN = 0.9  # played_ratio at or above which a listen is "full"
-SESSION_GAP = 1_800  # default seconds of silence that end a session
-
-
-def feedback_grades(events: Events) -> np.ndarray:
-    """(N,) int64 grade index into :data:`GRADES` of each event's feedback, whatever its source;
-    -1 where it has none."""
-    ratio = events.played_ratio
-    with np.errstate(invalid="ignore"):
-        grade = np.select(
-            [ratio < SKIP_THRESHOLD, ratio < FULL_LISTEN, ratio >= FULL_LISTEN], [1, 2, 3], -1
-        ).astype(np.int64)
-    grade[events.liked] = 4
-    grade[events.disliked] = 0
-    return grade
-
-
-def impression_grades(events: Events) -> np.ndarray:
-    """(N,) :func:`feedback_grades`, -1 where the event is not an impression (organic, or a
-    recommendation without feedback)."""
-    grade = feedback_grades(events)
-    grade[events.source <= 0] = -1
-    return grade
-
-
-def pair_weight_table(spec: str = "") -> np.ndarray:
-    """(5, 5) weights ``w[hi, lo]`` of a pair whose better impression has grade ``hi``.
-
-    The default is the grade distance (like-vs-skip 3, full-vs-skip 2, like-vs-dislike 4, ...).
-    ``spec`` overrides entries: ``"like>skip=4,full>partial=0"`` (0 drops that kind of pair).
-    """
-    index = np.arange(len(GRADES))
-    table = np.clip(index[:, None] - index[None, :], 0, None).astype(np.float64)
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        match = re.fullmatch(r"(\w+)\s*>\s*(\w+)\s*=\s*([0-9.eE+-]+)", part)
-        if not match:
-            raise ValueError(f"pair weight {part!r}: expected hi>lo=weight, e.g. like>skip=4")
-        hi, lo, weight = match.groups()
-        for name in (hi, lo):
-            if name not in GRADES:
-                raise ValueError(f"pair weight {part!r}: unknown grade {name!r}; known: {GRADES}")
-        h, lo_index = GRADES.index(hi), GRADES.index(lo)
-        if h <= lo_index:
-            raise ValueError(f"pair weight {part!r}: {hi} is not above {lo}")
-        value = float(weight)
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(f"pair weight {part!r}: the weight must be a finite number >= 0")
-        table[h, lo_index] = value
-    return table
-
-
-def snapshot_rows(events: Events, lag: int, snapshot_delay: int = 0) -> np.ndarray:
-    """(N,) the state the daily bundle serves at each row (``lag`` > 0): the user's last event
-    before the start of the row's UTC-aligned ``lag`` bucket (00:00 UTC of its day for 1d) minus
-    ``snapshot_delay``; -1 if none."""
-    if lag <= 0:
-        raise ValueError(f"a snapshot needs lag > 0, got {lag}")
-    n = len(events)
-    users, offsets = events.user_offsets()
-    user_index = np.repeat(np.arange(len(users)), np.diff(offsets))
-    user_start = offsets[:-1][user_index]
-    cut = events.timestamp // lag * lag - snapshot_delay  # the snapshot is taken before this
-    # One sorted key over (user, time): search each row's cut-off among its user's rows.
-    t0 = int(cut.min()) if n else 0
-    span = int(events.timestamp.max()) - t0 + 1 if n else 1
-    key = user_index * span + (events.timestamp - t0)
-    state = np.searchsorted(key, user_index * span + (cut - t0), side="left") - 1
-    return np.where(state >= user_start, state, -1)
-
-
-def session_ids(events: Events, gap: int) -> np.ndarray:
-    """(N,) non-decreasing session id of each row: a new user or more than ``gap`` seconds of
-    silence starts a session."""
-    new = np.ones(len(events), dtype=bool)
-    new[1:] = (events.user_id[1:] != events.user_id[:-1]) | (np.diff(events.timestamp) > gap)
-    return np.cumsum(new)
-
-
-def group_ids(
-    events: Events, rows: np.ndarray, group: str, lag: int, session_gap: int = SESSION_GAP
-) -> np.ndarray:
-    """(len(rows),) consecutive group ids of impressions at ``rows`` (sorted). ``group``:
-    ``"auto"`` (the lag bucket when ``lag`` > 0, sessions when 0), ``"lag"`` (one user and one
-    ``lag`` bucket, one day when ``lag`` is 0), ``"session"`` or a bucket width such as ``"6h"``.
-    With ``lag`` > 0 a group never spans two lag buckets, so it shares one daily state."""
-    if group == "auto":
-        group = "lag" if lag > 0 else "session"
-    keys = [events.user_id[rows]]
-    if group == "session":
-        keys.append(session_ids(events, session_gap)[rows])
-    else:
-        width = (lag or DAY) if group == "lag" else parse_duration(group)
-        if width <= 0:
-            raise ValueError(f"group {group!r}: the bucket width must be > 0")
-        keys.append(events.timestamp[rows] // width)
-    if lag > 0:
-        keys.append(events.timestamp[rows] // lag)
-    # Every key is non-decreasing in time within a user, so a group is a run of rows.
-    change = np.zeros(len(rows), dtype=bool)
-    change[:1] = True
-    for key in keys:
-        change[1:] |= key[1:] != key[:-1]
-    return np.cumsum(change) - 1
-
-
-@dataclass(frozen=True)
-class Impressions:
-    """Impressions with a state, sorted by row. All arrays are (M,) int64."""
-
-    row: np.ndarray  # the impression's row in the events table
-    state: np.ndarray  # the row whose state scores it (one per group)
-    grade: np.ndarray  # index into GRADES
-    group: np.ndarray  # comparison group id
-    head: np.ndarray  # 0: scored by the offline user head, 1: by the runtime (lag-0) head
-    popularity: np.ndarray  # the item's positive events before the impression's UTC day
-
-    def __len__(self) -> int:
-        return len(self.row)
-
-    def take(self, index: np.ndarray) -> Impressions:
-        return Impressions(**{k: v[index] for k, v in vars(self).items()})
-
-
-def find_impressions(
-    events: Events,
-    lag: int,
-    group: str = "auto",
-    *,
-    snapshot_delay: int = 0,
-    session_gap: int = SESSION_GAP,
-    head: int = 0,
-) -> Impressions:
-    """Every impression of ``events`` that has a state, with the state the serving path would
-    have used (see the module docstring): the daily snapshot when ``lag`` > 0, else the state
-    before the first impression of its group. Groups without a state are dropped. ``head``:
-    which user head scores them (:attr:`Impressions.head`)."""
-    grade = impression_grades(events)
-    rows = np.flatnonzero(grade >= 0)
-    group_of = group_ids(events, rows, group, lag, session_gap)
-    if lag > 0:
-        state = snapshot_rows(events, lag, snapshot_delay)[rows]
-    else:
-        _, first_index = np.unique(group_of, return_index=True)
-        first = rows[first_index]  # each group's first impression
-        before = first - 1
-        same_user = (before >= 0) & (events.user_id[np.maximum(before, 0)] == events.user_id[first])
-        state = np.where(same_user, before, -1)[group_of]
-    keep = np.flatnonzero(state >= 0)
-    _, renumbered = np.unique(group_of[keep], return_inverse=True)  # consecutive again
-    rows = rows[keep]
-    day = events.timestamp[rows] // DAY * DAY  # the daily bundle's item vectors count until then
-    return Impressions(
-        rows,
-        state[keep],
-        grade[rows],
-        renumbered.astype(np.int64),
-        np.full(len(keep), head, dtype=np.int64),
-        events.positives_before(events.item_id[rows], day),
-    )
-
-
-def both_heads(offline: Impressions, runtime: Impressions) -> Impressions:
-    """The impressions of both user heads in one set: each impression once with the daily state
-    (``offline``, head 0) and once with the runtime one (head 1), in separate groups (a pair never
-    mixes heads), sorted by row."""
-    shifted = dataclasses.replace(
-        runtime, group=runtime.group + (int(offline.group.max()) + 1 if len(offline) else 0)
-    )
-    merged = Impressions(
-        **{k: np.concatenate([getattr(offline, k), getattr(shifted, k)]) for k in vars(offline)}
-    )
-    return merged.take(np.argsort(merged.row, kind="stable"))
-
-
-def group_pairs(
-    group: np.ndarray, grade: np.ndarray, table: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(hi, lo, w)``: every pair of one group with ``grade[hi] > grade[lo]`` and weight > 0."""
-    order = np.argsort(group, kind="stable")
-    g = group[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, len(g)])
-    size_of, start_of = np.repeat(sizes, sizes), np.repeat(starts, sizes)  # per impression
-    i = np.repeat(np.arange(len(g)), size_of)  # each impression once per member of its group
-    offset = np.arange(len(i)) - np.repeat(np.cumsum(size_of) - size_of, size_of)
-    j = np.repeat(start_of, size_of) + offset
-    hi, lo = order[i], order[j]
-    keep = grade[hi] > grade[lo]
-    hi, lo = hi[keep], lo[keep]
-    weight = table[grade[hi], grade[lo]]
-    keep = weight > 0
-    return hi[keep], lo[keep], weight[keep]
+from model.trainer import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
 
 
 def pairwise_loss(
@@ -256,14 +60,6 @@ def pairwise_loss(
         return scores.sum() * 0.0
     denominator = weight.sum() if total_weight is None else total_weight
     return (weight * F.softplus(scores[lo] - scores[hi])).sum() / denominator
-
-
-def pair_accuracy(scores: np.ndarray, hi: np.ndarray, lo: np.ndarray, weight: np.ndarray) -> float:
-    """Weighted share of pairs ordered correctly (ties count half); NaN with no pairs."""
-    if len(hi) == 0:
-        return float("nan")
-    correct = (scores[hi] > scores[lo]) + 0.5 * (scores[hi] == scores[lo])
-    return float((weight * correct).sum() / weight.sum())
 
 
 # -- training samples ----------------------------------------------------------------------------
@@ -371,50 +167,6 @@ def sample_batch(
     )
 
 
-def tower_scores(
-    model: Argus,
-    h: torch.Tensor,
-    item_id: torch.Tensor,
-    artist_id: torch.Tensor,
-    taste: torch.Tensor | None = None,
-    log_popularity: torch.Tensor | None = None,
-    runtime: torch.Tensor | bool = False,
-) -> torch.Tensor:
-    """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``;
-    ``runtime``: the lag-0 user head's, for all or (an (M,) bool mask) some impressions."""
-    v = model.item_vector(item_id, artist_id, log_popularity)
-    if isinstance(runtime, torch.Tensor):
-        u = torch.where(
-            runtime[:, None],
-            model.user_vector(h, taste, runtime=True),
-            model.user_vector(h, taste),
-        )
-    else:
-        u = model.user_vector(h, taste, runtime=runtime)
-    return (u * v).sum(-1)
-
-
-@dataclass(frozen=True)
-class ItemPopularity:
-    """log1p(positive events) of each item of a training set: the ranking towers' popularity
-    input (0 for an item it never saw)."""
-
-    ids: torch.Tensor  # (C,) sorted
-    counts: torch.Tensor  # (C,) float32
-
-    @classmethod
-    def of(cls, events: Events, device: str | torch.device = "cpu") -> ItemPopularity:
-        ids, counts = events.positive_counts()
-        return cls(torch.from_numpy(ids).to(device), torch.from_numpy(counts).float().to(device))
-
-    def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:
-        if len(self.ids) == 0:
-            return torch.zeros(item_id.shape, device=item_id.device)
-        where = torch.searchsorted(self.ids, item_id).clamp(max=len(self.ids) - 1)
-        found = self.ids[where] == item_id
-        return torch.log1p(torch.where(found, self.counts[where], 0.0))
-
-
 @dataclass(frozen=True)
 class RetrievalTraining:
     """What the retrieval loss needs besides the batch (see :func:`model.losses.retrieval_loss`)."""
@@ -456,9 +208,9 @@ class PairwiseObjective(nn.Module):
         )
         pairwise = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
         with torch.no_grad():
-            s_hi, s_lo = scores[imp["hi"]], scores[imp["lo"]]
-            correct = (s_hi > s_lo).float() + 0.5 * (s_hi == s_lo).float()
-            accuracy = (imp["weight"] * correct).sum() / imp["weight"].sum().clamp(min=1e-12)
+            pairs = imp["hi"], imp["lo"], imp["weight"]
+            has_pairs = len(imp["hi"]) and bool(imp["weight"].sum() > 0)
+            accuracy = pair_accuracy(scores, *pairs) if has_pairs else scores.new_zeros(())
         out = {"loss": pairwise, "pair_accuracy": accuracy}
         r = self.retrieval
         if r is not None:
@@ -550,11 +302,13 @@ def impression_level_backward(
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     init: str = ""  # pretrained run directory or checkpoint; "" trains from scratch
-    lag: str = "1d"  # "1d": the daily bundle's state; "0": the runtime encoder's (per session)
+    lag: str = (
+        DEFAULT_LAG  # "1d": the daily bundle's state; "0": the runtime encoder's (per session)
+    )
     runtime_lag: str = "0"  # a second user head for the service's runtime encoder; "": none
     group: str = "auto"  # "auto" (lag bucket; sessions at lag 0), "lag", "session" or e.g. "6h"
     snapshot_delay: str = "0"  # the daily snapshot is taken this long before the bucket starts
-    session_gap: str = "30m"  # silence that starts a new session
+    session_gap: str = DEFAULT_SESSION_GAP  # silence that starts a new session
     pair_weights: str = ""  # grade-pair weight overrides, e.g. "like>skip=4"; "" = the default
     max_impressions: int = 256  # per chunk, step and user head (a random subset beyond it); 0: all
     min_history: int = 1  # events of the chunk a state must have seen
@@ -574,7 +328,7 @@ class FinetuneConfig(TrainConfig):
     retrieval_temperature: float = 0.05
     retrieval_negatives: int = 1024  # uniform negatives beside the in-batch ones
     retrieval_trend: str = "7d"  # the score adds w(user) * log1p(item's positives then); "0": none
-    lr: float = 1e-3
+    lr: float = FINETUNE_LR
     table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
     warmup_steps: int = 20
 

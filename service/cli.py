@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from argus.console import fails_cleanly, needs_extra
+from model.console import fails_cleanly, needs_extra
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

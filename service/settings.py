@@ -12,8 +12,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index.store import RedisAuth, secrets_dir
-from model.contract import DAY
+from index.store import (
+    HISTORY_CAP,
+    HISTORY_MAX_USERS,
+    HISTORY_TTL_S,
+    RedisAuth,
+    secrets_dir,
+)
 
 Mode = Literal["auto", "offline", "realtime"]
 
@@ -31,11 +36,11 @@ class StoreSettings(BaseSettings):
     redis_failures_to_open: Annotated[int, Field(gt=0)] = 3  # failed calls in a row: stop trying
     redis_health_interval_s: Annotated[float, Field(gt=0)] = 1.0  # PING; success resumes calls
     reload_interval_s: Annotated[float, Field(gt=0)] = 5.0  # how often the pointer is checked
-    history_cap: Annotated[int, Field(gt=0)] = 2_048  # events kept per user's live history
-    history_ttl_s: Annotated[int, Field(gt=0)] = 30 * DAY
+    history_cap: Annotated[int, Field(gt=0)] = HISTORY_CAP  # events kept per user's live history
+    history_ttl_s: Annotated[int, Field(gt=0)] = HISTORY_TTL_S
     # Without Redis the live histories live in this process: the least recently written user
     # beyond this many is forgotten, so forged or one-off ids cannot grow memory without bound.
-    history_max_users: Annotated[int, Field(gt=0)] = 100_000
+    history_max_users: Annotated[int, Field(gt=0)] = HISTORY_MAX_USERS
 
 
 class LimitSettings(BaseSettings):

@@ -112,7 +112,7 @@ class Backend:
         s = self.settings.encoder
         encoder = Encoder(
             bundle.encoder_path,
-            max_len=int(bundle.manifest["model_config"].get("max_len", 512)),
+            max_len=int(bundle.manifest["model_config"]["max_len"]),
             device=s.device,
             threads=s.threads,
             step_path=bundle.step_path,

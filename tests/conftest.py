@@ -15,12 +15,12 @@ import redis
 import uvicorn
 from redis.cluster import RedisCluster
 
+from argus.servers import RedisClusterServers, RedisServer, free_port
 from index.bundle import HnswParams, build
 from index.store import RedisClient, redis_client
 from service.app import create_app
 from service.protocol import uvicorn_options
 from service.settings import Settings
-from tests.servers import RedisClusterServers, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")

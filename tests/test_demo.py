@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from argus.servers import free_port
 from index.bundle import list_versions
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.servers import RedisServer
+from argus.servers import RedisServer
 
 
 def test_redis_is_a_real_server_storing_raw_float32(redis_url: str) -> None:

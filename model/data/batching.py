@@ -270,3 +270,12 @@ def iter_batches(
         spans, batch_size=batch_size, max_tokens=max_tokens, shuffle=shuffle, seed=seed
     ):
         yield make_batch(events, spans.take(index), pad_to_multiple=pad_to_multiple)
+
+
+def sample_users(events: Events, split: TemporalSplit, n: int, seed: int = 0) -> Events:
+    """The events of ``n`` users drawn at random (seeded) among those with test-window events."""
+    users = np.unique(events.user_id[split.in_test(events.timestamp)])
+    if len(users) <= n:
+        return events
+    chosen = np.random.default_rng(seed).choice(users, n, replace=False)
+    return events.take(np.isin(events.user_id, chosen))

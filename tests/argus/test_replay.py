@@ -13,8 +13,9 @@ from argus.replay import Client, Pairs, candidates, offline, quick_replay, score
 from index.bundle import Bundle, list_versions
 from model.contract import DAY
 from model.data.events import Events, read_events
-from model.finetune import impression_grades
-from model.window import WindowTargets, recall
+from model.future import WindowTargets
+from model.impressions import impression_grades
+from model.metrics import recall
 from service.settings import EncoderSettings, Settings, StoreSettings
 from tests.conftest import serving
 

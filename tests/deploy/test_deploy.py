@@ -19,9 +19,9 @@ import yaml
 from kubernetes_validate import validate as kubernetes_validate
 from kubernetes_validate.utils import ValidationError
 
+from argus.servers import free_port
 from service.settings import EncoderSettings, Settings, StoreSettings
 from tests.conftest import serving
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -8,17 +8,10 @@ import pytest
 import torch
 
 from model.checkpoint import load_model
-from model.data.batching import Spans, TemporalSplit, make_batch
+from model.data.batching import Spans, TemporalSplit, make_batch, sample_users
 from model.data.events import Catalog, Events, read_events
-from model.evaluate import (
-    EvalConfig,
-    evaluate,
-    evaluate_model,
-    ranking_metrics,
-    ranking_targets,
-    ranks,
-    sample_users,
-)
+from model.evaluate import EvalConfig, evaluate, evaluate_model, ranking_targets
+from model.metrics import ranking_metrics, ranks
 from model.train import pretrain
 from tests.model.conftest import tiny_config
 

@@ -20,16 +20,12 @@ from model.export import (
     ENCODER_OUTPUT,
     STEP_FILE,
     STEP_INPUTS,
-    StepEncoder,
-    UserEncoder,
     export,
     export_onnx,
     export_step_onnx,
-    last_spans,
     popular_items,
-    retrieval_dim,
 )
-from model.finetune import ItemPopularity
+from model.inference import ItemPopularity, StepEncoder, UserEncoder, last_spans, retrieval_dim
 from model.train import pretrain
 from tests.model.conftest import tiny_config
 

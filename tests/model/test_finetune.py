@@ -17,19 +17,21 @@ from model.evaluate import impression_scores
 from model.finetune import (
     FinetuneConfig,
     PairwiseObjective,
-    find_impressions,
     finetune,
+    impression_level_backward,
+    make_samples,
+    sample_batch,
+)
+from model.impressions import (
+    find_impressions,
     group_ids,
     group_pairs,
     impression_grades,
-    impression_level_backward,
-    make_samples,
-    pair_accuracy,
     pair_weight_table,
-    sample_batch,
     snapshot_rows,
-    tower_scores,
 )
+from model.inference import tower_scores
+from model.metrics import pair_accuracy
 from model.train import pretrain
 from tests.model.conftest import tiny_config
 

@@ -18,7 +18,8 @@ from model.checkpoint import load_model
 from model.contract import DAY
 from model.data.batching import make_batch
 from model.data.events import Catalog, read_events
-from model.export import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, export, last_spans
+from model.export import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, export
+from model.inference import last_spans
 from service.settings import EncoderSettings, RequestSettings, Settings, StoreSettings
 from tests.conftest import tiny_finetune
 from tests.service.conftest import client_for

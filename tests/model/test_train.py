@@ -21,7 +21,8 @@ from model.data.batching import chunk_spans, make_batch
 from model.data.events import read_events
 from model.losses import ItemFrequencies, pretraining_loss
 from model.runtime import Runtime
-from model.train import lr_factor, pretrain
+from model.train import pretrain
+from model.trainer import lr_factor
 from tests.model.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -281,7 +282,7 @@ def test_fine_tuning_s_new_parts_get_their_own_learning_rates() -> None:
     """The towers and the retrieval space start from scratch: ``tower_lr`` and ``retrieval_lr``
     apply to them (and to nothing else), the backbone keeps ``lr``."""
     from model.finetune import FinetuneConfig
-    from model.train import Optimizers
+    from model.trainer import Optimizers
 
     model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=8, runtime_head=True))
     cfg = FinetuneConfig(data="-", out="-", lr=1e-3, tower_lr=4e-3, retrieval_lr=2e-2)

@@ -12,6 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from argus.servers import RedisServer, SlowProxy, free_port
 from index.bundle import Bundle, HnswParams, build
 from index.store import publish
 from service.encoder import Encoder
@@ -23,7 +24,6 @@ from service.settings import (
     StoreSettings,
 )
 from tests.index.conftest import export_with_users
-from tests.servers import RedisServer, SlowProxy, free_port
 from tests.service.conftest import client_for
 
 

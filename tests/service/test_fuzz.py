@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from argus.servers import fuzz
 from service.settings import EncoderSettings, RequestSettings, Settings, StoreSettings
 from tests.conftest import serving
-from tests.servers import fuzz
 
 
 @pytest.mark.parametrize("token", ["fuzz-token", None], ids=["token", "writes-closed"])

@@ -13,12 +13,12 @@ import redis
 from typer.testing import CliRunner
 
 from argus.cli import app
+from argus.servers import RedisServer, SlowProxy
 from index.bundle import Bundle
 from index.store import RedisAuth, connect
 from service.metrics import Metrics
 from service.redis_gate import RedisGate, RedisUnavailable
 from service.settings import Settings, StoreSettings
-from tests.servers import RedisServer, SlowProxy
 from tests.service.conftest import client_for
 
 
@@ -83,9 +83,9 @@ def test_publish_and_the_service_use_the_configured_redis_password(
 def test_the_service_serves_from_a_redis_cluster(bundles: Path, redis_cluster: object) -> None:
     """Vectors published to a real three-master Redis Cluster, live histories written there: the
     same answers as from one server."""
+    from argus.servers import RedisClusterServers
     from index.store import RedisStore, publish, redis_client
     from service.settings import RequestSettings
-    from tests.servers import RedisClusterServers
 
     assert isinstance(redis_cluster, RedisClusterServers)
     (path,) = list(bundles.iterdir())

@@ -9,7 +9,7 @@ from argus.replay import Pairs, popularity_scores
 from model.contract import DAY
 from model.data.events import Events, read_events
 from model.data.simulate import SimConfig, Simulator, Truth
-from model.window import (
+from model.future import (
     WindowTargets,
     estimated_offsets,
     fit_oracle,
@@ -17,10 +17,10 @@ from model.window import (
     oracle_ranking,
     popular_ranking,
     positive_factors,
-    recall,
     recent_events,
     split_users,
 )
+from model.metrics import recall
 
 
 def test_targets_are_the_distinct_positives_of_the_window_and_new_ones_were_never_met() -> None:

@@ -1,4 +1,4 @@
-"""Recall over a future window: what ``/candidates`` is for.
+"""The future window: the items a user goes on to enjoy, and the rankers scored against them.
 
 A ranking for a user is judged by the items they go on to consume: the distinct items of their
 positive events (:attr:`Events.positive`) in the ``days`` after ``start``. **New to the user**
@@ -26,7 +26,8 @@ import numpy as np
 from model.contract import DAY
 from model.data.events import Events
 from model.data.simulate import Truth
-from model.finetune import feedback_grades
+from model.impressions import feedback_grades
+from model.metrics import recall
 
 
 @dataclass
@@ -70,14 +71,6 @@ def _grouped(
     pairs = np.unique(np.stack([u, i], 1), axis=0) if len(u) else np.zeros((0, 2), np.int64)
     bounds = np.asarray(np.searchsorted(pairs[:, 0], np.r_[users, np.iinfo(np.int64).max]))
     return np.split(pairs[:, 1], bounds[1:-1])
-
-
-def recall(
-    ranked: Sequence[np.ndarray] | np.ndarray, targets: Sequence[np.ndarray], k: int
-) -> float:
-    """Mean over users with a target of |top-k ∩ targets| / |targets|."""
-    shares = [np.isin(t, r[:k]).mean() for r, t in zip(ranked, targets, strict=True) if len(t) > 0]
-    return float(np.mean(shares)) if shares else float("nan")
 
 
 def top_excluding(

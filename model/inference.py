@@ -1,0 +1,273 @@
+"""The trained model, run: user and item vectors of both spaces, the tower scores of impressions,
+and the encoder modules the export turns into ONNX graphs. What export, evaluation, diagnostics and
+the distributed export share; it trains nothing and writes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.argus import Argus
+from model.contract import (
+    ENCODER_INPUTS,
+)
+from model.data.batching import Spans, bucket_batches, make_batch
+from model.data.events import Catalog, Events
+from model.progress import bar as tqdm
+
+
+def retrieval_dim(model: Argus) -> int:
+    """Width of the retrieval vectors: the NIP head's (``retrieval_query="nip"``), the
+    space's own (and its trend column), or the towers' when the model has none."""
+    if nip_retrieval(model):
+        return model.cfg.embedding_dim
+    if not model.cfg.retrieval_dim:
+        return model.cfg.ranking_dim
+    return model.cfg.retrieval_dim + (1 if model.cfg.retrieval_trend else 0)
+
+
+def nip_retrieval(model: Argus) -> bool:
+    """Whether ``/candidates`` is answered by the NIP head's query against the output
+    embeddings rather than by the retrieval space."""
+    return model.cfg.retrieval_query == "nip"
+
+
+def user_vector_dim(model: Argus) -> int:
+    """Floats per user vector: the ranking part, then the retrieval part."""
+    return model.cfg.ranking_dim + retrieval_dim(model)
+
+
+def _batch(inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Encoder inputs (in :data:`ENCODER_INPUTS` order) as a model batch."""
+    return dict(zip(ENCODER_INPUTS, inputs, strict=True))
+
+
+class UserEncoder(nn.Module):
+    """The user towers over padded histories, at each row's last real event: the ranking vector
+    ``u`` and the retrieval query side by side (``[B, tower_dim + retrieval_dim]``).
+
+    ``runtime``: the lag-0 user head (the service's encoder) when the model has one, else the
+    offline one. ``cache``: also return the state after each row (:data:`CACHE_OUTPUTS`), which
+    :class:`StepEncoder` continues from. ``as_of`` (seconds): with ``retrieval_query="nip"``,
+    the next event's time of every row's query (the stored vectors: the export's cut-off);
+    without it, ``nip_gap`` after each row's last event (the runtime graphs).
+    """
+
+    def __init__(
+        self,
+        model: Argus,
+        *,
+        runtime: bool = False,
+        cache: bool = False,
+        as_of: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not model.has_towers:
+            raise ValueError("the checkpoint has no towers; export a model from `argus finetune`")
+        self.model, self.runtime, self.cache, self.as_of = model, runtime, cache, as_of
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        batch = _batch(inputs)
+        if not self.cache:  # causal: right padding never reaches a real state
+            at = None if self.as_of is None else torch.full_like(batch["lengths"], self.as_of)
+            return at_last(self.model, self.model(batch), batch, self.runtime, at=at)[0]
+        h, keys, values = self.model.encode_cached(batch)
+        vector, total, count = at_last(self.model, h, batch, self.runtime)
+        return vector, keys, values, total, count
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Vectors of a :meth:`model.data.batching.Batch.to_torch` batch."""
+        vector = self(*(batch[name] for name in ENCODER_INPUTS))
+        return vector if isinstance(vector, torch.Tensor) else vector[0]
+
+
+class StepEncoder(nn.Module):
+    """The runtime encoder continued from a cached state (:data:`STEP_INPUTS`): S new events
+    cost S tokens per layer; the outputs are :class:`UserEncoder`'s with ``cache=True``."""
+
+    def __init__(self, model: Argus) -> None:
+        super().__init__()
+        if not model.has_towers:
+            raise ValueError("the checkpoint has no towers; export a model from `argus finetune`")
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(ENCODER_INPUTS)
+        batch = _batch(inputs[:n])
+        past_keys, past_values, before, past_sum, past_count = inputs[n:]
+        h, keys, values = self.model.encode_cached(batch, past_keys, past_values, before)
+        vector, total, count = at_last(self.model, h, batch, True, past_sum, past_count)
+        return vector, keys, values, total, count
+
+
+def at_last(
+    model: Argus,
+    h: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    runtime: bool,
+    past_sum: torch.Tensor | None = None,
+    past_count: torch.Tensor | None = None,
+    at: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """At each row's last real event of states ``h`` (B, L, D): the user vector (the ranking
+    vector, then the retrieval query), the sum of the retrieval embeddings of the positive
+    events so far (after a cached ``past_sum``/``past_count``) and their number. A model
+    without a retrieval space carries zeros (B, 1) and (B,) as its taste, and its towers answer
+    retrieval too; with ``retrieval_query="nip"`` the NIP head's query for a next event at
+    ``at`` (B,) seconds (default: ``nip_gap`` after the last) does."""
+    last = (torch.arange(h.shape[0], device=h.device), batch["lengths"] - 1)
+    if model.has_retrieval:
+        total, count = model.taste_sums(batch, past_sum, past_count)
+        total, count = total[last], count[last]
+        taste: torch.Tensor | None = total / count.clamp(min=1.0)[..., None]
+    else:
+        count = torch.zeros_like(batch["lengths"], dtype=torch.float32)
+        total, taste = count[:, None], None
+    ranking = model.user_vector(h[last], taste, runtime=runtime)
+    if nip_retrieval(model):
+        query = model.next_query(h[last], batch["source"][last], batch["timestamp"][last], at)
+    else:
+        query = ranking if taste is None else model.retrieval_query(taste, h[last])
+    return torch.cat([ranking, query], dim=-1), total, count
+
+
+def last_spans(events: Events, max_len: int) -> Spans:
+    """One span per user: their last ``max_len`` events (all of them when fewer)."""
+    _, offsets = events.user_offsets()
+    end = offsets[1:]
+    start = np.maximum(end - max_len, offsets[:-1])
+    return Spans(start, end, start.copy())
+
+
+@torch.no_grad()
+def encode_spans(
+    model: Argus,
+    events: Events,
+    spans: Spans,
+    *,
+    batch_size: int = 64,
+    max_tokens: int = 1 << 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    as_of: int | None = None,
+) -> np.ndarray:
+    """(S, tower_dim + retrieval_dim) user vectors of ``spans`` (one history each), in order;
+    ``as_of``: the time of the next event a NIP query asks about (:class:`UserEncoder`)."""
+    vectors = np.empty((len(spans), user_vector_dim(model)), dtype=np.float32)
+    encoder = UserEncoder(model, as_of=as_of)
+    bar = tqdm(total=len(spans), desc="user vectors", unit="user", disable=not progress)
+    for index in bucket_batches(spans, batch_size=batch_size, max_tokens=max_tokens):
+        batch = make_batch(events, spans.take(index)).to_torch(device)
+        vectors[index] = encoder.encode(batch).float().cpu().numpy()
+        bar.update(len(index))
+    bar.close()
+    return vectors
+
+
+def user_vectors(
+    model: Argus,
+    events: Events,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    as_of: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_ids, vectors)``: each user's vector from their last ``max_len`` events (a NIP
+    query for a next event at ``as_of``, see :class:`UserEncoder`)."""
+    spans = last_spans(events, model.cfg.max_len)
+    vectors = encode_spans(
+        model, events, spans, batch_size=batch_size, device=device, progress=progress, as_of=as_of
+    )
+    return events.user_id[spans.start], vectors
+
+
+@torch.no_grad()
+def item_vectors(
+    model: Argus,
+    events: Events,
+    *,
+    catalog: Catalog | None = None,
+    batch_size: int = 8192,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(item_ids, ranking, retrieval)``: every item in ``events`` (sorted ids, each with its
+    artist: ``catalog``, built from ``events`` unless given) and its vectors in both spaces.
+    With ``retrieval_trend``, the retrieval vectors end with log1p of :func:`trend_counts`;
+    with ``retrieval_query="nip"`` they are the NIP head's output embeddings ``e_item``."""
+    catalog = Catalog.from_events(events) if catalog is None else catalog
+    ids, artists = catalog.ids, catalog.artist_id
+    popularity = ItemPopularity.of(events, device)
+    ranking = np.empty((len(ids), model.cfg.ranking_dim), dtype=np.float32)
+    retrieval = np.empty((len(ids), retrieval_dim(model)), dtype=np.float32)
+    for begin in range(0, len(ids), batch_size):
+        part = slice(begin, begin + batch_size)
+        item = torch.from_numpy(ids[part]).to(device)
+        artist = torch.from_numpy(artists[part]).to(device)
+        ranking[part] = (
+            model.item_vector(item, artist, popularity.log_counts(item)).float().cpu().numpy()
+        )
+        if nip_retrieval(model):
+            retrieval[part] = model.output_embedding(item).float().cpu().numpy()
+        elif model.has_retrieval:
+            width = model.cfg.retrieval_dim  # the trend column is filled below
+            retrieval[part, :width] = model.retrieval_items(item).float().cpu().numpy()
+        else:
+            retrieval[part] = ranking[part]
+    if model.cfg.retrieval_trend and not nip_retrieval(model):
+        retrieval[:, -1] = np.log1p(trend_counts(events, ids, model.cfg.retrieval_trend))
+    return ids, ranking, retrieval
+
+
+def tower_scores(
+    model: Argus,
+    h: torch.Tensor,
+    item_id: torch.Tensor,
+    artist_id: torch.Tensor,
+    taste: torch.Tensor | None = None,
+    log_popularity: torch.Tensor | None = None,
+    runtime: torch.Tensor | bool = False,
+) -> torch.Tensor:
+    """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``;
+    ``runtime``: the lag-0 user head's, for all or (an (M,) bool mask) some impressions."""
+    v = model.item_vector(item_id, artist_id, log_popularity)
+    if isinstance(runtime, torch.Tensor):
+        u = torch.where(
+            runtime[:, None],
+            model.user_vector(h, taste, runtime=True),
+            model.user_vector(h, taste),
+        )
+    else:
+        u = model.user_vector(h, taste, runtime=runtime)
+    return (u * v).sum(-1)
+
+
+@dataclass(frozen=True)
+class ItemPopularity:
+    """log1p(positive events) of each item of a training set: the ranking towers' popularity
+    input (0 for an item it never saw)."""
+
+    ids: torch.Tensor  # (C,) sorted
+    counts: torch.Tensor  # (C,) float32
+
+    @classmethod
+    def of(cls, events: Events, device: str | torch.device = "cpu") -> ItemPopularity:
+        ids, counts = events.positive_counts()
+        return cls(torch.from_numpy(ids).to(device), torch.from_numpy(counts).float().to(device))
+
+    def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:
+        if len(self.ids) == 0:
+            return torch.zeros(item_id.shape, device=item_id.device)
+        where = torch.searchsorted(self.ids, item_id).clamp(max=len(self.ids) - 1)
+        found = self.ids[where] == item_id
+        return torch.log1p(torch.where(found, self.counts[where], 0.0))
+
+
+def trend_counts(events: Events, item_id: np.ndarray, window: int) -> np.ndarray:
+    """(M,) each item's positive events in the last ``window`` seconds of ``events`` (those
+    before its last second + 1): what is trending as the export sees it."""
+    end = int(events.timestamp.max()) + 1 if len(events) else 0
+    return events.positives_before(item_id, np.full(len(item_id), end, np.int64), window)
