@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -225,6 +226,8 @@ def start_server(
         "OPENBLAS_NUM_THREADS": "1",
         **env,
     }
+    if args.server_path:  # another checkout's code, e.g. a worktree of an earlier commit
+        environment["PYTHONPATH"] = str(args.server_path)
     process = subprocess.Popen(
         ["taskset", "-c", args.server_cpus, *argv, "--port", str(port)],
         env=environment,
@@ -241,7 +244,7 @@ def start_server(
 def wrk(
     args: argparse.Namespace,
     url: str,
-    bodies: Path,
+    bodies: Path | str,
     *,
     connections: int,
     seconds: float,
@@ -538,6 +541,128 @@ def cache_markdown(c: dict[str, Any]) -> str:
 # -- main --------------------------------------------------------------------------------------
 
 
+def bare_search_qps(bundle: Bundle, queries: np.ndarray, k: int, cpus: str) -> float:
+    """hnswlib alone, in this process pinned like the servers: the same index, ef_search and
+    query vectors, one query at a time on one thread (the search a request makes)."""
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    try:
+        assert bundle.index is not None
+        index = bundle.index
+        for query in queries[:200]:  # warm
+            index.search(query[None, :], k)
+        began = time.perf_counter()
+        for query in queries:
+            index.search(query[None, :], k)
+        return len(queries) / (time.perf_counter() - began)
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def overhead_benchmark(
+    args: argparse.Namespace, bundle_path: Path, stack: contextlib.ExitStack, work: Path
+) -> dict[str, Any]:
+    """What ``/candidates`` costs beyond its search and the HTTP floor: the route, the floor
+    (``GET /healthz``) and the bare search side by side, alternating over ``--rounds``; and
+    ``/score`` with 1000 items on one connection."""
+    bundle = Bundle.open(bundle_path)
+    rng = np.random.default_rng(args.seed)
+    users = rng.choice(bundle.user_ids, 4_000)
+    candidates = work / "candidates.jsonl"
+    write_bodies(candidates, [{"user_id": int(u), "k": 100} for u in users])
+    score = work / "score.jsonl"
+    write_bodies(
+        score,
+        [
+            {"user_id": int(u), "item_ids": rng.choice(bundle.item_ids, 1000).tolist()}
+            for u in users[:200]
+        ],
+    )
+    rows = np.searchsorted(bundle.user_ids, users)
+    queries = np.ascontiguousarray(bundle.retrieval_part(bundle.user_vectors[rows]))
+    argus = str(Path(sys.executable).with_name("argus"))
+    server = start_server(args, stack, work, bundle_path, "local", [argus, "serve"])
+    server.wait_ready()
+    runs: dict[str, list[dict[str, Any]]] = {"candidates": [], "healthz": [], "score": []}
+    bare: list[float] = []
+    load = {"connections": args.connections, "seconds": args.seconds}
+    wrk(args, f"{server.url}/candidates", candidates, connections=8, seconds=3)  # warm
+    for _ in range(args.rounds):
+        runs["candidates"].append(
+            measured(args, server, "/candidates", candidates, "/candidates k=100", **load)
+        )
+        runs["healthz"].append(wrk(args, f"{server.url}/healthz", "GET", **load))
+        bare.append(bare_search_qps(bundle, queries, 100, args.server_cpus))
+        runs["score"].append(
+            measured(
+                args,
+                server,
+                "/score",
+                score,
+                "/score 1000 items",
+                connections=1,
+                seconds=args.seconds,
+            )
+        )
+    median = {name: statistics.median(r["rps"] for r in rs) for name, rs in runs.items()}
+    ms = {name: 1e3 / rps for name, rps in median.items()}
+    bare_qps = statistics.median(bare)
+    stages: dict[str, float] = {}
+    for run in runs["candidates"]:
+        for stage, value in run.get("stage_ms_per_request", {}).items():
+            stages[stage] = stages.get(stage, 0.0) + value / len(runs["candidates"])
+    return {
+        "items": len(bundle.item_ids),
+        "retrieval_dim": int(bundle.retrieval_item_vectors.shape[1]),
+        "ef_search": int(bundle.manifest["hnsw"]["ef_search"]),
+        "candidates_rps": median["candidates"],
+        "healthz_rps": median["healthz"],
+        "bare_search_qps": bare_qps,
+        "candidates_ms": ms["candidates"],
+        "healthz_ms": ms["healthz"],
+        "bare_search_ms": 1e3 / bare_qps,
+        "overhead_ms": ms["candidates"] - ms["healthz"] - 1e3 / bare_qps,
+        "candidates_over_bare": median["candidates"] / bare_qps,
+        "score_1000_p50_ms": statistics.median(r["p50_ms"] for r in runs["score"]),
+        "score_1000_p99_ms": statistics.median(r["p99_ms"] for r in runs["score"]),
+        "stage_ms_per_request": stages,
+        "rounds": args.rounds,
+        "connections": args.connections,
+        "server_cpus": args.server_cpus,
+        "load_cpus": args.load_cpus,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def overhead_markdown(r: dict[str, Any]) -> str:
+    stages = ", ".join(
+        f"{k} {v:.3f}" for k, v in sorted(r["stage_ms_per_request"].items(), key=lambda x: -x[1])
+    )
+    return "\n".join(
+        [
+            f"{r['items']:,} items x {r['retrieval_dim']} (ef_search {r['ef_search']}); "
+            f"{r['machine']}; the server on CPU {r['server_cpus']}, wrk on CPU {r['load_cpus']} "
+            f"(1 thread, {r['connections']} connections); medians of {r['rounds']} rounds.",
+            "",
+            "| what | throughput on one core | time per request |",
+            "|---|---:|---:|",
+            f"| `POST /candidates` k = 100 | {r['candidates_rps']:,.0f} req/s | "
+            f"{r['candidates_ms']:.3f} ms |",
+            f"| `GET /healthz` (the HTTP floor) | {r['healthz_rps']:,.0f} req/s | "
+            f"{r['healthz_ms']:.3f} ms |",
+            f"| hnswlib search alone, one query at a time | {r['bare_search_qps']:,.0f} q/s | "
+            f"{r['bare_search_ms']:.3f} ms |",
+            "",
+            f"Route overhead beyond the search and the floor: **{r['overhead_ms']:.3f} ms**; "
+            f"/candidates at {r['candidates_over_bare']:.2f}x the bare search. Stages (ms per "
+            f"request, the service's own histograms): {stages}. `/score` with 1000 items, one "
+            f"connection: p50 {r['score_1000_p50_ms']:.2f} ms, "
+            f"p99 {r['score_1000_p99_ms']:.2f} ms.",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -554,7 +679,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     # Child mode: serve the trivial endpoint (started like ``argus serve``, with --port).
     parser.add_argument(
-        "--only", choices=("all", "cache"), default="all", help="cache: the key/value cache part"
+        "--only",
+        choices=("all", "cache", "overhead"),
+        default="all",
+        help="cache: the key/value cache part; overhead: /candidates beside /healthz and the "
+        "bare search",
+    )
+    parser.add_argument(
+        "--bundle", type=Path, default=None, help="overhead: a built bundle (default: build one)"
+    )
+    parser.add_argument(
+        "--server-path",
+        type=Path,
+        default=None,
+        help="serve the code of this checkout (a git worktree of another commit: before/after)",
     )
     parser.add_argument("--cache-history", type=int, default=512)
     parser.add_argument("--cache-users", type=int, default=16)
@@ -581,6 +719,21 @@ def main() -> None:
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk (make bench installs it)")
+    if args.only == "overhead":
+        bundle_path = args.bundle or bench_bundle(args)
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            result = overhead_benchmark(args, bundle_path, stack, Path(tmp))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "serve_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+        text = overhead_markdown(result)
+        (args.out / "serve_overhead.md").write_text(text)
+        print(text)
+        print(
+            f"serve overhead: /candidates {result['candidates_rps']:,.0f} req/s, /healthz "
+            f"{result['healthz_rps']:,.0f} req/s, bare search {result['bare_search_qps']:,.0f} q/s:"
+            f" {result['overhead_ms']:.3f} ms of route overhead"
+        )
+        return
 
     bundle_path = bench_bundle(args)
     bundle = Bundle.open(bundle_path, with_index=False)

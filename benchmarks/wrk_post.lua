@@ -1,15 +1,20 @@
--- wrk script for benchmarks/serve.py: POSTs the JSON bodies of a file (one per line) in turn.
+-- wrk script for benchmarks/serve.py: POSTs the JSON bodies of a file (one per line) in turn,
+-- or GETs the URL when BODIES is the word GET.
 --   wrk -t1 -cC -dD -s benchmarks/wrk_post.lua URL -- BODIES RATE CONNECTIONS
 -- RATE > 0 paces the load: each connection waits an exponential gap (mean CONNECTIONS / RATE s)
 -- before each request, so arrivals are Poisson-like at about RATE/s in total; wrk's latency
 -- starts when the request is written, never counting the gap. done() prints one JSON line.
-local bodies, count, next_body, mean_gap_ms = {}, 0, 0, 0
+local bodies, count, next_body, mean_gap_ms, get = {}, 0, 0, 0, false
 local headers = { ["Content-Type"] = "application/json" }
 
 function init(args)
-  for line in io.lines(args[1]) do
-    count = count + 1
-    bodies[count] = line
+  if args[1] == "GET" then
+    get, count = true, 1
+  else
+    for line in io.lines(args[1]) do
+      count = count + 1
+      bodies[count] = line
+    end
   end
   assert(count > 0, "no request bodies in " .. args[1])
   local rate, connections = tonumber(args[2]) or 0, tonumber(args[3]) or 1
@@ -28,6 +33,9 @@ function delay()
 end
 
 function request()
+  if get then
+    return wrk.format("GET")
+  end
   next_body = next_body % count + 1
   return wrk.format("POST", nil, headers, bodies[next_body])
 end

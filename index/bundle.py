@@ -139,7 +139,9 @@ def dots(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     float64 along its own row and rounded once: one item's score does not depend on which items
     share the batch (a float32 BLAS product picks its kernel, and so its rounding, by the batch's
     shape), and it is the correctly rounded dot product but for float64's own error."""
-    return (vectors.astype(np.float64) * query.astype(np.float64)).sum(axis=1).astype(np.float32)
+    return np.einsum("ij,j->i", vectors.astype(np.float64), query.astype(np.float64)).astype(
+        np.float32
+    )
 
 
 def rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

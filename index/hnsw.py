@@ -83,15 +83,24 @@ class ItemIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(rows [Q, k] int64, inner products [Q, k] float32)``, best first. Releases the GIL."""
         queries = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
+        labels, distances = self.search(queries, k, threads=threads)
         if self.space == "mips":
-            padded = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])
-            labels, distances = self.index.knn_query(padded, k=k, num_threads=threads)
             norms = np.einsum("ij,ij->i", queries, queries)[:, None]
             scores = 0.5 * (norms + self.max_norm**2 - distances)
         else:
-            labels, distances = self.index.knn_query(queries, k=k, num_threads=threads)
             scores = 1.0 - distances
         return labels.astype(np.int64), scores.astype(np.float32)
+
+    def search(
+        self, queries: np.ndarray, k: int, *, threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """hnswlib's own ``(labels [Q, k] uint64, distances [Q, k])`` of float32 ``queries``:
+        :meth:`knn` without turning distances into inner products (for a caller that scores
+        the rows itself)."""
+        if self.space == "mips":
+            queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])
+        labels, distances = self.index.knn_query(queries, k=k, num_threads=threads)
+        return labels, distances
 
 
 def _hnsw(space: str, dim: int) -> hnswlib.Index:

@@ -26,6 +26,7 @@ from service.middleware import Guard
 from service.replies import validation_error
 from service.resolve import Resolver
 from service.routers import ROUTERS
+from service.schemas import CandidatesRequest, ScoreRequest
 from service.settings import Settings
 from service.state import Backend
 
@@ -46,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 INT64 = {"maximum": 2**63 - 1, "minimum": -(2**63)}
+PARSED_BODIES = (CandidatesRequest, ScoreRequest)
 
 
 def exact_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -77,8 +79,12 @@ def exact_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 for child in node:
                     exact(child)
 
-        exact(schema)
         components = schema["components"]["schemas"]
+        for model in PARSED_BODIES:  # parsed by the routes themselves (service.deps.body_of)
+            own = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in {**own.pop("$defs", {}), model.__name__: own}.items():
+                components.setdefault(name, definition)
+        exact(schema)
         bounds = {
             ("CandidatesRequest", "k"): {"maximum": limits.max_k},
             ("CandidatesRequest", "exclude_item_ids"): {"maxItems": limits.max_exclude},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,6 +24,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        # Labelled children, looked up once each: ``labels()`` costs more than the observation.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.request_seconds = Histogram(
             "argus_request_duration_seconds",
             "Request latency by endpoint.",
@@ -130,6 +134,19 @@ class Metrics:
         self.reloads = Counter(
             "argus_bundle_reloads_total", "Bundle loads by result.", ["result"], registry=r
         )
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """``family.labels(*labels)``, kept after the first call (dict reads are thread-safe and
+        a race only builds the same child twice)."""
+        key = (family, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
+
+    def stage(self, name: str) -> Any:
+        """The stage-latency histogram of ``name``."""
+        return self.child(self.stage_seconds, name)
 
     def observe_cache(self, report: CacheReport) -> None:
         for outcome, count in report.outcomes.items():

@@ -100,5 +100,6 @@ class Guard:
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
             if status != CLIENT_CLOSED:
-                self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+                seconds = time.perf_counter() - began
+                self.metrics.child(self.metrics.request_seconds, endpoint).observe(seconds)
+            self.metrics.child(self.metrics.requests, endpoint, str(status)).inc()

@@ -32,6 +32,7 @@ ANSWERS = {
     403: "Writes are closed: no ARGUS_EVENTS_TOKEN is set and ARGUS_EVENTS_OPEN is false.",
     408: "The body did not arrive within ARGUS_BODY_TIMEOUT_S of the headers.",
     413: "The body is over ARGUS_MAX_BODY_BYTES.",
+    422: "The body does not validate, or asks past a limit: each error names its field.",
     503: "No bundle is loaded yet (or, for /events, the live-history store is unavailable).",
 }
 

@@ -63,7 +63,7 @@ class Resolver:
         try:
             yield
         finally:
-            self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - began)
+            self.metrics.stage(name).observe(time.perf_counter() - began)
 
     async def stage(self, name: str, work: Callable[[], T], *, offload: bool) -> T:
         """``work()`` timed as ``name``, in a worker thread when ``offload``, else inline (a
@@ -133,7 +133,7 @@ class Resolver:
     async def user_of(self, served: Served, body: UserRequest, endpoint: str) -> UserVector:
         """:meth:`resolve` for a request body, counted by endpoint and source."""
         user = await self.resolve(served, body.user_id, body.history, body.mode)
-        self.metrics.vector_source.labels(endpoint, user.source).inc()
+        self.metrics.child(self.metrics.vector_source, endpoint, user.source).inc()
         return user
 
     async def resolve(

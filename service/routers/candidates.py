@@ -6,21 +6,25 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from index.bundle import Bundle, rows_of
-from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
+from service.deps import body_of, context, documented_body
 from service.replies import answers, check_length, json_response, problem
 from service.retrieve import top_k
 from service.schemas import CandidatesRequest, CandidatesResponse
 
 router = APIRouter()
+NOTHING = np.zeros(0, dtype=np.int64)
 
 
 def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray) -> np.ndarray:
     """Catalog item ids the answer must leave out: those asked, the live history's items
     (``exclude_seen`` or ``unfamiliar``), every item of its artists (``unfamiliar="artists"``).
     Ids outside the catalog are dropped, so they never size the search."""
+    seen = body.exclude_seen or body.unfamiliar is not None
+    if not body.exclude_item_ids and not (seen and len(history)):
+        return NOTHING
     asked = np.asarray(body.exclude_item_ids, dtype=np.int64)
     parts = [asked]
     if body.exclude_seen or body.unfamiliar is not None:
@@ -33,38 +37,38 @@ def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray)
 
 
 @router.post(
-    "/candidates", response_model=CandidatesResponse, responses=answers(400, 408, 413, 503)
+    "/candidates",
+    response_model=CandidatesResponse,
+    responses=answers(400, 408, 413, 422, 503),
+    openapi_extra=documented_body(CandidatesRequest),
 )
-async def candidates(
-    body: CandidatesRequest,
-    bundle: ServedBundle,
-    settings: SettingsDep,
-    resolver: ResolverDep,
-    metrics: MetricsDep,
-) -> Response:
+async def candidates(request: Request) -> Response:
     began = time.perf_counter()
-    limits = settings.limits
+    ctx = context(request)
+    body = await body_of(request, CandidatesRequest)
+    limits = ctx.settings.limits
     if body.k > limits.max_k:
         raise problem(422, "k", f"k = {body.k} is over the limit of {limits.max_k}")
     check_length(body.history, limits.max_history, "history", "events")
     check_length(body.exclude_item_ids, limits.max_exclude, "exclude_item_ids", "ids")
-    user = await resolver.user_of(bundle, body, "/candidates")
-    excluded = excluded_items(bundle.bundle, body, user.history)
-    items = await resolver.stage(
+    served = ctx.served
+    user = await ctx.resolver.user_of(served, body, "/candidates")
+    excluded = excluded_items(served.bundle, body, user.history)
+    found = await ctx.resolver.stage(
         "ann",
-        lambda: top_k(bundle, user.vector, body.k, excluded),
-        offload=settings.requests.ann_offload,
+        lambda: top_k(served, user.vector, body.k, excluded),
+        offload=ctx.settings.requests.ann_offload,
     )
     serialize = time.perf_counter()
     response = json_response(
         {
             "user_id": body.user_id,
-            "model_version": bundle.version,
+            "model_version": served.version,
             "source": user.source,
             "degraded": user.degraded,
-            "items": items,
-            "took_ms": 1e3 * (time.perf_counter() - began),
+            "items": found.items(),
+            "took_ms": 1e3 * (serialize - began),
         }
     )
-    metrics.stage_seconds.labels("serialize").observe(time.perf_counter() - serialize)
+    ctx.metrics.stage("serialize").observe(time.perf_counter() - serialize)
     return response

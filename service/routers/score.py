@@ -6,26 +6,28 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from index.bundle import dots, rows_of
-from service.deps import MetricsDep, ResolverDep, ServedBundle, SettingsDep
+from service.deps import body_of, context, documented_body
 from service.replies import answers, base64_f32, check_length, json_response
 from service.schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
 
-@router.post("/score", response_model=ScoreResponse, responses=answers(400, 408, 413, 503))
-async def score(
-    body: ScoreRequest,
-    bundle: ServedBundle,
-    settings: SettingsDep,
-    resolver: ResolverDep,
-    metrics: MetricsDep,
-) -> Response:
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=answers(400, 408, 413, 422, 503),
+    openapi_extra=documented_body(ScoreRequest),
+)
+async def score(request: Request) -> Response:
     began = time.perf_counter()
-    limits = settings.limits
+    ctx = context(request)
+    body = await body_of(request, ScoreRequest)
+    bundle, resolver, metrics = ctx.served, ctx.resolver, ctx.metrics
+    limits = ctx.settings.limits
     check_length(body.item_ids, limits.max_score_items, "item_ids", "items")
     check_length(body.history, limits.max_history, "history", "events")
     user = await resolver.user_of(bundle, body, "/score")
@@ -60,5 +62,5 @@ async def score(
     serialize = time.perf_counter()
     out["took_ms"] = 1e3 * (serialize - began)
     response = json_response(out)
-    metrics.stage_seconds.labels("serialize").observe(time.perf_counter() - serialize)
+    metrics.stage("serialize").observe(time.perf_counter() - serialize)
     return response
