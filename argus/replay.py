@@ -177,6 +177,22 @@ def popularity_scores(history: Events, pairs: Pairs, start: int) -> np.ndarray:
     return np.where(found, counts[rows], 0).astype(np.float64)
 
 
+def like_rate_scores(history: Events, pairs: Pairs, start: int, prior: float = 1.0) -> np.ndarray:
+    """Each impression's item's past like rate: likes over impressions before ``start``, shrunk
+    towards the overall rate by ``prior`` impressions (an item never shown gets the overall
+    rate)."""
+    before = history.timestamp < start
+    shown = before & (history.source > 0)
+    ids, seen = np.unique(history.item_id[shown], return_counts=True)
+    liked = np.bincount(
+        np.searchsorted(ids, history.item_id[shown & history.liked]), minlength=len(ids)
+    )
+    overall = liked.sum() / max(seen.sum(), 1)
+    rows, found = rows_of(ids, pairs.item)
+    rate = (liked[rows] + prior * overall) / (seen[rows] + prior)
+    return np.where(found, rate, overall).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class QuickReplay:
     users: int

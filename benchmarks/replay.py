@@ -42,6 +42,7 @@ from argus.replay import (
     Pairs,
     Rankings,
     candidates,
+    like_rate_scores,
     offline,
     popularity_scores,
     score_pairs,
@@ -50,11 +51,14 @@ from argus.replay import (
 from argus.servers import RedisServer, free_port
 from index.bundle import Bundle, list_versions
 from index.store import publish
+from model.checkpoint import load_model
 from model.contract import DAY
-from model.data.convert import convert_ml100k
+from model.data.batching import TemporalSplit
+from model.data.convert import convert_kuairand, convert_ml100k
 from model.data.events import read_events
 from model.data.fetch import ml100k
 from model.data.simulate import Truth
+from model.diagnostics import diagnose
 from model.future import WindowTargets, fit_oracle, oracle_ranking, popular_ranking, split_users
 from model.metrics import recall
 from service.cli import wait_ready
@@ -73,11 +77,15 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     if args.ml100k:
         if not (data / "events.parquet").exists():
             convert_ml100k(ml100k(), data)
+    elif args.kuairand:
+        if not (data / "events.parquet").exists():
+            convert_kuairand(args.kuairand, data)
     else:
         sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
         done = (data / "events.parquet").exists()
         stage(done, "simulate", *sizes, *options(out=data), "--quiet")
-    split = options(test_fraction=0.2) if args.ml100k else []  # else the last 7 days
+    real = args.ml100k or args.kuairand
+    split = options(test_fraction=0.2) if real else []  # else the last 7 days
     shared = options(data=data) + split + ["--quiet"]
     schedule = (
         options(epochs=args.pretrain_epochs)
@@ -143,8 +151,9 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
     data = work / "data"
     events = read_events(data)
     start = int(bundle.manifest["trained_until"])
-    # simulated: the next 7 days; ML-100K: the rest of the data (its last 20% of time)
-    days = (int(events.timestamp.max()) + 1 - start) / DAY if args.ml100k else 7.0
+    # simulated: the next 7 days; real data: the rest of it (its last 20% of time)
+    real = args.ml100k or args.kuairand
+    days = (int(events.timestamp.max()) + 1 - start) / DAY if real else 7.0
     truth_path = data / "truth.npz"
     oracle = truth_path.exists()  # the oracle's blend weight is fitted on a disjoint half
     n = 2 * args.sample if oracle else args.sample
@@ -159,7 +168,7 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         served = candidates(client, window, k, progress=True)
         served_scores = score_pairs(client, pairs, progress=True)
         results["http_seconds"] = time.perf_counter() - began
-        if not args.ml100k and args.realtime_sample:  # sessions of impressions: simulated data
+        if not real and args.realtime_sample:  # sessions of impressions: simulated data
             replay = session_replay(
                 client,
                 events,
@@ -191,6 +200,16 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         "offline": local_scores,
         "MostPop": popularity_scores(events, pairs, start),
     }
+    if args.kuairand:
+        scores["past like rate"] = like_rate_scores(events, pairs, start)
+        # the pretrained FP head on argus evaluate's pairs of the same split: its own like
+        # against hate ordering, and with another user's state
+        pretrained, _ = load_model(work / "pretrained")
+        split = TemporalSplit(start, int(events.timestamp.max()) + 1)
+        fp = diagnose(pretrained, events, None, split, users=0, seed=args.seed)
+        results["fp_head"] = {
+            k: fp[k] for k in ("fp_pair_accuracy", "fp_pair_accuracy_other_user", "pairs")
+        }
     if oracle:
         truth = Truth(truth_path)
         weights = {
@@ -253,6 +272,14 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| recall@{k} ({part}) | " + " | ".join(row) + " |")
     acc = [f"{r['pair_accuracy'][n]:.4f}" if n in r["pair_accuracy"] else "—" for n in names]
     lines.append("| /score PairAccuracy | " + " | ".join(acc) + " |")
+    for extra in sorted(set(r["pair_accuracy"]) - set(names)):
+        lines.append(f"| PairAccuracy, {extra} | {r['pair_accuracy'][extra]:.4f} |")
+    if "fp_head" in r:
+        fp = r["fp_head"]
+        lines.append(
+            f"| FP head (pretrained), own / another user's state, {fp['pairs']:,.0f} pairs | "
+            f"{fp['fp_pair_accuracy']:.4f} / {fp['fp_pair_accuracy_other_user']:.4f} |"
+        )
     known = r["with_history"]
     row = [f"{known['recall@100'][n]:.3f}" for n in names]
     label = f"recall@100, the {known['users']:,} users with a history"
@@ -345,8 +372,14 @@ def main() -> None:
     parser.add_argument(
         "--ml100k", action="store_true", help="Replay MovieLens-100K (last 20%% of time) instead."
     )
+    parser.add_argument(
+        "--kuairand",
+        type=Path,
+        default=None,
+        help="Replay a KuaiRand log (argus convert kuairand's input; last 20%% of time) instead.",
+    )
     args = parser.parse_args()
-    suffix = ("-ml100k" if args.ml100k else "") + (
+    suffix = ("-ml100k" if args.ml100k else "-kuairand" if args.kuairand else "") + (
         "" if args.retrieval_query == "state" else f"-{args.retrieval_query}"
     )
     args.work = args.work or ROOT / f"runs/bench/replay{suffix}"

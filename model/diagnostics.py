@@ -227,7 +227,7 @@ def tower_parts(
 def diagnose(
     model: Argus,
     events: Events,
-    truth: Truth,
+    truth: Truth | None,
     split: TemporalSplit,
     *,
     users: int = 1_000,
@@ -235,12 +235,29 @@ def diagnose(
     min_item_events: int = 20,
 ) -> dict[str, float]:
     """Every figure of the module docstring for ``model`` (pretrained, or fine-tuned with
-    towers) on ``events``' held-out window; keys as ``benchmarks.backbone`` writes them."""
+    towers) on ``events``' held-out window; keys as ``benchmarks.backbone`` writes them. Without
+    a ``truth`` (real data) the probes and the oracle are left out."""
     model.eval()
     out: dict[str, float] = {}
     train = split.train(events)
     out.update({f"token_share_{k}": v for k, v in token_shares(model, train, seed=seed).items()})
+    if truth is not None:
+        out.update(probes(model, train, truth, split, min_item_events, seed))
+    out.update(pair_accuracies(model, events, truth, split, train, users, seed))
+    return out
 
+
+def probes(
+    model: Argus,
+    train: Events,
+    truth: Truth,
+    split: TemporalSplit,
+    min_item_events: int,
+    seed: int,
+) -> dict[str, float]:
+    """Ridge probes: the state at the cut-off → the user's true taste and personal offset, the
+    item embedding → the item's true latent."""
+    out: dict[str, float] = {}
     # Probes of the state at the cut-off, over every user with a history before it.
     all_users = np.unique(train.user_id)
     last = last_rows_before(train, all_users, split.split_time)
@@ -262,8 +279,20 @@ def diagnose(
         if len(chosen) >= 20:
             emb = model.item_embedding(torch.from_numpy(chosen)).float().numpy()
             out[key] = ridge_r2(emb, truth.item_latent(truth.item_rows(chosen)), seed=seed)
+    return out
 
-    # PairAccuracy of every score on the held-out pairs.
+
+def pair_accuracies(
+    model: Argus,
+    events: Events,
+    truth: Truth | None,
+    split: TemporalSplit,
+    train: Events,
+    users: int,
+    seed: int,
+) -> dict[str, float]:
+    """PairAccuracy of every score on the held-out pairs (the oracle's only with a ``truth``)."""
+    out: dict[str, float] = {}
     pairs = HeldOutPairs.of(events, split, users=users, seed=seed)
     out["pairs"] = float(len(pairs.hi))
     state_rows = pairs.impressions.state
@@ -291,7 +320,7 @@ def diagnose(
     found = ids_p[where] == pairs.item_id if len(ids_p) else np.zeros(len(pairs.item_id), bool)
     out["mostpop_pair_accuracy"] = pairs.accuracy(np.where(found, counts_p[where], 0).astype(float))
     rows = pairs.impressions.row
-    out["oracle_pair_accuracy"] = pairs.accuracy(
-        truth.affinity(pairs.events.user_id[rows], pairs.item_id, pairs.events.timestamp[rows])
-    )
+    if truth is not None:
+        user, time = pairs.events.user_id[rows], pairs.events.timestamp[rows]
+        out["oracle_pair_accuracy"] = pairs.accuracy(truth.affinity(user, pairs.item_id, time))
     return out

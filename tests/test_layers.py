@@ -1,7 +1,7 @@
 """The code's layers: packages import downwards only (model → index → service → argus, the load
-tests beside them, the benchmarks above them all, and no package importing the tests), model/ is itself layered, and no
-two modules import each other, directly or round a longer circle (imports inside functions
-count)."""
+tests beside them, the benchmarks above them all, and no package importing the tests), model/ is
+itself layered, and no two modules import each other, directly or round a longer circle (imports
+inside functions count)."""
 
 from __future__ import annotations
 

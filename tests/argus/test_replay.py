@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from argus.replay import Client, Pairs, candidates, offline, quick_replay, score_pairs
+from argus.replay import (
+    Client,
+    Pairs,
+    candidates,
+    like_rate_scores,
+    offline,
+    quick_replay,
+    score_pairs,
+)
 from index.bundle import Bundle, list_versions
 from model.contract import DAY
 from model.data.events import Events, read_events
@@ -113,3 +121,36 @@ def test_quick_replay_is_the_demos_line(served: tuple[str, Bundle], sim_data: Pa
         f"PairAccuracy {measured.pair_accuracy:.4f} vs most popular "
         f"{measured.popular_pair_accuracy:.4f}" in line
     )
+
+
+def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> None:
+    # item 1: shown 3 times before the window, liked twice; item 2: shown once, not liked;
+    # item 3: organic only (never shown): the overall rate; the window's own likes never count
+    rows = [  # user, item, timestamp, source, liked
+        (1, 1, 10, 1, True),
+        (1, 1, 20, 1, True),
+        (2, 1, 30, 1, False),
+        (2, 2, 40, 1, False),
+        (2, 3, 50, 0, True),
+        (3, 1, 200, 1, True),
+        (3, 2, 210, 1, True),
+        (3, 3, 220, 1, False),
+    ]
+    user, item, time, source, liked = (np.array(c) for c in zip(*rows, strict=True))
+    n = len(rows)
+    events = Events.from_arrays(
+        user_id=user,
+        item_id=item,
+        timestamp=time,
+        source=source,
+        artist_id=np.full(n, -1),
+        played_ratio=np.full(n, np.nan),
+        liked=liked,
+        disliked=~liked & (source > 0),
+    )
+    pairs = Pairs.of(events, None, start=100, days=1.0)
+    scores = like_rate_scores(events, pairs, start=100, prior=1.0)
+    overall = 2 / 4  # likes over impressions before the window
+    expected = {1: (2 + overall) / (3 + 1), 2: (0 + overall) / (1 + 1), 3: overall}
+    assert scores.tolist() == [expected[int(i)] for i in pairs.item]
+    assert len(pairs.hi) == 2  # user 3's like of item 1 and of item 2 above their hate of 3

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from model.argus import Argus, preset
-from model.data.batching import Spans, make_batch
+from model.data.batching import Spans, TemporalSplit, make_batch
 from model.data.events import read_events
-from model.diagnostics import last_rows_before, ridge_r2, states_at, token_shares
+from model.diagnostics import diagnose, last_rows_before, ridge_r2, states_at, token_shares
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +94,14 @@ def test_the_backbone_benchmark_shows_a_trained_model_s_probes_beat_an_untrained
     ]
     assert all(k in results for k in required), set(required) - set(results)
     assert "| probe R², state → taste |" in (tmp_path / "backbone.md").read_text()
+
+
+def test_real_data_without_a_truth_gets_the_pair_accuracies_and_no_probe(sim_data: Path) -> None:
+    events = read_events(sim_data)
+    torch.manual_seed(0)
+    model = Argus(preset("argus-tiny", retrieval_dim=4, tower_dim=4)).eval()
+    split = TemporalSplit.last_days(events, 3.0)
+    out = diagnose(model, events, None, split, users=50)
+    assert out["pairs"] > 0 and 0 <= out["fp_pair_accuracy"] <= 1
+    assert {"mostpop_pair_accuracy", "towers_pair_accuracy", "token_share_item"} <= set(out)
+    assert not [k for k in out if k.startswith("probe_") or k.startswith("oracle")]
