@@ -72,6 +72,39 @@ def candidates(
     return out
 
 
+def unfamiliar_candidates(
+    client: Client,
+    window: WindowTargets,
+    events: Events,
+    k: int,
+    *,
+    max_history: int = 2_048,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """The service's ``/candidates`` with ``unfamiliar="artists"`` for every user of ``window``:
+    the stored vector (``mode="offline"``) and the user's newest ``max_history`` events before
+    the window sent as ``history``, whose artists the service leaves out."""
+    users, offsets = events.user_offsets()
+    out = []
+    for user in tqdm(window.users.tolist(), desc="/candidates artists", disable=not progress):
+        at = int(np.searchsorted(users, user))
+        rows = np.arange(offsets[at], offsets[at + 1])
+        rows = rows[events.timestamp[rows] < window.start][-max_history:]
+        history = [
+            {"item_id": i, "artist_id": a, "timestamp": t}
+            for i, a, t in zip(
+                events.item_id[rows].tolist(),
+                events.artist_id[rows].tolist(),
+                events.timestamp[rows].tolist(),
+                strict=True,
+            )
+        ]
+        body = {"user_id": user, "k": k, "mode": "offline", "unfamiliar": "artists"}
+        reply = client.post("/candidates", {**body, "history": history})
+        out.append(np.array([c["item_id"] for c in reply["items"]], dtype=np.int64))
+    return out
+
+
 @dataclass
 class Pairs:
     """Impressions of a time window and their pairs (``hi``/``lo`` index the impressions)."""

@@ -47,6 +47,7 @@ from argus.replay import (
     popularity_scores,
     score_pairs,
     session_replay,
+    unfamiliar_candidates,
 )
 from argus.servers import RedisServer, free_port
 from index.bundle import Bundle, list_versions
@@ -167,6 +168,9 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         began = time.perf_counter()
         served = candidates(client, window, k, progress=True)
         served_scores = score_pairs(client, pairs, progress=True)
+        artists = bool((events.artist_id >= 0).any())
+        if artists:
+            unfamiliar = unfamiliar_candidates(client, window, events, k, progress=True)
         results["http_seconds"] = time.perf_counter() - began
         if not real and args.realtime_sample:  # sessions of impressions: simulated data
             replay = session_replay(
@@ -242,6 +246,22 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         },
     }
     results["pair_accuracy"] = {name: pairs.accuracy(s) for name, s in scores.items()}
+    if artists:  # recall of the targets by artists new to the user, ranked without their artists
+        unfamiliar_window = window.unfamiliar_artists(events)
+        ranked = {
+            "service": unfamiliar,
+            "MostPop": list(popular_ranking(events, unfamiliar_window, k, True)),
+        }
+        if oracle:
+            ranked["oracle"] = list(
+                oracle_ranking(truth, unfamiliar_window, k, True, weights["new"])
+            )
+        results["unfamiliar_artists"] = {
+            "users": sum(len(t) > 0 for t in unfamiliar_window.items),
+            "recall@100": {
+                name: recall(r, unfamiliar_window.items, 100) for name, r in ranked.items()
+            },
+        }
     results["sources"] = served.sources
     results["service_equals_offline_scores"] = bool(
         np.allclose(np.nan_to_num(served_scores), np.nan_to_num(local_scores), atol=1e-5)
@@ -280,6 +300,11 @@ def markdown(r: dict[str, Any]) -> str:
             f"| FP head (pretrained), own / another user's state, {fp['pairs']:,.0f} pairs | "
             f"{fp['fp_pair_accuracy']:.4f} / {fp['fp_pair_accuracy_other_user']:.4f} |"
         )
+    if "unfamiliar_artists" in r:
+        u = r["unfamiliar_artists"]
+        label = f"recall@100, artists new to the user ({u['users']:,} users)"
+        row = [f"{u['recall@100'][n]:.3f}" if n in u["recall@100"] else "—" for n in names]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     known = r["with_history"]
     row = [f"{known['recall@100'][n]:.3f}" for n in names]
     label = f"recall@100, the {known['users']:,} users with a history"

@@ -55,6 +55,23 @@ class WindowTargets:
     def __len__(self) -> int:
         return len(self.users)
 
+    def unfamiliar_artists(self, events: Events) -> WindowTargets:
+        """The window in the setting ``unfamiliar="artists"`` answers: each user's targets by
+        artists absent from their history before ``start`` (an unknown artist counts as none of
+        them), and as ``seen`` every catalog item of the artists they have met (with the items
+        themselves), so a ranking that leaves ``seen`` out is filtered the same way."""
+        ids, first = np.unique(events.item_id, return_index=True)
+        artist_of = events.artist_id[first]  # one artist per item
+        items, seen = [], []
+        for targets, past in zip(self.items, self.seen, strict=True):
+            met = np.unique(artist_of[np.searchsorted(ids, past)]) if len(past) else ids[:0]
+            met = met[met >= 0]
+            artist = artist_of[np.searchsorted(ids, targets)]
+            items.append(targets[(artist >= 0) & ~np.isin(artist, met)])
+            theirs = ids[np.isin(artist_of, met)]  # every item of the artists met
+            seen.append(np.union1d(past, theirs))
+        return WindowTargets(start=self.start, users=self.users, items=items, seen=seen)
+
     def new_items(self) -> list[np.ndarray]:
         """Each user's targets that are new to them."""
         return [

@@ -7,7 +7,7 @@ import pytest
 
 from argus.replay import Pairs, popularity_scores
 from model.contract import DAY
-from model.data.events import Events, read_events
+from model.data.events import COLUMNS, Events, read_events
 from model.data.simulate import SimConfig, Simulator, Truth
 from model.future import (
     WindowTargets,
@@ -174,3 +174,35 @@ def test_the_logs_show_items_only_in_part_even_to_a_perfect_user(
     )
     popular = pairs.accuracy(np.log1p(popularity_scores(events, pairs, start)))
     assert popular + 0.005 < learned < exact - 0.02, (popular, learned, exact)
+
+
+def test_unfamiliar_artists_keeps_targets_by_new_artists_and_hides_every_item_of_known_ones() -> (
+    None
+):
+    rows = [  # user, item, artist, timestamp, liked
+        (1, 10, 1, 100, True),
+        (1, 20, 2, 110, True),
+        (2, 12, 2, 120, True),  # another user's: item 12 is artist 2's too
+        (1, 11, 1, 1_000, True),  # window: a known artist
+        (1, 30, 3, 1_010, True),  # window: a new artist
+        (1, 40, -1, 1_020, True),  # window: an unknown artist
+    ]
+    user, item, artist, time, liked = (np.array(c) for c in zip(*rows, strict=True))
+    n = len(rows)
+    events = Events.from_arrays(
+        user_id=user,
+        item_id=item,
+        timestamp=time,
+        source=np.zeros(n),
+        artist_id=artist,
+        played_ratio=np.full(n, np.nan),
+        liked=liked,
+        disliked=np.zeros(n, bool),
+    )
+    order = np.lexsort((events.timestamp, events.user_id))
+    events = Events.from_arrays(**{c: getattr(events, c)[order] for c in COLUMNS})
+    window = WindowTargets.of(events, 1_000, days=1.0)
+    assert window.users.tolist() == [1] and window.items[0].tolist() == [11, 30, 40]
+    unfamiliar = window.unfamiliar_artists(events)
+    assert unfamiliar.items[0].tolist() == [30]
+    assert unfamiliar.seen[0].tolist() == [10, 11, 12, 20]
