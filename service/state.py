@@ -95,15 +95,18 @@ class Backend:
         return versions[-1].name if versions else None
 
     def pointer(self) -> str | None:
-        """The version that should be served (``None``: nothing to serve, or Redis is down and
-        the current bundle stays)."""
+        """The version that should be served (``None``: the current bundle stays). With Redis,
+        its pointer decides; while it has none (never published, or flushed) or is down, a
+        replica that serves a bundle keeps it: the newest local bundle's vectors may not be in
+        Redis at all. Only a replica with nothing loaded starts on the newest local bundle."""
         if self.redis_store is not None:
             try:
                 current = self.redis_store.current_version()
             except redis.RedisError:
-                return None if self.served is not None else self.latest_local()
+                current = None
             if current is not None:
                 return current
+            return None if self.served is not None else self.latest_local()
         return self.latest_local()
 
     def load(self, version: str) -> Served:

@@ -480,7 +480,7 @@ def test_redis_down_degrades_stays_ready_and_a_restart_recovers(
 
 
 def test_a_version_that_vanishes_from_a_live_redis_is_flagged_within_seconds(
-    bundles: Path, redis_url: str
+    bundles: Path, redis_url: str, exported: Path
 ) -> None:
     (path,) = [p for p in bundles.iterdir()]
     bundle = Bundle.open(path, with_index=False)
@@ -488,6 +488,10 @@ def test_a_version_that_vanishes_from_a_live_redis_is_flagged_within_seconds(
     publish(bundle, client_r, progress=False)
     store = StoreSettings(bundles=bundles, redis_url=redis_url, reload_interval_s=0.2)
     user = int(bundle.user_ids[2])
+    # A newer bundle lies beside it, never published: a flushed pointer must not switch to it.
+    time.sleep(1.1)  # versions are named by the second
+    newer = build(exported, bundles, HnswParams(k=20, sample=100), progress=False)
+    assert newer.version > bundle.version
     with client_for(Settings(store=store)) as client:
         out = client.post("/candidates", json={"user_id": user, "k": 3}).json()
         assert out["source"] == "stored" and not out["degraded"]
@@ -507,11 +511,12 @@ def test_a_version_that_vanishes_from_a_live_redis_is_flagged_within_seconds(
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["redis"].startswith("up")
         assert ready.json()["store"].startswith(f"missing {bundle.version}")
+        assert ready.json()["model_version"] == bundle.version  # not the unpublished newer one
         assert metric(client, "argus_store_version_present") == 0.0
         assert metric(client, "argus_store_errors_total") > errors
         # Published again: stored answers, not degraded, and the gauge back at 1.
         publish(bundle, client_r, progress=False)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 2
         while client.post("/candidates", json={"user_id": user, "k": 3}).json()["degraded"]:
             assert time.monotonic() < deadline, "did not recover within 5 s"
             time.sleep(0.05)
