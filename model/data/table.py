@@ -24,8 +24,7 @@ service can be asked with the same ids every day. Each hashed target's mapping i
 the events (``ids/<target>.parquet``: ``text``, ``id``).
 
 The input is read in batches (Parquet row groups, 64 MiB CSV blocks) and only the converted
-columns (34 bytes per event) are kept, then sorted by ``(user_id, timestamp)`` (the peak is
-about 190 bytes per event: 1.9 GiB for 10M rows). Everything is
+columns (34 bytes per event) are kept, then sorted by ``(user_id, timestamp)``. Everything is
 checked before anything is written: a bad value is one line naming the file, the column and the
 first bad row (rows count from 1, the header not counted); an unknown target or a missing column
 is refused before any row is read.
