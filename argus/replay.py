@@ -323,13 +323,16 @@ def session_replay(
     k: int = 100,
     max_len: int = 512,
     session_gap: int = SESSION_GAP,
+    reveal: int = 0,
     progress: bool = False,
 ) -> SessionReplay:
     """For every session (``session_gap`` of silence starts one) of ``users`` in the window
     ``[start, start + days)``: ``/score`` its impressions (pairs within the session) and
     ``/candidates`` (``k``, seen items kept) scored on its positive items, once with
     ``mode=realtime`` and the user's last ``max_len`` events before the session in the request,
-    once from the stored vector. MostPop scores the same pairs by positives before ``start``."""
+    once from the stored vector. MostPop scores the same pairs by positives before ``start``.
+    ``reveal`` > 0: the session's first ``reveal`` events join the request's history (what the
+    user did so far) and only the rest of the session is scored; shorter sessions are skipped."""
     import time
 
     from model.impressions import session_ids
@@ -351,9 +354,12 @@ def session_replay(
     starts = np.flatnonzero(in_window & np.r_[True, session[1:] != session[:-1]])
     for first in tqdm(starts.tolist(), desc="sessions", unit="session", disable=not progress):
         rows = np.flatnonzero((session == session[first]) & in_window)
+        if len(rows) <= reveal:
+            continue
+        rows, known_now = rows[reveal:], first + reveal  # the rest, after what was revealed
         user = int(mine.user_id[first])
         user_start = int(np.searchsorted(mine.user_id, user, side="left"))
-        before = np.arange(max(user_start, first - max_len), first)
+        before = np.arange(max(user_start, known_now - max_len), known_now)
         if len(before) == 0:
             continue
         history = as_request_events(mine, before)

@@ -84,7 +84,8 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     else:
         sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
         done = (data / "events.parquet").exists()
-        stage(done, "simulate", *sizes, *options(out=data), "--quiet")
+        settings = [part for setting in args.sim_set for part in ("--set", setting)]
+        stage(done, "simulate", *sizes, *options(out=data), *settings, "--quiet")
     real = args.ml100k or args.kuairand
     split = options(test_fraction=0.2) if real else []  # else the last 7 days
     shared = options(data=data) + split + ["--quiet"]
@@ -180,6 +181,7 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
                 start,
                 days=days,
                 max_len=int(bundle.manifest["model_config"]["max_len"]),
+                reveal=args.session_reveal,
                 progress=True,
             )
             results["realtime"] = asdict(replay)
@@ -383,6 +385,18 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument(
         "--realtime-sample", type=int, default=500, help="users of the session replay (0: none)"
+    )
+    parser.add_argument(
+        "--session-reveal",
+        type=int,
+        default=0,
+        help="session replay: the session's first events sent with the history; the rest scored",
+    )
+    parser.add_argument(
+        "--sim-set",
+        action="append",
+        default=[],
+        help="a SimConfig setting for the simulated world, e.g. mood_strength=0.3 (repeatable)",
     )
     parser.add_argument(
         "--retrieval-query",

@@ -107,6 +107,10 @@ class SimConfig:
     discovery_pool_prob: float = 0.9  # organic discovery: share taken from the pool
     surface_pool: tuple[float, ...] = (0.7, 0.9, 0.6)  # share of pool candidates per surface
     library_size: int = 256  # liked items remembered per user (most recent)
+    # moods (off at 0): each session draws a genre, and for that session the user's latent moves
+    # this share of the way to the genre's centre; the same share of the taste candidates (organic
+    # discovery and the policy's) comes from that genre, and the feedback follows the mood
+    mood_strength: float = 0.0
     # feedback: thresholds are quantiles of the (noisy) affinity of the items the policy shows,
     # measured on a reference sample of users, so the rates hold at any catalog size
     feedback_noise: float = 0.8  # per-event noise added to the true affinity
@@ -136,6 +140,8 @@ class SimConfig:
             raise ValueError(f"workers must be >= 0 (0: one per CPU core), got {self.workers}")
         if not 0.0 <= self.organic_share <= 1.0:
             raise ValueError(f"organic_share must be in [0, 1], got {self.organic_share}")
+        if not 0.0 <= self.mood_strength <= 1.0:
+            raise ValueError(f"mood_strength must be in [0, 1], got {self.mood_strength}")
 
     @property
     def n_surfaces(self) -> int:
@@ -357,6 +363,10 @@ class _Chunk:
     pool: np.ndarray  # (U, pool_size) int64 item rows of each user's personal pool
 
 
+# One chunk of users: its events, the users, and with moods every session's mood.
+ChunkResult = tuple[Events, Users, dict[str, np.ndarray] | None]
+
+
 class Simulator:
     """``Simulator(cfg).run(out_dir)`` writes ``events.parquet``, ``truth.npz`` and a summary."""
 
@@ -367,6 +377,7 @@ class Simulator:
         self.catalog = make_catalog(cfg, np.random.default_rng(catalog_seed))
         rng = np.random.default_rng(calibration_seed)
         self.scale = affinity_scale(cfg, self.catalog, rng)
+        self.mood_centers = (self.catalog.genre_centers / self.scale).astype(np.float32)
         self.thresholds = self._calibrate(rng)
 
     def _calibrate(
@@ -379,8 +390,10 @@ class Simulator:
         self._set_day(state, cfg.n_days // 2, rng)
         user = np.repeat(np.arange(n_users), per_user)
         source = 1 + rng.choice(cfg.n_surfaces, len(user), p=self._surface_p)
-        item = self._policy_items(rng, state, user, source)
-        z = self._affinity(state, user, item) + cfg.feedback_noise * rng.standard_normal(len(item))
+        mood = rng.integers(cfg.n_genres, size=len(user)) if cfg.mood_strength else None
+        item = self._policy_items(rng, state, user, source, mood)
+        noise = cfg.feedback_noise * rng.standard_normal(len(item))
+        z = self._affinity(state, user, item, mood) + noise
         full, like, dislike = np.quantile(
             z, [cfg.full_listen_quantile, cfg.like_quantile, cfg.dislike_quantile]
         )
@@ -459,10 +472,22 @@ class Simulator:
         column = rng.integers(self.cfg.pool_size, size=shape)
         return state.pool[user.reshape((-1,) + (1,) * (len(shape) - 1)), column]
 
-    def _affinity(self, state: _Chunk, user: np.ndarray, item: np.ndarray) -> np.ndarray:
-        """(E,) true affinity of each (chunk user, item row) pair today."""
+    def _latent(self, state: _Chunk, user: np.ndarray, mood: np.ndarray | None) -> np.ndarray:
+        """(E, k) the users' scaled latents today, moved ``mood_strength`` of the way to their
+        session's mood genre when there is one."""
+        latent = state.latent_scaled[user]
+        if mood is None:
+            return latent
+        s = self.cfg.mood_strength
+        return ((1.0 - s) * latent + s * self.mood_centers[mood]).astype(np.float32)
+
+    def _affinity(
+        self, state: _Chunk, user: np.ndarray, item: np.ndarray, mood: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(E,) true affinity of each (chunk user, item row) pair today (in the session's mood)."""
         latent = self.catalog.latent[item]
-        return np.einsum("ek,ek->e", state.latent_scaled[user], latent) + self.catalog.bias[item]
+        user_latent = self._latent(state, user, mood)
+        return np.einsum("ek,ek->e", user_latent, latent) + self.catalog.bias[item]
 
     def run(self, out: str | Path, *, progress: bool = True) -> SimulationSummary:
         cfg = self.cfg
@@ -472,14 +497,17 @@ class Simulator:
         n_chunks = -(-cfg.n_users // cfg.chunk_users)
         chunk_seeds = np.random.SeedSequence([cfg.seed, 1]).spawn(n_chunks)
         user_parts: list[Users] = []
+        mood_parts: list[dict[str, np.ndarray]] = []
         totals = np.zeros(4, dtype=np.int64)  # events, liked, disliked, recommended
         tmp = out / (EVENTS_FILE + ".partial")
         with (
             pq.ParquetWriter(tmp, EVENT_SCHEMA, compression="zstd") as writer,
             tqdm(total=cfg.n_users, unit="user", desc="simulate", disable=not progress) as bar,
         ):
-            for events, users in self._chunks(chunk_seeds):
+            for events, users, moods in self._chunks(chunk_seeds):
                 n = len(users.activity)
+                if moods is not None:
+                    mood_parts.append(moods)
                 writer.write_table(events.to_table(), row_group_size=max(len(events), 1))
                 user_parts.append(users)
                 totals += [
@@ -492,7 +520,7 @@ class Simulator:
                 bar.set_postfix(events=f"{totals[0]:,}")
         tmp.replace(out / EVENTS_FILE)
         elapsed = time.perf_counter() - began
-        self._write_truth(out / TRUTH_FILE, user_parts)
+        self._write_truth(out / TRUTH_FILE, user_parts, mood_parts)
         n_events = int(totals[0])
         summary = SimulationSummary(
             events=n_events,
@@ -508,7 +536,7 @@ class Simulator:
         )
         return summary
 
-    def _chunks(self, seeds: list[np.random.SeedSequence]) -> Iterator[tuple[Events, Users]]:
+    def _chunks(self, seeds: list[np.random.SeedSequence]) -> Iterator[ChunkResult]:
         """Each chunk's events and users, in order. Chunks are independent (each has its own
         seed), so with several chunks and cores they are simulated in worker processes, at most
         two per worker ahead of the writer (memory stays bounded); the bytes are the same."""
@@ -522,7 +550,7 @@ class Simulator:
         with ProcessPoolExecutor(
             workers, mp_context=context, initializer=_adopt, initargs=(self,)
         ) as pool:
-            ahead: deque[Future[tuple[Events, Users]]] = deque()
+            ahead: deque[Future[ChunkResult]] = deque()
             for index, seed in enumerate(seeds):
                 ahead.append(pool.submit(_chunk_of_adopted, index, seed))
                 if len(ahead) >= 2 * workers:
@@ -530,16 +558,20 @@ class Simulator:
             while ahead:
                 yield ahead.popleft().result()
 
-    def _chunk(self, index: int, seed: np.random.SeedSequence) -> tuple[Events, Users]:
+    def _chunk(self, index: int, seed: np.random.SeedSequence) -> ChunkResult:
         cfg = self.cfg
         first = index * cfg.chunk_users
         rng = np.random.default_rng(seed)
         users = make_users(cfg, rng, min(cfg.chunk_users, cfg.n_users - first))
-        return self._simulate_chunk(rng, users, first_user_id=first + 1), users
+        events, moods = self._simulate_chunk(rng, users, first_user_id=first + 1)
+        return events, users, moods
 
     # -- one chunk of users over all days ---------------------------------------------------------
 
-    def _simulate_chunk(self, rng: np.random.Generator, users: Users, first_user_id: int) -> Events:
+    def _simulate_chunk(
+        self, rng: np.random.Generator, users: Users, first_user_id: int
+    ) -> tuple[Events, dict[str, np.ndarray] | None]:
+        """The chunk's events, and with moods each session's user, start, end and mood genre."""
         cfg = self.cfg
         state = self._new_chunk(users)
         days = [self._simulate_day(rng, state, day) for day in range(cfg.n_days)]
@@ -569,6 +601,14 @@ class Simulator:
         event_order = np.argsort(rank[ev_sess], kind="stable")  # events keep their in-session order
         timestamp = (session_start[ev_sess] + ev["ev_within"])[event_order]
         item = ev["ev_item"][event_order]
+        moods = None
+        if cfg.mood_strength:
+            moods = {
+                "session_user": sess_user + first_user_id,
+                "session_start": session_start,
+                "session_end": session_start + sess_duration,
+                "session_mood": np.concatenate([d["sess_mood"] for d in days]),
+            }
         return Events.from_arrays(
             user_id=sess_user[ev_sess][event_order] + first_user_id,
             item_id=self.catalog.item_ids[item],
@@ -578,7 +618,7 @@ class Simulator:
             played_ratio=ev["ev_ratio"][event_order],
             liked=ev["ev_liked"][event_order],
             disliked=ev["ev_disliked"][event_order],
-        )
+        ), moods
 
     def _simulate_day(
         self, rng: np.random.Generator, state: _Chunk, day: int
@@ -597,23 +637,32 @@ class Simulator:
         )
         surface = 1 + rng.choice(cfg.n_surfaces, len(sess_user), p=self._surface_p)
         sess_source = np.where(rng.random(len(sess_user)) < cfg.organic_share, 0, surface)
+        # drawn only with moods on, so a world without them keeps its random stream
+        sess_mood = rng.integers(cfg.n_genres, size=len(sess_user)) if cfg.mood_strength else None
 
         # Events: one row per position of each session.
         ev_sess = np.repeat(np.arange(len(sess_user)), sess_len)  # (E,)
         ev_user = sess_user[ev_sess]
         ev_source = sess_source[ev_sess]
+        ev_mood = None if sess_mood is None else sess_mood[ev_sess]
+
+        def of(rows: np.ndarray) -> np.ndarray | None:
+            return None if ev_mood is None else ev_mood[rows]
+
         item = np.empty(len(ev_sess), dtype=np.int64)
         replay = np.zeros(len(ev_sess), dtype=bool)
         organic = np.flatnonzero(ev_source == 0)
-        item[organic], replay[organic] = self._organic_items(rng, state, ev_user[organic])
+        item[organic], replay[organic] = self._organic_items(
+            rng, state, ev_user[organic], of(organic)
+        )
         shown = np.flatnonzero(ev_source > 0)
-        item[shown] = self._policy_items(rng, state, ev_user[shown], ev_source[shown])
+        item[shown] = self._policy_items(rng, state, ev_user[shown], ev_source[shown], of(shown))
 
         # Feedback from the true affinity.
         th = self.thresholds
-        z = self._affinity(state, ev_user, item) + cfg.feedback_noise * rng.standard_normal(
-            len(item)
-        )
+        z = self._affinity(
+            state, ev_user, item, ev_mood
+        ) + cfg.feedback_noise * rng.standard_normal(len(item))
         full = rng.random(len(item)) < _sigmoid(2.0 * (z - th["full_listen"]))
         replayed_parts = full & (rng.random(len(item)) < 0.03)
         ratio = np.where(
@@ -636,7 +685,7 @@ class Simulator:
         sess_duration = (
             np.add.reduceat(duration, first_of_session) if len(item) else np.zeros(0, np.int64)
         )
-        return {
+        out = {
             "sess_user": sess_user,
             "sess_start": sess_start,
             "sess_duration": sess_duration,
@@ -648,9 +697,16 @@ class Simulator:
             "ev_liked": liked,
             "ev_disliked": disliked,
         }
+        if sess_mood is not None:
+            out["sess_mood"] = sess_mood
+        return out
 
     def _organic_items(
-        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray
+        self,
+        rng: np.random.Generator,
+        state: _Chunk,
+        user: np.ndarray,
+        mood: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Items the users pick themselves, and which of them are replays of liked items."""
         cfg, catalog = self.cfg, self.catalog
@@ -662,8 +718,12 @@ class Simulator:
         from_library = state.library[
             user, (rng.random(len(user)) * np.maximum(count, 1)).astype(np.int64)
         ]
-        item = self._taste_candidates(rng, state, user, cfg.n_discovery_candidates, popular=None)
-        item = self._best_by_affinity(rng, state, user, item, noise=0.5, popularity_weight=0.0)
+        item = self._taste_candidates(
+            rng, state, user, cfg.n_discovery_candidates, popular=None, mood=mood
+        )
+        item = self._best_by_affinity(
+            rng, state, user, item, noise=0.5, popularity_weight=0.0, mood=mood
+        )
         if cfg.pool_size:
             pooled = rng.random(len(user)) < cfg.discovery_pool_prob
             item[pooled] = self._from_pool(rng, state, user[pooled], (int(pooled.sum()),))
@@ -674,7 +734,12 @@ class Simulator:
         return item, replay
 
     def _policy_items(
-        self, rng: np.random.Generator, state: _Chunk, user: np.ndarray, source: np.ndarray
+        self,
+        rng: np.random.Generator,
+        state: _Chunk,
+        user: np.ndarray,
+        source: np.ndarray,
+        mood: np.ndarray | None = None,
     ) -> np.ndarray:
         """Items the recommendation surfaces show: the logging policy."""
         cfg = self.cfg
@@ -682,7 +747,9 @@ class Simulator:
             rng.random((len(user), cfg.n_candidates))
             < np.asarray(cfg.surface_popularity)[source - 1, None]
         )
-        candidates = self._taste_candidates(rng, state, user, cfg.n_candidates, popular=popular)
+        candidates = self._taste_candidates(
+            rng, state, user, cfg.n_candidates, popular=popular, mood=mood
+        )
         if cfg.pool_size:
             pooled = ~popular & (
                 rng.random(popular.shape) < np.asarray(cfg.surface_pool)[source - 1, None]
@@ -697,6 +764,7 @@ class Simulator:
             candidates,
             noise=cfg.policy_noise,
             popularity_weight=cfg.policy_popularity_weight,
+            mood=mood,
         )
 
     def _taste_candidates(
@@ -706,9 +774,11 @@ class Simulator:
         user: np.ndarray,
         n: int,
         popular: np.ndarray | None,
+        mood: np.ndarray | None = None,
     ) -> np.ndarray:
         """(E, n) candidate rows: by popularity where ``popular``, else from a genre of the
-        user's taste (~ popularity ** taste power)."""
+        user's taste (~ popularity ** taste power); with a ``mood``, that share of them from the
+        mood's genre."""
         catalog = self.catalog
         draw = rng.random((len(user), n), dtype=np.float32)
         # The genre: how many of the user's cumulative shares lie below the draw, counted by one
@@ -717,6 +787,9 @@ class Simulator:
         genre = np.searchsorted(state.taste_search, draw + lift, side="left")  # (E, n)
         genre -= self.cfg.n_genres * user[:, None]
         genre = np.minimum(genre, self.cfg.n_genres - 1)
+        if mood is not None:
+            moody = rng.random(genre.shape, dtype=np.float32) < self.cfg.mood_strength
+            genre = np.where(moody, mood[:, None], genre)
         start, end = catalog.genre_range[genre, 0], catalog.genre_range[genre, 1]
         if popular is not None:
             start = np.where(popular, 0, start)
@@ -738,10 +811,12 @@ class Simulator:
         *,
         noise: float,
         popularity_weight: float,
+        mood: np.ndarray | None = None,
     ) -> np.ndarray:
         """(E,) the candidate with the highest noisy affinity (+ popularity) score per row."""
         catalog = self.catalog
-        score = np.einsum("ek,eck->ec", state.latent_scaled[user], catalog.latent[candidates])
+        latent = self._latent(state, user, mood)
+        score = np.einsum("ek,eck->ec", latent, catalog.latent[candidates])
         score += catalog.bias[candidates] + popularity_weight * catalog.log_popularity_z[candidates]
         score += noise * rng.standard_normal(score.shape, dtype=np.float32)
         return candidates[np.arange(len(user)), score.argmax(1)]
@@ -765,7 +840,9 @@ class Simulator:
         state.library[user, position % self.cfg.library_size] = item
         state.library_count += np.bincount(user, minlength=len(state.library_count))
 
-    def _write_truth(self, path: Path, parts: list[Users]) -> None:
+    def _write_truth(
+        self, path: Path, parts: list[Users], moods: list[dict[str, np.ndarray]]
+    ) -> None:
         catalog = self.catalog
         arrays: dict[str, np.ndarray | np.generic] = {
             "item_ids": catalog.item_ids,
@@ -788,6 +865,11 @@ class Simulator:
             "start_time": np.int64(self.cfg.start_time),
             "n_days": np.int64(self.cfg.n_days),
         }
+        if moods:  # every session's mood, sorted by user and start
+            merged = {k: np.concatenate([m[k] for m in moods]) for k in moods[0]}
+            order = np.lexsort((merged["session_start"], merged["session_user"]))
+            arrays |= {k: v[order] for k, v in merged.items()}
+            arrays["mood_strength"] = np.float64(self.cfg.mood_strength)
         save_npz(path, arrays)
 
 
@@ -820,7 +902,7 @@ def _adopt(simulator: Simulator) -> None:
     _adopted[:] = [simulator]
 
 
-def _chunk_of_adopted(index: int, seed: np.random.SeedSequence) -> tuple[Events, Users]:
+def _chunk_of_adopted(index: int, seed: np.random.SeedSequence) -> ChunkResult:
     return _adopted[0]._chunk(index, seed)
 
 
@@ -855,6 +937,23 @@ class Truth:
         self._item_row_lookup[a["item_ids"]] = np.arange(len(a["item_ids"]))
         self.sorted_rows = np.argsort(a["item_ids"])  # truth rows in ascending item id order
         self.sorted_item_ids = a["item_ids"][self.sorted_rows]
+        self.has_moods = "session_mood" in a
+
+    def moods(self, user_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """(N,) the mood genre of the session each (user, time) falls in; -1 outside every
+        session, or in a world without moods."""
+        user_ids, timestamps = np.asarray(user_ids), np.asarray(timestamps)
+        if not self.has_moods:
+            return np.full(len(user_ids), -1, dtype=np.int64)
+        a = self.arrays
+        users, starts, ends = a["session_user"], a["session_start"], a["session_end"]
+        # sessions are sorted by (user, start): the last one of the user starting at or before t
+        span = int(max(ends.max(), timestamps.max(initial=0))) + 1
+        keys = users * span + starts
+        at = np.searchsorted(keys, user_ids * span + timestamps, side="right") - 1
+        at = np.clip(at, 0, len(keys) - 1)
+        inside = (users[at] == user_ids) & (starts[at] <= timestamps) & (timestamps <= ends[at])
+        return np.where(inside, a["session_mood"][at], -1)
 
     def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
         """(N,) rows of the truth arrays for external item ids; raises KeyError for unknown ids."""
@@ -893,12 +992,26 @@ class Truth:
         return (latent @ a["item_latent"][rows].T) / scale + a["item_bias"][rows]
 
     def affinity(
-        self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray
+        self,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        timestamps: np.ndarray,
+        *,
+        mood: bool = True,
     ) -> np.ndarray:
         """(N,) true affinity ``<u(t), v_i> / scale + b_i`` of each (user, item, time) triple,
-        with the user's taste of that day, exactly as the simulator drew feedback."""
+        with the user's taste of that day and (``mood``, in a world with moods) the mood of the
+        session it falls in, exactly as the simulator drew feedback. ``mood=False``: the day's
+        taste alone, what an oracle that knows everything but the session would use."""
         item = self.item_rows(item_ids)
-        dot = np.einsum("nk,nk->n", self.user_latent(user_ids, timestamps), self.item_latent(item))
+        latent = self.user_latent(user_ids, timestamps)
+        if mood and self.has_moods:
+            genre = self.moods(user_ids, timestamps)
+            moody = genre >= 0
+            s = float(self.arrays["mood_strength"])
+            centers = self.arrays["genre_centers"][genre[moody]]
+            latent[moody] = (1.0 - s) * latent[moody] + s * centers
+        dot = np.einsum("nk,nk->n", latent, self.item_latent(item))
         return dot + self.arrays["item_bias"][item]
 
     def user_latent(
