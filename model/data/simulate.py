@@ -27,8 +27,14 @@ The generative story, in the order the code follows it:
   full listens are more likely at high affinity, likes are rare (a few percent of events), dislikes
   rarer and mostly on recommended skips. Liked items join the user's library at the end of the day.
 
-Documented ranges (checked by the tests at default settings): likes 1-8% of events, dislikes
-0.1-2%, recommended share 40-75%.
+* **Moods** (off unless ``mood_strength`` > 0): every session draws a genre, and for that session
+  the user's latent moves ``mood_strength`` of the way to the genre's centre; as large a share of
+  the taste candidates (organic discovery, the policy's) comes from that genre, and the feedback
+  follows the moved latent. A session's first events therefore show its mood, and what a user
+  wants now differs from what they wanted yesterday. The truth records every session's mood.
+
+Documented ranges (checked by the tests at default settings, and with ``mood_strength`` 0.3):
+likes 1-8% of events, dislikes 0.1-2%, recommended share 40-75%.
 
 Deviations from a real service, for speed: the library is updated once a day, not after each like;
 a user never likes an item twice (replays of library items carry no like).
