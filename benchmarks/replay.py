@@ -105,6 +105,7 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     )
     tune = options(init=pre, out=fine, max_steps=args.finetune_steps, batch_size=args.batch_size)
     tune += options(model=f"retrieval_query={args.retrieval_query}")
+    tune += [part for setting in args.finetune_set for part in ("--set", setting)]
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
     stage(
         export.exists(),
@@ -391,6 +392,12 @@ def main() -> None:
         type=int,
         default=0,
         help="session replay: the session's first events sent with the history; the rest scored",
+    )
+    parser.add_argument(
+        "--finetune-set",
+        action="append",
+        default=[],
+        help="a fine-tuning setting, e.g. runtime_reveal=3 (repeatable)",
     )
     parser.add_argument(
         "--sim-set",

@@ -319,6 +319,9 @@ class FinetuneConfig(TrainConfig):
     # the towers read the pooled taste at all (off, the default: they read the state alone, and
     # the personal part of the score is the transformer's; with it they ignore the state)
     tower_taste: bool = False
+    # the runtime head's states: after the first this many events of the session (what a client
+    # sends of the session so far), scoring the rest; 0: the state before the session
+    runtime_reveal: int = 0
     # the retrieval space (/candidates): a pooled-history tower trained on future positives
     retrieval_dim: int = 64  # 0: no retrieval space (the bundle then retrieves with the towers)
     retrieval_weight: float = 1.0  # its loss beside the pairwise one
@@ -363,7 +366,7 @@ class FinetuneConfig(TrainConfig):
         first head's at ``lag``, and with a runtime head also each at ``runtime_lag`` (its
         groups: sessions at lag 0)."""
 
-        def at(lag: int, group: str, head: int) -> Impressions:
+        def at(lag: int, group: str, head: int, reveal: int = 0) -> Impressions:
             return find_impressions(
                 events,
                 lag,
@@ -371,12 +374,14 @@ class FinetuneConfig(TrainConfig):
                 snapshot_delay=parse_duration(self.snapshot_delay),
                 session_gap=parse_duration(self.session_gap),
                 head=head,
+                reveal=reveal,
             )
 
         offline = at(self.lag_seconds, self.group, 0)
         if not self.runtime_head:
             return offline
-        return both_heads(offline, at(parse_duration(self.runtime_lag), "auto", 1))
+        runtime = at(parse_duration(self.runtime_lag), "auto", 1, self.runtime_reveal)
+        return both_heads(offline, runtime)
 
     def retrieval_training(
         self, train: Events, device: str | torch.device

@@ -161,11 +161,14 @@ def find_impressions(
     snapshot_delay: int = 0,
     session_gap: int = SESSION_GAP,
     head: int = 0,
+    reveal: int = 0,
 ) -> Impressions:
     """Every impression of ``events`` that has a state, with the state the serving path would
     have used (see the module docstring): the daily snapshot when ``lag`` > 0, else the state
     before the first impression of its group. Groups without a state are dropped. ``head``:
-    which user head scores them (:attr:`Impressions.head`)."""
+    which user head scores them (:attr:`Impressions.head`). ``reveal`` > 0 (lag 0): the state
+    after the first ``reveal`` events of the session instead, and only the impressions after
+    them, as a client sends what the user did so far in the session."""
     grade = impression_grades(events)
     rows = np.flatnonzero(grade >= 0)
     group_of = group_ids(events, rows, group, lag, session_gap)
@@ -177,6 +180,14 @@ def find_impressions(
         before = first - 1
         same_user = (before >= 0) & (events.user_id[np.maximum(before, 0)] == events.user_id[first])
         state = np.where(same_user, before, -1)[group_of]
+        if reveal > 0:
+            session = session_ids(events, session_gap)
+            starts = np.flatnonzero(np.r_[True, session[1:] != session[:-1]])
+            known = starts[session[first] - 1] + reveal - 1  # each group's session, r events in
+            known = np.minimum(known, len(events) - 1)
+            inside = session[known] == session[first]
+            state = np.where(inside, known, -1)[group_of]
+            state = np.where(rows > state, state, -1)  # the revealed events are not scored
     keep = np.flatnonzero(state >= 0)
     _, renumbered = np.unique(group_of[keep], return_inverse=True)  # consecutive again
     rows = rows[keep]

@@ -23,11 +23,13 @@ from model.finetune import (
     sample_batch,
 )
 from model.impressions import (
+    SESSION_GAP,
     find_impressions,
     group_ids,
     group_pairs,
     impression_grades,
     pair_weight_table,
+    session_ids,
     snapshot_rows,
 )
 from model.inference import tower_scores
@@ -394,3 +396,22 @@ def test_the_runtime_head_trains_on_every_impression_at_lag_0_in_groups_of_its_o
     lag0 = FinetuneConfig(data=str(sim_data), out=str(tmp_path / "g"), lag="0")
     off = FinetuneConfig(data=str(sim_data), out=str(tmp_path / "h"), runtime_lag="")
     assert not lag0.runtime_head and not off.runtime_head
+
+
+def test_a_revealed_session_prefix_is_the_state_and_only_the_rest_is_scored(
+    sim_data: Path,
+) -> None:
+    events = read_events(sim_data)
+    found = find_impressions(events, 0, reveal=3)
+    assert len(found) > 0
+    session = session_ids(events, SESSION_GAP)
+    starts = np.flatnonzero(np.r_[True, session[1:] != session[:-1]])
+    # the state: the session's third event; every scored impression comes after it, in it
+    assert (found.state == starts[session[found.row] - 1] + 2).all()
+    assert (found.row > found.state).all()
+    assert (session[found.state] == session[found.row]).all()
+    # one state per group, and no impression of the revealed prefix
+    for group in np.unique(found.group)[:50]:
+        assert len(np.unique(found.state[found.group == group])) == 1
+    plain = find_impressions(events, 0)
+    assert len(found) < len(plain)
