@@ -300,6 +300,18 @@ def impression_level_backward(
 
 
 @dataclass(frozen=True)
+class Durations:
+    """A fine-tuning config's durations in seconds (``FinetuneConfig.seconds``)."""
+
+    lag: int
+    runtime_lag: int | None  # None: no runtime head
+    snapshot_delay: int
+    session_gap: int
+    retrieval_horizon: int
+    retrieval_trend: int
+
+
+@dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     init: str = ""  # pretrained run directory or checkpoint; "" trains from scratch
     lag: str = (
@@ -337,15 +349,20 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("lag", "snapshot_delay", "session_gap"):
-            parse_duration(getattr(self, name))
-        if self.runtime_lag:
-            parse_duration(self.runtime_lag)
+        # The durations, parsed once here (a wrong one fails at construction, naming itself);
+        # the fields keep the text a person wrote, which is what checkpoints record.
+        seconds = Durations(
+            lag=parse_duration(self.lag),
+            runtime_lag=parse_duration(self.runtime_lag) if self.runtime_lag else None,
+            snapshot_delay=parse_duration(self.snapshot_delay),
+            session_gap=parse_duration(self.session_gap),
+            retrieval_horizon=parse_duration(self.retrieval_horizon),
+            retrieval_trend=parse_duration(self.retrieval_trend),
+        )
+        object.__setattr__(self, "_seconds", seconds)
         if self.group not in ("auto", "lag", "session"):
             parse_duration(self.group)
         pair_weight_table(self.pair_weights)
-        parse_duration(self.retrieval_horizon)
-        parse_duration(self.retrieval_trend)
         for name in ("max_impressions", "tower_dim", "retrieval_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -353,13 +370,19 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"min_history must be >= 1, got {self.min_history}")
 
     @property
+    def seconds(self) -> Durations:
+        """Every duration of this config, in seconds."""
+        return self._seconds  # type: ignore[attr-defined]
+
+    @property
     def lag_seconds(self) -> int:
-        return parse_duration(self.lag)
+        return self.seconds.lag
 
     @property
     def runtime_head(self) -> bool:
         """A second user head, for ``runtime_lag``: set, and not the lag the first one has."""
-        return bool(self.runtime_lag) and parse_duration(self.runtime_lag) != self.lag_seconds
+        runtime = self.seconds.runtime_lag
+        return runtime is not None and runtime != self.lag_seconds
 
     def impressions(self, events: Events) -> Impressions:
         """The impressions of ``events`` with the states and groups this config trains on: the
@@ -371,8 +394,8 @@ class FinetuneConfig(TrainConfig):
                 events,
                 lag,
                 group,
-                snapshot_delay=parse_duration(self.snapshot_delay),
-                session_gap=parse_duration(self.session_gap),
+                snapshot_delay=self.seconds.snapshot_delay,
+                session_gap=self.seconds.session_gap,
                 head=head,
                 reveal=reveal,
             )
@@ -380,7 +403,7 @@ class FinetuneConfig(TrainConfig):
         offline = at(self.lag_seconds, self.group, 0)
         if not self.runtime_head:
             return offline
-        runtime = at(parse_duration(self.runtime_lag), "auto", 1, self.runtime_reveal)
+        runtime = at(self.seconds.runtime_lag or 0, "auto", 1, self.runtime_reveal)
         return both_heads(offline, runtime)
 
     def retrieval_training(
@@ -389,12 +412,12 @@ class FinetuneConfig(TrainConfig):
         if not self.retrieval_dim:
             return None
         item, time = train.item_id[train.positive], train.timestamp[train.positive]
-        window = parse_duration(self.retrieval_trend)
+        window = self.seconds.retrieval_trend
         trend = ItemTrend.of(item, time, window) if window else None
         return RetrievalTraining(
             frequencies=ItemFrequencies.from_item_ids(item).to(device),
             weight=self.retrieval_weight,
-            horizon=parse_duration(self.retrieval_horizon),
+            horizon=self.seconds.retrieval_horizon,
             window=self.retrieval_window,
             temperature=self.retrieval_temperature,
             negatives=self.retrieval_negatives,
@@ -402,14 +425,12 @@ class FinetuneConfig(TrainConfig):
             trend=trend.to(device) if trend is not None else None,
         )
 
-    def init_state(self) -> dict[str, Any] | None:
-        return read_checkpoint(self.init) if self.init else None
-
     def model_config(self, init: dict[str, Any] | None = None) -> ArgusConfig:
-        """The pretrained model's config (or the preset's, from scratch) with the towers added;
-        ``--max-len`` and ``--model`` overrides apply either way."""
+        """The pretrained model's config (``init``: its checkpoint, as read from ``self.init``
+        by the caller), or the preset's from scratch, with the towers added; ``--max-len`` and
+        ``--model`` overrides apply either way."""
         if init is None and self.init:
-            init = self.init_state()
+            raise ValueError(f"{self.init}: pass its checkpoint (read_checkpoint) to model_config")
         if init is None:
             base = self.preset_config()
         else:
@@ -430,7 +451,7 @@ class FinetuneConfig(TrainConfig):
             item_prior=self.item_prior,
             taste_shortcut=self.taste_shortcut and self.tower_taste and self.retrieval_dim > 0,
             tower_taste=self.tower_taste,
-            retrieval_trend=parse_duration(self.retrieval_trend) if self.retrieval_dim else 0,
+            retrieval_trend=self.seconds.retrieval_trend if self.retrieval_dim else 0,
         )
 
 
@@ -445,7 +466,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
     runtime = Runtime.setup(cfg.device)
     with runtime.session():
         saved = saved_state(cfg, resume)
-        init = cfg.init_state()
+        init = read_checkpoint(cfg.init) if cfg.init else None
         model_cfg = cfg.model_config(init)
         events = read_events(cfg.data)
         split = cfg.split(events)
