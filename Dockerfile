@@ -29,6 +29,8 @@ COPY service/ service/
 
 FROM source AS build-serve
 RUN scripts/install.sh serve
+# Swagger UI's files for /docs (from PyPI, hash-checked): the docs need no CDN at run time
+RUN .venv/bin/argus docs-assets --dir /app/docs-assets
 
 # -- the runtime images: a non-root user owning the data directories -------------------------
 FROM base AS runtime
@@ -37,7 +39,7 @@ RUN useradd --system --uid 10001 --home-dir /app argus && mkdir -p /work /bundle
 # -- the service -------------------------------------------------------------------------------
 FROM runtime AS serve
 COPY --from=build-serve /app /app
-ENV PATH=/app/.venv/bin:$PATH ARGUS_BUNDLES=/bundles
+ENV PATH=/app/.venv/bin:$PATH ARGUS_BUNDLES=/bundles ARGUS_DOCS_ASSETS=/app/docs-assets
 USER argus
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

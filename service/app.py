@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 
+from service.docs import add_docs
 from service.metrics import Metrics
 from service.middleware import Guard
 from service.replies import validation_error
@@ -115,9 +116,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="argus",
         summary="ARGUS candidates and ranking features from the daily bundle and live histories.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # added below, with its own assets
+        redoc_url=None,
     )
+    if docs:
+        add_docs(app, settings.server.docs_assets)
     app.openapi = functools.partial(exact_openapi, app, settings)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics

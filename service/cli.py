@@ -90,6 +90,22 @@ def serve(
     )
 
 
+@fails_cleanly
+def docs_assets(
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Where to put them (default: $ARGUS_CACHE/swagger-ui, found by serve)."
+        ),
+    ] = None,
+) -> None:
+    """Swagger UI's files for /docs, from PyPI (hash-checked), so the docs need no CDN."""
+    from service.docs import fetch_assets
+
+    typer.echo(fetch_assets(directory))
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the ``argus`` app."""
     app.command()(serve)
+    app.command("docs-assets")(docs_assets)

@@ -67,9 +67,11 @@ class ServerSettings(BaseSettings):
     keep_alive_s: Annotated[int, Field(gt=0)] = 5  # seconds an idle connection is kept
     # Connections and requests in flight per worker process; beyond it uvicorn answers 503.
     max_connections: Annotated[int, Field(gt=0)] = 2_048
-    # /docs and /redoc (their pages load Swagger UI and ReDoc from a CDN); false or off: neither
-    # is served (/openapi.json always is)
+    # /docs, the interactive API docs (/openapi.json is always served); false or off: none
     docs: bool = True
+    # Swagger UI's files for /docs (`argus docs-assets` fetches them); unset: the cache's copy,
+    # else a CDN (service.docs)
+    docs_assets: Path | None = None
 
 
 class RequestSettings(BaseSettings):

@@ -73,17 +73,27 @@ def sha256(path: Path) -> str:
 
 
 def _fetch_ml100k(target: Path) -> None:
+    from_wheel(RECBOLE, RECBOLE_WHEEL, RECBOLE_SHA256, {ML100K_MEMBER: "ml-100k.inter"}, target)
+
+
+def from_wheel(
+    requirement: str, wheel: str, digest: str, members: dict[str, str], target: Path
+) -> None:
+    """Files out of a PyPI wheel: ``pip download --no-deps requirement``, its SHA-256 checked
+    against ``digest``, each ``members`` entry (path in the zip -> file name) moved into
+    ``target`` whole, so an interrupted fetch leaves nothing half-written."""
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", RECBOLE, "-d", tmp]
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheel = Path(tmp) / RECBOLE_WHEEL
-        if done.returncode != 0 or not wheel.is_file():
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", requirement]
+        done = subprocess.run([*command, "-d", tmp], capture_output=True, text=True)
+        path = Path(tmp) / wheel
+        if done.returncode != 0 or not path.is_file():
             reason = (done.stderr.strip().splitlines() or ["no wheel written"])[-1]
-            raise FetchError(f"pip download {RECBOLE} failed: {reason}")
-        if (digest := sha256(wheel)) != RECBOLE_SHA256:
-            raise FetchError(f"{RECBOLE_WHEEL}: SHA-256 {digest}, expected {RECBOLE_SHA256}")
-        part = Path(tmp) / "ml-100k.inter"
-        with zipfile.ZipFile(wheel) as zf:
-            part.write_bytes(zf.read(ML100K_MEMBER))
-        os.replace(part, target / "ml-100k.inter")
+            raise FetchError(f"pip download {requirement} failed: {reason}")
+        if (found := sha256(path)) != digest:
+            raise FetchError(f"{wheel}: SHA-256 {found}, expected {digest}")
+        with zipfile.ZipFile(path) as zf:
+            for member, name in members.items():
+                part = Path(tmp) / name
+                part.write_bytes(zf.read(member))
+                os.replace(part, target / name)

@@ -11,10 +11,14 @@ import orjson
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from argus.cli import app as app_cli
 from argus.servers import RedisServer, SlowProxy, free_port
 from index.bundle import Bundle, HnswParams, build
 from index.store import publish
+from service.app import create_app
+from service.docs import ASSETS
 from service.encoder import Encoder
 from service.settings import (
     LimitSettings,
@@ -861,3 +865,28 @@ def test_candidates_and_scores_equal_a_reference_built_from_the_bundle_alone(
             ids = [c["item_id"] for c in expected]
             scores = local.post("/score", json={"user_id": user, "item_ids": ids}).json()
             assert scores["scores"] == [c["ranking_score"] for c in expected]
+
+
+def test_the_docs_are_served_with_their_own_assets_and_no_cdn(
+    bundles: Path, tmp_path: Path
+) -> None:
+    assets = tmp_path / "swagger-ui"
+    result = CliRunner().invoke(app_cli, ["docs-assets", "--dir", str(assets)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in assets.iterdir()) == sorted(ASSETS)
+    settings = Settings(
+        store=StoreSettings(bundles=bundles), server=ServerSettings(docs_assets=assets)
+    )
+    with client_for(settings) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in page.text
+        assert "cdn" not in page.text.lower() and "http" not in page.text.split("<body>")[-1]
+        script = client.get("/docs/assets/swagger-ui-bundle.js")
+        assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+        assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN: not served
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"ARGUS_DOCS_ASSETS=.*argus docs-assets"):
+        create_app(
+            Settings(store=StoreSettings(bundles=bundles), server=ServerSettings(docs_assets=empty))
+        )
