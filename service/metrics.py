@@ -22,10 +22,18 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
+    """Every series of one service process, in its own registry, by concern."""
+
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         # Labelled children, looked up once each: ``labels()`` costs more than the observation.
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._requests(r)
+        self._stores(r)
+        self._encoder(r)
+        self._bundle(r)
+
+    def _requests(self, r: CollectorRegistry) -> None:
         self.request_seconds = Histogram(
             "argus_request_duration_seconds",
             "Request latency by endpoint.",
@@ -52,17 +60,8 @@ class Metrics:
             ["endpoint", "source"],
             registry=r,
         )
-        self.encoder_unavailable = Counter(
-            "argus_encoder_unavailable_total",
-            "Requests the runtime encoder could not answer in time (queue full, deadline, "
-            "retired): answered from the next source, flagged degraded.",
-            registry=r,
-        )
-        self.encoder_alive = Gauge(
-            "argus_encoder_alive",
-            "1 while the served bundle's runtime encoder worker runs.",
-            registry=r,
-        )
+
+    def _stores(self, r: CollectorRegistry) -> None:
         self.store_corrupt = Counter(
             "argus_store_corrupt_values_total",
             "Values in the store no writer makes (wrong vector length, history entry size, meta): "
@@ -90,6 +89,19 @@ class Metrics:
             "Redis calls not tried, by reason: open (failing its health check) or busy (every "
             "Redis worker taken): answered from the next source, flagged degraded.",
             ["reason"],
+            registry=r,
+        )
+
+    def _encoder(self, r: CollectorRegistry) -> None:
+        self.encoder_unavailable = Counter(
+            "argus_encoder_unavailable_total",
+            "Requests the runtime encoder could not answer in time (queue full, deadline, "
+            "retired): answered from the next source, flagged degraded.",
+            registry=r,
+        )
+        self.encoder_alive = Gauge(
+            "argus_encoder_alive",
+            "1 while the served bundle's runtime encoder worker runs.",
             registry=r,
         )
         self.encoder_batch = Histogram(
@@ -125,6 +137,8 @@ class Metrics:
         self.encoder_cache_users = Gauge(
             "argus_encoder_cache_users", "Users with a cached encoder state.", registry=r
         )
+
+    def _bundle(self, r: CollectorRegistry) -> None:
         self.bundle_info = Gauge(
             "argus_bundle_info", "The loaded bundle (value 1).", ["version"], registry=r
         )
