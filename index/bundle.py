@@ -208,6 +208,56 @@ class BuildSummary:
         )
 
 
+def tuned_index(
+    items: np.ndarray, pool: np.ndarray, params: HnswParams, *, progress: bool
+) -> tuple[ItemIndex, Tuning, float]:
+    """The HNSW index of ``items``, its ``ef_search`` tuned on a seeded sample of ``pool``
+    queries, and its build seconds; a recall short of the target is refused unless allowed."""
+    with tqdm(total=1, desc="HNSW build", disable=not progress, unit="index") as bar:
+        began = time.perf_counter()
+        index = ItemIndex.build(
+            items,
+            space=params.space,
+            m=params.m,
+            ef_construction=params.ef_construction,
+            threads=params.threads,
+            seed=params.seed,
+        )
+        build_s = time.perf_counter() - began
+        bar.update()
+    rng = np.random.default_rng(params.seed)
+    queries = pool[rng.choice(len(pool), size=min(params.sample, len(pool)), replace=False)]
+    tuning = tune_ef(index, items, queries, k=params.k, target=params.target_recall)
+    if not tuning.reached and not params.allow_low_recall:
+        raise ValueError(
+            f"HNSW recall@{tuning.k} reaches only {tuning.recall:.4f} < {tuning.target} "
+            f"(best ef {tuning.ef_search}); raise --m/--ef-construction, use --space mips, "
+            "or pass --allow-low-recall"
+        )
+    return index, tuning, build_s
+
+
+def hnsw_manifest(
+    params: HnswParams, index: ItemIndex, tuning: Tuning, build_s: float
+) -> dict[str, Any]:
+    """The manifest's ``hnsw`` entry: how the index was built and tuned."""
+    return {
+        "space": params.space,
+        "max_norm": index.max_norm,
+        "M": params.m,
+        "ef_construction": params.ef_construction,
+        "ef_search": tuning.ef_search,
+        "k": tuning.k,
+        "target_recall": tuning.target,
+        "recall": tuning.recall,
+        "reached": tuning.reached,
+        "tuning_queries": tuning.queries,
+        "tried": {str(ef): r for ef, r in tuning.tried.items()},
+        "build_seconds": round(build_s, 3),
+        "build_threads": params.threads or os.cpu_count(),
+    }
+
+
 def build(
     export_dir: str | Path,
     bundles: str | Path,
@@ -227,28 +277,8 @@ def build(
     tmp = root / f".building-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        with tqdm(total=1, desc="HNSW build", disable=not progress, unit="index") as bar:
-            t0 = time.perf_counter()
-            index = ItemIndex.build(
-                items,
-                space=params.space,
-                m=params.m,
-                ef_construction=params.ef_construction,
-                threads=params.threads,
-                seed=params.seed,
-            )
-            build_s = time.perf_counter() - t0
-            bar.update()
-        rng = np.random.default_rng(params.seed)
         pool = queries_of_users if len(users) else items  # no users yet: tune on items
-        queries = pool[rng.choice(len(pool), size=min(params.sample, len(pool)), replace=False)]
-        tuning = tune_ef(index, items, queries, k=params.k, target=params.target_recall)
-        if not tuning.reached and not params.allow_low_recall:
-            raise ValueError(
-                f"HNSW recall@{tuning.k} reaches only {tuning.recall:.4f} < {tuning.target} "
-                f"(best ef {tuning.ef_search}); raise --m/--ef-construction, use --space mips, "
-                "or pass --allow-low-recall"
-            )
+        index, tuning, build_s = tuned_index(items, pool, params, progress=progress)
         index.save(str(tmp / INDEX_FILE))
         optional = [STEP_FILE] if (Path(export_dir) / STEP_FILE).is_file() else []
         for name in (*ARRAY_FILES, ENCODER_FILE, *optional):
@@ -274,21 +304,7 @@ def build(
             "events_until": export_manifest.get("events_until"),
             "encoder": export_manifest.get("encoder", {}),
             "user_encoders": export_manifest.get("user_encoders", {}),
-            "hnsw": {
-                "space": params.space,
-                "max_norm": index.max_norm,
-                "M": params.m,
-                "ef_construction": params.ef_construction,
-                "ef_search": tuning.ef_search,
-                "k": tuning.k,
-                "target_recall": tuning.target,
-                "recall": tuning.recall,
-                "reached": tuning.reached,
-                "tuning_queries": tuning.queries,
-                "tried": {str(ef): r for ef, r in tuning.tried.items()},
-                "build_seconds": round(build_s, 3),
-                "build_threads": params.threads or os.cpu_count(),
-            },
+            "hnsw": hnsw_manifest(params, index, tuning, build_s),
             "source": str(export_dir),
             "files": files,
         }
