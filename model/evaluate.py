@@ -423,15 +423,7 @@ def evaluate(
             raise ValueError("give --test-days or --test-fraction when evaluating MostPop alone")
         held_out = models[0][1]["train_config"]
         test_days, test_fraction = held_out["test_days"], held_out["test_fraction"]
-    split = choose_split(events, test_days or 0.0, test_fraction or 0.0)
-    if split is None:
-        raise ValueError("the evaluation needs a test window: --test-days or --test-fraction > 0")
-    for path, (_, state) in zip(checkpoints, models, strict=True):
-        if state["train_until"] > split.split_time:
-            raise ValueError(
-                f"{path}: trained on events up to t={state['train_until']}, after the test window "
-                f"starts (t={split.split_time}); evaluating it there would leak"
-            )
+    split = unleaked_split(events, checkpoints, models, test_days, test_fraction)
     events = split.until_end(events)
     catalog = Catalog.from_events(events)  # the whole catalog, even when users are sampled
     all_users = events
@@ -486,6 +478,27 @@ def evaluate(
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "eval.md").write_text(markdown_table(report))
     return report
+
+
+def unleaked_split(
+    events: Events,
+    checkpoints: Sequence[str | Path],
+    models: Sequence[tuple[Any, dict[str, Any]]],
+    test_days: float | None,
+    test_fraction: float | None,
+) -> TemporalSplit:
+    """The test window, refused when missing or when a checkpoint trained on events after its
+    start (its metrics there would be leaked)."""
+    split = choose_split(events, test_days or 0.0, test_fraction or 0.0)
+    if split is None:
+        raise ValueError("the evaluation needs a test window: --test-days or --test-fraction > 0")
+    for path, (_, state) in zip(checkpoints, models, strict=True):
+        if state["train_until"] > split.split_time:
+            raise ValueError(
+                f"{path}: trained on events up to t={state['train_until']}, after the test window "
+                f"starts (t={split.split_time}); evaluating it there would leak"
+            )
+    return split
 
 
 ORACLE = "Oracle (simulator truth)"

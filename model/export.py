@@ -236,6 +236,61 @@ def write_shared_space(
     write_files(directory, arrays, {**manifest, "dim": dim, "retrieval_dim": dim})
 
 
+def all_user_vectors(
+    checkpoint: str | Path,
+    model: Argus,
+    events: Events,
+    device: torch.device,
+    ray_address: str | None,
+    batch_size: int,
+    progress: bool,
+    as_of: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's vectors, here or (``ray_address``) with the same spans and encoder mapped
+    over a Ray cluster's actors."""
+    if ray_address is None:
+        return user_vectors(
+            model, events, batch_size=batch_size, device=device, progress=progress, as_of=as_of
+        )
+    from model.distributed_export import ray_user_vectors
+
+    return ray_user_vectors(
+        checkpoint,
+        model,
+        events,
+        address=ray_address,
+        batch_size=batch_size,
+        progress=progress,
+        as_of=as_of,
+    )
+
+
+def counts_of(
+    model: Argus, state: dict[str, Any], items: np.ndarray, users: np.ndarray
+) -> dict[str, Any]:
+    """The export manifest's description of the model and what it encoded."""
+    return {
+        "model_config": asdict(model.cfg),
+        "dim": model.cfg.ranking_dim,
+        "retrieval_dim": retrieval_dim(model),
+        "n_items": len(items),
+        "n_users": len(users),
+        "trained_until": state["train_until"],
+        "user_encoders": user_encoders(model, state),
+    }
+
+
+def cutoff_of(until: str, state: dict[str, Any]) -> int | None:
+    """The export's cut-off in Unix seconds (None: every event counts) from ``--until``."""
+    if until == "all":
+        return None
+    if until == "trained":
+        return int(state["train_until"])
+    if until.isdigit():
+        return int(until)
+    raise ValueError(f"until must be 'all', 'trained' or Unix seconds, got {until!r}")
+
+
 def export(
     checkpoint: str | Path,
     data: str | Path,
@@ -259,15 +314,9 @@ def export(
     if not model.has_towers:
         raise ValueError(f"{checkpoint}: no towers in this checkpoint; run `argus finetune` first")
     began = time.perf_counter()
+    cutoff = cutoff_of(until, state)
     events = read_events(data)
-    cutoff = None
-    if until != "all":
-        if until == "trained":
-            cutoff = int(state["train_until"])
-        elif until.isdigit():
-            cutoff = int(until)
-        else:
-            raise ValueError(f"until must be 'all', 'trained' or Unix seconds, got {until!r}")
+    if cutoff is not None:
         events = events.take(events.timestamp < cutoff)
     if len(events) == 0:
         raise ValueError(f"{data}: no events to export")
@@ -281,22 +330,9 @@ def export(
     model.to(chosen)
     catalog = Catalog.from_events(events)
     items, item_vecs, retrieval_vecs = item_vectors(model, events, catalog=catalog, device=chosen)
-    if ray_address is None:
-        users, user_vecs = user_vectors(
-            model, events, batch_size=batch_size, device=chosen, progress=progress, as_of=as_of
-        )
-    else:  # the same spans and encoder, mapped over a Ray cluster's actors
-        from model.distributed_export import ray_user_vectors
-
-        users, user_vecs = ray_user_vectors(
-            checkpoint,
-            model,
-            events,
-            address=ray_address,
-            batch_size=batch_size,
-            progress=progress,
-            as_of=as_of,
-        )
+    users, user_vecs = all_user_vectors(
+        checkpoint, model, events, chosen, ray_address, batch_size, progress, as_of
+    )
     arrays = {
         "item_ids": items,
         "item_artist_ids": catalog.artist_id,
@@ -307,18 +343,12 @@ def export(
         "popular": popular_items(events, catalog, model.cfg.retrieval_trend),
     }
     elapsed = time.perf_counter() - began
-    manifest: dict[str, Any] = {
+    manifest = {
         "checkpoint": str(checkpoint),
         "data": str(data),
-        "model_config": asdict(model.cfg),
-        "dim": model.cfg.ranking_dim,
-        "retrieval_dim": retrieval_dim(model),
-        "n_items": len(items),
-        "n_users": len(users),
-        "trained_until": state["train_until"],
+        **counts_of(model, state, items, users),
         "events_until": int(events.timestamp.max()) + 1,
         "as_of": as_of,
-        "user_encoders": user_encoders(model, state),
         "elapsed_s": elapsed,
     }
     write_files(tmp, arrays, manifest)
