@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.metrics import Metrics
+from service.replies import answers
 from service.resolve import Resolver
 from service.settings import Settings
 from service.state import Backend, Served
@@ -100,10 +101,20 @@ async def body_of(request: Request, model: type[Body]) -> Body:
         ) from None
 
 
-def documented_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` that documents ``model`` as the JSON body of a route that parses it
-    with :func:`body_of` (its schema is added to the components by ``service.app``)."""
-    reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+async def parsed(request: Request, model: type[Body]) -> tuple[Context, Body]:
+    """A hot route's start: its :func:`context` (503 first), then its body (:func:`body_of`)."""
+    ctx = context(request)
+    return ctx, await body_of(request, model)
+
+
+def hot_route(response: type[BaseModel], body: type[BaseModel]) -> dict[str, Any]:
+    """The route decorator's arguments of a hot route that answers ``response`` and parses
+    ``body`` itself: its answers, and ``body`` documented as its JSON request body (the schema
+    is added to the components by ``service.app``)."""
+    schema = {"$ref": f"#/components/schemas/{body.__name__}"}
+    content = {"application/json": {"schema": schema}}
     return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": reference}}}
+        "response_model": response,
+        "responses": answers(400, 408, 413, 422, 503),
+        "openapi_extra": {"requestBody": {"required": True, "content": content}},
     }

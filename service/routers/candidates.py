@@ -9,8 +9,8 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from index.bundle import Bundle, rows_of
-from service.deps import body_of, context, documented_body
-from service.replies import answers, check_length, json_response, problem
+from service.deps import hot_route, parsed
+from service.replies import check_length, json_response, problem
 from service.retrieve import top_k
 from service.schemas import CandidatesRequest, CandidatesResponse
 
@@ -36,16 +36,10 @@ def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray)
     return ids[rows_of(bundle.item_ids, ids)[1]]
 
 
-@router.post(
-    "/candidates",
-    response_model=CandidatesResponse,
-    responses=answers(400, 408, 413, 422, 503),
-    openapi_extra=documented_body(CandidatesRequest),
-)
+@router.post("/candidates", **hot_route(CandidatesResponse, CandidatesRequest))
 async def candidates(request: Request) -> Response:
     began = time.perf_counter()
-    ctx = context(request)
-    body = await body_of(request, CandidatesRequest)
+    ctx, body = await parsed(request, CandidatesRequest)
     limits = ctx.settings.limits
     if body.k > limits.max_k:
         raise problem(422, "k", f"k = {body.k} is over the limit of {limits.max_k}")

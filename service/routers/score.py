@@ -9,23 +9,17 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from index.bundle import dots, rows_of
-from service.deps import body_of, context, documented_body
-from service.replies import answers, base64_f32, check_length, json_response
+from service.deps import hot_route, parsed
+from service.replies import base64_f32, check_length, json_response
 from service.schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
 
-@router.post(
-    "/score",
-    response_model=ScoreResponse,
-    responses=answers(400, 408, 413, 422, 503),
-    openapi_extra=documented_body(ScoreRequest),
-)
+@router.post("/score", **hot_route(ScoreResponse, ScoreRequest))
 async def score(request: Request) -> Response:
     began = time.perf_counter()
-    ctx = context(request)
-    body = await body_of(request, ScoreRequest)
+    ctx, body = await parsed(request, ScoreRequest)
     bundle, resolver, metrics = ctx.served, ctx.resolver, ctx.metrics
     limits = ctx.settings.limits
     check_length(body.item_ids, limits.max_score_items, "item_ids", "items")

@@ -26,6 +26,7 @@ from model.impressions import impression_grades
 from model.metrics import recall
 from service.settings import EncoderSettings, Settings, StoreSettings
 from tests.conftest import serving
+from tests.events import events_from
 
 
 @pytest.fixture
@@ -137,14 +138,11 @@ def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> 
         (3, 3, 220, 1, False),
     ]
     user, item, time, source, liked = (np.array(c) for c in zip(*rows, strict=True))
-    n = len(rows)
-    events = Events.from_arrays(
+    events = events_from(
         user_id=user,
         item_id=item,
         timestamp=time,
         source=source,
-        artist_id=np.full(n, -1),
-        played_ratio=np.full(n, np.nan),
         liked=liked,
         disliked=~liked & (source > 0),
     )

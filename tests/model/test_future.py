@@ -7,7 +7,7 @@ import pytest
 
 from argus.replay import Pairs, popularity_scores
 from model.contract import DAY
-from model.data.events import COLUMNS, Events, read_events
+from model.data.events import Events, read_events
 from model.data.simulate import SimConfig, Simulator, Truth
 from model.future import (
     WindowTargets,
@@ -21,6 +21,7 @@ from model.future import (
     split_users,
 )
 from model.metrics import recall
+from tests.events import events_from
 
 
 def test_targets_are_the_distinct_positives_of_the_window_and_new_ones_were_never_met() -> None:
@@ -36,17 +37,7 @@ def test_targets_are_the_distinct_positives_of_the_window_and_new_ones_were_neve
         (2, 9, t0 + 10, 0.0),  # a skip: no target, user 2 has none
     ]
     u, i, t, r = (np.array(c) for c in zip(*rows, strict=True))
-    n = len(u)
-    events = Events.from_arrays(
-        user_id=u,
-        item_id=i,
-        timestamp=t,
-        source=np.zeros(n),
-        artist_id=np.full(n, -1),
-        played_ratio=r,
-        liked=np.zeros(n, bool),
-        disliked=np.zeros(n, bool),
-    )
+    events = events_from(user_id=u, item_id=i, timestamp=t, played_ratio=r)
     window = WindowTargets.of(events, t0)
     assert window.users.tolist() == [1]
     assert window.items[0].tolist() == [5, 6, 7] and window.seen[0].tolist() == [5, 6]
@@ -188,19 +179,7 @@ def test_unfamiliar_artists_keeps_targets_by_new_artists_and_hides_every_item_of
         (1, 40, -1, 1_020, True),  # window: an unknown artist
     ]
     user, item, artist, time, liked = (np.array(c) for c in zip(*rows, strict=True))
-    n = len(rows)
-    events = Events.from_arrays(
-        user_id=user,
-        item_id=item,
-        timestamp=time,
-        source=np.zeros(n),
-        artist_id=artist,
-        played_ratio=np.full(n, np.nan),
-        liked=liked,
-        disliked=np.zeros(n, bool),
-    )
-    order = np.lexsort((events.timestamp, events.user_id))
-    events = Events.from_arrays(**{c: getattr(events, c)[order] for c in COLUMNS})
+    events = events_from(user_id=user, item_id=item, timestamp=time, artist_id=artist, liked=liked)
     window = WindowTargets.of(events, 1_000, days=1.0)
     assert window.users.tolist() == [1] and window.items[0].tolist() == [11, 30, 40]
     unfamiliar = window.unfamiliar_artists(events)
