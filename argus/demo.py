@@ -132,6 +132,30 @@ def demo(
     began = time.perf_counter()
     p = Paths.under(root)
     redis_url = os.environ.get("ARGUS_REDIS_URL")
+    bundle = trained_bundle(p, users, items, days, pretrain_epochs, pretrain_steps, finetune_steps)
+    if redis_url:
+        argus("publish", "--bundle", bundle, "--redis-url", redis_url)  # idempotent: resumes
+    store = f"Redis at {redis_url}" if redis_url else "the embedded local store"
+    print(
+        f"\nargus demo: bundle {bundle.name} ready in {time.perf_counter() - began:.0f} s "
+        f"(user vectors in {store})",
+        flush=True,
+    )
+    if serve:
+        serve_and_show(p, bundle, host, port)
+
+
+def trained_bundle(
+    p: Paths,
+    users: int,
+    items: int,
+    days: int,
+    pretrain_epochs: int,
+    pretrain_steps: int,
+    finetune_steps: int,
+) -> Path:
+    """Simulate, pretrain, fine-tune, export and build, each stage skipped when its output is
+    there; the newest bundle."""
     stage(
         (p.data / "events.parquet").is_file(),
         "simulate",
@@ -169,18 +193,11 @@ def demo(
     )
     built = p.bundles.is_dir() and any(p.bundles.glob("*/manifest.json"))
     stage(built, "build", *options(export=p.export, bundles=p.bundles))
-    bundle = latest_bundle(p.bundles)
-    if redis_url:
-        argus("publish", "--bundle", bundle, "--redis-url", redis_url)  # idempotent: resumes
-    store = f"Redis at {redis_url}" if redis_url else "the embedded local store"
-    print(
-        f"\nargus demo: bundle {bundle.name} ready in {time.perf_counter() - began:.0f} s "
-        f"(user vectors in {store})",
-        flush=True,
-    )
-    if not serve:
-        return
+    return latest_bundle(p.bundles)
 
+
+def serve_and_show(p: Paths, bundle: Path, host: str, port: int) -> None:
+    """``argus serve`` until Ctrl-C or SIGTERM, after the replay's line and curl examples."""
     base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     command = [
         sys.executable,

@@ -342,15 +342,7 @@ def session_replay(
     session = session_ids(mine, session_gap)
     grade = impression_grades(mine)
     in_window = (mine.timestamp >= start) & (mine.timestamp < start + int(days * DAY))
-    ids, counts = mine.positive_counts(before=start)
-    scores: dict[str, list[np.ndarray]] = {"realtime": [], "stored": [], "MostPop": []}
-    pair_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    hits: dict[str, list[float]] = {"realtime": [], "stored": [], "MostPop": []}
-    sources: dict[str, int] = {}
-    offset = 0
-    table = pair_weight_table("")
-    popular = None
-    stored_lists: dict[int, np.ndarray] = {}
+    tally = _SessionTally(client, k, *mine.positive_counts(before=start))
     starts = np.flatnonzero(in_window & np.r_[True, session[1:] != session[:-1]])
     for first in tqdm(starts.tolist(), desc="sessions", unit="session", disable=not progress):
         rows = np.flatnonzero((session == session[first]) & in_window)
@@ -364,57 +356,89 @@ def session_replay(
             continue
         history = as_request_events(mine, before)
         impressions = rows[grade[rows] >= 0]
-        hi, lo, w = group_pairs(np.zeros(len(impressions), np.int64), grade[impressions], table)
+        tally.score(user, history, mine.item_id[impressions], grade[impressions])
         targets = np.unique(mine.item_id[rows[mine.positive[rows]]])
-        if len(hi):
-            items = np.unique(mine.item_id[impressions])
-            at = np.searchsorted(items, mine.item_id[impressions])
-            asks: list[tuple[str, dict[str, Any]]] = [
-                ("realtime", {"mode": "realtime", "history": history}),
-                ("stored", {}),
-            ]
-            for name, extra in asks:
-                reply = client.post(
-                    "/score", {"user_id": user, "item_ids": items.tolist(), **extra}
-                )
-                sources[reply["source"]] = sources.get(reply["source"], 0) + 1
-                values = np.array([np.nan if s is None else s for s in reply["scores"]])
-                scores[name].append(values[at])
-            found = np.searchsorted(ids, mine.item_id[impressions]).clip(max=len(ids) - 1)
-            known = ids[found] == mine.item_id[impressions] if len(ids) else np.zeros(0, bool)
-            scores["MostPop"].append(np.where(known, counts[found], 0).astype(np.float64))
-            pair_parts.append((hi + offset, lo + offset, w))
-            offset += len(impressions)
         if len(targets):
-            body: dict[str, Any] = {"user_id": user, "k": k, "exclude_seen": False}
-            reply = client.post("/candidates", {**body, "mode": "realtime", "history": history})
-            sources[reply["source"]] = sources.get(reply["source"], 0) + 1
-            realtime = np.array([c["item_id"] for c in reply["items"]], dtype=np.int64)
-            if user not in stored_lists:
-                reply = client.post("/candidates", body)
-                stored_lists[user] = np.array([c["item_id"] for c in reply["items"]], np.int64)
-            if popular is None:
-                reply = client.post("/candidates", {"user_id": -1, "k": k, "mode": "offline"})
-                popular = np.array([c["item_id"] for c in reply["items"]], dtype=np.int64)
-            for name, ranked in (
-                ("realtime", realtime),
-                ("stored", stored_lists[user]),
-                ("MostPop", popular),
-            ):
-                hits[name].append(float(np.isin(targets, ranked[:k]).mean()))
-    hi_all = np.concatenate([p[0] for p in pair_parts]) if pair_parts else np.zeros(0, np.int64)
-    lo_all = np.concatenate([p[1] for p in pair_parts]) if pair_parts else np.zeros(0, np.int64)
-    w_all = np.concatenate([p[2] for p in pair_parts]) if pair_parts else np.zeros(0)
-    accuracy = {}
-    for name, parts in scores.items():
-        s = np.nan_to_num(np.concatenate(parts) if parts else np.zeros(0), nan=-np.inf)
-        accuracy[name] = pair_accuracy(s, hi_all, lo_all, w_all)
-    return SessionReplay(
-        sessions=len(starts),
-        pairs=len(hi_all),
-        pair_accuracy=accuracy,
-        recall={name: float(np.mean(v)) if v else float("nan") for name, v in hits.items()},
-        k=k,
-        sources=sources,
-        seconds=time.perf_counter() - began,
-    )
+            tally.candidates(user, history, targets)
+    return tally.result(len(starts), time.perf_counter() - began)
+
+
+class _SessionTally:
+    """What :func:`session_replay` gathers, session by session: each leg's scores of the
+    impressions, the pairs among them, and the share of each session's positives retrieved."""
+
+    LEGS = ("realtime", "stored", "MostPop")
+
+    def __init__(self, client: Client, k: int, ids: np.ndarray, counts: np.ndarray) -> None:
+        self.client, self.k = client, k
+        self.ids, self.counts = ids, counts  # positives before the window, for MostPop
+        self.scores: dict[str, list[np.ndarray]] = {leg: [] for leg in self.LEGS}
+        self.pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.hits: dict[str, list[float]] = {leg: [] for leg in self.LEGS}
+        self.sources: dict[str, int] = {}
+        self.offset = 0
+        self.table = pair_weight_table("")
+        self.popular: np.ndarray | None = None
+        self.stored: dict[int, np.ndarray] = {}
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        reply = self.client.post(path, body)
+        self.sources[reply["source"]] = self.sources.get(reply["source"], 0) + 1
+        return reply
+
+    def score(
+        self, user: int, history: list[dict[str, Any]], item_ids: np.ndarray, grades: np.ndarray
+    ) -> None:
+        """``/score`` the session's impressions realtime and stored; MostPop beside them."""
+        hi, lo, w = group_pairs(np.zeros(len(item_ids), np.int64), grades, self.table)
+        if not len(hi):
+            return
+        items = np.unique(item_ids)
+        at = np.searchsorted(items, item_ids)
+        for leg, extra in (("realtime", {"mode": "realtime", "history": history}), ("stored", {})):
+            reply = self.post("/score", {"user_id": user, "item_ids": items.tolist(), **extra})
+            values = np.array([np.nan if s is None else s for s in reply["scores"]])
+            self.scores[leg].append(values[at])
+        ids = self.ids
+        found = np.searchsorted(ids, item_ids).clip(max=len(ids) - 1)
+        known = ids[found] == item_ids if len(ids) else np.zeros(0, bool)
+        self.scores["MostPop"].append(np.where(known, self.counts[found], 0).astype(np.float64))
+        self.pairs.append((hi + self.offset, lo + self.offset, w))
+        self.offset += len(item_ids)
+
+    def candidates(self, user: int, history: list[dict[str, Any]], targets: np.ndarray) -> None:
+        """``/candidates`` realtime and stored (once per user), and MostPop's list (once)."""
+        body: dict[str, Any] = {"user_id": user, "k": self.k, "exclude_seen": False}
+
+        def ids(reply: dict[str, Any]) -> np.ndarray:
+            return np.array([c["item_id"] for c in reply["items"]], dtype=np.int64)
+
+        realtime = ids(self.post("/candidates", {**body, "mode": "realtime", "history": history}))
+        if user not in self.stored:
+            self.stored[user] = ids(self.post("/candidates", body))
+        if self.popular is None:
+            offline = {"user_id": -1, "k": self.k, "mode": "offline"}
+            self.popular = ids(self.post("/candidates", offline))
+        for leg, ranked in zip(self.LEGS, (realtime, self.stored[user], self.popular), strict=True):
+            self.hits[leg].append(float(np.isin(targets, ranked[: self.k]).mean()))
+
+    def result(self, sessions: int, seconds: float) -> SessionReplay:
+        def joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        hi = joined([p[0] for p in self.pairs], np.int64)
+        lo = joined([p[1] for p in self.pairs], np.int64)
+        w = joined([p[2] for p in self.pairs], np.float64)
+        accuracy = {
+            leg: pair_accuracy(np.nan_to_num(joined(parts, np.float64), nan=-np.inf), hi, lo, w)
+            for leg, parts in self.scores.items()
+        }
+        return SessionReplay(
+            sessions=sessions,
+            pairs=len(hi),
+            pair_accuracy=accuracy,
+            recall={leg: float(np.mean(v)) if v else float("nan") for leg, v in self.hits.items()},
+            k=self.k,
+            sources=self.sources,
+            seconds=seconds,
+        )

@@ -275,7 +275,7 @@ def analyse(
 # -- the run -------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=20_000)
@@ -295,7 +295,11 @@ def main() -> None:
     parser.add_argument("--fuzz-examples", type=int, default=200)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "chaos")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     began = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -338,35 +342,7 @@ def main() -> None:
             time.sleep(0.1)
         timeline = Timeline()
         with sampling(process.pid, timeline):
-            timeline.mark("start")
-            time.sleep(args.warmup_s)
-            timeline.mark("soak")
-            time.sleep(args.soak_s)
-            timeline.mark("kill")
-            server.stop()
-            time.sleep(args.outage_s)
-            server.start()  # without persistence: it comes back empty, and answers PING
-            timeline.mark("restart")
-            time.sleep(args.empty_s)
-            timeline.mark("republish")
-            publish_cli(paths[0], server.url)  # its own process: seconds on a busy machine
-            timeline.mark("republished")
-            time.sleep(args.settle_s)
-            timeline.mark("slow")
-            proxy.delay_s = 2.0
-            time.sleep(args.outage_s)
-            proxy.delay_s = 0.0
-            timeline.mark("slow end")
-            time.sleep(args.settle_s)
-            timeline.mark("publish")
-            next_bundle = 1
-            while time.time() < timeline.marks["publish"] + args.publish_s:
-                path = paths[next_bundle % len(paths)]
-                publish_cli(path, server.url)
-                timeline.published.append((time.time(), path.name))
-                next_bundle += 1
-                time.sleep(args.publish_every_s)
-            timeline.mark("end")
+            faults(args, server, proxy, paths, timeline)
         load.wait()
         records = [orjson.loads(line) for line in record.read_bytes().splitlines() if line]
         results = analyse(records, timeline, by_version)
@@ -394,6 +370,47 @@ def main() -> None:
         f"({maximum:,.0f} max), {results['fuzz']['cases']:,} fuzz cases, "
         f"{time.perf_counter() - began:.0f} s -> {args.out / 'chaos.md'}"
     )
+
+
+def faults(
+    args: argparse.Namespace,
+    server: RedisServer,
+    proxy: SlowProxy,
+    paths: list[Path],
+    timeline: Timeline,
+) -> None:
+    """The run's script under load, each step marked on ``timeline``: warm-up and soak; Redis
+    killed, restarted empty and republished; Redis slow; then a publish every
+    ``--publish-every-s``."""
+    timeline.mark("start")
+    time.sleep(args.warmup_s)
+    timeline.mark("soak")
+    time.sleep(args.soak_s)
+    timeline.mark("kill")
+    server.stop()
+    time.sleep(args.outage_s)
+    server.start()  # without persistence: it comes back empty, and answers PING
+    timeline.mark("restart")
+    time.sleep(args.empty_s)
+    timeline.mark("republish")
+    publish_cli(paths[0], server.url)  # its own process: seconds on a busy machine
+    timeline.mark("republished")
+    time.sleep(args.settle_s)
+    timeline.mark("slow")
+    proxy.delay_s = 2.0
+    time.sleep(args.outage_s)
+    proxy.delay_s = 0.0
+    timeline.mark("slow end")
+    time.sleep(args.settle_s)
+    timeline.mark("publish")
+    next_bundle = 1
+    while time.time() < timeline.marks["publish"] + args.publish_s:
+        path = paths[next_bundle % len(paths)]
+        publish_cli(path, server.url)
+        timeline.published.append((time.time(), path.name))
+        next_bundle += 1
+        time.sleep(args.publish_every_s)
+    timeline.mark("end")
 
 
 def markdown(r: dict[str, Any]) -> str:

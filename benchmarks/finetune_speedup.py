@@ -18,17 +18,20 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from model.argus import Argus, preset
+from model.contract import DEFAULT_LAG
 from model.data.batching import bucket_batches
 from model.data.events import parse_duration, read_events
 from model.data.simulate import SimConfig, Simulator
 from model.finetune import (
     FinetuneConfig,
+    ImpressionBatch,
     PairwiseObjective,
     impression_level_backward,
     make_samples,
@@ -40,7 +43,7 @@ from model.trainer import Optimizers
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--days", type=int, default=120)
@@ -48,12 +51,15 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=2048)
     parser.add_argument("--preset", default="argus-tiny")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lag", default="1d")
+    parser.add_argument("--lag", default=DEFAULT_LAG)
     parser.add_argument("--group", default="auto")
     parser.add_argument("--prefix-batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def simulated(args: argparse.Namespace) -> Path:
+    """Heavy-but-ordinary users: about 16 events a day over ``--days`` (cached under --out)."""
     data = args.out / f"finetune_speedup_data_{args.users}u_{args.days}d"
     if not (data / "events.parquet").exists():
         sim = SimConfig(
@@ -65,81 +71,110 @@ def main() -> None:
             seed=0,
         )
         Simulator(sim).run(data, progress=False)
-    events = read_events(data)
-    impressions = find_impressions(events, parse_duration(args.lag), args.group)
-    samples = make_samples(events, impressions, args.max_len, min_history=1)
-    table = pair_weight_table()
-    batches = bucket_batches(samples.spans, batch_size=args.batch_size, shuffle=True, seed=0)
+    return data
 
-    torch.manual_seed(0)
-    model = Argus(preset(args.preset, max_len=args.max_len, tower_dim=32))
-    cfg = FinetuneConfig(data=str(data), out="unused")
-    optimizer = Optimizers(model, cfg, sparse=True)
-    objective = PairwiseObjective(model)
-    prepared = [sample_batch(events, samples, index, table) for index in batches]
 
-    def one_pass_epoch() -> list[float]:
+class Race:
+    """One model, data, batches and loss; the two ways of computing the user states."""
+
+    def __init__(self, args: argparse.Namespace, data: Path) -> None:
+        self.events = read_events(data)
+        impressions = find_impressions(self.events, parse_duration(args.lag), args.group)
+        self.samples = make_samples(self.events, impressions, args.max_len, min_history=1)
+        table = pair_weight_table()
+        spans = self.samples.spans
+        self.batches = bucket_batches(spans, batch_size=args.batch_size, shuffle=True, seed=0)
+        torch.manual_seed(0)
+        self.model = Argus(preset(args.preset, max_len=args.max_len, tower_dim=32))
+        self.cfg = FinetuneConfig(data=str(data), out="unused")
+        self.optimizer = Optimizers(self.model, self.cfg, sparse=True)
+        self.objective = PairwiseObjective(self.model)
+        self.prepared = [sample_batch(self.events, self.samples, i, table) for i in self.batches]
+        self.prefix_batch = args.prefix_batch
+
+    def impression_level(self, index: np.ndarray, imp: ImpressionBatch) -> float:
+        spans = self.samples.spans.take(index)
+        return impression_level_backward(
+            self.model, self.events, spans, imp, prefix_batch=self.prefix_batch
+        )
+
+    def first_batch_losses(self) -> tuple[float, float]:
+        """Both losses on the same weights (the equivalence the tests prove, here at scale)."""
+        batch, imp = self.prepared[0]
+        a = float(self.objective(batch.to_torch(), imp.to_torch())["loss"].detach())
+        self.model.zero_grad()
+        b = self.impression_level(self.batches[0], imp)
+        self.model.zero_grad()
+        return a, b
+
+    def one_pass_epoch(self) -> list[float]:
         losses = []
-        for batch, imp in tqdm(prepared, desc="one-pass epoch", leave=False):
-            optimizer.zero_grad()
-            loss = objective(batch.to_torch(), imp.to_torch())["loss"]
+        for batch, imp in tqdm(self.prepared, desc="one-pass epoch", leave=False):
+            self.optimizer.zero_grad()
+            loss = self.objective(batch.to_torch(), imp.to_torch())["loss"]
             loss.backward()
-            optimizer.clip_and_step(1.0)
+            self.optimizer.clip_and_step(1.0)
             losses.append(float(loss.detach()))
         return losses
 
-    def impression_level_epoch() -> list[float]:
+    def impression_level_epoch(self) -> list[float]:
         losses = []
-        pairs = zip(batches, prepared, strict=True)
+        pairs = zip(self.batches, self.prepared, strict=True)
         for index, (_, imp) in tqdm(
-            pairs, total=len(batches), desc="impression-level epoch", leave=False
+            pairs, total=len(self.batches), desc="impression-level epoch", leave=False
         ):
-            optimizer.zero_grad()
-            spans = samples.spans.take(index)
-            losses.append(
-                impression_level_backward(model, events, spans, imp, prefix_batch=args.prefix_batch)
-            )
-            optimizer.clip_and_step(1.0)
+            self.optimizer.zero_grad()
+            losses.append(self.impression_level(index, imp))
+            self.optimizer.clip_and_step(1.0)
         return losses
 
-    # Equal losses on the same weights first (the equivalence the tests prove, here at scale).
-    start_state = {k: v.clone() for k, v in model.state_dict().items()}
-    batch, imp = prepared[0]
-    a = float(objective(batch.to_torch(), imp.to_torch())["loss"].detach())
-    model.zero_grad()
-    b = impression_level_backward(
-        model, events, samples.spans.take(batches[0]), imp, prefix_batch=args.prefix_batch
-    )
-    model.zero_grad()
+    def timings(self) -> dict[str, dict[str, float]]:
+        """One epoch each way, from the same weights and a fresh optimiser."""
+        start_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        timings = {}
+        for name, epoch in (
+            ("one_pass", self.one_pass_epoch),
+            ("impression_level", self.impression_level_epoch),
+        ):
+            self.model.load_state_dict(start_state)
+            self.optimizer = Optimizers(self.model, self.cfg, sparse=True)
+            began = time.perf_counter()
+            losses = epoch()
+            timings[name] = {
+                "epoch_s": time.perf_counter() - began,
+                "mean_loss": float(np.mean(losses)),
+            }
+        return timings
 
-    timings = {}
-    for name, epoch in (("one_pass", one_pass_epoch), ("impression_level", impression_level_epoch)):
-        model.load_state_dict(start_state)
-        optimizer = Optimizers(model, cfg, sparse=True)
-        began = time.perf_counter()
-        losses = epoch()
-        timings[name] = {
-            "epoch_s": time.perf_counter() - began,
-            "mean_loss": float(np.mean(losses)),
+    def shape(self, args: argparse.Namespace) -> dict[str, Any]:
+        events, samples, prepared = self.events, self.samples, self.prepared
+        per_chunk = np.diff(samples.offsets)
+        groups = [len(np.unique(imp.group)) for _, imp in prepared]
+        n_chunks = len(samples.spans)
+        prefix_tokens = sum(
+            _prefix_tokens(imp.group, imp.position, imp.sample) for _, imp in prepared
+        )
+        return {
+            "users": len(np.unique(events.user_id)),
+            "days": args.days,
+            "events": len(events),
+            "events_per_user": len(events) / args.users,
+            "impressions_per_user": len(samples.impressions) / args.users,
+            "chunks": n_chunks,
+            "mean_chunk_length": float(samples.spans.length.mean()),
+            "impressions_per_chunk": float(per_chunk.mean()),
+            "groups_per_chunk": sum(groups) / n_chunks,
+            "tokens_one_pass": int(samples.spans.length.sum()),
+            "tokens_impression_level": int(prefix_tokens),
         }
 
-    per_chunk = np.diff(samples.offsets)
-    groups = [len(np.unique(imp.group)) for _, imp in prepared]
-    n_chunks = len(samples.spans)
-    prefix_tokens = sum(_prefix_tokens(imp.group, imp.position, imp.sample) for _, imp in prepared)
-    shape = {
-        "users": len(np.unique(events.user_id)),
-        "days": args.days,
-        "events": len(events),
-        "events_per_user": len(events) / args.users,
-        "impressions_per_user": len(samples.impressions) / args.users,
-        "chunks": n_chunks,
-        "mean_chunk_length": float(samples.spans.length.mean()),
-        "impressions_per_chunk": float(per_chunk.mean()),
-        "groups_per_chunk": sum(groups) / n_chunks,
-        "tokens_one_pass": int(samples.spans.length.sum()),
-        "tokens_impression_level": int(prefix_tokens),
-    }
+
+def main() -> None:
+    args = arguments()
+    race = Race(args, simulated(args))
+    a, b = race.first_batch_losses()
+    timings = race.timings()
+    shape = race.shape(args)
     speedup = timings["impression_level"]["epoch_s"] / timings["one_pass"]["epoch_s"]
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "

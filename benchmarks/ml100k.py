@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from model.config import apply_overrides
 from model.data.convert import convert_ml100k
@@ -38,7 +39,7 @@ MODEL = (
 METRICS = ("ndcg@10", "recall@10")
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1500)
@@ -60,51 +61,61 @@ def main() -> None:
     args.out = args.out or ROOT / (
         "runs/bench/ml100k" + ("-positives" if args.positives_only else "")
     )
+    return args
 
+
+def one_seed(args: argparse.Namespace, data: Path, seed: int) -> dict[str, Any]:
+    """ARGUS and SASRec pretrained with ``seed``, evaluated on the same targets."""
+    runs = []
+    for objective in ("argus", "sasrec"):
+        out = args.out / f"seed{seed}" / objective
+        for stale in (out / "checkpoint.pt", out / "metrics.jsonl"):
+            stale.unlink(missing_ok=True)
+        config = apply_overrides(
+            PretrainConfig(
+                data=str(data),
+                out=str(out),
+                preset="argus-tiny",
+                objective=objective,
+                model=(*MODEL, *args.model),
+                max_len=args.max_len,
+                batch_size=args.batch_size,
+                max_steps=args.steps,
+                lr=args.lr,
+                test_days=0,
+                test_fraction=0.2,
+                seed=seed,
+                log_every=50,
+                checkpoint_every=10**9,
+            ),
+            args.set,
+        )
+        print(pretrain(config, progress=True).line())
+        runs.append(out)
+    report = evaluate(
+        runs, data, args.out / f"seed{seed}", cfg=EvalConfig(exclude_seen=True), progress=False
+    )
+    models = report["models"]
+    print(
+        f"seed {seed}: "
+        + ", ".join(f"{_short(n)} ndcg@10={m['ndcg@10']:.4f}" for n, m in models.items())
+    )
+    return report
+
+
+def main() -> None:
+    args = arguments()
     data = args.out / "data"
     convert_ml100k(ml100k(), data)
     if args.positives_only:
         events = read_events(data)
         write_events(events.take(events.positive), data)
-    per_seed: list[dict[str, dict[str, float]]] = []
     started = time.perf_counter()
-    for seed in args.seeds:
-        runs = []
-        for objective in ("argus", "sasrec"):
-            out = args.out / f"seed{seed}" / objective
-            for stale in (out / "checkpoint.pt", out / "metrics.jsonl"):
-                stale.unlink(missing_ok=True)
-            config = apply_overrides(
-                PretrainConfig(
-                    data=str(data),
-                    out=str(out),
-                    preset="argus-tiny",
-                    objective=objective,
-                    model=(*MODEL, *args.model),
-                    max_len=args.max_len,
-                    batch_size=args.batch_size,
-                    max_steps=args.steps,
-                    lr=args.lr,
-                    test_days=0,
-                    test_fraction=0.2,
-                    seed=seed,
-                    log_every=50,
-                    checkpoint_every=10**9,
-                ),
-                args.set,
-            )
-            print(pretrain(config, progress=True).line())
-            runs.append(out)
-        report = evaluate(
-            runs, data, args.out / f"seed{seed}", cfg=EvalConfig(exclude_seen=True), progress=False
-        )
-        models = report["models"]
-        per_seed.append({_short(name): metrics for name, metrics in models.items()})
-        print(
-            f"seed {seed}: "
-            + ", ".join(f"{_short(n)} ndcg@10={m['ndcg@10']:.4f}" for n, m in models.items())
-        )
-
+    reports = [one_seed(args, data, seed) for seed in args.seeds]
+    per_seed = [
+        {_short(name): metrics for name, metrics in report["models"].items()} for report in reports
+    ]
+    report = reports[-1]
     names = list(per_seed[0])
     summary = {
         name: {
@@ -134,9 +145,16 @@ def main() -> None:
         "elapsed_s": time.perf_counter() - started,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(args, result, names)
+    (args.out / "results.md").write_text(text)
+    print(text, end="")
+
+
+def markdown(args: argparse.Namespace, result: dict[str, Any], names: list[str]) -> str:
+    summary, ratio = result["summary"], result["argus_over_sasrec_ndcg10"]
     lines = [
-        f"ML-100K, last 20% of the time range as test; {report['ranking_targets']:,} targets, "
-        f"{report['catalog_size']:,} items, seen excluded; seeds {args.seeds}, "
+        f"ML-100K, last 20% of the time range as test; {result['ranking_targets']:,} targets, "
+        f"{result['catalog_size']:,} items, seen excluded; seeds {args.seeds}, "
         f"{args.steps} steps each" + ("; positive ratings only." if args.positives_only else "."),
         "",
         "| model | NDCG@10 | Recall@10 |",
@@ -150,8 +168,7 @@ def main() -> None:
         "ARGUS / SASRec NDCG@10 per seed: " + ", ".join(f"{r:.3f}" for r in ratio),
         f"(mean {statistics.fmean(ratio):.3f})",
     ]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 def _short(name: str) -> str:

@@ -125,21 +125,25 @@ def measure(
         "MostPop": mostpop,
         "item bias alone": bias.astype(np.float64),
     }
-    accuracy = {name: pairs.accuracy(s) for name, s in scores.items()}
-    true_offsets = truth.user_latent(users, np.full(len(users), start - 1))
-    true_offsets -= truth.user_latent(users, np.full(len(users), start - 1), offset=False)
-    estimated_users = np.flatnonzero(np.abs(offsets).sum(1) > 0)
-    correlation = float(  # per user, across the latent's coordinates
-        np.median([np.corrcoef(offsets[u], true_offsets[u])[0, 1] for u in estimated_users])
-    )
     return {
         "users": len(users),
         "pairs": len(pairs.hi),
         "start": start,
-        "pair_accuracy": accuracy,
-        "offset_correlation": correlation,
+        "pair_accuracy": {name: pairs.accuracy(s) for name, s in scores.items()},
+        "offset_correlation": offset_correlation(truth, users, start, offsets),
         "seconds": time.perf_counter() - began,
     }
+
+
+def offset_correlation(truth: Truth, users: np.ndarray, start: int, offsets: np.ndarray) -> float:
+    """The median over users (with an estimate) of the correlation, across the latent's
+    coordinates, of their estimated and true personal offsets."""
+    true_offsets = truth.user_latent(users, np.full(len(users), start - 1))
+    true_offsets -= truth.user_latent(users, np.full(len(users), start - 1), offset=False)
+    estimated_users = np.flatnonzero(np.abs(offsets).sum(1) > 0)
+    return float(
+        np.median([np.corrcoef(offsets[u], true_offsets[u])[0, 1] for u in estimated_users])
+    )
 
 
 def markdown(r: dict[str, object]) -> str:

@@ -18,7 +18,9 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
+from model.contract import DEFAULT_LAG
 from model.data.simulate import SimConfig, Simulator
 from model.evaluate import ORACLE, EvalConfig, evaluate
 from model.finetune import FinetuneConfig, finetune
@@ -28,7 +30,11 @@ from model.train import PretrainConfig, pretrain
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+MODEL = ("d_model=64", "n_heads=2", "hash_rows=65536", "n_uniform_negatives=512")
+INITS = ("pretrained", "scratch")
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--items", type=int, default=3_000)
@@ -39,13 +45,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lag", default="1d")
+    parser.add_argument("--lag", default=DEFAULT_LAG)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench/pretrain_ablation")
-    args = parser.parse_args()
-    model = ("d_model=64", "n_heads=2", "hash_rows=65536", "n_uniform_negatives=512")
+    return parser.parse_args()
 
-    data = args.out / "data"
+
+def pretrained_once(args: argparse.Namespace, data: Path) -> Path:
+    """The simulated service and one pretraining run on it, each made once under --out."""
     if not (data / "events.parquet").exists():
         sim = SimConfig(n_users=args.users, n_items=args.items, n_days=args.days, seed=0)
         print(Simulator(sim).run(data).line())
@@ -55,7 +62,7 @@ def main() -> None:
             data=str(data),
             out=str(pretrained),
             preset="argus-tiny",
-            model=model,
+            model=MODEL,
             max_len=args.max_len,
             batch_size=args.batch_size,
             max_steps=args.pretrain_steps,
@@ -63,57 +70,59 @@ def main() -> None:
             test_days=args.test_days,
         )
         print(pretrain(pretraining).line())
+    return pretrained
 
-    runs: dict[str, dict[str, list[float]]] = {"pretrained": {}, "scratch": {}}
+
+def fine_tuned(
+    args: argparse.Namespace, data: Path, pretrained: Path, init: str, seed: int
+) -> tuple[Path, list[dict[str, Any]]]:
+    """One fine-tuning run (made once) from the pretrained weights or from scratch; its curve."""
+    out = args.out / f"finetune_{init}_seed{seed}"
+    config = FinetuneConfig(
+        data=str(data),
+        out=str(out),
+        init=str(pretrained) if init == "pretrained" else "",
+        preset="argus-tiny",
+        model=MODEL,
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        max_steps=args.finetune_steps,
+        lr=args.lr,
+        lag=args.lag,
+        test_days=args.test_days,
+        seed=seed,
+    )
+    if not (out / "checkpoint.pt").exists():
+        print(finetune(config).line())
+    curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, curve
+
+
+def main() -> None:
+    args = arguments()
+    data = args.out / "data"
+    pretrained = pretrained_once(args, data)
+    runs: dict[str, list[float]] = {init: [] for init in INITS}
     curves = {}
     for seed in args.seeds:
-        for init in runs:
-            out = args.out / f"finetune_{init}_seed{seed}"
-            config = FinetuneConfig(
-                data=str(data),
-                out=str(out),
-                init=str(pretrained) if init == "pretrained" else "",
-                preset="argus-tiny",
-                model=model,
-                max_len=args.max_len,
-                batch_size=args.batch_size,
-                max_steps=args.finetune_steps,
-                lr=args.lr,
-                lag=args.lag,
-                test_days=args.test_days,
-                seed=seed,
-            )
-            if not (out / "checkpoint.pt").exists():
-                print(finetune(config).line())
-            curves[f"{init} (seed {seed})"] = [
-                json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-            ]
+        outs = []
+        for init in INITS:
+            out, curves[f"{init} (seed {seed})"] = fine_tuned(args, data, pretrained, init, seed)
+            outs.append(out)
         report = evaluate(
-            [args.out / f"finetune_{init}_seed{seed}" for init in runs],
-            data,
-            args.out / f"eval_seed{seed}",
-            cfg=EvalConfig(max_users=1_000),
+            outs, data, args.out / f"eval_seed{seed}", cfg=EvalConfig(max_users=1_000)
         )
         rows = report["models"]
-        for init in runs:
-            name = f"ARGUS fine-tuned (finetune_{init}_seed{seed})"
-            runs[init].setdefault("pair_accuracy", []).append(rows[name]["pair_accuracy"])
-        pairs = report["pairs"]
-        most_pop, oracle = rows["MostPop"]["pair_accuracy"], rows[ORACLE]["pair_accuracy"]
-
-    def mean(values: list[float]) -> str:
-        spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-        each = ", ".join(f"{v:.4f}" for v in values)
-        return f"{statistics.fmean(values):.4f}{spread} ({each})"
-
+        for init, out in zip(INITS, outs, strict=True):
+            runs[init].append(rows[f"ARGUS fine-tuned ({out.name})"]["pair_accuracy"])
     result = {
-        "settings": vars(args) | {"out": str(args.out), "model": model},
-        "pairs": pairs,
+        "settings": vars(args) | {"out": str(args.out), "model": MODEL},
+        "pairs": report["pairs"],
         "pair_accuracy": {
-            "from pretrained": runs["pretrained"]["pair_accuracy"],
-            "from scratch": runs["scratch"]["pair_accuracy"],
-            "MostPop": most_pop,
-            "oracle": oracle,
+            "from pretrained": runs["pretrained"],
+            "from scratch": runs["scratch"],
+            "MostPop": rows["MostPop"]["pair_accuracy"],
+            "oracle": rows[ORACLE]["pair_accuracy"],
         },
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -123,6 +132,18 @@ def main() -> None:
         args.out / "finetune_curves.png",
         "training PairAccuracy: fine-tuning from pretrained vs from scratch",
     )
+    text = markdown(args, result)
+    (args.out / "results.md").write_text(text)
+    print(text, end="")
+
+
+def markdown(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    def mean(values: list[float]) -> str:
+        spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+        each = ", ".join(f"{v:.4f}" for v in values)
+        return f"{statistics.fmean(values):.4f}{spread} ({each})"
+
+    pairs, accuracy = result["pairs"], result["pair_accuracy"]
     lines = [
         f"PairAccuracy on {pairs['pairs']:,} pairs of {pairs['impressions']:,} test impressions "
         f"(lag {pairs['lag']}); seeds {args.seeds}:",
@@ -130,13 +151,12 @@ def main() -> None:
         "| init | PairAccuracy, mean ± std (per seed) |",
         "|---|---:|",
         f"| pretrained ({args.pretrain_steps} steps NIP+FP) | "
-        f"{mean(runs['pretrained']['pair_accuracy'])} |",
-        f"| scratch | {mean(runs['scratch']['pair_accuracy'])} |",
-        f"| MostPop | {most_pop:.4f} |",
-        f"| oracle (true affinity) | {oracle:.4f} |",
+        f"{mean(accuracy['from pretrained'])} |",
+        f"| scratch | {mean(accuracy['from scratch'])} |",
+        f"| MostPop | {accuracy['MostPop']:.4f} |",
+        f"| oracle (true affinity) | {accuracy['oracle']:.4f} |",
     ]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -86,7 +87,7 @@ def read_latencies(store: RedisStore, bundle: Bundle, batch: int, n: int) -> lis
     return out
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=128)
@@ -95,8 +96,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="users per read")
     parser.add_argument("--reads", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def one_run(
+    args: argparse.Namespace, bundle: Bundle, client: RedisClient, layout: str
+) -> dict[str, float]:
+    """Publish ``bundle`` into an empty Redis with ``layout``; its speed, memory and reads."""
+    flush(client)
+    before = used_memory(client)
+    summary = publish(bundle, client, layout=layout, chunk=args.chunk, grace_s=0, progress=False)
+    memory = (used_memory(client) - before) / args.users
+    single = read_latencies(RedisStore(client), bundle, 1, args.reads)
+    batched = read_latencies(RedisStore(client), bundle, args.batch, args.reads)
+    return {
+        "vectors_per_s": summary.vectors_per_s,
+        "elapsed_s": summary.elapsed_s,
+        "bytes_per_vector": memory,
+        "read_1_p50_ms": 1e3 * statistics.median(single),
+        f"read_{args.batch}_p50_ms": 1e3 * statistics.median(batched),
+        f"read_{args.batch}_p99_ms": 1e3 * float(np.quantile(batched, 0.99)),
+    }
+
+
+def main() -> None:
+    args = arguments()
     bundle = fake_bundle(args.users, args.dim, seed=7)
     rows = [(target, layout) for target in TARGETS for layout in LAYOUTS]
     runs: dict[str, list[dict]] = {f"{t} {layout}": [] for t, layout in rows}
@@ -114,26 +138,8 @@ def main() -> None:
             version = redis.Redis.from_url(server.url).info("server")["redis_version"]
             for round_ in range(args.rounds):
                 for target, layout in rows:
-                    client = clients[target]
-                    flush(client)
-                    before = used_memory(client)
-                    summary = publish(
-                        bundle, client, layout=layout, chunk=args.chunk, grace_s=0, progress=False
-                    )
-                    memory = (used_memory(client) - before) / args.users
-                    single = read_latencies(RedisStore(client), bundle, 1, args.reads)
-                    batched = read_latencies(RedisStore(client), bundle, args.batch, args.reads)
                     name = f"{target} {layout}"
-                    runs[name].append(
-                        {
-                            "vectors_per_s": summary.vectors_per_s,
-                            "elapsed_s": summary.elapsed_s,
-                            "bytes_per_vector": memory,
-                            "read_1_p50_ms": 1e3 * statistics.median(single),
-                            f"read_{args.batch}_p50_ms": 1e3 * statistics.median(batched),
-                            f"read_{args.batch}_p99_ms": 1e3 * float(np.quantile(batched, 0.99)),
-                        }
-                    )
+                    runs[name].append(one_run(args, bundle, clients[target], layout))
                     print(f"round {round_ + 1} {name}: {runs[name][-1]}", flush=True)
         finally:
             server.stop()
@@ -164,15 +170,22 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "publish.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(args, result)
+    (args.out / "publish.md").write_text(text)
+    print(text, end="")
+
+
+def markdown(args: argparse.Namespace, result: dict[str, Any]) -> str:
     lines = [
-        f"{args.users:,} user vectors x {args.dim} (raw {4 * args.dim} B) to Redis {version} on "
-        f"loopback, {result['machine']}; medians of {args.rounds} alternating rounds.",
+        f"{args.users:,} user vectors x {args.dim} (raw {4 * args.dim} B) to Redis "
+        f"{result['redis']} on loopback, {result['machine']}; medians of {args.rounds} "
+        "alternating rounds.",
         "",
         "| Redis, layout | vectors/s | Redis bytes/vector | read 1 user p50 | "
         f"read {args.batch} users p50 / p99 |",
         "|---|---|---|---|---|",
     ]
-    for layout, row in table.items():
+    for layout, row in result["median"].items():
         lines.append(
             f"| {layout} | {row['vectors_per_s']:,.0f} | {row['bytes_per_vector']:.0f} | "
             f"{row['read_1_p50_ms']:.2f} ms | {row[f'read_{args.batch}_p50_ms']:.2f} / "
@@ -184,8 +197,7 @@ def main() -> None:
         f"memory {result['hash_vs_plain_memory']:.2f}x; cluster / one server (plain): speed "
         f"{result['cluster_vs_single_speed']:.2f}x (goal: >= 200,000 vectors/s)",
     ]
-    (args.out / "publish.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from model.checkpoint import load_model
 from model.contract import DAY
 from model.data.batching import TemporalSplit
 from model.data.convert import convert_kuairand, convert_ml100k
-from model.data.events import read_events
+from model.data.events import Events, read_events
 from model.data.fetch import ml100k
 from model.data.simulate import Truth
 from model.diagnostics import diagnose
@@ -149,6 +149,36 @@ def serving(work: Path, bundle: Bundle, *, max_k: int = 1000) -> Iterator[Client
         yield Client(url)
 
 
+@dataclass
+class Oracle:
+    """The simulator's truth, with the popularity blend fitted on users apart from the window's."""
+
+    truth: Truth
+    weights: dict[str, float]  # "all", "new": the blend weight for each kind of list
+
+    @classmethod
+    def fitted(cls, truth_path: Path, fit: WindowTargets) -> Oracle:
+        truth = Truth(truth_path)
+        return cls(
+            truth,
+            {
+                "all": fit_oracle(truth, fit, 100, exclude_seen=False),
+                "new": fit_oracle(truth, fit, 100, exclude_seen=True),
+            },
+        )
+
+
+@dataclass
+class Heard:
+    """What the running service answered for the window's users."""
+
+    served: Rankings  # /candidates, with and without seen items
+    scores: np.ndarray  # /score of every pair's impressions
+    unfamiliar: list[np.ndarray] | None  # /candidates with unfamiliar=artists (None: no artists)
+    seconds: float
+    realtime: dict[str, Any] | None  # the session replay, realtime vs stored
+
+
 def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str, Any]:
     bundle = Bundle.open(bundle_path)
     data = work / "data"
@@ -158,36 +188,91 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
     real = args.ml100k or args.kuairand
     days = (int(events.timestamp.max()) + 1 - start) / DAY if real else 7.0
     truth_path = data / "truth.npz"
-    oracle = truth_path.exists()  # the oracle's blend weight is fitted on a disjoint half
-    n = 2 * args.sample if oracle else args.sample
+    n = 2 * args.sample if truth_path.exists() else args.sample
     both = WindowTargets.of(events, start, days=days, users=n, seed=args.seed)
-    fit, window = split_users(both, seed=args.seed) if oracle else (both, both)
+    # the oracle's blend weight is fitted on a disjoint half
+    fit, window = split_users(both, seed=args.seed) if truth_path.exists() else (both, both)
+    oracle = Oracle.fitted(truth_path, fit) if truth_path.exists() else None
     pairs = Pairs.of(events, window.users, window.start, days=days)
     k = max(args.ks)
     results: dict[str, Any] = {"users": len(window), "pairs": len(pairs.hi), "start": start}
-
     with serving(work, bundle, max_k=k) as client:
-        began = time.perf_counter()
-        served = candidates(client, window, k, progress=True)
-        served_scores = score_pairs(client, pairs, progress=True)
-        artists = bool((events.artist_id >= 0).any())
-        if artists:
-            unfamiliar = unfamiliar_candidates(client, window, events, k, progress=True)
-        results["http_seconds"] = time.perf_counter() - began
-        if not real and args.realtime_sample:  # sessions of impressions: simulated data
-            replay = session_replay(
-                client,
-                events,
-                window.users[: args.realtime_sample],
-                start,
-                days=days,
-                max_len=int(bundle.manifest["model_config"]["max_len"]),
-                reveal=args.session_reveal,
-                progress=True,
-            )
-            results["realtime"] = asdict(replay)
-
+        sessions = 0 if real else args.realtime_sample  # sessions of impressions: simulated data
+        heard = hear(args, client, bundle, events, window, pairs, days, sessions)
+    results["http_seconds"] = heard.seconds
+    if heard.realtime is not None:
+        results["realtime"] = heard.realtime
     local, local_scores = offline(bundle, window, pairs, k)
+    rankings = ranked(events, window, k, heard.served, local, oracle)
+    scores = {
+        "service": heard.scores,
+        "offline": local_scores,
+        "MostPop": popularity_scores(events, pairs, start),
+    }
+    if args.kuairand:
+        scores["past like rate"] = like_rate_scores(events, pairs, start)
+        results["fp_head"] = fp_head(args, work, events, start)
+    if oracle is not None:
+        scores["oracle"] = oracle.truth.affinity(pairs.user, pairs.item, pairs.timestamp)
+        results["oracle_popularity_weight"] = oracle.weights
+    results |= recalls(args.ks, window, rankings)
+    results["pair_accuracy"] = {name: pairs.accuracy(s) for name, s in scores.items()}
+    if heard.unfamiliar is not None:
+        results["unfamiliar_artists"] = unfamiliar_recall(
+            events, window, heard.unfamiliar, k, oracle
+        )
+    results["sources"] = heard.served.sources
+    results["service_equals_offline_scores"] = bool(
+        np.allclose(np.nan_to_num(heard.scores), np.nan_to_num(local_scores), atol=1e-5)
+    )
+    return results
+
+
+def hear(
+    args: argparse.Namespace,
+    client: Client,
+    bundle: Bundle,
+    events: Events,
+    window: WindowTargets,
+    pairs: Pairs,
+    days: float,
+    sessions: int,
+) -> Heard:
+    """Every request of the replay, through ``client``: lists, scores, the unfamiliar-artists
+    lists (when the data has artists) and ``sessions`` users' sessions realtime vs stored."""
+    k = max(args.ks)
+    began = time.perf_counter()
+    served = candidates(client, window, k, progress=True)
+    scores = score_pairs(client, pairs, progress=True)
+    unfamiliar = None
+    if (events.artist_id >= 0).any():
+        unfamiliar = unfamiliar_candidates(client, window, events, k, progress=True)
+    seconds = time.perf_counter() - began
+    realtime = None
+    if sessions:
+        replay = session_replay(
+            client,
+            events,
+            window.users[:sessions],
+            window.start,
+            days=days,
+            max_len=int(bundle.manifest["model_config"]["max_len"]),
+            reveal=args.session_reveal,
+            progress=True,
+        )
+        realtime = asdict(replay)
+    return Heard(served, scores, unfamiliar, seconds, realtime)
+
+
+def ranked(
+    events: Events,
+    window: WindowTargets,
+    k: int,
+    served: Rankings,
+    local: Rankings,
+    oracle: Oracle | None,
+) -> dict[str, Rankings]:
+    """The service's lists beside the bundle's exact ones, MostPop, Trending and the oracle."""
     popular, trending = (
         Rankings(
             list(popular_ranking(events, window, k, False, trend)),
@@ -196,80 +281,67 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         )
         for trend in (0, TREND)
     )
-    rankings: dict[str, Rankings] = {
-        "service": served,
-        "offline": local,
-        "MostPop": popular,
-        "Trending": trending,
-    }
-    scores: dict[str, np.ndarray] = {
-        "service": served_scores,
-        "offline": local_scores,
-        "MostPop": popularity_scores(events, pairs, start),
-    }
-    if args.kuairand:
-        scores["past like rate"] = like_rate_scores(events, pairs, start)
-        # the pretrained FP head on argus evaluate's pairs of the same split: its own like
-        # against hate ordering, and with another user's state
-        pretrained, _ = load_model(work / "pretrained")
-        split = TemporalSplit(start, int(events.timestamp.max()) + 1)
-        fp = diagnose(pretrained, events, None, split, users=0, seed=args.seed)
-        results["fp_head"] = {
-            k: fp[k] for k in ("fp_pair_accuracy", "fp_pair_accuracy_other_user", "pairs")
-        }
-    if oracle:
-        truth = Truth(truth_path)
-        weights = {
-            "all": fit_oracle(truth, fit, 100, exclude_seen=False),
-            "new": fit_oracle(truth, fit, 100, exclude_seen=True),
-        }
+    rankings = {"service": served, "offline": local, "MostPop": popular, "Trending": trending}
+    if oracle is not None:
         rankings["oracle"] = Rankings(
-            list(oracle_ranking(truth, window, k, False, weights["all"])),
-            list(oracle_ranking(truth, window, k, True, weights["new"])),
+            list(oracle_ranking(oracle.truth, window, k, False, oracle.weights["all"])),
+            list(oracle_ranking(oracle.truth, window, k, True, oracle.weights["new"])),
             {},
         )
-        scores["oracle"] = truth.affinity(pairs.user, pairs.item, pairs.timestamp)
-        results["oracle_popularity_weight"] = weights
+    return rankings
+
+
+def fp_head(args: argparse.Namespace, work: Path, events: Events, start: int) -> dict[str, Any]:
+    """The pretrained FP head on ``argus evaluate``'s pairs of the same split: its own like
+    against hate ordering, and with another user's state."""
+    pretrained, _ = load_model(work / "pretrained")
+    split = TemporalSplit(start, int(events.timestamp.max()) + 1)
+    fp = diagnose(pretrained, events, None, split, users=0, seed=args.seed)
+    return {k: fp[k] for k in ("fp_pair_accuracy", "fp_pair_accuracy_other_user", "pairs")}
+
+
+def recalls(ks: list[int], window: WindowTargets, rankings: dict[str, Rankings]) -> dict[str, Any]:
+    """Recall at each k, of all the window's positives and of those new to the user; and at
+    100 for the users with a history before the window apart: the only ones a model can tell
+    apart from the crowd (on ML-100K most window users are new)."""
     new = window.new_items()
-    results["recall"] = {
-        name: {
-            "all": {k_: recall(r.all, window.items, k_) for k_ in args.ks},
-            "new": {k_: recall(r.new, new, k_) for k_ in args.ks},
-        }
-        for name, r in rankings.items()
-    }
-    # Users with a history before the window apart: the only ones a model can tell apart from
-    # the crowd (on ML-100K most window users are new).
     known = np.flatnonzero([len(seen) > 0 for seen in window.seen])
-    results["with_history"] = {
-        "users": len(known),
-        "recall@100": {
-            name: recall([r.all[i] for i in known], [window.items[i] for i in known], 100)
+    return {
+        "recall": {
+            name: {
+                "all": {k: recall(r.all, window.items, k) for k in ks},
+                "new": {k: recall(r.new, new, k) for k in ks},
+            }
             for name, r in rankings.items()
         },
-    }
-    results["pair_accuracy"] = {name: pairs.accuracy(s) for name, s in scores.items()}
-    if artists:  # recall of the targets by artists new to the user, ranked without their artists
-        unfamiliar_window = window.unfamiliar_artists(events)
-        ranked = {
-            "service": unfamiliar,
-            "MostPop": list(popular_ranking(events, unfamiliar_window, k, True)),
-        }
-        if oracle:
-            ranked["oracle"] = list(
-                oracle_ranking(truth, unfamiliar_window, k, True, weights["new"])
-            )
-        results["unfamiliar_artists"] = {
-            "users": sum(len(t) > 0 for t in unfamiliar_window.items),
+        "with_history": {
+            "users": len(known),
             "recall@100": {
-                name: recall(r, unfamiliar_window.items, 100) for name, r in ranked.items()
+                name: recall([r.all[i] for i in known], [window.items[i] for i in known], 100)
+                for name, r in rankings.items()
             },
-        }
-    results["sources"] = served.sources
-    results["service_equals_offline_scores"] = bool(
-        np.allclose(np.nan_to_num(served_scores), np.nan_to_num(local_scores), atol=1e-5)
-    )
-    return results
+        },
+    }
+
+
+def unfamiliar_recall(
+    events: Events,
+    window: WindowTargets,
+    served: list[np.ndarray],
+    k: int,
+    oracle: Oracle | None,
+) -> dict[str, Any]:
+    """Recall@100 of the targets by artists new to the user, each list ranked without the
+    user's artists."""
+    targets = window.unfamiliar_artists(events)
+    lists = {"service": served, "MostPop": list(popular_ranking(events, targets, k, True))}
+    if oracle is not None:
+        new = oracle.weights["new"]
+        lists["oracle"] = list(oracle_ranking(oracle.truth, targets, k, True, new))
+    return {
+        "users": sum(len(t) > 0 for t in targets.items),
+        "recall@100": {name: recall(r, targets.items, 100) for name, r in lists.items()},
+    }
 
 
 def gap_closed(r: dict[str, Any], part: str, k: int) -> float | None:

@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -663,7 +664,7 @@ def overhead_markdown(r: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=100_000)
@@ -677,7 +678,6 @@ def main() -> None:
     parser.add_argument("--load-cpus", default="1", help="taskset list for wrk and Redis")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "serve")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
-    # Child mode: serve the trivial endpoint (started like ``argus serve``, with --port).
     parser.add_argument(
         "--only",
         choices=("all", "cache", "overhead"),
@@ -698,10 +698,22 @@ def main() -> None:
     parser.add_argument("--cache-users", type=int, default=16)
     parser.add_argument("--cache-requests", type=int, default=400, help="per server and round")
     parser.add_argument("--cache-reps", type=int, default=50, help="encoder-alone repetitions")
+    # Child mode: serve the trivial endpoint (started like ``argus serve``, with --port).
     parser.add_argument("--trivial-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def report(args: argparse.Namespace, name: str, result: dict[str, Any], text: str) -> None:
+    """``name.json`` and ``name.md`` under ``--out``, and the text on the console."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(text)
+    print(text)
+
+
+def main() -> None:
+    args = arguments()
     if args.trivial_server:
         run_server(trivial_app(), host="127.0.0.1", port=args.port)
         return
@@ -711,11 +723,7 @@ def main() -> None:
             cache = cache_benchmark(args, bundle_path, stack, Path(tmp))
         cache["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
         cache["device"] = "cpu (no GPU lent)"
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "serve_cache.json").write_text(json.dumps(cache, indent=2) + "\n")
-        text = cache_markdown(cache)
-        (args.out / "serve_cache.md").write_text(text)
-        print(text)
+        report(args, "serve_cache", cache, cache_markdown(cache))
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk (make bench installs it)")
@@ -723,164 +731,139 @@ def main() -> None:
         bundle_path = args.bundle or bench_bundle(args)
         with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
             result = overhead_benchmark(args, bundle_path, stack, Path(tmp))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "serve_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-        text = overhead_markdown(result)
-        (args.out / "serve_overhead.md").write_text(text)
-        print(text)
+        report(args, "serve_overhead", result, overhead_markdown(result))
         print(
             f"serve overhead: /candidates {result['candidates_rps']:,.0f} req/s, /healthz "
             f"{result['healthz_rps']:,.0f} req/s, bare search {result['bare_search_qps']:,.0f} q/s:"
             f" {result['overhead_ms']:.3f} ms of route overhead"
         )
         return
+    result = serve_benchmark(args, bench_bundle(args))
+    report(args, "serve", result, markdown(result))
+    plot(result, args.out / "serve.png")
 
-    bundle_path = bench_bundle(args)
+
+# -- the whole benchmark -------------------------------------------------------------------------
+
+# The servers' runs at saturation: (server, path, request bodies).
+OFFLINE = (
+    (TRIVIAL, "/trivial", "trivial"),
+    ("redis", "/candidates", "candidates"),
+    ("local", "/candidates", "candidates"),
+)
+LENGTHS = (512, 32)  # realtime histories for the batcher's runs
+
+
+def started_redis(args: argparse.Namespace, stack: contextlib.ExitStack, work: Path) -> RedisServer:
+    """A real ``redis-server`` on the load CPUs, stopped when ``stack`` closes."""
+    server = RedisServer(work / "redis")
+    (work / "redis").mkdir()
+    server.start()
+    stack.callback(server.stop)
+    assert server.process is not None
+    subprocess.run(
+        ["taskset", "-pc", args.load_cpus, str(server.process.pid)], capture_output=True, check=True
+    )
+    return server
+
+
+def started_servers(
+    args: argparse.Namespace,
+    stack: contextlib.ExitStack,
+    work: Path,
+    bundle_path: Path,
+    redis_url: str,
+) -> dict[str, Server]:
+    """The trivial endpoint, ``argus serve`` on Redis and on the local store, and the Redis one
+    with ``max_batch = 1``; ready."""
+    argus = str(Path(sys.executable).with_name("argus"))
+
+    def start(name: str, argv: list[str], **env: str) -> Server:
+        return start_server(args, stack, work, bundle_path, name, argv, **env)
+
+    servers = {
+        TRIVIAL: start(TRIVIAL, [sys.executable, "-m", "benchmarks.serve", "--trivial-server"]),
+        "redis": start("redis", [argus, "serve"], ARGUS_REDIS_URL=redis_url),
+        "local": start("local", [argus, "serve"]),
+        "batch1": start(
+            "batch1", [argus, "serve"], ARGUS_REDIS_URL=redis_url, ARGUS_ENCODER_MAX_BATCH="1"
+        ),
+    }
+    for server in servers.values():
+        server.wait_ready()
+    print("servers ready: " + ", ".join(f"{n} {s.url}" for n, s in servers.items()))
+    return servers
+
+
+def request_bodies(bundle: Bundle, rng: np.random.Generator) -> dict[str, list[dict[str, Any]]]:
+    """Every run's request bodies, by name: users drawn Zipf(1) from the published ones."""
+    users = [int(u) for u in zipf_users(bundle.user_ids, 20_000, rng)]
+    item_ids = bundle.item_ids
+
+    def score(user: int, vectors: str | None) -> dict[str, Any]:
+        body = {"user_id": user, "item_ids": rng.choice(item_ids, 1000).tolist()}
+        if vectors:
+            body |= {"return_vectors": True, "vectors_format": vectors}
+        return body
+
+    def realtime(user: int, length: int) -> dict[str, Any]:
+        events = history(item_ids, length, rng)
+        return {"user_id": user, "k": 100, "mode": "realtime", "history": events}
+
+    return {
+        "trivial": [{"user_id": u} for u in users],
+        "candidates": [{"user_id": u, "k": 100} for u in users],
+        "score": [score(u, None) for u in users[:200]],
+        "score_vectors": [score(u, "json") for u in users[:200]],
+        "score_base64": [score(u, "base64") for u in users[:200]],
+        **{f"realtime{n}": [realtime(u, n) for u in users[:64]] for n in LENGTHS},
+    }
+
+
+def check_and_warm(
+    args: argparse.Namespace,
+    servers: dict[str, Server],
+    requests: dict[str, list[dict[str, Any]]],
+    bodies: dict[str, Path],
+) -> None:
+    """The answers are what they should be before anything is timed; then touch the index pages
+    and fill every connection pool."""
+    for name in ("redis", "local"):
+        answer = servers[name].post("/candidates", requests["candidates"][0])
+        assert answer["source"] == "stored" and len(answer["items"]) == 100, answer
+    answer = servers["redis"].post("/candidates", requests["realtime512"][0])
+    assert answer["source"] == "realtime", answer
+    for name, path, key in OFFLINE:
+        url = f"{servers[name].url}{path}"
+        wrk(args, url, bodies[key], connections=args.connections, seconds=5)
+    for name in ("redis", "batch1"):
+        url = f"{servers[name].url}/candidates"
+        wrk(args, url, bodies["realtime32"], connections=16, seconds=3)
+
+
+def serve_benchmark(args: argparse.Namespace, bundle_path: Path) -> dict[str, Any]:
+    """Every server started side by side; saturation and batcher runs alternating over
+    ``--rounds``, then half load and one connection."""
     bundle = Bundle.open(bundle_path, with_index=False)
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        redis_server = RedisServer(work / "redis")
-        (work / "redis").mkdir()
-        redis_server.start()
-        stack.callback(redis_server.stop)
-        assert redis_server.process is not None
-        subprocess.run(
-            ["taskset", "-pc", args.load_cpus, str(redis_server.process.pid)],
-            capture_output=True,
-            check=True,
-        )
+        redis_server = started_redis(args, stack, work)
         client = redis.Redis.from_url(redis_server.url)
         print(publish(bundle, client, progress=False).line())
         redis_version = client.info("server")["redis_version"]
-
-        def start(name: str, argv: list[str], **env: str) -> Server:
-            return start_server(args, stack, work, bundle_path, name, argv, **env)
-
-        argus = str(Path(sys.executable).with_name("argus"))
-        servers = {
-            TRIVIAL: start(TRIVIAL, [sys.executable, "-m", "benchmarks.serve", "--trivial-server"]),
-            "redis": start("redis", [argus, "serve"], ARGUS_REDIS_URL=redis_server.url),
-            "local": start("local", [argus, "serve"]),
-            "batch1": start(
-                "batch1",
-                [argus, "serve"],
-                ARGUS_REDIS_URL=redis_server.url,
-                ARGUS_ENCODER_MAX_BATCH="1",
-            ),
-        }
-        for server in servers.values():
-            server.wait_ready()
-        print("servers ready: " + ", ".join(f"{n} {s.url}" for n, s in servers.items()))
-
-        users = zipf_users(bundle.user_ids, 20_000, rng)
-        item_ids = bundle.item_ids
-
-        def score_body(user: int, vectors: str | None) -> dict[str, Any]:
-            body = {"user_id": user, "item_ids": rng.choice(item_ids, 1000).tolist()}
-            if vectors:
-                body |= {"return_vectors": True, "vectors_format": vectors}
-            return body
-
-        def realtime_body(user: int, length: int) -> dict[str, Any]:
-            events = history(item_ids, length, rng)
-            return {"user_id": user, "k": 100, "mode": "realtime", "history": events}
-
-        requests: dict[str, list[dict[str, Any]]] = {
-            "trivial": [{"user_id": int(u)} for u in users],
-            "candidates": [{"user_id": int(u), "k": 100} for u in users],
-            "score": [score_body(int(u), None) for u in users[:200]],
-            "score_vectors": [score_body(int(u), "json") for u in users[:200]],
-            "score_base64": [score_body(int(u), "base64") for u in users[:200]],
-            "realtime512": [realtime_body(int(u), 512) for u in users[:64]],
-            "realtime32": [realtime_body(int(u), 32) for u in users[:64]],
-        }
+        servers = started_servers(args, stack, work, bundle_path, redis_server.url)
+        requests = request_bodies(bundle, rng)
         bodies = {key: write_bodies(work / f"{key}.jsonl", b) for key, b in requests.items()}
-
-        # The responses are what they should be before anything is timed.
-        for name in ("redis", "local"):
-            answer = servers[name].post("/candidates", requests["candidates"][0])
-            assert answer["source"] == "stored" and len(answer["items"]) == 100, answer
-        answer = servers["redis"].post("/candidates", requests["realtime512"][0])
-        assert answer["source"] == "realtime", answer
-
-        S = servers
-        # Warm-up: touch the index pages and fill every connection pool.
-        for name, path, key in (
-            (TRIVIAL, "/trivial", "trivial"),
-            ("redis", "/candidates", "candidates"),
-            ("local", "/candidates", "candidates"),
-        ):
-            wrk(args, f"{S[name].url}{path}", bodies[key], connections=args.connections, seconds=5)
-        for name in ("redis", "batch1"):
-            wrk(args, f"{S[name].url}/candidates", bodies["realtime32"], connections=16, seconds=3)
+        check_and_warm(args, servers, requests, bodies)
 
         def run(name: str, path: str, key: str, label: str, **load: Any) -> dict[str, Any]:
-            return measured(args, S[name], path, bodies[key], label, **load)
+            return measured(args, servers[name], path, bodies[key], label, **load)
 
-        full = {"connections": args.connections, "seconds": args.seconds}
-        slow = args.slow_seconds
-        offline = (
-            (TRIVIAL, "/trivial", "trivial"),
-            ("redis", "/candidates", "candidates"),
-            ("local", "/candidates", "candidates"),
-        )
-        saturated: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in offline}
-        batching: dict[str, list[dict[str, Any]]] = {
-            f"{name}_{length}": [] for length in (512, 32) for name in ("redis", "batch1")
-        }
-        for round_ in range(1, args.rounds + 1):
-            print(f"-- round {round_}/{args.rounds}")
-            for name, path, key in offline:
-                saturated[name].append(run(name, path, key, f"{path} {name}", **full))
-            for length in (512, 32):
-                for name in ("redis", "batch1"):
-                    label = f"realtime h={length} c=16 {name}"
-                    batching[f"{name}_{length}"].append(
-                        run(
-                            name,
-                            "/candidates",
-                            f"realtime{length}",
-                            label,
-                            connections=16,
-                            seconds=slow,
-                        )
-                    )
-
+        saturated, batching = saturation_rounds(args, run)
         max_rps = {name: median_of(runs, "rps") for name, runs in saturated.items()}
-        print("-- half load, then one connection")
-        half = {
-            name: run(
-                name,
-                path,
-                key,
-                f"{path} {name} at half load",
-                connections=args.connections,
-                seconds=slow,
-                rate=max_rps[name] / 2,
-            )
-            for name, path, key in offline
-        }
-        one = {"connections": 1, "seconds": slow / 2}
-        single = {
-            "score_1000": run("redis", "/score", "score", "/score 1000 items", **one),
-            "score_1000_vectors": run(
-                "redis", "/score", "score_vectors", "/score 1000 items + vectors", **one
-            ),
-            "score_1000_base64": run(
-                "redis", "/score", "score_base64", "/score 1000 items + base64 vectors", **one
-            ),
-            "realtime_512": run(
-                "redis",
-                "/candidates",
-                "realtime512",
-                "realtime h=512 c=1",
-                connections=1,
-                seconds=slow,
-            ),
-        }
-
-    result = {
+        half, single = unsaturated_runs(args, run, max_rps)
+    return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "device": "cpu (no GPU lent)",
         "server_cpus": args.server_cpus,
@@ -905,19 +888,79 @@ def main() -> None:
         "single_connection": single,
         "batcher_rps": {name: median_of(runs, "rps") for name, runs in batching.items()},
         "batcher_speedup": {
-            length: median_of(batching[f"redis_{length}"], "rps")
-            / median_of(batching[f"batch1_{length}"], "rps")
-            for length in (512, 32)
+            n: median_of(batching[f"redis_{n}"], "rps") / median_of(batching[f"batch1_{n}"], "rps")
+            for n in LENGTHS
         },
         "saturated_runs": saturated,
         "batching_runs": batching,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (args.out / "serve.md").write_text(text)
-    plot(result, args.out / "serve.png")
-    print(text)
+
+
+Run = Callable[..., dict[str, Any]]  # (server, path, bodies, label, **load) -> a measured run
+
+
+def saturation_rounds(
+    args: argparse.Namespace, run: Run
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """Per round: each server at saturation, then 16 concurrent realtime requests with the
+    dynamic batcher and with ``max_batch = 1``."""
+    full = {"connections": args.connections, "seconds": args.seconds}
+    saturated: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in OFFLINE}
+    batching: dict[str, list[dict[str, Any]]] = {
+        f"{name}_{n}": [] for n in LENGTHS for name in ("redis", "batch1")
+    }
+    for round_ in range(1, args.rounds + 1):
+        print(f"-- round {round_}/{args.rounds}")
+        for name, path, key in OFFLINE:
+            saturated[name].append(run(name, path, key, f"{path} {name}", **full))
+        for n in LENGTHS:
+            for name in ("redis", "batch1"):
+                label = f"realtime h={n} c=16 {name}"
+                batching[f"{name}_{n}"].append(
+                    run(
+                        name,
+                        "/candidates",
+                        f"realtime{n}",
+                        label,
+                        connections=16,
+                        seconds=args.slow_seconds,
+                    )
+                )
+    return saturated, batching
+
+
+def unsaturated_runs(
+    args: argparse.Namespace, run: Run, max_rps: dict[str, float]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Latency at half of each server's maximum (Poisson arrivals), then on one connection."""
+    slow = args.slow_seconds
+    print("-- half load, then one connection")
+    half = {
+        name: run(
+            name,
+            path,
+            key,
+            f"{path} {name} at half load",
+            connections=args.connections,
+            seconds=slow,
+            rate=max_rps[name] / 2,
+        )
+        for name, path, key in OFFLINE
+    }
+    one = {"connections": 1, "seconds": slow / 2}
+    single = {
+        "score_1000": run("redis", "/score", "score", "/score 1000 items", **one),
+        "score_1000_vectors": run(
+            "redis", "/score", "score_vectors", "/score 1000 items + vectors", **one
+        ),
+        "score_1000_base64": run(
+            "redis", "/score", "score_base64", "/score 1000 items + base64 vectors", **one
+        ),
+        "realtime_512": run(
+            "redis", "/candidates", "realtime512", "realtime h=512 c=1", connections=1, seconds=slow
+        ),
+    }
+    return half, single
 
 
 def markdown(r: dict[str, Any]) -> str:

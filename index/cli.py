@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from model.console import Quiet, fails_cleanly, needs_extra
+from model.contract import PUBLISH_CHUNK, PUBLISH_GRACE
 from model.data.events import parse_duration
 
 RedisUrl = Annotated[
@@ -62,8 +63,8 @@ def publish(
     ] = "auto",
     grace: Annotated[
         str, typer.Option(help="How long older versions stay readable: 0, 90s, 30m, 6h, 1d.")
-    ] = "1d",
-    chunk: Annotated[int, typer.Option(help="Vectors per MULTI/EXEC transaction.")] = 4_096,
+    ] = PUBLISH_GRACE,
+    chunk: Annotated[int, typer.Option(help="Vectors per MULTI/EXEC transaction.")] = PUBLISH_CHUNK,
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for another publish to finish (0: refuse).")
     ] = 0.0,

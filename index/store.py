@@ -50,7 +50,8 @@ from redis.retry import Retry
 from tqdm import tqdm
 
 from index.bundle import Bundle, rows_of
-from model.contract import DAY, HISTORY_EVENT
+from model.contract import DAY, HISTORY_EVENT, PUBLISH_CHUNK, PUBLISH_GRACE
+from model.data.events import parse_duration
 
 CURRENT = "argus:current"
 PUBLISH_LOCK = "argus:publish-lock"  # SET NX with expiry: one publish at a time
@@ -463,8 +464,8 @@ def publish(
     *,
     layout: str = "plain",
     per_bucket: int = 128,
-    chunk: int = 4_096,
-    grace_s: int = DAY,
+    chunk: int = PUBLISH_CHUNK,
+    grace_s: int = parse_duration(PUBLISH_GRACE),
     progress: bool = True,
     wait_s: float = 0.0,
 ) -> PublishSummary:

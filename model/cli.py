@@ -217,60 +217,70 @@ def pretrain(
     _train(run, config, set_, quiet=quiet, resume=resume)
 
 
+# fine-tuning's own options
+Init = Annotated[
+    Path | None,
+    typer.Option(help="Pretrained run directory or checkpoint (default: from scratch)."),
+]
+Preset = Annotated[str, typer.Option(help="Size preset when training from scratch (no --init).")]
+Lag = Annotated[
+    str,
+    typer.Option(
+        help="The state the service would serve: 1d scores every impression of a UTC day "
+        "with the user's state before 00:00 (the daily bundle); 0 scores every impression "
+        "of a session with the state before its first impression (the real-time encoder)."
+    ),
+]
+RuntimeLag = Annotated[
+    str,
+    typer.Option(
+        help="A second user head for the service's runtime encoder (realtime and history "
+        "sources), fine-tuned at this lag on the same impressions and item towers; '' for "
+        "none (the runtime encoder then uses the --lag head)."
+    ),
+]
+Group = Annotated[
+    str,
+    typer.Option(
+        help="Comparison groups: auto (the lag bucket, or sessions at lag 0), lag, "
+        "session, or a bucket width such as 6h; never wider than one shared state."
+    ),
+]
+SnapshotDelay = Annotated[
+    str, typer.Option(help="The daily snapshot is taken this long before 00:00 UTC.")
+]
+SessionGap = Annotated[str, typer.Option(help="Silence that starts a new session (lag 0 groups).")]
+PairWeights = Annotated[
+    str,
+    typer.Option(
+        help="Grade-pair weights over the default (grade distance), e.g. "
+        "'like>skip=4,full>partial=0'. Grades: dislike skip partial full like."
+    ),
+]
+MaxImpressions = Annotated[
+    int, typer.Option(help="Impressions per chunk, step and user head (random subset; 0: all).")
+]
+MinHistory = Annotated[
+    int, typer.Option(help="Events a state must have seen for its impressions to count.")
+]
+TowerDim = Annotated[int, typer.Option(help="Width of u and v (0: d_model).")]
+
+
 @fails_cleanly
 def finetune(
     data: Data,
     out: Out,
-    init: Annotated[
-        Path | None,
-        typer.Option(help="Pretrained run directory or checkpoint (default: from scratch)."),
-    ] = None,
-    preset: Annotated[
-        str, typer.Option(help="Size preset when training from scratch (no --init).")
-    ] = "argus-3m",
-    lag: Annotated[
-        str,
-        typer.Option(
-            help="The state the service would serve: 1d scores every impression of a UTC day "
-            "with the user's state before 00:00 (the daily bundle); 0 scores every impression "
-            "of a session with the state before its first impression (the real-time encoder)."
-        ),
-    ] = DEFAULT_LAG,
-    runtime_lag: Annotated[
-        str,
-        typer.Option(
-            help="A second user head for the service's runtime encoder (realtime and history "
-            "sources), fine-tuned at this lag on the same impressions and item towers; '' for "
-            "none (the runtime encoder then uses the --lag head)."
-        ),
-    ] = "0",
-    group: Annotated[
-        str,
-        typer.Option(
-            help="Comparison groups: auto (the lag bucket, or sessions at lag 0), lag, "
-            "session, or a bucket width such as 6h; never wider than one shared state."
-        ),
-    ] = "auto",
-    snapshot_delay: Annotated[
-        str, typer.Option(help="The daily snapshot is taken this long before 00:00 UTC.")
-    ] = "0",
-    session_gap: Annotated[
-        str, typer.Option(help="Silence that starts a new session (lag 0 groups).")
-    ] = DEFAULT_SESSION_GAP,
-    pair_weights: Annotated[
-        str,
-        typer.Option(
-            help="Grade-pair weights over the default (grade distance), e.g. "
-            "'like>skip=4,full>partial=0'. Grades: dislike skip partial full like."
-        ),
-    ] = "",
-    max_impressions: Annotated[
-        int, typer.Option(help="Impressions per chunk, step and user head (random subset; 0: all).")
-    ] = 256,
-    min_history: Annotated[
-        int, typer.Option(help="Events a state must have seen for its impressions to count.")
-    ] = 1,
-    tower_dim: Annotated[int, typer.Option(help="Width of u and v (0: d_model).")] = 0,
+    init: Init = None,
+    preset: Preset = "argus-3m",
+    lag: Lag = DEFAULT_LAG,
+    runtime_lag: RuntimeLag = "0",
+    group: Group = "auto",
+    snapshot_delay: SnapshotDelay = "0",
+    session_gap: SessionGap = DEFAULT_SESSION_GAP,
+    pair_weights: PairWeights = "",
+    max_impressions: MaxImpressions = 256,
+    min_history: MinHistory = 1,
+    tower_dim: TowerDim = 0,
     max_len: MaxLen = 0,
     batch_size: BatchSize = 32,
     max_steps: MaxSteps = 0,

@@ -12,6 +12,10 @@ HOUR, DAY = 3_600, 86_400
 # the silence that ends a session.
 DEFAULT_LAG = "1d"
 DEFAULT_SESSION_GAP = "30m"
+# Publishing to Redis: how long the versions a publish replaces stay readable, and the vectors
+# written per MULTI/EXEC transaction.
+PUBLISH_GRACE = "1d"
+PUBLISH_CHUNK = 4_096
 MAX_TIMESTAMP = 2**32 - 1  # 2106-02-07: past any log, far from overflowing a time gap
 MAX_PLAYED_RATIO = 10.0  # >1 means the user replayed parts of the item (Yambda goes past 100%)
 

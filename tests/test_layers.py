@@ -96,3 +96,18 @@ def test_no_circle() -> None:
         if start not in state:
             visit(start, [start])
     assert circles == []
+
+
+LONGEST_FUNCTION = 80  # lines, signature and docstring included
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)"
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := (node.end_lineno or node.lineno) - node.lineno + 1) > LONGEST_FUNCTION
+    ]
+    assert not long, "split these functions:\n" + "\n".join(long)

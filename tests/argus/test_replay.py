@@ -17,12 +17,13 @@ from argus.replay import (
     offline,
     quick_replay,
     score_pairs,
+    session_replay,
 )
 from index.bundle import Bundle, list_versions
 from model.contract import DAY
 from model.data.events import Events, read_events
 from model.future import WindowTargets
-from model.impressions import impression_grades
+from model.impressions import SESSION_GAP, impression_grades, session_ids
 from model.metrics import recall
 from service.settings import EncoderSettings, Settings, StoreSettings
 from tests.conftest import serving
@@ -152,3 +153,30 @@ def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> 
     expected = {1: (2 + overall) / (3 + 1), 2: (0 + overall) / (1 + 1), 3: overall}
     assert scores.tolist() == [expected[int(i)] for i in pairs.item]
     assert len(pairs.hi) == 2  # user 3's like of item 1 and of item 2 above their hate of 3
+
+
+def test_session_replay_scores_each_session_realtime_and_stored(
+    served: tuple[str, Bundle], sim_data: Path
+) -> None:
+    url, bundle = served
+    events, window, _ = replay_of(sim_data, bundle)
+    users = window.users[:12]
+    client = Client(url)
+    whole = session_replay(client, events, users, window.start, days=3.0, k=20)
+    assert whole.pairs > 0 and whole.sessions > 0
+    assert set(whole.pair_accuracy) == set(whole.recall) == {"realtime", "stored", "MostPop"}
+    assert all(0.0 <= v <= 1.0 for v in [*whole.pair_accuracy.values(), *whole.recall.values()])
+    assert whole.sources.get("realtime", 0) > 0 and whole.sources.get("stored", 0) > 0
+    # The realtime leg reads the history in the request: it is not the stored vector's answer.
+    assert whole.pair_accuracy["realtime"] != whole.pair_accuracy["stored"]
+    # Revealing the sessions' first events scores only the rest: fewer pairs, no session whose
+    # events are all revealed.
+    mine = events.take(np.isin(events.user_id, users))
+    session = session_ids(mine, SESSION_GAP)
+    in_window = (mine.timestamp >= window.start) & (mine.timestamp < window.start + 3 * DAY)
+    lengths = np.unique(session[in_window], return_counts=True)[1]
+    longest = int(lengths.max())
+    revealed = session_replay(client, events, users, window.start, days=3.0, k=20, reveal=2)
+    assert revealed.pairs < whole.pairs
+    nothing = session_replay(client, events, users, window.start, days=3.0, k=20, reveal=longest)
+    assert nothing.pairs == 0 and not nothing.sources
