@@ -29,15 +29,15 @@ from model.contract import DEFAULT_LAG
 from model.data.batching import bucket_batches
 from model.data.events import parse_duration, read_events
 from model.data.simulate import SimConfig, Simulator
-from model.finetune import (
-    FinetuneConfig,
+from model.finetune import FinetuneConfig
+from model.impressions import find_impressions, pair_weight_table
+from model.objectives import (
     ImpressionBatch,
     PairwiseObjective,
     impression_level_backward,
     make_samples,
     sample_batch,
 )
-from model.impressions import find_impressions, pair_weight_table
 from model.trainer import Optimizers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ from torch import nn
 from model.argus import Argus, ArgusConfig
 from model.data.batching import chunk_spans, make_batch
 from model.data.events import read_events
-from model.losses import ItemFrequencies, pretraining_loss
+from model.losses import ItemFrequencies
+from model.objectives import PretrainingObjective
 from model.runtime import Runtime
 from model.trainer import (
     Job,
@@ -38,20 +39,6 @@ class PretrainConfig(TrainConfig):
 
     def model_config(self) -> ArgusConfig:
         return self.preset_config(objective=self.objective)
-
-
-class PretrainingObjective(nn.Module):
-    """The loss as one module, so that DistributedDataParallel sees a single forward."""
-
-    def __init__(self, model: Argus, frequencies: ItemFrequencies) -> None:
-        super().__init__()
-        self.model = model
-        self.frequencies = frequencies
-
-    def forward(
-        self, batch: dict[str, torch.Tensor], uniform_ids: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        return pretraining_loss(self.model, batch, self.frequencies, uniform_ids)
 
 
 def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False) -> TrainSummary:

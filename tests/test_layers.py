@@ -18,7 +18,7 @@ MODEL_LAYERS = [
     {"impressions", "metrics", "future", "plots"},  # numpy: what is ranked, how it is scored
     {"argus", "losses", "checkpoint"},  # the model
     {"inference"},  # the model, run
-    {"trainer"},  # the training loop
+    {"trainer", "objectives"},  # the training loop and what it minimises
     {"train", "finetune", "evaluate", "export", "distributed_export", "diagnostics", "cli"},
 ]
 

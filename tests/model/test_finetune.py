@@ -14,14 +14,7 @@ from model.checkpoint import load_model
 from model.contract import DAY
 from model.data.events import Events, parse_duration, read_events
 from model.evaluate import impression_scores
-from model.finetune import (
-    FinetuneConfig,
-    PairwiseObjective,
-    finetune,
-    impression_level_backward,
-    make_samples,
-    sample_batch,
-)
+from model.finetune import FinetuneConfig, finetune
 from model.impressions import (
     SESSION_GAP,
     find_impressions,
@@ -34,6 +27,12 @@ from model.impressions import (
 )
 from model.inference import tower_scores
 from model.metrics import pair_accuracy
+from model.objectives import (
+    PairwiseObjective,
+    impression_level_backward,
+    make_samples,
+    sample_batch,
+)
 from model.train import pretrain
 from tests.model.conftest import tiny_config
 
