@@ -16,8 +16,14 @@ feature sets, same ranker settings:
 2. + ``/score``'s dot product ⟨u, v⟩;
 3. + the full user and item vectors (``return_vectors``, base64).
 
-Reports test weighted PairAccuracy of each and the relative uplifts; writes
-``runs/bench/ranker_uplift.json`` and ``.md``.
+Beside LightGBM, a small neural ranker on the same features and split: a torch MLP (two hidden
+layers of 64 and 32, ReLU) over the standardised features, trained with the weighted pairwise
+logistic loss on the training days' pairs. With the vectors it also reads their elementwise
+product ``u ⊙ v`` (an MLP over a concatenation learns a product poorly; the product's sum is the
+dot product, its parts are what the vectors add).
+
+Reports test weighted PairAccuracy of each ranker and feature set and the relative uplifts;
+writes ``runs/bench/ranker_uplift/results.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from model.data.events import Events, counts_before, read_events
 from model.progress import bar as tqdm
 
 TRAIN_DAYS = 4  # of the 7-day window; the rest is the test
+MLP_EPOCHS = 3  # passes of the neural ranker over the training pairs
+RANKERS = ("LightGBM", "MLP")
 
 
 def baseline_features(events: Events, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -121,6 +129,42 @@ def fit_and_score(
     return np.asarray(ranker.predict(features), dtype=np.float64)
 
 
+def fit_mlp(features: np.ndarray, pairs: Pairs, train: np.ndarray, seed: int) -> np.ndarray:
+    """The neural ranker of the module docstring on the pairs within the ``train`` rows; scores
+    of every row."""
+    import torch
+
+    torch.manual_seed(seed)
+    x = np.nan_to_num(features, nan=0.0)
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+    inputs = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    inside = train[pairs.hi] & train[pairs.lo]
+    hi, lo = (torch.from_numpy(a[inside]) for a in (pairs.hi, pairs.lo))
+    weight = torch.from_numpy(pairs.weight[inside].astype(np.float32))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 1),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    generator = torch.Generator().manual_seed(seed)
+    batch = 4096
+    for _ in range(MLP_EPOCHS):
+        order = torch.randperm(len(hi), generator=generator)
+        for begin in range(0, len(order), batch):
+            part = order[begin : begin + batch]
+            margin = model(inputs[hi[part]]) - model(inputs[lo[part]])
+            w = weight[part]
+            loss = (w * torch.nn.functional.softplus(-margin.squeeze(1))).sum() / w.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return model(inputs).squeeze(1).double().numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/replay")
@@ -144,24 +188,31 @@ def main() -> None:
             client, events.user_id[rows], events.item_id[rows], bundle.dim
         )
     baseline = np.stack(list(base.values()), axis=1).astype(np.float64)
+    vectors = [user_vectors, item_vectors]
     sets = {
-        "baseline": baseline,
-        "+ ARGUS dot product": np.column_stack([baseline, dot]),
-        "+ ARGUS dot product and vectors": np.column_stack(
-            [baseline, dot, user_vectors, item_vectors]
-        ),
+        "baseline": {ranker: baseline for ranker in RANKERS},
+        "+ ARGUS dot product": {ranker: np.column_stack([baseline, dot]) for ranker in RANKERS},
+        "+ ARGUS dot product and vectors": {
+            "LightGBM": np.column_stack([baseline, dot, *vectors]),
+            "MLP": np.column_stack([baseline, dot, *vectors, user_vectors * item_vectors]),
+        },
     }
     test = ~train
     test_pairs = int((test[pairs.hi] & test[pairs.lo]).sum())  # both impressions in the test days
-    accuracy: dict[str, list[float]] = {}
-    for name, features in sets.items():
-        for seed in args.seeds:
-            scores = fit_and_score(features, grade, group, train, seed)
-            accuracy.setdefault(name, []).append(pairs.accuracy(scores, among=test))
-            print(f"{name} seed {seed}: PairAccuracy {accuracy[name][-1]:.4f}", flush=True)
-    mean = {name: float(np.mean(values)) for name, values in accuracy.items()}
+    accuracy: dict[str, dict[str, list[float]]] = {ranker: {} for ranker in RANKERS}
+    for name, by_ranker in sets.items():
+        for ranker, features in by_ranker.items():
+            for seed in args.seeds:
+                if ranker == "LightGBM":
+                    scores = fit_and_score(features, grade, group, train, seed)
+                else:
+                    scores = fit_mlp(features, pairs, train, seed)
+                found = accuracy[ranker].setdefault(name, [])
+                found.append(pairs.accuracy(scores, among=test))
+                print(f"{ranker} {name} seed {seed}: PairAccuracy {found[-1]:.4f}", flush=True)
+    mean = {r: {n: float(np.mean(v)) for n, v in accuracy[r].items()} for r in RANKERS}
     names = list(sets)
-    uplift = {n: mean[n] / mean["baseline"] - 1.0 for n in names[1:]}
+    uplift = {r: {n: mean[r][n] / mean[r]["baseline"] - 1.0 for n in names[1:]} for r in RANKERS}
     result: dict[str, Any] = {
         "impressions": {"train": int(train.sum()), "test": int(test.sum())},
         "test_pairs": test_pairs,
@@ -170,27 +221,40 @@ def main() -> None:
         "pair_accuracy": accuracy,
         "mean": mean,
         "relative_uplift": uplift,
-        "vectors_over_dot": uplift[names[2]] / uplift[names[1]] if uplift[names[1]] else None,
+        "vectors_over_dot": {
+            r: uplift[r][names[2]] / uplift[r][names[1]] if uplift[r][names[1]] else None
+            for r in RANKERS
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "bundle": bundle.version,
         "elapsed_s": time.perf_counter() - began,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result, names, args.seeds)
+    (args.out / "results.md").write_text(text)
+    print(text, end="")
+    print(f"ranker uplift in {result['elapsed_s']:.0f} s -> {args.out}")
+
+
+def markdown(result: dict[str, Any], names: list[str], seeds: list[int]) -> str:
+    mean, uplift = result["mean"], result["relative_uplift"]
+    impressions = result["impressions"]
     lines = [
-        f"LightGBM LambdaRank, {len(chosen):,} users, train {result['impressions']['train']:,} / "
-        f"test {result['impressions']['test']:,} impressions ({test_pairs:,} test pairs), "
-        f"seeds {args.seeds}; {result['machine']}.",
+        f"LightGBM LambdaRank and an MLP, {result['users']:,} users, train "
+        f"{impressions['train']:,} / test {impressions['test']:,} impressions "
+        f"({result['test_pairs']:,} test pairs), seeds {seeds}; {result['machine']}.",
         "",
-        "| features | test PairAccuracy (mean) | relative uplift |",
-        "|---|---|---|",
+        "| features | LightGBM PairAccuracy | uplift | MLP PairAccuracy | uplift |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name in names:
-        gain = f"{uplift[name]:+.2%}" if name in uplift else ""
-        lines.append(f"| {name} | {mean[name]:.4f} | {gain} |")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"ranker uplift in {result['elapsed_s']:.0f} s -> {args.out}")
+        cells = [
+            f"{mean[r][name]:.4f} | " + (f"{uplift[r][name]:+.2%}" if name in uplift[r] else "")
+            for r in RANKERS
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

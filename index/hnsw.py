@@ -97,8 +97,10 @@ class ItemIndex:
         """hnswlib's own ``(labels [Q, k] uint64, distances [Q, k])`` of float32 ``queries``:
         :meth:`knn` without turning distances into inner products (for a caller that scores
         the rows itself)."""
-        if self.space == "mips":
-            queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])
+        if self.space == "mips":  # the transform's extra coordinate is 0 for a query
+            padded = np.zeros((len(queries), queries.shape[1] + 1), np.float32)
+            padded[:, :-1] = queries
+            queries = padded
         labels, distances = self.index.knn_query(queries, k=k, num_threads=threads)
         return labels, distances
 

@@ -117,7 +117,8 @@ class LocalStore:
     """The embedded store: the bundle's own ``user_vectors.npy``, memory-mapped."""
 
     def __init__(self, version: str, user_ids: np.ndarray, user_vectors: np.ndarray) -> None:
-        self.version, self.user_ids, self.user_vectors = version, user_ids, user_vectors
+        # a plain array over the same map: np.memmap's indexing costs more than a lookup's read
+        self.version, self.user_ids, self.user_vectors = version, user_ids, np.asarray(user_vectors)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> LocalStore:

@@ -7,6 +7,7 @@ a hop that costs more than these lookups."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -85,12 +86,27 @@ def context(request: Request) -> Context:
     return Context(state.settings, state.metrics, state.resolver, served)
 
 
+async def whole_body(request: Request) -> bytes:
+    """The request body, read straight from ``receive``: Starlette's ``body()`` goes through an
+    async generator per request, which costs more than parsing a small body. The hot routes read
+    their body once, here, and nothing after them reads it again."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def body_of(request: Request, model: type[Body]) -> Body:
     """The request body as ``model``, parsed and validated in one pass from the JSON bytes;
     invalid input is FastAPI's 422 (each error's location under ``body``), a client gone before
     its body arrived a 400."""
     try:
-        raw = await request.body()
+        raw = await whole_body(request)
     except ClientDisconnect:
         raise HTTPException(400, detail="the client went away before its body arrived") from None
     try:
@@ -105,6 +121,20 @@ async def parsed(request: Request, model: type[Body]) -> tuple[Context, Body]:
     """A hot route's start: its :func:`context` (503 first), then its body (:func:`body_of`)."""
     ctx = context(request)
     return ctx, await body_of(request, model)
+
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def hot(endpoint: Endpoint) -> Endpoint:
+    """Mark a hot route's endpoint: :class:`service.middleware.HotLane` calls it straight, with
+    the request alone (it reads the rest with :func:`parsed`)."""
+    endpoint.argus_hot = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+def is_hot(endpoint: Callable[..., Any]) -> bool:
+    return getattr(endpoint, "argus_hot", False) is True
 
 
 def hot_route(response: type[BaseModel], body: type[BaseModel]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from index.bundle import Bundle, rows_of
-from service.deps import hot_route, parsed
+from service.deps import hot, hot_route, parsed
 from service.replies import check_length, json_response, problem
 from service.retrieve import top_k
 from service.schemas import CandidatesRequest, CandidatesResponse
@@ -37,6 +37,7 @@ def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray)
 
 
 @router.post("/candidates", **hot_route(CandidatesResponse, CandidatesRequest))
+@hot
 async def candidates(request: Request) -> Response:
     began = time.perf_counter()
     ctx, body = await parsed(request, CandidatesRequest)

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from index.bundle import dots, rows_of
-from service.deps import hot_route, parsed
+from service.deps import hot, hot_route, parsed
 from service.replies import base64_f32, check_length, json_response
 from service.schemas import ScoreRequest, ScoreResponse
 
@@ -17,6 +17,7 @@ router = APIRouter()
 
 
 @router.post("/score", **hot_route(ScoreResponse, ScoreRequest))
+@hot
 async def score(request: Request) -> Response:
     began = time.perf_counter()
     ctx, body = await parsed(request, ScoreRequest)

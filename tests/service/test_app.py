@@ -890,3 +890,23 @@ def test_the_docs_are_served_with_their_own_assets_and_no_cdn(
         create_app(
             Settings(store=StoreSettings(bundles=bundles), server=ServerSettings(docs_assets=empty))
         )
+
+
+def test_the_hot_lane_answers_as_the_router_would(local: TestClient) -> None:
+    """POST /candidates and /score go straight to their endpoints (service.middleware.HotLane);
+    what they answer, and what the router answers for anything else on those paths, is the
+    usual: the endpoint's 200, its 422s with the app's handler, counted under the route."""
+    user = int(served(local).user_ids[0])
+    labels = 'endpoint="/candidates",status="{}"'
+    before = {s: metric(local, f"argus_requests_total{{{labels.format(s)}}}") for s in (200, 422)}
+    assert local.post("/candidates", json={"user_id": user, "k": 3}).status_code == 200
+    assert_422_naming(local.post("/candidates", json={"user_id": user, "k": 0}), "k")
+    assert_422_naming(local.post("/candidates", content=b"{not json"), "body")
+    for status, more in ((200, 1), (422, 2)):
+        assert (
+            metric(local, f"argus_requests_total{{{labels.format(status)}}}")
+            == before[status] + more
+        )
+    assert local.get("/candidates").status_code == 405  # another method: the router's answer
+    slash = local.post("/score/", json={"user_id": user, "item_ids": [1]}, follow_redirects=False)
+    assert slash.status_code == 307 and slash.headers["location"].endswith("/score")
