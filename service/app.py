@@ -12,8 +12,8 @@ The rooms: request and response bodies in :mod:`service.schemas`, the user vecto
 from __future__ import annotations
 
 import asyncio
-import gc
 import functools
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any

@@ -391,7 +391,7 @@ def test_ops_endpoints_and_every_metric_series(local: TestClient) -> None:
         "argus_bundle_reloads_total",
     ):
         assert series in metrics, series
-    for stage in ("store", "encoder", "ann", "serialize"):
+    for stage in ("parse", "store", "encoder", "ann", "serialize"):
         assert f'stage="{stage}"' in metrics
     assert f'argus_bundle_info{{version="{bundle.version}"}} 1.0' in metrics
 
