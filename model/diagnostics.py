@@ -20,6 +20,7 @@ Each figure asks one question of a trained model against the simulator's truth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,14 @@ from model.argus import FP_SCORE_SIGNS, Argus
 from model.data.batching import Spans, TemporalSplit, covering_spans, iter_batches, sample_users
 from model.data.events import Events
 from model.data.simulate import Truth
-from model.impressions import Impressions, find_impressions, group_pairs, pair_weight_table
+from model.impressions import (
+    SESSION_GAP,
+    Impressions,
+    find_impressions,
+    group_pairs,
+    pair_weight_table,
+    session_ids,
+)
 from model.inference import ItemPopularity
 from model.metrics import pair_accuracy
 
@@ -88,30 +96,45 @@ def last_rows_before(events: Events, users: np.ndarray, before: int) -> np.ndarr
     return np.where(end > start, rows[np.maximum(end - 1, 0)], -1)
 
 
-def ridge_r2(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> float:
-    """Held-out R² (over all of ``y``'s columns) of a ridge regression of ``y`` (N, k) on ``x``
-    (N, d), 2-fold: fit on one half, score the other, both ways; the best of :data:`RIDGES`
-    (penalties on standardised inputs, scaled by the sample size)."""
+def held_out_fits(x: np.ndarray, y: np.ndarray, seed: int) -> Iterator[np.ndarray]:
+    """For each of :data:`RIDGES`, the held-out predictions (N, k) of a ridge regression of ``y``
+    (N, k) on ``x`` (N, d), 2-fold: fit on one half, predict the other, both ways (penalties on
+    standardised inputs, scaled by the sample size)."""
     x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    if y.ndim == 1:
-        y = y[:, None]
     order = np.random.default_rng(seed).permutation(len(x))
     folds = (order[: len(x) // 2], order[len(x) // 2 :])
-    best = -np.inf
     for ridge in RIDGES:
-        residual, total = 0.0, 0.0
+        predicted = np.zeros_like(y)
         for train, test in (folds, folds[::-1]):
             mean, std = x[train].mean(0), x[train].std(0) + 1e-9
             a = (x[train] - mean) / std
-            b = (x[test] - mean) / std
-            y_mean = y[train].mean(0)
             gram = a.T @ a + ridge * len(train) / 100 * np.eye(a.shape[1])
+            y_mean = y[train].mean(0)
             coef = np.linalg.solve(gram, a.T @ (y[train] - y_mean))
-            residual += float(((b @ coef + y_mean - y[test]) ** 2).sum())
-            total += float(((y[test] - y[test].mean(0)) ** 2).sum())
-        best = max(best, 1.0 - residual / total)
-    return float(best)
+            predicted[test] = (x[test] - mean) / std @ coef + y_mean
+        yield predicted
+
+
+def ridge_r2(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> float:
+    """Held-out R² (over all of ``y``'s columns) of a ridge regression of ``y`` (N, k) on ``x``
+    (N, d): the best of :func:`held_out_fits` (each half scored against its own mean)."""
+    y = np.asarray(y, np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    order = np.random.default_rng(seed).permutation(len(y))
+    folds = (order[: len(y) // 2], order[len(y) // 2 :])
+    total = sum(float(((y[f] - y[f].mean(0)) ** 2).sum()) for f in folds)
+    return max(
+        1.0 - float(((predicted - y) ** 2).sum()) / total for predicted in held_out_fits(x, y, seed)
+    )
+
+
+def ridge_accuracy(x: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> float:
+    """Held-out accuracy of a ridge regression of ``labels``' one-hot codes on ``x``, read by
+    its largest output (2-fold, the best of :data:`RIDGES`)."""
+    classes, codes = np.unique(labels, return_inverse=True)
+    y = np.eye(len(classes))[codes]
+    return max(float((p.argmax(1) == codes).mean()) for p in held_out_fits(x, y, seed))
 
 
 @torch.no_grad()
@@ -243,6 +266,8 @@ def diagnose(
     out.update({f"token_share_{k}": v for k, v in token_shares(model, train, seed=seed).items()})
     if truth is not None:
         out.update(probes(model, train, truth, split, min_item_events, seed))
+        if truth.has_moods:
+            out.update(mood_probes(model, train, truth, seed=seed))
     out.update(pair_accuracies(model, events, truth, split, train, users, seed))
     return out
 
@@ -279,6 +304,50 @@ def probes(
         if len(chosen) >= 20:
             emb = model.item_embedding(torch.from_numpy(chosen)).float().numpy()
             out[key] = ridge_r2(emb, truth.item_latent(truth.item_rows(chosen)), seed=seed)
+    return out
+
+
+@torch.no_grad()
+def mood_probes(
+    model: Argus,
+    train: Events,
+    truth: Truth,
+    *,
+    revealed: int = 3,
+    sessions: int = 4_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """In a world with moods: how well does each view tell a session's mood genre once its first
+    ``revealed`` events are known? Ridge probes (one-hot, 2-fold) over a sample of sessions
+    with more events than that: the state after them (what the realtime path reads), the state
+    before the session (the stored vector's view), and the mean of those events' item
+    embeddings and of their true latents (the information there is to read)."""
+    session = session_ids(train, SESSION_GAP)
+    starts = np.flatnonzero(np.r_[True, session[1:] != session[:-1]])
+    ends = np.r_[starts[1:], len(session)]
+    _, offsets = train.user_offsets()
+    user_start = offsets[np.searchsorted(offsets, starts, side="right") - 1]
+    keep = (ends - starts > revealed) & (starts > user_start)  # a history before it, and a rest
+    mood = truth.moods(train.user_id[starts], train.timestamp[starts])
+    chosen = np.flatnonzero(keep & (mood >= 0))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(chosen, min(sessions, len(chosen)), replace=False))
+    first, labels = starts[chosen], mood[chosen]
+    after, before = first + revealed - 1, first - 1
+    states = states_at(model, train, np.concatenate([after, before]))
+    shown = first[:, None] + np.arange(revealed)  # (S, revealed) rows
+    items = train.item_id[shown]
+    embedded = model.item_embedding(torch.from_numpy(items.reshape(-1))).float().numpy()
+    latent = truth.item_latent(truth.item_rows(items.reshape(-1)))
+    views = {
+        "state_after": states.at(after)[0].numpy(),
+        "state_before": states.at(before)[0].numpy(),
+        "items_embedded": embedded.reshape(len(first), revealed, -1).mean(1),
+        "items_true": latent.reshape(len(first), revealed, -1).mean(1),
+    }
+    out = {f"probe_mood_{k}": ridge_accuracy(x, labels, seed=seed) for k, x in views.items()}
+    out["probe_mood_chance"] = float(np.bincount(labels).max() / len(labels))
+    out["probe_mood_sessions"] = float(len(labels))
     return out
 
 

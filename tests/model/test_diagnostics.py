@@ -16,7 +16,15 @@ import torch
 from model.argus import Argus, preset
 from model.data.batching import Spans, TemporalSplit, make_batch
 from model.data.events import read_events
-from model.diagnostics import diagnose, last_rows_before, ridge_r2, states_at, token_shares
+from model.diagnostics import (
+    diagnose,
+    last_rows_before,
+    mood_probes,
+    ridge_accuracy,
+    ridge_r2,
+    states_at,
+    token_shares,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +35,32 @@ def test_ridge_r2_is_high_for_a_linear_target_and_near_zero_for_noise() -> None:
     y = x @ rng.standard_normal((8, 3)) + 0.1 * rng.standard_normal((2_000, 3))
     assert ridge_r2(x, y) > 0.98
     assert abs(ridge_r2(x, rng.standard_normal((2_000, 3)))) < 0.02
+
+
+def test_ridge_accuracy_reads_separable_classes_and_not_noise() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(5, size=3_000)
+    centres = 3.0 * rng.standard_normal((5, 8))
+    x = centres[labels] + rng.standard_normal((3_000, 8))
+    assert ridge_accuracy(x, labels) > 0.9
+    assert ridge_accuracy(rng.standard_normal((3_000, 8)), labels) < 0.3  # chance is 0.2
+
+
+def test_a_strong_mood_shows_in_a_session_s_first_items(tmp_path: Path) -> None:
+    """The mood probes on a small world whose sessions follow a strong mood: the true latents of
+    a session's first events tell its mood far above chance."""
+    from model.data.simulate import SimConfig, Simulator, Truth
+
+    config = SimConfig(n_users=150, n_items=600, n_days=10, seed=5, mood_strength=0.9)
+    Simulator(config).run(tmp_path, progress=False)
+    events = read_events(tmp_path)
+    torch.manual_seed(0)
+    model = Argus(preset("argus-tiny", max_len=64)).eval()
+    found = mood_probes(model, events, Truth(tmp_path / "truth.npz"), sessions=1_500)
+    assert found["probe_mood_sessions"] > 300
+    assert found["probe_mood_items_true"] > found["probe_mood_chance"] + 0.15
+    for view in ("state_after", "state_before", "items_embedded"):
+        assert 0.0 <= found[f"probe_mood_{view}"] <= 1.0
 
 
 def test_token_shares_sum_to_one_and_no_part_of_the_balanced_token_is_drowned(
