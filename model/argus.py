@@ -406,6 +406,39 @@ class Argus(nn.Module):
             emb = emb + torch.where(known, self.item(artist_id.clamp(min=0), salt=1), 0.0)
         return emb
 
+    @torch.no_grad()
+    def warm_start_items(
+        self,
+        item_id: torch.Tensor,
+        artist_id: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        steps: int = 50,
+    ) -> float:
+        """Move the hashed table's rows so that ``e_item`` of these (N,) items (with their
+        artists) approaches the (N, E) ``targets``: least squares over the rows they use, by
+        averaged residual steps (each row takes the mean of its items' residuals, split over
+        the rows each item sums). Rows no item uses keep their values. Returns the relative
+        residual ``|targets - e_item| / |targets|`` at the end."""
+        table = self.item.table.weight
+        rows = [self.item.rows_of(item_id, salt=0)]
+        if self.cfg.use_artist:
+            known = artist_id >= 0
+            artist_rows = self.item.rows_of(artist_id.clamp(min=0), salt=1)
+            rows.append(torch.where(known[:, None], artist_rows, -1))
+        slots = torch.cat(rows, dim=1)  # (N, S); -1: no row (an unknown artist)
+        used = slots >= 0
+        share = 1.0 / used.sum(1, keepdim=True)  # each item's residual, split over its rows
+        flat = slots[used]
+        hits = torch.bincount(flat, minlength=len(table)).clamp(min=1).unsqueeze(1).float()
+        for _ in range(steps):
+            residual = targets - self.item_embedding(item_id, artist_id)
+            spread = (residual.unsqueeze(1) * share.unsqueeze(2)).expand(-1, slots.shape[1], -1)
+            delta = torch.zeros_like(table).index_add_(0, flat, spread[used])
+            table.add_(delta / hits)
+        residual = targets - self.item_embedding(item_id, artist_id)
+        return float(residual.norm() / targets.norm())
+
     def context_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, L, D) e_ctx of every event (argus objective only)."""
         return self.context(batch["source"], batch["timestamp"])

@@ -18,7 +18,8 @@ from torch import nn
 
 from model.argus import Argus, ArgusConfig
 from model.data.batching import chunk_spans, make_batch
-from model.data.events import read_events
+from model.data.events import Catalog, Events, read_events
+from model.future import positive_factors
 from model.losses import ItemFrequencies
 from model.objectives import PretrainingObjective
 from model.runtime import Runtime
@@ -36,6 +37,9 @@ from model.trainer import (
 @dataclass(frozen=True)
 class PretrainConfig(TrainConfig):
     objective: str = "argus"  # "argus" or "sasrec"
+    # the item table starts from a truncated SVD of the training positives (user x item), each
+    # item's row unit-length: item structure the logs show at once, which the NIP then refines
+    warm_items: bool = True
 
     def model_config(self) -> ArgusConfig:
         return self.preset_config(objective=self.objective)
@@ -56,6 +60,8 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
         frequencies = ItemFrequencies.from_item_ids(train.item_id).to(runtime.device)
         torch.manual_seed(cfg.seed)
         model = Argus(model_cfg)
+        if cfg.warm_items and saved is None:  # a resumed run loads its own weights
+            warm_start(model, train, progress)
 
         def step(objective: nn.Module, index: np.ndarray) -> tuple[dict[str, torch.Tensor], int]:
             batch = make_batch(train, spans.take(index))
@@ -77,3 +83,27 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
             extra_metrics=lambda: {"temperature": float(model.temperature().detach())},
         )
         return Trainer(job, runtime, saved, progress=progress).run()
+
+
+def warm_start(model: Argus, train: Events, progress: bool) -> None:
+    """The item table from a truncated SVD of ``train``'s positives (``PretrainConfig``'s
+    ``warm_items``): every item with a positive gets its factor row, scaled to unit length (a
+    rank below the table's width where the logs have fewer users or items; nothing without
+    positives)."""
+    dim = model.item.table.weight.shape[1]
+    positive = train.positive
+    rank = min(
+        dim, len(np.unique(train.user_id[positive])), len(np.unique(train.item_id[positive]))
+    )
+    if rank < 1:
+        return
+    items, factors = positive_factors(train, int(train.timestamp.max()) + 1, rank=rank)
+    targets = np.zeros((len(items), dim), np.float32)
+    targets[:, :rank] = factors / (np.linalg.norm(factors, axis=1, keepdims=True) + 1e-9)
+    catalog = Catalog.from_events(train)
+    artist = catalog.artist_id[catalog.column(items)]
+    residual = model.warm_start_items(
+        torch.from_numpy(items), torch.from_numpy(artist), torch.from_numpy(targets)
+    )
+    if progress:
+        print(f"warm start: {len(items):,} items from a rank-{rank} SVD, residual {residual:.2f}")

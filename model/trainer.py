@@ -34,7 +34,11 @@ from model.runtime import Runtime
 FSDP_ABOVE = 500_000_000  # parameters; "auto" shards larger models (argus-1b) over the ranks
 
 
-RESUMABLE = frozenset({"max_steps", "epochs", "log_every", "checkpoint_every", "device", "compile"})
+# Settings a resumed run may change: the schedule's length, logging, the device, and how the
+# weights were first set (a resumed run loads its own).
+RESUMABLE = frozenset(
+    {"max_steps", "epochs", "log_every", "checkpoint_every", "device", "compile", "warm_items"}
+)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,23 @@ def test_unseen_and_extreme_item_ids_embed() -> None:
     assert not torch.equal(model.item.rows_of(ids, salt=0), model.item.rows_of(ids, salt=1))
 
 
+def test_a_warm_start_moves_the_table_to_the_targets_and_leaves_other_rows() -> None:
+    torch.manual_seed(0)
+    model = Argus(preset("argus-tiny", hash_rows=8192))
+    items = torch.arange(1, 1_001) * 7_919
+    artists = torch.where(items % 5 == 0, -1, items % 97)  # some unknown, many shared
+    targets = torch.randn(len(items), model.item.table.weight.shape[1])
+    before = model.item.table.weight.detach().clone()
+    used = torch.cat([model.item.rows_of(items), model.item.rows_of(artists.clamp(min=0), 1)])
+    assert model.warm_start_items(items, artists, targets) < 0.05
+    with torch.no_grad():
+        got = model.item_embedding(items, artists)
+    assert torch.nn.functional.cosine_similarity(got, targets).min() > 0.99
+    untouched = torch.ones(8192, dtype=torch.bool)
+    untouched[used.unique()] = False
+    assert torch.equal(model.item.table.weight[untouched], before[untouched])
+
+
 def test_logq_loss_on_a_hand_computed_three_item_case() -> None:
     o = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 1.0]}
     q = torch.tensor([[1.0, 0.0]])
