@@ -85,12 +85,23 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, resume: bool = False
         return Trainer(job, runtime, saved, progress=progress).run()
 
 
-def warm_start(model: Argus, train: Events, progress: bool) -> None:
+# The positives the warm start's SVD reads at most: a seeded sample of them beyond this, so that a
+# log of billions of events costs the start-up seconds, not the memory of the whole matrix.
+WARM_MAX_POSITIVES = 20_000_000
+
+
+def warm_start(
+    model: Argus, train: Events, progress: bool, max_positives: int = WARM_MAX_POSITIVES
+) -> None:
     """The item table from a truncated SVD of ``train``'s positives (``PretrainConfig``'s
-    ``warm_items``): every item with a positive gets its factor row, scaled to unit length (a
-    rank below the table's width where the logs have fewer users or items; nothing without
-    positives)."""
+    ``warm_items``; at most ``max_positives`` of them, a seeded sample): every item with a
+    positive gets its factor row, scaled to unit length (a rank below the table's width where
+    the logs have fewer users or items; nothing without positives)."""
     dim = model.item.table.weight.shape[1]
+    rows = np.flatnonzero(train.positive)
+    if len(rows) > max_positives:
+        rows = np.sort(np.random.default_rng(0).choice(rows, max_positives, replace=False))
+    train = train.take(rows)
     positive = train.positive
     rank = min(
         dim, len(np.unique(train.user_id[positive])), len(np.unique(train.item_id[positive]))

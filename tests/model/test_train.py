@@ -18,10 +18,10 @@ import torch
 from model.argus import Argus, preset
 from model.checkpoint import load_model, read_checkpoint
 from model.data.batching import chunk_spans, make_batch
-from model.data.events import read_events
+from model.data.events import Catalog, read_events
 from model.losses import ItemFrequencies, pretraining_loss
 from model.runtime import Runtime
-from model.train import pretrain
+from model.train import pretrain, warm_start
 from model.trainer import lr_factor
 from tests.model.conftest import tiny_config
 
@@ -306,3 +306,24 @@ def test_fine_tuning_s_new_parts_get_their_own_learning_rates() -> None:
     same = Optimizers(model, FinetuneConfig(data="-", out="-", tower_lr=0.0), sparse=False)
     same.set_lr(1e-3)
     assert len(same.dense.param_groups) == 4  # decay, no decay, table, retrieval: towers at lr
+
+
+def test_the_warm_start_reads_the_positives_or_a_sample_of_them(sim_data: Path) -> None:
+    """Every item with a positive gets its unit-length factor row; past ``max_positives`` a
+    seeded sample of the positives is read (fewer items warmed), and none leaves the table as
+    it was."""
+    events = read_events(sim_data)
+    warmed = {}
+    for cap in (10**9, 300, 0):
+        torch.manual_seed(0)
+        model = Argus(preset("argus-tiny"))
+        before = model.item.table.weight.detach().clone()
+        warm_start(model, events, progress=False, max_positives=cap)
+        warmed[cap] = int((model.item.table.weight != before).any(1).sum())
+        if cap == 10**9:
+            catalog = Catalog.from_events(events.take(events.positive))
+            with torch.no_grad():
+                ids, artists = (torch.from_numpy(a) for a in (catalog.ids, catalog.artist_id))
+                norms = model.item_embedding(ids, artists).norm(dim=1)
+            assert float(torch.median(norms)) == pytest.approx(1.0, abs=0.02)
+    assert warmed[10**9] > warmed[300] > 0 and warmed[0] == 0
