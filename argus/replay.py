@@ -196,10 +196,14 @@ def offline(
             out.all.append(every[j] if known else popular[:k])
             out.new.append(new[j] if known else popular[~np.isin(popular, seen)][:k])
     user_rows, user_found = rows_of(bundle.user_ids, pairs.user)
-    item_rows, item_found = rows_of(bundle.item_ids, pairs.item)
+    vectors, item_found = bundle.ranking_items(pairs.item)
     ranking = bundle.ranking_part(np.asarray(bundle.user_vectors[user_rows]))
-    scores = np.einsum("md,md->m", ranking, bundle.item_vectors[item_rows]).astype(np.float64)
-    scores[~(user_found & item_found)] = np.nan
+    prior = bundle.prior_query  # a user without a vector: the item prior alone
+    if prior is not None:
+        ranking = np.where(user_found[:, None], ranking, prior)
+    scores = np.einsum("md,md->m", ranking, vectors).astype(np.float64)
+    cold = bundle.cold_item_vector is not None  # items the catalog lacks are scored too
+    scores[~((user_found | (prior is not None)) & (item_found | cold))] = np.nan
     return out, scores
 
 

@@ -3,7 +3,9 @@
 ``build`` turns an ``argus export`` directory into ``ROOT/<version>/``::
 
     manifest.json      schema version, model config, dim, counts, HNSW parameters and measured
-                       recall, sha256 and size of every other file, and its own checksum
+                       recall, the cold item vector (the ranking vector of an item the catalog
+                       lacks, when the model has one), sha256 and size of every other file, and
+                       its own checksum
     items.hnsw         hnswlib index over retrieval_item_vectors for inner-product search (label =
                        row; index.hnsw.ItemIndex: the MIPS-to-L2 transform by default)
     item_ids.npy       int64 [n_items], sorted; row i of the index is item_ids[i]
@@ -181,7 +183,24 @@ def read_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
         raise BundleError(directory / "item_ids.npy", "no items")
     if not (directory / ENCODER_FILE).is_file():
         raise BundleError(directory / ENCODER_FILE, "missing")
+    cold_vector(manifest_path, manifest)
     return manifest, arrays
+
+
+def cold_vector(path: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+    """The manifest's ``cold_item_vector`` as (dim,) float32, checked (None when it has none)."""
+    raw = manifest.get("cold_item_vector")
+    if raw is None:
+        return None
+    try:
+        vector = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BundleError(path, "cold_item_vector is not a list of numbers") from None
+    if vector.shape != (int(manifest["dim"]),) or not np.isfinite(vector).all():
+        raise BundleError(
+            path, f"cold_item_vector must be {manifest['dim']} finite numbers, got {vector.shape}"
+        )
+    return vector
 
 
 @dataclass
@@ -295,6 +314,7 @@ def build(
             "version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "model_config": export_manifest.get("model_config", {}),
+            "cold_item_vector": export_manifest.get("cold_item_vector"),
             "dim": int(dim),
             "retrieval_dim": int(items.shape[1]),
             "n_items": int(n_items),
@@ -380,10 +400,37 @@ class Bundle:
     user_vectors: np.ndarray
     popular: np.ndarray
     index: ItemIndex | None
+    cold_item_vector: np.ndarray | None = None  # (dim,) the ranking vector of an unknown item
 
     @property
     def version(self) -> str:
         return str(self.manifest["version"])
+
+    @property
+    def prior_query(self) -> np.ndarray | None:
+        """(dim,) the ranking query of a user with no vector: with an item prior (the model's
+        non-personal score, the last coordinate of every item vector) that coordinate alone;
+        None without one (such a user gets no scores)."""
+        if not self.manifest.get("model_config", {}).get("item_prior"):
+            return None
+        query = np.zeros(self.dim, dtype=np.float32)
+        query[-1] = 1.0
+        return query
+
+    def ranking_items(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, known)`` of (N,) item ids: their (N, dim) ranking vectors (an item the
+        catalog lacks gets the cold item vector, or zeros when the bundle has none) and which
+        of them the catalog holds."""
+        rows, known = rows_of(self.item_ids, ids)
+        vectors = self.item_vectors[rows]
+        if known.all():
+            return vectors, known
+        cold = (
+            np.zeros(self.dim, np.float32)
+            if self.cold_item_vector is None
+            else self.cold_item_vector
+        )
+        return np.where(known[:, None], vectors, cold).astype(np.float32), known
 
     @property
     def dim(self) -> int:
@@ -453,6 +500,7 @@ class Bundle:
             user_vectors=arrays["user_vectors.npy"],
             popular=arrays["popular.npy"],
             index=index,
+            cold_item_vector=cold_vector(path / MANIFEST, manifest),
         )
 
 

@@ -46,6 +46,7 @@ PARTS: dict[str, tuple[str, ...]] = {
         "runtime_proj",
         "runtime_taste",
         "taste_scale",
+        "cold_item",
     ),
     "retrieval": ("retrieval_item", "retrieval_head", "trend_head"),
 }
@@ -92,6 +93,9 @@ class ArgusConfig:
     fusion: str = "balanced"
     fp_dot: bool = True  # the FP head adds <W_k h, e_item> per output to its MLP's logits
     nip_cosine: bool = True  # NIP scores cos(q, e_item) / T (both L2-normalised), not <q, e> / T
+    # the item tower reads one learned embedding for an item with no event before the day (the
+    # service then scores items its catalog lacks, as fine-tuning scored them); off: no such row
+    cold_items: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -369,6 +373,8 @@ class Argus(nn.Module):
             self.user_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             self.item_mlp = _mlp(e, d, cfg.tower_dim)
             self.item_popularity = nn.Linear(1, cfg.tower_dim, bias=False)  # of log1p(positives)
+            if cfg.cold_items:  # e_item of any item the catalog has not seen yet
+                self.cold_item = nn.Parameter(torch.zeros(e))
         if cfg.retrieval_dim:  # the retrieval space: its own item table, a pooled-history query
             r = cfg.retrieval_dim
             self.retrieval_item = HashedEmbedding(
@@ -603,19 +609,39 @@ class Argus(nn.Module):
         item_id: torch.Tensor,
         artist_id: torch.Tensor | None = None,
         log_popularity: torch.Tensor | None = None,
+        cold: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(...) ids (their artists, log1p of their positive events) -> (..., ranking_dim) item
         vectors ``v = MLP(e_item) + p log_popularity (+ T_i e_r)`` (after ``e_r`` with
-        ``taste_shortcut``); score = <u, v>."""
-        v = self.item_mlp(self.item_embedding(item_id, artist_id))
+        ``taste_shortcut``); score = <u, v>. ``cold``: a (...) bool mask of items with no event
+        yet, which read the learned cold embedding instead of their own (and no ``e_r``), when
+        the model has one."""
+        e_item = self.item_embedding(item_id, artist_id)
+        cold = cold if cold is not None and hasattr(self, "cold_item") else None
+        if cold is not None:
+            e_item = torch.where(cold.unsqueeze(-1), self.cold_item.to(e_item.dtype), e_item)
+        v = self.item_mlp(e_item)
         if log_popularity is not None:
             v = v + self.item_popularity(log_popularity.unsqueeze(-1))
         if hasattr(self, "item_taste"):
             e_r = self.retrieval_item(item_id).detach()
+            if cold is not None:
+                e_r = torch.where(cold.unsqueeze(-1), 0.0, e_r)
             v = v + self.item_taste(e_r)
             if self.cfg.taste_shortcut:
                 v = torch.cat([e_r, v], dim=-1)
         return v
+
+    def cold_item_vector(self) -> torch.Tensor | None:
+        """(ranking_dim,) the item vector of an item with no event (what the service scores an
+        item its catalog lacks with); None for a model without the cold embedding."""
+        if not hasattr(self, "cold_item"):
+            return None
+        device = self.cold_item.device
+        none = torch.zeros(1, dtype=torch.int64, device=device)
+        zero = torch.zeros(1, device=device)
+        cold = torch.ones(1, dtype=torch.bool, device=device)
+        return self.item_vector(none, none - 1, zero, cold=cold).squeeze(0)
 
     @property
     def has_retrieval(self) -> bool:

@@ -385,7 +385,10 @@ def impression_scores(
     at = torch.from_numpy(np.searchsorted(needed, impressions.state)).to(device)
     tastes = taste[at] if model.has_retrieval else None
     log_popularity = popularity.log_counts(item) if popularity is not None else None
-    scores = tower_scores(model, h[at], item, artist, tastes, log_popularity, runtime=runtime)
+    cold = popularity.cold(item) if popularity is not None else None
+    scores = tower_scores(
+        model, h[at], item, artist, tastes, log_popularity, runtime=runtime, cold=cold
+    )
     return scores.cpu().numpy()
 
 

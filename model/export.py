@@ -269,8 +269,10 @@ def counts_of(
     model: Argus, state: dict[str, Any], items: np.ndarray, users: np.ndarray
 ) -> dict[str, Any]:
     """The export manifest's description of the model and what it encoded."""
+    cold = model.cold_item_vector()
     return {
         "model_config": asdict(model.cfg),
+        "cold_item_vector": None if cold is None else cold.detach().float().cpu().tolist(),
         "dim": model.cfg.ranking_dim,
         "retrieval_dim": retrieval_dim(model),
         "n_items": len(items),

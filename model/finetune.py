@@ -76,6 +76,9 @@ class FinetuneConfig(TrainConfig):
     tower_dim: int = 0  # width of u and v; 0: the model's d_model
     tower_lr: float = 3e-3  # the towers' own learning rate (they start from scratch); 0: lr
     item_prior: bool = True  # u's last coordinate is 1: v's last one is a non-personal prior
+    # a learned item embedding for items with no event before the day, which the service then
+    # scores items its catalog lacks with (off: they get no score; on KuaiRand it cost 0.009)
+    cold_items: bool = False
     taste_shortcut: bool = True  # u, v also carry (a * taste, e_r): the taste's score, scaled
     # the towers read the pooled taste at all (off, the default: they read the state alone, and
     # the personal part of the score is the transformer's; with it they ignore the state)
@@ -198,6 +201,7 @@ class FinetuneConfig(TrainConfig):
             retrieval_dim=self.retrieval_dim,
             runtime_head=self.runtime_head,
             item_prior=self.item_prior,
+            cold_items=self.cold_items,
             taste_shortcut=self.taste_shortcut and self.tower_taste and self.retrieval_dim > 0,
             tower_taste=self.tower_taste,
             retrieval_trend=self.seconds.retrieval_trend if self.retrieval_dim else 0,

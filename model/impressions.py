@@ -145,6 +145,7 @@ class Impressions:
     group: np.ndarray  # comparison group id
     head: np.ndarray  # 0: scored by the offline user head, 1: by the runtime (lag-0) head
     popularity: np.ndarray  # the item's positive events before the impression's UTC day
+    seen: np.ndarray  # the item's events of any kind then (0: the day's bundle lacks it, cold)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -199,6 +200,7 @@ def find_impressions(
         renumbered.astype(np.int64),
         np.full(len(keep), head, dtype=np.int64),
         events.positives_before(events.item_id[rows], day),
+        events.events_before(events.item_id[rows], day),
     )
 
 

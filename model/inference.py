@@ -230,10 +230,12 @@ def tower_scores(
     taste: torch.Tensor | None = None,
     log_popularity: torch.Tensor | None = None,
     runtime: torch.Tensor | bool = False,
+    cold: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``;
-    ``runtime``: the lag-0 user head's, for all or (an (M,) bool mask) some impressions."""
-    v = model.item_vector(item_id, artist_id, log_popularity)
+    ``runtime``: the lag-0 user head's, for all or (an (M,) bool mask) some impressions;
+    ``cold``: (M,) bool, the items with no event yet (:meth:`Argus.item_vector`)."""
+    v = model.item_vector(item_id, artist_id, log_popularity, cold)
     if isinstance(runtime, torch.Tensor):
         u = torch.where(
             runtime[:, None],
@@ -248,15 +250,28 @@ def tower_scores(
 @dataclass(frozen=True)
 class ItemPopularity:
     """log1p(positive events) of each item of a training set: the ranking towers' popularity
-    input (0 for an item it never saw)."""
+    input (0 for an item it never saw); and which items it has any event of (the catalog a
+    bundle exported from it holds: the rest are cold)."""
 
     ids: torch.Tensor  # (C,) sorted
     counts: torch.Tensor  # (C,) float32
+    catalog: torch.Tensor  # (K,) sorted ids of every item with an event
 
     @classmethod
     def of(cls, events: Events, device: str | torch.device = "cpu") -> ItemPopularity:
         ids, counts = events.positive_counts()
-        return cls(torch.from_numpy(ids).to(device), torch.from_numpy(counts).float().to(device))
+        return cls(
+            torch.from_numpy(ids).to(device),
+            torch.from_numpy(counts).float().to(device),
+            torch.from_numpy(np.unique(events.item_id)).to(device),
+        )
+
+    def cold(self, item_id: torch.Tensor) -> torch.Tensor:
+        """(...) bool: the items with no event in the training set."""
+        if len(self.catalog) == 0:
+            return torch.ones(item_id.shape, dtype=torch.bool, device=item_id.device)
+        where = torch.searchsorted(self.catalog, item_id).clamp(max=len(self.catalog) - 1)
+        return self.catalog[where] != item_id
 
     def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:
         if len(self.ids) == 0:

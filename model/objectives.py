@@ -95,7 +95,7 @@ def every_chunk(events: Events, max_len: int) -> Samples:
     return Samples(
         spans,
         np.zeros(len(spans) + 1, np.int64),
-        Impressions(empty, empty, empty, empty, empty, empty),
+        Impressions(empty, empty, empty, empty, empty, empty, empty),
     )
 
 
@@ -111,6 +111,7 @@ class ImpressionBatch:
     group: np.ndarray  # (M,) group id, unique within the batch (a group never spans two chunks)
     runtime: np.ndarray  # (M,) bool: scored by the runtime (lag-0) user head
     log_popularity: np.ndarray  # (M,) float32 log1p(Impressions.popularity)
+    cold: np.ndarray  # (M,) bool: the item had no event before the impression's day
     hi: np.ndarray  # (P,) index of the better impression of each pair
     lo: np.ndarray  # (P,)
     weight: np.ndarray  # (P,) float32
@@ -157,6 +158,7 @@ def sample_batch(
         group=group,
         runtime=imp.head == 1,
         log_popularity=np.log1p(imp.popularity).astype(np.float32),
+        cold=imp.seen == 0,
         hi=hi,
         lo=lo,
         weight=weight.astype(np.float32),
@@ -201,6 +203,7 @@ class PairwiseObjective(nn.Module):
             taste,
             imp["log_popularity"],
             imp["runtime"],
+            imp["cold"],
         )
         pairwise = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
         with torch.no_grad():
@@ -282,6 +285,7 @@ def impression_level_backward(
             taste,
             tensors["log_popularity"][mine],
             tensors["runtime"][mine],
+            tensors["cold"][mine],
         )
         pairs = np.flatnonzero(local[pair_group] >= 0)
         hi = torch.from_numpy(where[imp.hi[pairs]]).to(device)

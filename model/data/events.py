@@ -118,6 +118,12 @@ class Events:
         )
         return counts_before(self.item_id[keep], self.timestamp[keep], item_id, since, before)
 
+    def events_before(self, item_id: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """(M,) each of ``item_id``'s events of any kind before its ``before`` time: zero for an
+        item a catalog built then does not hold (a cold item)."""
+        since = np.full(len(item_id), np.iinfo(np.int64).min // 4)
+        return counts_before(self.item_id, self.timestamp, item_id, since, before)
+
     def take(self, index: np.ndarray | slice) -> Events:
         """The rows selected by a boolean mask, an index array or a slice, in that order."""
         return Events(**{f.name: getattr(self, f.name)[index] for f in fields(self)})

@@ -1,4 +1,9 @@
-"""``POST /score``: the ranking feature ``<u, v>`` of given items, optionally with the vectors."""
+"""``POST /score``: the ranking feature ``<u, v>`` of given items, optionally with the vectors.
+
+An item the catalog lacks is scored with the bundle's cold item vector (what fine-tuning scored
+an item with no event yet with) and listed in ``unknown_item_ids``; a user with no vector is
+scored with the item prior alone (``source`` "popular"). Without either in the bundle, those
+scores are null."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from index.bundle import dots, rows_of
+from index.bundle import dots
 from service.deps import hot, hot_route, parsed
 from service.replies import base64_f32, check_length, json_response
 from service.schemas import ScoreRequest, ScoreResponse
@@ -27,14 +32,15 @@ async def score(request: Request) -> Response:
     check_length(body.history, limits.max_history, "history", "events")
     user = await resolver.user_of(bundle, body, "/score")
     ids = np.asarray(body.item_ids, dtype=np.int64)
-    rows, known = rows_of(bundle.bundle.item_ids, ids)
-    vectors = bundle.bundle.item_vectors[rows]
+    served = bundle.bundle
+    vectors, known = served.ranking_items(ids)
+    scored = known if served.cold_item_vector is None else np.ones_like(known)
+    ranking = served.prior_query if user.vector is None else served.ranking_part(user.vector)
     scores: list[float | None] = [None] * len(ids)
-    ranking = None if user.vector is None else bundle.bundle.ranking_part(user.vector)
     if ranking is not None:
         values = dots(vectors, ranking)
         scores = [
-            float(v) if k else None for v, k in zip(values.tolist(), known.tolist(), strict=True)
+            float(v) if k else None for v, k in zip(values.tolist(), scored.tolist(), strict=True)
         ]
     out: dict[str, Any] = {
         "user_id": body.user_id,
@@ -46,13 +52,13 @@ async def score(request: Request) -> Response:
     }
     if body.return_vectors and body.vectors_format == "base64":
         out["user_vector"] = None if ranking is None else base64_f32(ranking)
-        out["item_vectors"] = base64_f32(np.where(known[:, None], vectors, 0))
+        out["item_vectors"] = base64_f32(vectors)
     elif body.return_vectors:
         out["user_vector"] = ranking
         out["item_vectors"] = (
             vectors
-            if known.all()
-            else [v if k else None for v, k in zip(vectors, known, strict=True)]
+            if scored.all()
+            else [v if k else None for v, k in zip(vectors, scored, strict=True)]
         )
     serialize = time.perf_counter()
     out["took_ms"] = 1e3 * (serialize - began)

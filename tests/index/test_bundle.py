@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -111,6 +112,23 @@ def test_arrays_that_disagree_with_the_manifest_are_refused(bundle_dir: Path) ->
     rewrite(bundle_dir, "user_ids.npy", user_ids[::-1].copy())
     with pytest.raises(BundleError, match=r"user_ids\.npy: ids are not strictly increasing"):
         Bundle.open(bundle_dir)
+
+
+def test_an_unknown_item_gets_the_cold_vector_and_a_bad_one_is_refused(bundle_dir: Path) -> None:
+    bundle = Bundle.open(bundle_dir)
+    cold = bundle.cold_item_vector
+    assert cold is not None and cold.shape == (bundle.dim,) and cold.dtype == np.float32
+    ids = np.array([bundle.item_ids[2], -5, bundle.item_ids[0]])
+    vectors, known = bundle.ranking_items(ids)
+    assert known.tolist() == [True, False, True]
+    assert np.array_equal(vectors, np.stack([bundle.item_vectors[2], cold, bundle.item_vectors[0]]))
+    without = dataclasses.replace(bundle, cold_item_vector=None)  # a model without one
+    assert not without.ranking_items(ids)[0][1].any()  # a zero row, to be masked as unknown
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    for bad in (manifest["cold_item_vector"][:-1], ["x"] * bundle.dim, [float("nan")] * bundle.dim):
+        write_manifest(bundle_dir, {**manifest, "cold_item_vector": bad})
+        with pytest.raises(BundleError, match="cold_item_vector"):
+            Bundle.open(bundle_dir)
 
 
 def test_a_bundle_under_another_name_or_schema_is_refused(bundle_dir: Path) -> None:

@@ -232,6 +232,29 @@ def test_the_item_prior_is_the_same_for_every_user() -> None:
     assert not torch.equal(plain.user_vector(h, taste)[:, -1], torch.ones(5))
 
 
+def test_a_cold_item_reads_the_cold_embedding_whatever_its_id() -> None:
+    """An item with no event yet (``cold``) is scored through the learned cold embedding, with
+    no artist and no retrieval embedding: every cold item gets one vector, the one the service
+    scores unknown items with; the others keep their own."""
+    cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=6, item_prior=True, cold_items=True)
+    model = Argus(cfg)
+    with torch.no_grad():
+        model.cold_item.normal_()
+    item, artist = torch.tensor([3, 7, 11, 3]), torch.tensor([1, 2, 2, 1])
+    popularity = torch.zeros(4)
+    cold = torch.tensor([True, True, False, False])
+    with torch.no_grad():
+        v = model.item_vector(item, artist, popularity, cold)
+        warm = model.item_vector(item, artist, popularity)
+        alone = model.cold_item_vector()
+    assert alone is not None
+    torch.testing.assert_close(v[0], alone)
+    torch.testing.assert_close(v[1], alone)
+    torch.testing.assert_close(v[2:], warm[2:])
+    assert not torch.allclose(v[0], warm[0])
+    assert Argus(preset("argus-tiny", tower_dim=8)).cold_item_vector() is None
+
+
 def test_the_taste_shortcut_adds_the_taste_s_retrieval_score_scaled_per_coordinate() -> None:
     """With ``taste_shortcut`` u and v carry ``a * taste`` and ``e_r(i)`` beside the towers' own
     coordinates: the score gains ``sum_k a_k taste_k e_r(i)_k`` (the pooled history's own

@@ -114,6 +114,9 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     encoders = manifest["user_encoders"]
     assert encoders["stored"]["lag"] == "1d" and encoders["runtime"]["lag"] == "0"
     assert encoders["runtime"]["head"] == "runtime_proj"
+    with torch.no_grad():  # an item the catalog lacks: the cold embedding's vector, in JSON
+        cold = model.cold_item_vector()
+    assert cold is not None and manifest["cold_item_vector"] == cold.tolist()
 
     # Every user's vector is the tower at their last event, from their last max_len events,
     # whatever batch it was computed in; and the ONNX (runtime) encoder agrees with that head.

@@ -121,6 +121,9 @@ def test_an_impression_s_popularity_is_the_count_the_day_s_bundle_holds(
         day = events.timestamp[row] // DAY * DAY
         mine = positive & (events.item_id == events.item_id[row]) & (events.timestamp < day)
         assert imp.popularity[i] == mine.sum(), i
+        before = (events.item_id == events.item_id[row]) & (events.timestamp < day)
+        assert imp.seen[i] == before.sum(), i  # any event: zero for an item the bundle lacks
+    assert (imp.seen == 0).any() and (imp.seen > 0).any()
     popular = int(np.argmax(imp.popularity))
     assert imp.popularity[popular] > 0  # the check is not vacuous
     # Flipping every event's feedback on and after the impression's day changes nothing.

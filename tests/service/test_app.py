@@ -64,13 +64,17 @@ def test_score_is_the_dot_product_of_the_bundle_vectors(local: TestClient) -> No
     u = bundle.ranking_part(bundle.user_vectors[5])  # /score answers in the ranking space
     exact = bundle.item_vectors[[3, 0, 77, 12]].astype(np.float64) @ u.astype(np.float64)
     assert out["scores"][:4] == exact.astype(np.float32).tolist()  # the dot product, rounded once
-    assert out["scores"][4:] == [None, None] and out["unknown_item_ids"] == [-1, 10**15]
+    # Items the catalog lacks: the cold item vector's score, and named as unknown.
+    cold = bundle.cold_item_vector
+    assert cold is not None and out["unknown_item_ids"] == [-1, 10**15]
+    cold_score = np.float32(cold.astype(np.float64) @ u.astype(np.float64))
+    assert out["scores"][4:] == [float(cold_score)] * 2
     assert np.array_equal(np.array(out["user_vector"], np.float32), u)
     assert np.array_equal(
         np.array(out["item_vectors"][:4], np.float32), bundle.item_vectors[[3, 0, 77, 12]]
     )
-    assert out["item_vectors"][4:] == [None, None]
-    # The same vectors as base64 float32: bit for bit, unknown items as zero rows.
+    assert np.array_equal(np.array(out["item_vectors"][4:], np.float32), [cold, cold])
+    # The same vectors as base64 float32: bit for bit.
     fast = local.post(
         "/score",
         json={
@@ -84,7 +88,17 @@ def test_score_is_the_dot_product_of_the_bundle_vectors(local: TestClient) -> No
     assert np.array_equal(np.frombuffer(base64.b64decode(fast["user_vector"]), "<f4"), u)
     rows = np.frombuffer(base64.b64decode(fast["item_vectors"]), "<f4").reshape(len(items), -1)
     assert np.array_equal(rows[:4], bundle.item_vectors[[3, 0, 77, 12]])
-    assert not rows[4:].any()
+    assert np.array_equal(rows[4:], [cold, cold])
+
+
+def test_a_user_without_a_vector_is_scored_by_the_item_prior(local: TestClient) -> None:
+    bundle = served(local)
+    stranger = int(bundle.user_ids.max()) + 1
+    items = [int(i) for i in bundle.item_ids[[3, 0, 77]]] + [-1]
+    out = local.post("/score", json={"user_id": stranger, "item_ids": items}).json()
+    assert out["source"] == "popular" and bundle.cold_item_vector is not None
+    prior = np.r_[bundle.item_vectors[[3, 0, 77], -1], bundle.cold_item_vector[-1]]
+    assert out["scores"] == prior.tolist()  # the item vectors' last coordinate: the item prior
 
 
 def test_candidates_are_the_top_k_without_seen_or_excluded_items(local: TestClient) -> None:
