@@ -103,7 +103,8 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
         *options(out=pre, batch_size=args.pretrain_batch_size),
         *options(model=f"hash_rows={args.hash_rows}"),
     )
-    tune = options(init=pre, out=fine, max_steps=args.finetune_steps, batch_size=args.batch_size)
+    steps = args.finetune_steps or (2_400 if args.kuairand else 600)
+    tune = options(init=pre, out=fine, max_steps=steps, batch_size=args.batch_size)
     tune += options(model=f"retrieval_query={args.retrieval_query}")
     tune += [part for setting in args.finetune_set for part in ("--set", setting)]
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
@@ -453,7 +454,12 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="0: --pretrain-steps")
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--pretrain-batch-size", type=int, default=8)
-    parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="fine-tuning steps (0: 600; 2,400 on --kuairand, whose retrieval space needs them)",
+    )
     parser.add_argument("--sample", type=int, default=2_000)
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument(
