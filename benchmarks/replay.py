@@ -441,7 +441,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """The command line, with ``work`` filled in (and created)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=50_000)
@@ -508,6 +509,11 @@ def main() -> None:
     )
     args.work = args.work or ROOT / f"runs/bench/replay{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def main() -> None:
+    args = arguments()
     began = time.perf_counter()
     bundle_path = pipeline(args, args.work)
     results = measure(args, args.work, bundle_path)
