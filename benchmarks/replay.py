@@ -16,6 +16,10 @@ PairAccuracy by the true affinity alone), and the same bundle evaluated offline 
 ``recall.png``. The data and trained stages are cached under ``--work`` and reused whenever they
 are there: the default work directory names the data set and the retrieval query, so another
 setting gets its own.
+
+Training: 2 epochs of pretraining and 2 of fine-tuning in batches of 16 (at full size 4,290
+steps: 0.28 of an epoch, the earlier 600 steps, closed 17% of the MostPop → oracle gap and 2
+epochs 28%); a KuaiRand log is fine-tuned for 2,400 steps.
 """
 
 from __future__ import annotations
@@ -103,8 +107,9 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
         *options(out=pre, batch_size=args.pretrain_batch_size),
         *options(model=f"hash_rows={args.hash_rows}"),
     )
-    steps = args.finetune_steps or (2_400 if args.kuairand else 600)
-    tune = options(init=pre, out=fine, max_steps=steps, batch_size=args.batch_size)
+    steps = args.finetune_steps or (2_400 if args.kuairand else 0)
+    tune = options(init=pre, out=fine, batch_size=args.batch_size)
+    tune += options(max_steps=steps) if steps else options(epochs=args.finetune_epochs)
     tune += options(model=f"retrieval_query={args.retrieval_query}")
     tune += [part for setting in args.finetune_set for part in ("--set", setting)]
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
@@ -459,8 +464,10 @@ def arguments() -> argparse.Namespace:
         "--finetune-steps",
         type=int,
         default=0,
-        help="fine-tuning steps (0: 600; 2,400 on --kuairand, whose retrieval space needs them)",
+        help="fine-tuning steps (0: --finetune-epochs; 2,400 steps on --kuairand, whose "
+        "retrieval space needs many passes over a small log)",
     )
+    parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--sample", type=int, default=2_000)
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument(

@@ -107,10 +107,11 @@ def top_excluding(
 
 def popular_ranking(
     history: Events, window: WindowTargets, k: int, exclude_seen: bool, trend: int = 0
-) -> np.ndarray:
-    """(U, k) MostPop lists: items by positive events before the window (ties: smaller id);
-    with a ``trend`` (seconds), Trending lists: by those in the ``trend`` seconds before the
-    window first (ties: all of them, then the id)."""
+) -> list[np.ndarray]:
+    """Each user's MostPop list of up to ``k`` ids: items by positive events before the window
+    (ties: smaller id); with a ``trend`` (seconds), Trending lists: by those in the ``trend``
+    seconds before the window first (ties: all of them, then the id). With ``exclude_seen`` a
+    list never holds a seen item, so it is shorter when too few others are popular."""
     ids, counts = history.positive_counts(before=window.start)
     recent = np.zeros_like(counts)
     if trend:
@@ -123,7 +124,7 @@ def popular_ranking(
     for seen in window.seen:
         row = head[~np.isin(head, seen)] if exclude_seen else head
         rows.append(row[:k])
-    return np.array(rows) if rows else np.zeros((0, k), np.int64)
+    return rows
 
 
 def oracle_scores(truth: Truth, users: np.ndarray, at: int, weight: float) -> np.ndarray:

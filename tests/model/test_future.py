@@ -185,3 +185,26 @@ def test_unfamiliar_artists_keeps_targets_by_new_artists_and_hides_every_item_of
     unfamiliar = window.unfamiliar_artists(events)
     assert unfamiliar.items[0].tolist() == [30]
     assert unfamiliar.seen[0].tolist() == [10, 11, 12, 20]
+
+
+
+def test_mostpop_lists_never_hold_a_seen_item_even_when_short() -> None:
+    """A user who has seen most of the popular items gets a shorter list, never a seen item."""
+    t0 = 10 * DAY
+    items = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, 4])  # popularity 4, 3, 2, 1
+    events = events_from(
+        user_id=np.arange(len(items)) + 10,
+        item_id=items,
+        timestamp=t0 - 100 + np.arange(len(items)),
+        played_ratio=np.ones(len(items)),
+    )
+    window = WindowTargets(
+        start=t0,
+        users=np.array([1, 2]),
+        items=[np.array([4]), np.array([1])],
+        seen=[np.array([1, 2, 3]), np.array([], np.int64)],
+    )
+    lists = popular_ranking(events, window, 3, exclude_seen=True)
+    assert [row.tolist() for row in lists] == [[4], [1, 2, 3]]
+    every = popular_ranking(events, window, 3, exclude_seen=False)
+    assert [row.tolist() for row in every] == [[1, 2, 3]] * 2
