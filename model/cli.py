@@ -284,7 +284,7 @@ def finetune(
     max_len: MaxLen = 0,
     batch_size: BatchSize = 32,
     max_steps: MaxSteps = 0,
-    epochs: Epochs = 1,
+    epochs: Epochs = 2,
     lr: Lr = FINETUNE_LR,
     test_days: TestDays = 7.0,
     test_fraction: TestFraction = 0.0,

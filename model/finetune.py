@@ -96,6 +96,9 @@ class FinetuneConfig(TrainConfig):
     retrieval_negatives: int = 1024  # uniform negatives beside the in-batch ones
     retrieval_trend: str = "7d"  # the score adds w(user) * log1p(item's positives then); "0": none
     lr: float = FINETUNE_LR
+    # two passes: at full size /score closed 17% of the MostPop -> oracle gap after 0.28 of an
+    # epoch, 25% after 1.1 and 28% after 2; at demo size 2 were best too
+    epochs: int = 2
     table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
     warmup_steps: int = 20
 
