@@ -187,7 +187,6 @@ def test_unfamiliar_artists_keeps_targets_by_new_artists_and_hides_every_item_of
     assert unfamiliar.seen[0].tolist() == [10, 11, 12, 20]
 
 
-
 def test_mostpop_lists_never_hold_a_seen_item_even_when_short() -> None:
     """A user who has seen most of the popular items gets a shorter list, never a seen item."""
     t0 = 10 * DAY
