@@ -77,6 +77,9 @@ class ArgusConfig:
     tower_dim: int = 0  # width of the two-tower vectors u, v (fine-tuning); 0: no towers
     retrieval_dim: int = 0  # width of the retrieval space (fine-tuning); 0: none
     runtime_head: bool = False  # a second user projection, fine-tuned for the runtime lag (0)
+    # the runtime head is the daily head plus its own correction (zero at the start), so it
+    # begins where the daily head is and learns only what a fresh state changes
+    runtime_residual: bool = False
     item_prior: bool = False  # u's last coordinate is 1: v's last is an additive item prior
     taste_shortcut: bool = False  # u and v also carry (a * taste, e_r): a learned scale, no mixing
     tower_taste: bool = True  # the towers read the retrieval space's pooled taste (T_u, T_i)
@@ -395,6 +398,10 @@ class Argus(nn.Module):
             self.runtime_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             if cfg.retrieval_dim and cfg.tower_taste:
                 self.runtime_taste = nn.Linear(cfg.retrieval_dim, cfg.tower_dim, bias=False)
+            if cfg.runtime_residual:
+                for head in (self.runtime_proj, getattr(self, "runtime_taste", None)):
+                    if head is not None:
+                        nn.init.zeros_(head.weight)
 
     @property
     def has_towers(self) -> bool:
@@ -593,9 +600,14 @@ class Argus(nn.Module):
         item vector's last coordinate adds the same prior for every user (popularity and
         quality, learned), apart from the personal part."""
         runtime = runtime and self.has_runtime_head
+        residual = runtime and self.cfg.runtime_residual
         u = (self.runtime_proj if runtime else self.user_proj)(h)
+        if residual:
+            u = u + self.user_proj(h)
         if taste is not None and hasattr(self, "user_taste"):
             u = u + (self.runtime_taste if runtime else self.user_taste)(taste.detach())
+            if residual:
+                u = u + self.user_taste(taste.detach())
         if self.cfg.taste_shortcut:
             if taste is None:
                 raise ValueError("this model's user vector has a taste shortcut: pass the taste")

@@ -67,6 +67,7 @@ class FinetuneConfig(TrainConfig):
         DEFAULT_LAG  # "1d": the daily bundle's state; "0": the runtime encoder's (per session)
     )
     runtime_lag: str = "0"  # a second user head for the service's runtime encoder; "": none
+    runtime_residual: bool = False  # that head is the daily one plus a correction learned from 0
     group: str = "auto"  # "auto" (lag bucket; sessions at lag 0), "lag", "session" or e.g. "6h"
     snapshot_delay: str = "0"  # the daily snapshot is taken this long before the bucket starts
     session_gap: str = DEFAULT_SESSION_GAP  # silence that starts a new session
@@ -203,6 +204,7 @@ class FinetuneConfig(TrainConfig):
             tower_dim=self.tower_dim or base.d_model,
             retrieval_dim=self.retrieval_dim,
             runtime_head=self.runtime_head,
+            runtime_residual=self.runtime_residual and self.runtime_head,
             item_prior=self.item_prior,
             cold_items=self.cold_items,
             taste_shortcut=self.taste_shortcut and self.tower_taste and self.retrieval_dim > 0,
