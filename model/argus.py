@@ -602,12 +602,12 @@ class Argus(nn.Module):
         runtime = runtime and self.has_runtime_head
         residual = runtime and self.cfg.runtime_residual
         u = (self.runtime_proj if runtime else self.user_proj)(h)
-        if residual:
-            u = u + self.user_proj(h)
+        if residual:  # the daily head's weights are read, not trained, by the runtime loss
+            u = u + F.linear(h, self.user_proj.weight.detach())
         if taste is not None and hasattr(self, "user_taste"):
             u = u + (self.runtime_taste if runtime else self.user_taste)(taste.detach())
             if residual:
-                u = u + self.user_taste(taste.detach())
+                u = u + F.linear(taste.detach(), self.user_taste.weight.detach())
         if self.cfg.taste_shortcut:
             if taste is None:
                 raise ValueError("this model's user vector has a taste shortcut: pass the taste")

@@ -67,7 +67,9 @@ class FinetuneConfig(TrainConfig):
         DEFAULT_LAG  # "1d": the daily bundle's state; "0": the runtime encoder's (per session)
     )
     runtime_lag: str = "0"  # a second user head for the service's runtime encoder; "": none
-    runtime_residual: bool = False  # that head is the daily one plus a correction learned from 0
+    # that head is the daily one plus a correction learned from zero (the daily head's weights
+    # read, not trained, by the runtime loss): realtime led stored by +0.0125 on the mood world
+    runtime_residual: bool = True
     group: str = "auto"  # "auto" (lag bucket; sessions at lag 0), "lag", "session" or e.g. "6h"
     snapshot_delay: str = "0"  # the daily snapshot is taken this long before the bucket starts
     session_gap: str = DEFAULT_SESSION_GAP  # silence that starts a new session

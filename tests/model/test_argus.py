@@ -364,7 +364,7 @@ def test_towers_without_the_taste_read_the_state_alone() -> None:
 def test_a_residual_runtime_head_starts_as_the_daily_head_and_then_adds_its_own_part() -> None:
     """With ``runtime_residual`` the runtime user vector is the daily head's plus a correction
     that starts at zero: the same vector at first, and a different one once the correction
-    has learned something."""
+    has learned something. The runtime loss trains the correction, never the daily head."""
     cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=6, runtime_head=True, item_prior=True)
     model = Argus(dataclasses.replace(cfg, runtime_residual=True, tower_taste=True))
     h, taste = torch.randn(4, model.cfg.d_model), torch.randn(4, 6)
@@ -375,5 +375,8 @@ def test_a_residual_runtime_head_starts_as_the_daily_head_and_then_adds_its_own_
         model.runtime_proj.weight.normal_()
         changed = model.user_vector(h, taste, runtime=True) - model.user_vector(h, taste)
         torch.testing.assert_close(changed[:, :-1], model.runtime_proj(h)[:, :-1])
+    model.user_vector(h, taste, runtime=True).sum().backward()  # the runtime loss's path
+    assert model.user_proj.weight.grad is None and model.user_taste.weight.grad is None
+    assert model.runtime_proj.weight.grad is not None
     plain = Argus(cfg)  # without it the runtime head is a head of its own
     assert plain.runtime_proj.weight.abs().sum() > 0
