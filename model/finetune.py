@@ -68,7 +68,7 @@ class FinetuneConfig(TrainConfig):
     )
     runtime_lag: str = "0"  # a second user head for the service's runtime encoder; "": none
     # that head is the daily one plus a correction learned from zero (the daily head's weights
-    # read, not trained, by the runtime loss): realtime led stored by +0.0125 on the mood world
+    # read, not trained, by the runtime loss): realtime led stored by +0.0143 on the mood world
     runtime_residual: bool = True
     group: str = "auto"  # "auto" (lag bucket; sessions at lag 0), "lag", "session" or e.g. "6h"
     snapshot_delay: str = "0"  # the daily snapshot is taken this long before the bucket starts
