@@ -77,8 +77,8 @@ class ArgusConfig:
     tower_dim: int = 0  # width of the two-tower vectors u, v (fine-tuning); 0: no towers
     retrieval_dim: int = 0  # width of the retrieval space (fine-tuning); 0: none
     runtime_head: bool = False  # a second user projection, fine-tuned for the runtime lag (0)
-    # the runtime head is the daily head plus its own correction (zero at the start), so it
-    # begins where the daily head is and learns only what a fresh state changes
+    # the runtime head is the daily head (its weights read, not trained, by the runtime loss)
+    # plus a correction of its own that starts at zero: it begins where the daily head is
     runtime_residual: bool = False
     item_prior: bool = False  # u's last coordinate is 1: v's last is an additive item prior
     taste_shortcut: bool = False  # u and v also carry (a * taste, e_r): a learned scale, no mixing
@@ -593,7 +593,8 @@ class Argus(nn.Module):
     ) -> torch.Tensor:
         """(..., D) states (and (..., R) :meth:`taste` there, for a model with a retrieval
         space) -> (..., ranking_dim) user vectors ``u = P_u h (+ T_u taste)``; ``runtime``:
-        the lag-0 head's (``P_0``, ``T_0``) when the model has one. With ``taste_shortcut``
+        the lag-0 head's (``P_0``, ``T_0``) when the model has one; with ``runtime_residual``
+        that is ``P_u + P_0`` (``P_u`` read, not trained, there). With ``taste_shortcut``
         ``a * taste`` comes first (against the item's ``e_r``: the pooled history's own retrieval
         score, scaled per coordinate by the learned ``a``; a bilinear ``T_u``/``T_i`` pair
         learns it too slowly from scratch). With ``item_prior`` the last coordinate is 1, so the
