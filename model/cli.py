@@ -90,6 +90,9 @@ MaxLen = Annotated[int, typer.Option(help="Events per history chunk; 0 keeps the
 BatchSize = Annotated[int, typer.Option(help="History chunks per step.")]
 MaxSteps = Annotated[int, typer.Option(help="Stop after this many steps (0: use --epochs).")]
 Epochs = Annotated[int, typer.Option(help="Passes over the training data.")]
+MinSteps = Annotated[
+    int, typer.Option(help="With --max-steps 0, train at least this many steps (more epochs).")
+]
 Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).")]
 TestDays = Annotated[
     float, typer.Option(help="Hold out the last N days for `argus evaluate` (0: none).")
@@ -169,6 +172,7 @@ def pretrain(
     batch_size: BatchSize = 32,
     max_steps: MaxSteps = 0,
     epochs: Epochs = 1,
+    min_steps: MinSteps = 0,
     lr: Lr = PRETRAIN_LR,
     test_days: TestDays = 7.0,
     test_fraction: TestFraction = 0.0,
@@ -204,6 +208,7 @@ def pretrain(
         batch_size=batch_size,
         max_steps=max_steps,
         epochs=epochs,
+        min_steps=min_steps,
         lr=lr,
         test_days=test_days,
         test_fraction=test_fraction,
@@ -285,6 +290,7 @@ def finetune(
     batch_size: BatchSize = 32,
     max_steps: MaxSteps = 0,
     epochs: Epochs = 2,
+    min_steps: MinSteps = 600,
     lr: Lr = FINETUNE_LR,
     test_days: TestDays = 7.0,
     test_fraction: TestFraction = 0.0,
@@ -318,6 +324,7 @@ def finetune(
         batch_size=batch_size,
         max_steps=max_steps,
         epochs=epochs,
+        min_steps=min_steps,
         lr=lr,
         test_days=test_days,
         test_fraction=test_fraction,

@@ -102,6 +102,9 @@ class FinetuneConfig(TrainConfig):
     # two passes: at full size /score closed 17% of the MostPop -> oracle gap after 0.28 of an
     # epoch, 25% after 1.1 and 28% after 2; at demo size 2 were best too
     epochs: int = 2
+    # ... and at least 600 steps: on a small log two epochs are a few hundred steps, and a small
+    # world (an epoch of 111 steps) lost a tenth of its recall at 222 against 600
+    min_steps: int = 600
     table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
     warmup_steps: int = 20
 

@@ -37,7 +37,16 @@ FSDP_ABOVE = 500_000_000  # parameters; "auto" shards larger models (argus-1b) o
 # Settings a resumed run may change: the schedule's length, logging, the device, and how the
 # weights were first set (a resumed run loads its own).
 RESUMABLE = frozenset(
-    {"max_steps", "epochs", "log_every", "checkpoint_every", "device", "compile", "warm_items"}
+    {
+        "max_steps",
+        "epochs",
+        "min_steps",
+        "log_every",
+        "checkpoint_every",
+        "device",
+        "compile",
+        "warm_items",
+    }
 )
 
 
@@ -54,6 +63,9 @@ class TrainConfig:
     max_tokens: int = 0  # padded positions per step; 0 means batch_size * max_len
     max_steps: int = 0  # 0: train for `epochs` epochs
     epochs: int = 1
+    # with max_steps 0, at least this many steps: a small log's few epochs are too few steps
+    # (further epochs are drawn as the schedule needs them)
+    min_steps: int = 0
     lr: float = PRETRAIN_LR
     # the hashed item table's own learning rate: a row moves only when a batch holds its item,
     # so at the backbone's rate the rows of rarely seen items hardly leave their random init
@@ -83,6 +95,9 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "min_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("compile", "sparse_embeddings"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ValueError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
@@ -437,7 +452,9 @@ class Trainer:
         if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
             model.compile(dynamic=True)
         k = cfg.accumulate
-        self.total = cfg.max_steps or sum(len(job.epoch_batches(e)) // k for e in range(cfg.epochs))
+        self.total = cfg.max_steps or max(
+            cfg.min_steps, sum(len(job.epoch_batches(e)) // k for e in range(cfg.epochs))
+        )
         self.warmup = min(cfg.warmup_steps, self.total // 10)  # a short run keeps its cosine
         self.window = MetricsWindow()
         self.lr, self.last_loss = cfg.lr, math.nan
@@ -463,7 +480,7 @@ class Trainer:
     @property
     def finished(self) -> bool:
         at = self.position
-        return at.step >= self.total or (self.cfg.max_steps == 0 and at.epoch >= self.cfg.epochs)
+        return at.step >= self.total
 
     def run(self) -> TrainSummary:
         """Train until ``finished`` or a stop request; checkpoint; summarise."""
@@ -474,6 +491,8 @@ class Trainer:
                 batches = self.job.epoch_batches(at.epoch)
                 k = cfg.accumulate
                 usable = len(batches) - len(batches) % k  # whole steps only
+                if usable == 0:  # no whole step in an epoch: more epochs would not add one
+                    break
                 for start in range(at.batch_in_epoch, usable, k):
                     self.step(batches[start : start + k])
                     if at.step % cfg.log_every == 0 or at.step == self.total:

@@ -127,6 +127,20 @@ def test_sasrec_trains_on_positive_events_only(sim_data: Path, tmp_path: Path) -
     assert "like" not in rows[0] and "nip" in rows[0]
 
 
+def test_min_steps_draws_more_epochs_when_the_epochs_are_short(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    settings = {"objective": "sasrec", "max_steps": 0, "epochs": 1, "batch_size": 32}
+    one = pretrain(tiny_config(sim_data, tmp_path / "one", **settings), progress=False)
+    more = tiny_config(sim_data, tmp_path / "more", min_steps=one.steps + 3, **settings)
+    longer = pretrain(more, progress=False)
+    assert longer.steps == one.steps + 3 and longer.events > one.events
+    fewer = tiny_config(sim_data, tmp_path / "fewer", min_steps=1, **settings)
+    assert pretrain(fewer, progress=False).steps == one.steps  # the epochs win when longer
+    with pytest.raises(ValueError, match="min_steps must be >= 0"):
+        tiny_config(sim_data, tmp_path, min_steps=-1)
+
+
 def test_learning_rate_warms_up_then_decays() -> None:
     factors = [lr_factor(step, warmup=10, total=100, min_ratio=0.1) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
