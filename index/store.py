@@ -132,8 +132,11 @@ class LocalStore:
             raise VersionUnavailable(f"the local store holds {self.version}, not {version}")
         ids = as_ids(user_ids)
         rows, found = rows_of(self.user_ids, ids)
-        vectors = np.zeros((len(ids), self.user_vectors.shape[1]), dtype=np.float32)
-        vectors[found] = self.user_vectors[rows[found]]
+        if len(self.user_ids) == 0:
+            return np.zeros((len(ids), self.user_vectors.shape[1]), np.float32), found
+        vectors = self.user_vectors.take(rows, axis=0)  # a copy; every row is in range
+        if not found.all():
+            vectors[~found] = 0.0
         return vectors, found
 
 
@@ -575,6 +578,8 @@ def as_events(events: np.ndarray) -> np.ndarray:
 
 
 def in_time_order(events: np.ndarray, cap: int) -> np.ndarray:
+    if len(events) == 0:
+        return events
     return events[np.argsort(events["timestamp"], kind="stable")][-cap:]
 
 

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 
 from service.deps import is_hot
 from service.docs import add_docs
@@ -29,6 +30,7 @@ from service.metrics import Metrics
 from service.middleware import Guard, HotLane
 from service.replies import validation_error
 from service.resolve import Resolver
+from service.retrieve import Searches
 from service.routers import ROUTERS
 from service.schemas import CandidatesRequest, ScoreRequest
 from service.settings import Settings
@@ -115,6 +117,10 @@ def exact_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     return app.openapi_schema
 
 
+# FastAPI's OpenTelemetry hooks, all off (``ARGUS_OPENTELEMETRY`` turns them on)
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service of one process, configured by ``settings`` (default: the environment)."""
     settings = settings or Settings()
@@ -127,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # added below, with its own assets
         redoc_url=None,
+        telemetry=None if settings.server.opentelemetry else NO_TELEMETRY,
     )
     if docs:
         add_docs(app, settings.server.docs_assets)
@@ -135,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.backend = backend
     app.state.resolver = Resolver(backend, settings.requests, metrics)
+    app.state.searches = Searches(metrics)
     for router in ROUTERS:
         app.include_router(router)
     hot_routes = [

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from service.metrics import Metrics
 from service.replies import answers
 from service.resolve import Resolver
+from service.retrieve import Searches
 from service.settings import Settings
 from service.state import Backend, Served
 
@@ -75,6 +76,7 @@ class Context:
     settings: Settings
     metrics: Metrics
     resolver: Resolver
+    searches: Searches
     served: Served  # the one bundle this request uses from start to end
 
 
@@ -84,7 +86,7 @@ def context(request: Request) -> Context:
     served = state.backend.served
     if served is None:
         raise HTTPException(503, detail=state.backend.not_ready_because())
-    return Context(state.settings, state.metrics, state.resolver, served)
+    return Context(state.settings, state.metrics, state.resolver, state.searches, served)
 
 
 async def whole_body(request: Request) -> bytes:

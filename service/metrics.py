@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -11,6 +13,8 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from service.encoder_cache import CacheReport
 
@@ -19,6 +23,92 @@ disable_created_metrics()
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class LoopBuckets:
+    """One labelled child of a :class:`LoopHistogram`: counts per bucket and their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds, self.counts, self.sum = bounds, [0] * (len(bounds) + 1), 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: "le"
+        self.sum += value
+
+
+class LoopCount:
+    """One labelled child of a :class:`LoopCounter`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class LoopFamily:
+    """Series written by the event loop's thread alone (every request's timings and counts):
+    each child is plain numbers, updated without the lock ``prometheus_client`` takes on every
+    update, and ``/metrics`` reads them through :meth:`collect` as the same series a
+    ``Histogram`` or ``Counter`` would give. A writer on another thread could lose updates."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.children: dict[tuple[str, ...], Any] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.child()
+        return child
+
+    def child(self) -> Any:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+    def describe(self) -> list[Metric]:
+        return []  # the registry then leaves the names unchecked for clashes, as for any collector
+
+
+class LoopHistogram(LoopFamily):
+    def __init__(self, *args: Any, buckets: tuple[float, ...]) -> None:
+        super().__init__(*args)
+        self.bounds = tuple(sorted(float(bound) for bound in buckets))
+
+    def child(self) -> LoopBuckets:
+        return LoopBuckets(self.bounds)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        les = [*map(floatToGoString, self.bounds), "+Inf"]
+        for values, child in list(self.children.items()):
+            counts, total, cumulative = list(child.counts), child.sum, []
+            running = 0
+            for le, count in zip(les, counts, strict=True):
+                running += count
+                cumulative.append((le, float(running)))
+            family.add_metric(list(values), cumulative, total)
+        yield family
+
+
+class LoopCounter(LoopFamily):
+    def child(self) -> LoopCount:
+        return LoopCount()
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self.children.items()):
+            family.add_metric(list(values), child.value)
+        yield family
 
 
 class Metrics:
@@ -34,31 +124,37 @@ class Metrics:
         self._bundle(r)
 
     def _requests(self, r: CollectorRegistry) -> None:
-        self.request_seconds = Histogram(
+        # written on every request, by the event loop's thread: no lock per update
+        self.request_seconds = LoopHistogram(
             "argus_request_duration_seconds",
             "Request latency by endpoint.",
             ["endpoint"],
+            r,
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "argus_requests_total",
             "Requests by endpoint and status code.",
             ["endpoint", "status"],
-            registry=r,
+            r,
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = LoopHistogram(
             "argus_stage_duration_seconds",
             "Latency of one stage of a request.",
             ["stage"],
+            r,
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.vector_source = Counter(
-            "argus_vector_source_total",
-            "User vectors by source.",
-            ["endpoint", "source"],
-            registry=r,
+        self.ann_batch = LoopHistogram(
+            "argus_ann_batch_size",
+            "Queries per hnswlib call: the searches requests started in one turn of the event "
+            "loop (of one size), run together.",
+            [],
+            r,
+            buckets=BATCH_BUCKETS,
+        ).labels()
+        self.vector_source = LoopCounter(
+            "argus_vector_source_total", "User vectors by source.", ["endpoint", "source"], r
         )
 
     def _stores(self, r: CollectorRegistry) -> None:

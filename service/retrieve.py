@@ -1,16 +1,24 @@
 """Candidate retrieval: the best items of the served bundle for a user vector (plain numpy and
 hnswlib, testable without HTTP). The search runs in the retrieval space; every candidate also gets
-its ranking score, the ``/score`` dot product, so a ranker has both features from one call."""
+its ranking score, the ``/score`` dot product, so a ranker has both features from one call.
+
+:class:`Searches` runs the searches that requests start in one turn of the event loop as one
+hnswlib call: the index stays in the CPU's caches from one query to the next, where a search
+between two requests' Python work finds it evicted (in a busy server a lone search took 2.7x
+its time in a tight loop). Each query's answer is the one it gets alone."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from index.bundle import dots
-from index.hnsw import exact_top_k
+from index.hnsw import ItemIndex, exact_top_k
+from service.metrics import Metrics
 from service.state import Served
 
 
@@ -35,10 +43,28 @@ class Found:
         ]
 
 
-def top_k(served: Served, vector: np.ndarray | None, k: int, excluded: np.ndarray) -> Found:
+def first_fetch(n: int, k: int, excluded: np.ndarray) -> int:
+    """How many items the first search fetches: ``k`` plus the excluded ones it may find."""
+    return min(n, k + len(excluded))
+
+
+def searched(n: int, fetch: int) -> bool:
+    """Whether ``fetch`` items are looked for in the index (else by an exact pass: most of the
+    catalog, where exact search is as cheap and never comes up short)."""
+    return 2 * fetch <= n
+
+
+def top_k(
+    served: Served,
+    vector: np.ndarray | None,
+    k: int,
+    excluded: np.ndarray,
+    first: np.ndarray | None = None,
+) -> Found:
     """The ``k`` best items for the user ``vector`` ([ranking | retrieval], or None: the popular
     ones) that are not in ``excluded`` (catalog item ids); fetches more and retries until it has
-    ``k`` or the whole catalog was searched."""
+    ``k`` or the whole catalog was searched. ``first``: the rows of the first search, when
+    :class:`Searches` ran it."""
     bundle = served.bundle
     n = len(bundle.item_ids)
     if vector is None:
@@ -48,10 +74,12 @@ def top_k(served: Served, vector: np.ndarray | None, k: int, excluded: np.ndarra
         return Found(popular[:k], None, None)
     assert bundle.index is not None
     query, items = bundle.retrieval_part(vector), bundle.retrieval_item_vectors
-    fetch = min(n, k + len(excluded))
+    fetch = first_fetch(n, k, excluded)
     while True:
-        if 2 * fetch > n:  # most of the catalog: exact search is as cheap and never comes up short
+        if not searched(n, fetch):
             rows = exact_top_k(query[None, :], items, min(n, k + len(excluded)))[0]
+        elif first is not None:
+            rows, first = first, None
         else:
             rows = bundle.index.search(query[None, :], fetch)[0][0].astype(np.int64)
         ids = bundle.item_ids[rows]
@@ -66,3 +94,59 @@ def top_k(served: Served, vector: np.ndarray | None, k: int, excluded: np.ndarra
             ranking = dots(bundle.item_vectors[rows], bundle.ranking_part(vector))
             return Found(ids[order], scores[order], ranking)
         fetch = min(n, 2 * fetch)
+
+
+class Searches:
+    """The first searches that requests start in one turn of the event loop, run as one hnswlib
+    call per index and size (a query's result depends on its ``k``, which sets hnswlib's
+    ``ef`` floor, so only equal sizes share a call: each answer is the one it gets alone). The
+    call runs at the end of the turn, after every request that was ready; a lone request waits
+    no longer than that. Used from the event loop's thread only."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.pending: dict[tuple[ItemIndex, int], list[tuple[np.ndarray, asyncio.Future[Any]]]]
+        self.pending = {}
+
+    async def top_k(
+        self, served: Served, vector: np.ndarray | None, k: int, excluded: np.ndarray
+    ) -> Found:
+        """:func:`top_k`, its first search run with the others of this turn."""
+        bundle = served.bundle
+        fetch = first_fetch(len(bundle.item_ids), k, excluded)
+        first = None
+        if (
+            vector is not None
+            and bundle.index is not None
+            and searched(len(bundle.item_ids), fetch)
+        ):
+            first = await self.search(bundle.index, bundle.retrieval_part(vector), fetch)
+        return top_k(served, vector, k, excluded, first)
+
+    def search(self, index: ItemIndex, query: np.ndarray, fetch: int) -> asyncio.Future[Any]:
+        """The rows (int64) of the ``fetch`` items nearest ``query``, when the turn's call ran."""
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            loop.call_soon(self.run)
+        future = loop.create_future()
+        self.pending.setdefault((index, fetch), []).append((query, future))
+        return future
+
+    def run(self) -> None:
+        pending, self.pending = self.pending, {}
+        for (index, fetch), waiting in pending.items():
+            self.metrics.ann_batch.observe(len(waiting))
+            began = time.perf_counter()
+            try:
+                labels, _ = index.search(np.stack([query for query, _ in waiting]), fetch)
+            except Exception as error:  # each request answers it as a search of its own would
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            finally:
+                self.metrics.stage("search").observe(time.perf_counter() - began)
+            rows = labels.astype(np.int64)
+            for (_, future), row in zip(waiting, rows, strict=True):
+                if not future.done():  # a request cancelled meanwhile has no one to tell
+                    future.set_result(row)

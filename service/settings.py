@@ -72,6 +72,9 @@ class ServerSettings(BaseSettings):
     # Swagger UI's files for /docs (`argus docs-assets` fetches them); unset: the cache's copy,
     # else a CDN (service.docs)
     docs_assets: Path | None = None
+    # FastAPI's native OpenTelemetry (a span and metrics per request, to the providers the
+    # process configures); off, each request skips even the check for providers (3 µs)
+    opentelemetry: bool = False
 
 
 class RequestSettings(BaseSettings):

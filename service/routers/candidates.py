@@ -49,11 +49,14 @@ async def candidates(request: Request) -> Response:
     served = ctx.served
     user = await ctx.resolver.user_of(served, body, "/candidates")
     excluded = excluded_items(served.bundle, body, user.history)
-    found = await ctx.resolver.stage(
-        "ann",
-        lambda: top_k(served, user.vector, body.k, excluded),
-        offload=ctx.settings.requests.ann_offload,
-    )
+    if ctx.settings.requests.ann_offload:  # each search in a worker thread: several cores
+        found = await ctx.resolver.stage(
+            "ann", lambda: top_k(served, user.vector, body.k, excluded), offload=True
+        )
+    else:  # with the other searches of this turn of the loop
+        found = await ctx.resolver.timed_await(
+            "ann", ctx.searches.top_k(served, user.vector, body.k, excluded)
+        )
     serialize = time.perf_counter()
     response = json_response(
         {

@@ -67,6 +67,12 @@ def test_local_store_reads_the_bundle_and_refuses_other_versions(bundle_dir: Pat
         store.get("20990101T0000Z-000000", [1])
 
 
+def test_a_local_store_without_users_finds_no_one() -> None:
+    store = LocalStore("v", np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+    vectors, found = store.get("v", [3, 4])
+    assert vectors.shape == (2, 4) and not vectors.any() and not found.any()
+
+
 @pytest.mark.parametrize("layout", ["plain", "hash"])
 def test_a_published_version_reads_back_vector_for_vector(
     bundle_dir: Path, redis_target: RedisTarget, layout: str

@@ -924,3 +924,12 @@ def test_the_hot_lane_answers_as_the_router_would(local: TestClient) -> None:
     assert local.get("/candidates").status_code == 405  # another method: the router's answer
     slash = local.post("/score/", json={"user_id": user, "item_ids": [1]}, follow_redirects=False)
     assert slash.status_code == 307 and slash.headers["location"].endswith("/score")
+
+
+def test_fastapis_opentelemetry_hooks_are_off_unless_asked(bundles: Path) -> None:
+    store = StoreSettings(bundles=bundles)
+    off = create_app(Settings(store=store))
+    on = create_app(Settings(store=store, server=ServerSettings(opentelemetry=True)))
+    hooks = ("tracing", "metrics", "logs")
+    assert not any(off._telemetry[hook] for hook in hooks)  # type: ignore[literal-required]
+    assert all(on._telemetry[hook] for hook in hooks)  # type: ignore[literal-required]

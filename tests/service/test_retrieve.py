@@ -1,0 +1,53 @@
+import asyncio
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from service.metrics import Metrics
+from service.retrieve import Found, Searches, top_k
+from service.state import Served
+
+
+def same(a: Found, b: Found) -> bool:
+    arrays = [(a.item_ids, b.item_ids), (a.scores, b.scores), (a.ranking, b.ranking)]
+    return all(np.array_equal(x, y) for x, y in arrays)  # type: ignore[arg-type]
+
+
+def test_searches_of_one_turn_share_calls_and_answer_as_alone(local: TestClient) -> None:
+    served: Served = local.app.state.backend.served  # type: ignore[attr-defined]
+    bundle = served.bundle
+    n = len(bundle.item_ids)
+    rng = np.random.default_rng(0)
+    asks = []
+    for row in range(24):  # three sizes of search, some with exclusions, and no vector
+        k = (3, 5, 5, 8)[row % 4]
+        excluded = np.sort(rng.choice(bundle.item_ids, row % 3, replace=False))
+        vector = None if row == 7 else bundle.user_vectors[row % len(bundle.user_vectors)]
+        asks.append((vector, k, excluded))
+    assert n >= 2 * (8 + 2)  # every vector's first search is in the index
+
+    metrics = Metrics()
+    searches = Searches(metrics)
+
+    async def together() -> list[Found]:
+        return await asyncio.gather(*(searches.top_k(served, *ask) for ask in asks))
+
+    found = asyncio.run(together())
+    for answer, (vector, k, excluded) in zip(found, asks, strict=True):
+        assert same(answer, top_k(served, vector, k, excluded))  # item for item, score for score
+        assert len(answer.item_ids) == k and not np.isin(answer.item_ids, excluded).any()
+    read = metrics.registry.get_sample_value
+    assert read("argus_ann_batch_size_sum") == 23  # every query with a vector ...
+    calls = read("argus_ann_batch_size_count")
+    assert calls is not None and calls < 23  # ... in fewer calls: one per size and turn
+    assert read("argus_stage_duration_seconds_count", {"stage": "search"}) == calls
+
+
+def test_a_lone_search_is_one_call_of_one(local: TestClient) -> None:
+    served: Served = local.app.state.backend.served  # type: ignore[attr-defined]
+    metrics = Metrics()
+    searches = Searches(metrics)
+    vector, none = served.bundle.user_vectors[0], np.zeros(0, np.int64)
+    answer = asyncio.run(searches.top_k(served, vector, 4, none))
+    assert same(answer, top_k(served, vector, 4, none))
+    assert metrics.registry.get_sample_value("argus_ann_batch_size_bucket", {"le": "1.0"}) == 1
