@@ -147,7 +147,7 @@ class Metrics:
         )
         self.ann_batch = LoopHistogram(
             "argus_ann_batch_size",
-            "Queries per hnswlib call: the searches requests started in one turn of the event "
+            "Queries per hnswlib call: the searches requests started in two turns of the event "
             "loop (of one size), run together.",
             [],
             r,
