@@ -464,8 +464,9 @@ def arguments() -> argparse.Namespace:
         "--finetune-steps",
         type=int,
         default=0,
-        help="fine-tuning steps (0: --finetune-epochs; 2,400 steps on --kuairand, whose "
-        "retrieval space needs many passes over a small log)",
+        help="fine-tuning steps (0: --finetune-epochs, but at least 600 steps, `argus "
+        "finetune`'s floor; 2,400 steps on --kuairand, whose retrieval space needs many passes "
+        "over a small log)",
     )
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--sample", type=int, default=2_000)
