@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=600,
+        help="fine-tuning steps; 0: `argus finetune`'s default, 2 epochs but at least 600 steps",
+    )
     parser.add_argument("--sample", type=int, default=1_000)
     parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/widths")
     args = parser.parse_args(argv)
