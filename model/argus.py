@@ -41,6 +41,7 @@ PARTS: dict[str, tuple[str, ...]] = {
         "user_proj",
         "item_mlp",
         "item_popularity",
+        "item_negatives",
         "user_taste",
         "item_taste",
         "runtime_proj",
@@ -96,9 +97,17 @@ class ArgusConfig:
     fusion: str = "balanced"
     fp_dot: bool = True  # the FP head adds <W_k h, e_item> per output to its MLP's logits
     nip_cosine: bool = True  # NIP scores cos(q, e_item) / T (both L2-normalised), not <q, e> / T
-    # the item tower reads one learned embedding for an item with no event before the day (the
-    # service then scores items its catalog lacks, as fine-tuning scored them); off: no such row
+    # an item with no event before the day is scored by one learned prior (and its counts),
+    # with no personal part (the service then scores items its catalog lacks, as fine-tuning
+    # scored them); off: such items have no score
     cold_items: bool = False
+    # the item tower also reads log1p of the item's events before the day that were not
+    # positive (hates, skips): a record of how often it disappointed, beside its positives
+    item_negatives: bool = False
+    # with cold_items: an item is scored from its own embedding once it has this many events
+    # before the day; below that, as a cold item with its counts (an embedding trained on one
+    # or two events is noise, and the counts are what is known of the item)
+    item_min_events: int = 1
 
     def __post_init__(self) -> None:
         if self.objective not in ("argus", "sasrec"):
@@ -120,6 +129,13 @@ class ArgusConfig:
                 "retrieval_query='nip' needs the argus objective (its query reads the next "
                 f"event's context) and nip_gap >= 0, got {self.objective!r}, {self.nip_gap}"
             )
+        if self.cold_items and not (self.tower_dim and self.item_prior):
+            raise ValueError(
+                "cold_items needs the towers and item_prior (the cold level is a prior), got "
+                f"tower_dim={self.tower_dim}, item_prior={self.item_prior}"
+            )
+        if self.item_min_events < 1:
+            raise ValueError(f"item_min_events must be >= 1, got {self.item_min_events}")
         if self.fusion not in ("balanced", "concat"):
             raise ValueError(f"fusion must be 'balanced' or 'concat', got {self.fusion!r}")
         if self.retrieval_trend < 0 or (self.retrieval_trend and not self.retrieval_dim):
@@ -376,8 +392,10 @@ class Argus(nn.Module):
             self.user_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             self.item_mlp = _mlp(e, d, cfg.tower_dim)
             self.item_popularity = nn.Linear(1, cfg.tower_dim, bias=False)  # of log1p(positives)
-            if cfg.cold_items:  # e_item of any item the catalog has not seen yet
-                self.cold_item = nn.Parameter(torch.zeros(e))
+            if cfg.item_negatives:  # of log1p(events that were not positive)
+                self.item_negatives = nn.Linear(1, cfg.tower_dim, bias=False)
+            if cfg.cold_items:  # the prior of any item the catalog has not seen yet
+                self.cold_item = nn.Parameter(torch.zeros(1))
         if cfg.retrieval_dim:  # the retrieval space: its own item table, a pooled-history query
             r = cfg.retrieval_dim
             self.retrieval_item = HashedEmbedding(
@@ -623,19 +641,24 @@ class Argus(nn.Module):
         artist_id: torch.Tensor | None = None,
         log_popularity: torch.Tensor | None = None,
         cold: torch.Tensor | None = None,
+        log_negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(...) ids (their artists, log1p of their positive events) -> (..., ranking_dim) item
-        vectors ``v = MLP(e_item) + p log_popularity (+ T_i e_r)`` (after ``e_r`` with
-        ``taste_shortcut``); score = <u, v>. ``cold``: a (...) bool mask of items with no event
-        yet, which read the learned cold embedding instead of their own (and no ``e_r``), when
-        the model has one."""
-        e_item = self.item_embedding(item_id, artist_id)
+        vectors ``v = MLP(e_item) + p log_popularity (+ n log_negatives) (+ T_i e_r)`` (after
+        ``e_r`` with ``taste_shortcut``); score = <u, v>. ``cold``: a (...) bool mask of items
+        with no event yet (:meth:`is_cold`), whose ``MLP(e_item)`` and ``e_r`` give way to the
+        learned cold prior alone, when the model has one: nothing personal is known of such an
+        item, only its counts. ``log_negatives``: log1p of the items' events that were not
+        positive, read when the model has ``item_negatives``."""
+        v = self.item_mlp(self.item_embedding(item_id, artist_id))
         cold = cold if cold is not None and hasattr(self, "cold_item") else None
-        if cold is not None:
-            e_item = torch.where(cold.unsqueeze(-1), self.cold_item.to(e_item.dtype), e_item)
-        v = self.item_mlp(e_item)
+        if cold is not None:  # no personal part: the learned cold prior in the last coordinate
+            level = F.pad(self.cold_item.to(v.dtype), (v.shape[-1] - 1, 0))
+            v = torch.where(cold.unsqueeze(-1), level, v)
         if log_popularity is not None:
             v = v + self.item_popularity(log_popularity.unsqueeze(-1))
+        if log_negatives is not None and hasattr(self, "item_negatives"):
+            v = v + self.item_negatives(log_negatives.unsqueeze(-1))
         if hasattr(self, "item_taste"):
             e_r = self.retrieval_item(item_id).detach()
             if cold is not None:
@@ -644,6 +667,11 @@ class Argus(nn.Module):
             if self.cfg.taste_shortcut:
                 v = torch.cat([e_r, v], dim=-1)
         return v
+
+    def is_cold(self, events: torch.Tensor) -> torch.Tensor:
+        """(...) bool: items with these numbers of events before the day that are scored from
+        the cold embedding (fewer than ``item_min_events``)."""
+        return events < self.cfg.item_min_events
 
     def cold_item_vector(self) -> torch.Tensor | None:
         """(ranking_dim,) the item vector of an item with no event (what the service scores an
@@ -654,7 +682,7 @@ class Argus(nn.Module):
         none = torch.zeros(1, dtype=torch.int64, device=device)
         zero = torch.zeros(1, device=device)
         cold = torch.ones(1, dtype=torch.bool, device=device)
-        return self.item_vector(none, none - 1, zero, cold=cold).squeeze(0)
+        return self.item_vector(none, none - 1, zero, cold=cold, log_negatives=zero).squeeze(0)
 
     @property
     def has_retrieval(self) -> bool:

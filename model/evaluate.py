@@ -385,9 +385,10 @@ def impression_scores(
     at = torch.from_numpy(np.searchsorted(needed, impressions.state)).to(device)
     tastes = taste[at] if model.has_retrieval else None
     log_popularity = popularity.log_counts(item) if popularity is not None else None
-    cold = popularity.cold(item) if popularity is not None else None
+    cold = popularity.cold(item, model) if popularity is not None else None
+    negatives = popularity.log_negatives(item) if popularity is not None else None
     scores = tower_scores(
-        model, h[at], item, artist, tastes, log_popularity, runtime=runtime, cold=cold
+        model, h[at], item, artist, tastes, log_popularity, runtime, cold, negatives
     )
     return scores.cpu().numpy()
 

@@ -79,9 +79,14 @@ class FinetuneConfig(TrainConfig):
     tower_dim: int = 0  # width of u and v; 0: the model's d_model
     tower_lr: float = 3e-3  # the towers' own learning rate (they start from scratch); 0: lr
     item_prior: bool = True  # u's last coordinate is 1: v's last one is a non-personal prior
-    # a learned item embedding for items with no event before the day, which the service then
-    # scores items its catalog lacks with (off: they get no score; on KuaiRand it cost 0.009)
+    # a learned prior for items with no event before the day, which the service then scores
+    # items its catalog lacks with (off: they get no score)
     cold_items: bool = False
+    # the item tower also reads log1p of the item's events that were not positive
+    item_negatives: bool = False
+    # with cold_items: items with fewer events before the day are scored from the cold
+    # embedding and their counts, not their own embedding
+    item_min_events: int = 1
     taste_shortcut: bool = True  # u, v also carry (a * taste, e_r): the taste's score, scaled
     # the towers read the pooled taste at all (off, the default: they read the state alone, and
     # the personal part of the score is the transformer's; with it they ignore the state)
@@ -212,6 +217,8 @@ class FinetuneConfig(TrainConfig):
             runtime_residual=self.runtime_residual and self.runtime_head,
             item_prior=self.item_prior,
             cold_items=self.cold_items,
+            item_negatives=self.item_negatives,
+            item_min_events=self.item_min_events,
             taste_shortcut=self.taste_shortcut and self.tower_taste and self.retrieval_dim > 0,
             tower_taste=self.tower_taste,
             retrieval_trend=self.seconds.retrieval_trend if self.retrieval_dim else 0,

@@ -207,9 +207,14 @@ def item_vectors(
         part = slice(begin, begin + batch_size)
         item = torch.from_numpy(ids[part]).to(device)
         artist = torch.from_numpy(artists[part]).to(device)
-        ranking[part] = (
-            model.item_vector(item, artist, popularity.log_counts(item)).float().cpu().numpy()
+        v = model.item_vector(
+            item,
+            artist,
+            popularity.log_counts(item),
+            popularity.cold(item, model),
+            popularity.log_negatives(item),
         )
+        ranking[part] = v.float().cpu().numpy()
         if nip_retrieval(model):
             retrieval[part] = model.output_embedding(item).float().cpu().numpy()
         elif model.has_retrieval:
@@ -231,11 +236,13 @@ def tower_scores(
     log_popularity: torch.Tensor | None = None,
     runtime: torch.Tensor | bool = False,
     cold: torch.Tensor | None = None,
+    log_negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``;
     ``runtime``: the lag-0 user head's, for all or (an (M,) bool mask) some impressions;
-    ``cold``: (M,) bool, the items with no event yet (:meth:`Argus.item_vector`)."""
-    v = model.item_vector(item_id, artist_id, log_popularity, cold)
+    ``cold`` and ``log_negatives``: (M,) the items with no event yet and log1p of their events
+    that were not positive (:meth:`Argus.item_vector`)."""
+    v = model.item_vector(item_id, artist_id, log_popularity, cold, log_negatives)
     if isinstance(runtime, torch.Tensor):
         u = torch.where(
             runtime[:, None],
@@ -250,35 +257,51 @@ def tower_scores(
 @dataclass(frozen=True)
 class ItemPopularity:
     """log1p(positive events) of each item of a training set: the ranking towers' popularity
-    input (0 for an item it never saw); and which items it has any event of (the catalog a
-    bundle exported from it holds: the rest are cold)."""
+    input (0 for an item it never saw); which items it has any event of (the catalog a bundle
+    exported from it holds: the rest are cold), and how many of those were not positive."""
 
     ids: torch.Tensor  # (C,) sorted
     counts: torch.Tensor  # (C,) float32
     catalog: torch.Tensor  # (K,) sorted ids of every item with an event
+    seen: torch.Tensor  # (K,) float32 events of each catalog item
+    negatives: torch.Tensor  # (K,) float32 of them, those that were not positive
 
     @classmethod
     def of(cls, events: Events, device: str | torch.device = "cpu") -> ItemPopularity:
         ids, counts = events.positive_counts()
+        catalog, seen = np.unique(events.item_id, return_counts=True)
+        positives = np.zeros(len(catalog), np.int64)
+        positives[np.searchsorted(catalog, ids)] = counts
         return cls(
             torch.from_numpy(ids).to(device),
             torch.from_numpy(counts).float().to(device),
-            torch.from_numpy(np.unique(events.item_id)).to(device),
+            torch.from_numpy(catalog).to(device),
+            torch.from_numpy(seen).float().to(device),
+            torch.from_numpy(seen - positives).float().to(device),
         )
 
-    def cold(self, item_id: torch.Tensor) -> torch.Tensor:
-        """(...) bool: the items with no event in the training set."""
-        if len(self.catalog) == 0:
-            return torch.ones(item_id.shape, dtype=torch.bool, device=item_id.device)
-        where = torch.searchsorted(self.catalog, item_id).clamp(max=len(self.catalog) - 1)
-        return self.catalog[where] != item_id
+    def cold(self, item_id: torch.Tensor, model: Argus | None = None) -> torch.Tensor:
+        """(...) bool: the items with no event in the training set (``model``: those it scores
+        from the cold embedding, :meth:`Argus.is_cold`)."""
+        seen = _lookup(self.catalog, self.seen, item_id)
+        return model.is_cold(seen) if model is not None else seen == 0
 
     def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:
-        if len(self.ids) == 0:
-            return torch.zeros(item_id.shape, device=item_id.device)
-        where = torch.searchsorted(self.ids, item_id).clamp(max=len(self.ids) - 1)
-        found = self.ids[where] == item_id
-        return torch.log1p(torch.where(found, self.counts[where], 0.0))
+        """(...) log1p of the items' positive events (0 for an item never seen)."""
+        return torch.log1p(_lookup(self.ids, self.counts, item_id))
+
+    def log_negatives(self, item_id: torch.Tensor) -> torch.Tensor:
+        """(...) log1p of the items' events that were not positive (0 for an item never seen)."""
+        return torch.log1p(_lookup(self.catalog, self.negatives, item_id))
+
+
+def _lookup(ids: torch.Tensor, counts: torch.Tensor, item_id: torch.Tensor) -> torch.Tensor:
+    """(...) ``counts`` at each of ``item_id`` in the sorted ``ids`` (0 where absent)."""
+    if len(ids) == 0:
+        return torch.zeros(item_id.shape, device=item_id.device)
+    where = torch.searchsorted(ids, item_id).clamp(max=len(ids) - 1)
+    found = ids[where] == item_id
+    return torch.where(found, counts[where], 0.0)
 
 
 def trend_counts(events: Events, item_id: np.ndarray, window: int) -> np.ndarray:

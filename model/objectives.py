@@ -111,7 +111,8 @@ class ImpressionBatch:
     group: np.ndarray  # (M,) group id, unique within the batch (a group never spans two chunks)
     runtime: np.ndarray  # (M,) bool: scored by the runtime (lag-0) user head
     log_popularity: np.ndarray  # (M,) float32 log1p(Impressions.popularity)
-    cold: np.ndarray  # (M,) bool: the item had no event before the impression's day
+    seen: np.ndarray  # (M,) the item's events before the impression's day (0: cold)
+    log_negatives: np.ndarray  # (M,) float32 log1p of its events then that were not positive
     hi: np.ndarray  # (P,) index of the better impression of each pair
     lo: np.ndarray  # (P,)
     weight: np.ndarray  # (P,) float32
@@ -158,7 +159,8 @@ def sample_batch(
         group=group,
         runtime=imp.head == 1,
         log_popularity=np.log1p(imp.popularity).astype(np.float32),
-        cold=imp.seen == 0,
+        seen=imp.seen,
+        log_negatives=np.log1p(imp.seen - imp.popularity).astype(np.float32),
         hi=hi,
         lo=lo,
         weight=weight.astype(np.float32),
@@ -203,7 +205,8 @@ class PairwiseObjective(nn.Module):
             taste,
             imp["log_popularity"],
             imp["runtime"],
-            imp["cold"],
+            self.model.is_cold(imp["seen"]),
+            imp["log_negatives"],
         )
         pairwise = pairwise_loss(scores, imp["hi"], imp["lo"], imp["weight"])
         with torch.no_grad():
@@ -285,7 +288,8 @@ def impression_level_backward(
             taste,
             tensors["log_popularity"][mine],
             tensors["runtime"][mine],
-            tensors["cold"][mine],
+            model.is_cold(tensors["seen"][mine]),
+            tensors["log_negatives"][mine],
         )
         pairs = np.flatnonzero(local[pair_group] >= 0)
         hi = torch.from_numpy(where[imp.hi[pairs]]).to(device)

@@ -89,7 +89,7 @@ def sim_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_finetune(data: Path, out: Path, *model: str) -> Path:
     """A seconds-long fine-tuning run of the tiny preset from scratch (``model``: further
     ``ArgusConfig`` overrides), holding out the last 3 days, with the cold item embedding (so
-    the service's tests score unknown items): ``out``."""
+    the service's tests score unknown items) and the items' negative counts: ``out``."""
     from model.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(
@@ -102,6 +102,7 @@ def tiny_finetune(data: Path, out: Path, *model: str) -> Path:
         max_steps=3,
         tower_dim=24,
         cold_items=True,
+        item_negatives=True,
     )
     finetune(cfg, progress=False)
     return out

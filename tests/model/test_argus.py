@@ -10,6 +10,8 @@ import torch
 
 from model.argus import Argus, ArgusConfig, count_embedding_parameters, count_parameters, preset
 from model.data.batching import chunk_spans, make_batch
+from model.data.events import Events
+from model.inference import ItemPopularity
 from model.losses import ItemFrequencies, feedback_losses, pretraining_loss, sampled_softmax_loss
 from tests.model.data.helpers import make_events
 
@@ -233,10 +235,11 @@ def test_the_item_prior_is_the_same_for_every_user() -> None:
     assert not torch.equal(plain.user_vector(h, taste)[:, -1], torch.ones(5))
 
 
-def test_a_cold_item_reads_the_cold_embedding_whatever_its_id() -> None:
-    """An item with no event yet (``cold``) is scored through the learned cold embedding, with
-    no artist and no retrieval embedding: every cold item gets one vector, the one the service
-    scores unknown items with; the others keep their own."""
+def test_a_cold_item_gets_the_cold_prior_and_nothing_personal_whatever_its_id() -> None:
+    """An item with no event yet (``cold``) is scored by the learned cold prior alone, with no
+    embedding, artist or retrieval embedding: every cold item gets one vector, zero but its
+    prior coordinate, the one the service scores unknown items with; the others keep their
+    own. ``cold_items`` needs ``item_prior``."""
     cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=6, item_prior=True, cold_items=True)
     model = Argus(cfg)
     with torch.no_grad():
@@ -253,7 +256,78 @@ def test_a_cold_item_reads_the_cold_embedding_whatever_its_id() -> None:
     torch.testing.assert_close(v[1], alone)
     torch.testing.assert_close(v[2:], warm[2:])
     assert not torch.allclose(v[0], warm[0])
+    assert torch.count_nonzero(alone[:-1]) == 0 and alone[-1] == model.cold_item[0]
     assert Argus(preset("argus-tiny", tower_dim=8)).cold_item_vector() is None
+    with pytest.raises(ValueError, match="item_prior"):
+        preset("argus-tiny", tower_dim=8, cold_items=True)
+
+
+def test_the_item_tower_reads_how_often_an_item_was_not_positive() -> None:
+    """With ``item_negatives`` an item's vector moves with log1p of its events that were not
+    positive (and only then), and :class:`ItemPopularity` counts them per item: every event of
+    the item but its positives, 0 for an item it never saw."""
+    events = Events.from_arrays(
+        user_id=np.array([1, 1, 2, 2]),
+        item_id=np.array([5, 5, 5, 9]),
+        timestamp=np.array([10, 11, 12, 13]),
+        source=np.ones(4, np.int64),
+        artist_id=np.full(4, -1),
+        played_ratio=np.full(4, np.nan),
+        liked=np.array([True, False, False, True]),
+        disliked=np.array([False, True, True, False]),
+    )
+    popularity = ItemPopularity.of(events)
+    item = torch.tensor([5, 9, 4])
+    torch.testing.assert_close(popularity.log_counts(item), torch.log1p(torch.tensor([1.0, 1, 0])))
+    torch.testing.assert_close(
+        popularity.log_negatives(item), torch.log1p(torch.tensor([2.0, 0, 0]))
+    )
+    cfg = preset("argus-tiny", tower_dim=8, item_prior=True, item_negatives=True)
+    model = Argus(cfg)
+    artist, positives = torch.tensor([1, 1, 1]), torch.zeros(3)
+    with torch.no_grad():
+        none = model.item_vector(item, artist, positives, log_negatives=torch.zeros(3))
+        some = model.item_vector(item, artist, positives, log_negatives=torch.ones(3))
+        plain = Argus(preset("argus-tiny", tower_dim=8, item_prior=True))
+        plain.load_state_dict(model.state_dict(), strict=False)
+        ignored = plain.item_vector(item, artist, positives, log_negatives=torch.ones(3))
+    torch.testing.assert_close(some - none, model.item_negatives.weight[:, 0].expand(3, 8))
+    assert model.item_negatives.weight.abs().sum() > 0
+    torch.testing.assert_close(ignored, none)
+
+
+def test_items_with_too_few_events_are_scored_from_their_record() -> None:
+    """With ``item_min_events`` an item seen fewer times is scored as an item never seen is,
+    by the cold prior, but keeps its own counts: its vector is the record's, not its
+    embedding's."""
+    events = Events.from_arrays(
+        user_id=np.array([1, 1, 2]),
+        item_id=np.array([5, 5, 9]),
+        timestamp=np.array([10, 11, 12]),
+        source=np.ones(3, np.int64),
+        artist_id=np.full(3, -1),
+        played_ratio=np.full(3, np.nan),
+        liked=np.array([True, False, True]),
+        disliked=np.array([False, True, False]),
+    )
+    popularity = ItemPopularity.of(events)
+    cfg = preset("argus-tiny", tower_dim=8, item_prior=True, cold_items=True, item_negatives=True)
+    model = Argus(dataclasses.replace(cfg, item_min_events=2))
+    item = torch.tensor([5, 9, 4])
+    assert popularity.cold(item).tolist() == [False, False, True]
+    assert popularity.cold(item, Argus(cfg)).tolist() == [False, False, True]
+    assert popularity.cold(item, model).tolist() == [False, True, True]
+    with torch.no_grad():
+        model.cold_item.normal_()
+        counts = popularity.log_counts(item), popularity.log_negatives(item)
+        v = model.item_vector(item, torch.full((3,), -1), counts[0], popularity.cold(item, model))
+        alone = model.cold_item_vector()
+    assert alone is not None
+    torch.testing.assert_close(v[2], alone)
+    record = model.item_popularity.weight[:, 0] * math.log(2)  # one positive, no negative
+    torch.testing.assert_close(v[1], alone + record)
+    with pytest.raises(ValueError, match="item_min_events"):
+        dataclasses.replace(cfg, item_min_events=0)
 
 
 def test_the_taste_shortcut_adds_the_taste_s_retrieval_score_scaled_per_coordinate() -> None:

@@ -133,11 +133,14 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
         (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
         assert np.abs(onnx_out[0] - runtime).max() < 1e-4
     ids, first = np.unique(events.item_id, return_index=True)
-    with torch.no_grad():  # popularity: the exported events' positives
+    with torch.no_grad():  # the exported events' positives and other events of each item
         item = torch.from_numpy(ids)
-        popular = ItemPopularity.of(events).log_counts(item)
+        record = ItemPopularity.of(events)
+        popular, negatives = record.log_counts(item), record.log_negatives(item)
         artist = torch.from_numpy(events.artist_id[first])
-        expected = model.item_vector(item, artist, popular).numpy()
+        expected = model.item_vector(item, artist, popular, log_negatives=negatives).numpy()
+        assert model.cfg.item_negatives
+        assert not np.allclose(expected, model.item_vector(item, artist, popular).numpy())
     np.testing.assert_allclose(load["item_vectors"], expected, rtol=0, atol=1e-6)
     with torch.no_grad():
         retrieval = model.retrieval_items(torch.from_numpy(ids)).numpy()
