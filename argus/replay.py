@@ -160,6 +160,31 @@ class Pairs:
         scores = np.nan_to_num(scores, nan=-np.inf)
         return pair_accuracy(scores, self.hi[keep], self.lo[keep], self.weight[keep])
 
+    def by_catalog(
+        self, known: np.ndarray, scores: dict[str, np.ndarray]
+    ) -> dict[str, dict[str, float]]:
+        """PairAccuracy of each of ``scores`` apart for the pairs whose better, worse, both or
+        neither impression is of an item the catalog knows (``known``, (M,) bool), with each
+        group's share of the pairs' weight: where a score wins and loses."""
+        hi, lo = known[self.hi], known[self.lo]
+        groups = {
+            "both known": hi & lo,
+            "only the better known": hi & ~lo,
+            "only the worse known": ~hi & lo,
+            "neither known": ~hi & ~lo,
+        }
+        total = float(self.weight.sum())
+        out: dict[str, dict[str, float]] = {}
+        for name, keep in groups.items():
+            if not keep.any():
+                continue
+            row = {"share": float(self.weight[keep].sum()) / total}
+            for method, values in scores.items():
+                values = np.nan_to_num(values, nan=-np.inf)
+                row[method] = pair_accuracy(values, self.hi[keep], self.lo[keep], self.weight[keep])
+            out[name] = row
+        return out
+
 
 def score_pairs(client: Client, pairs: Pairs, *, progress: bool = False) -> np.ndarray:
     """(M,) the service's ``/score`` of every impression (NaN where it has none)."""

@@ -54,7 +54,7 @@ from argus.replay import (
     unfamiliar_candidates,
 )
 from argus.servers import RedisServer, free_port
-from index.bundle import Bundle, list_versions
+from index.bundle import Bundle, list_versions, rows_of
 from index.store import publish
 from model.checkpoint import load_model
 from model.contract import DAY
@@ -223,6 +223,9 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         results["oracle_popularity_weight"] = oracle.weights
     results |= recalls(args.ks, window, rankings)
     results["pair_accuracy"] = {name: pairs.accuracy(s) for name, s in scores.items()}
+    if args.kuairand:  # half its window's videos are new: where each score wins and loses
+        _, known = rows_of(bundle.item_ids, pairs.item)
+        results["pairs_by_catalog"] = pairs.by_catalog(known, scores)
     if heard.unfamiliar is not None:
         results["unfamiliar_artists"] = unfamiliar_recall(
             events, window, heard.unfamiliar, k, oracle
@@ -390,6 +393,8 @@ def markdown(r: dict[str, Any]) -> str:
     row = [f"{known['recall@100'][n]:.3f}" for n in names]
     label = f"recall@100, the {known['users']:,} users with a history"
     lines.append(f"| {label} | " + " | ".join(row) + " |")
+    if "pairs_by_catalog" in r:
+        lines += by_catalog_table(r["pairs_by_catalog"])
     if "realtime" in r:
         rt = r["realtime"]
         lines += [
@@ -422,6 +427,23 @@ def markdown(r: dict[str, Any]) -> str:
                 f"(goal ≥ 1.5x), {recall_at['service'] / recall_at['Trending']:.2f}x Trending"
             )
     return "\n".join(lines) + "\n"
+
+
+def by_catalog_table(groups: dict[str, dict[str, float]]) -> list[str]:
+    """The PairAccuracy of each score by which of a pair's items the bundle's catalog knows."""
+    methods = [m for m in next(iter(groups.values())) if m != "share"]
+    lines = [
+        "",
+        "PairAccuracy by which of the pair's items the bundle's catalog knows (an unscored item "
+        "loses to any scored one):",
+        "",
+        "| pairs | share | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for name, row in groups.items():
+        cells = " | ".join(f"{row[m]:.3f}" for m in methods)
+        lines.append(f"| {name} | {row['share']:.1%} | {cells} |")
+    return lines
 
 
 def plot(r: dict[str, Any], path: Path) -> None:

@@ -282,7 +282,7 @@ class ItemPopularity:
 
     def cold(self, item_id: torch.Tensor, model: Argus | None = None) -> torch.Tensor:
         """(...) bool: the items with no event in the training set (``model``: those it scores
-        from the cold embedding, :meth:`Argus.is_cold`)."""
+        as cold, :meth:`Argus.is_cold`)."""
         seen = _lookup(self.catalog, self.seen, item_id)
         return model.is_cold(seen) if model is not None else seen == 0
 

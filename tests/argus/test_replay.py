@@ -153,6 +153,14 @@ def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> 
     expected = {1: (2 + overall) / (3 + 1), 2: (0 + overall) / (1 + 1), 3: overall}
     assert scores.tolist() == [expected[int(i)] for i in pairs.item]
     assert len(pairs.hi) == 2  # user 3's like of item 1 and of item 2 above their hate of 3
+    # by what the catalog knows: say it knows items 1 and 3 only; a score that ranks item 3
+    # first loses both pairs, the like rate wins the first (0.625 > 0.5) and loses the second
+    known = np.isin(pairs.item, [1, 3])
+    ranked = np.where(pairs.item == 3, 2.0, np.where(pairs.item == 1, 1.0, np.nan))
+    groups = pairs.by_catalog(known, {"s": ranked, "rate": scores})
+    assert list(groups) == ["both known", "only the worse known"]
+    assert groups["both known"] == {"share": 0.5, "s": 0.0, "rate": 1.0}
+    assert groups["only the worse known"] == {"share": 0.5, "s": 0.0, "rate": 0.0}
 
 
 def test_session_replay_scores_each_session_realtime_and_stored(
