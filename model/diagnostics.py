@@ -230,13 +230,7 @@ def tower_parts(
     ev, rows = pairs.events, pairs.impressions.row
     item = torch.from_numpy(ev.item_id[rows])
     artist = torch.from_numpy(ev.artist_id[rows])
-    v = model.item_vector(
-        item,
-        artist,
-        popularity.log_counts(item),
-        popularity.cold(item, model),
-        popularity.log_negatives(item),
-    )
+    v = popularity.item_vectors(model, item, artist)
     u = model.user_vector(h, taste)
     parts = {"towers": (u * v).sum(-1)}
     zero_h = torch.zeros_like(h)

@@ -207,14 +207,7 @@ def item_vectors(
         part = slice(begin, begin + batch_size)
         item = torch.from_numpy(ids[part]).to(device)
         artist = torch.from_numpy(artists[part]).to(device)
-        v = model.item_vector(
-            item,
-            artist,
-            popularity.log_counts(item),
-            popularity.cold(item, model),
-            popularity.log_negatives(item),
-        )
-        ranking[part] = v.float().cpu().numpy()
+        ranking[part] = popularity.item_vectors(model, item, artist).float().cpu().numpy()
         if nip_retrieval(model):
             retrieval[part] = model.output_embedding(item).float().cpu().numpy()
         elif model.has_retrieval:
@@ -285,6 +278,19 @@ class ItemPopularity:
         as cold, :meth:`Argus.is_cold`)."""
         seen = _lookup(self.catalog, self.seen, item_id)
         return model.is_cold(seen) if model is not None else seen == 0
+
+    def item_vectors(
+        self, model: Argus, item_id: torch.Tensor, artist_id: torch.Tensor
+    ) -> torch.Tensor:
+        """(..., ranking_dim) ``model``'s item vectors of these items with the counts of this
+        training set (:meth:`Argus.item_vector`): what a bundle exported from it serves."""
+        return model.item_vector(
+            item_id,
+            artist_id,
+            self.log_counts(item_id),
+            self.cold(item_id, model),
+            self.log_negatives(item_id),
+        )
 
     def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:
         """(...) log1p of the items' positive events (0 for an item never seen)."""
