@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--pretrain-batch-size", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16, help="fine-tuning's")
-    parser.add_argument("--epochs", type=int, default=2, help="pretraining epochs (0: steps)")
+    parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs (0: steps)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument(

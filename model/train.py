@@ -37,6 +37,7 @@ from model.trainer import (
 @dataclass(frozen=True)
 class PretrainConfig(TrainConfig):
     objective: str = "argus"  # "argus" or "sasrec"
+    epochs: int = 4  # more passes kept improving what the state knows, to 4 at least
     # the item table starts from a truncated SVD of the training positives (user x item), each
     # item's row unit-length: item structure the logs show at once, which the NIP then refines
     warm_items: bool = True
