@@ -48,6 +48,7 @@ PARTS: dict[str, tuple[str, ...]] = {
         "runtime_taste",
         "taste_scale",
         "cold_item",
+        "unseen_offset",
     ),
     "retrieval": ("retrieval_item", "retrieval_head", "trend_head"),
 }
@@ -364,6 +365,8 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 class Argus(nn.Module):
     """The ARGUS backbone with its NIP and FP heads. See the module docstring."""
 
+    unseen_offset: torch.Tensor  # a buffer, with cold_items
+
     def __init__(self, cfg: ArgusConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -396,6 +399,9 @@ class Argus(nn.Module):
                 self.item_negatives = nn.Linear(1, cfg.tower_dim, bias=False)
             if cfg.cold_items:  # the prior of any item the catalog has not seen yet
                 self.cold_item = nn.Parameter(torch.zeros(1))
+                # added to it for an item with no event at all, apart from those with a few:
+                # not trained, placed after fine-tuning (model.calibration); 0 until then
+                self.register_buffer("unseen_offset", torch.zeros(1))
         if cfg.retrieval_dim:  # the retrieval space: its own item table, a pooled-history query
             r = cfg.retrieval_dim
             self.retrieval_item = HashedEmbedding(
@@ -642,6 +648,7 @@ class Argus(nn.Module):
         log_popularity: torch.Tensor | None = None,
         cold: torch.Tensor | None = None,
         log_negatives: torch.Tensor | None = None,
+        unseen: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(...) ids (their artists, log1p of their positive events) -> (..., ranking_dim) item
         vectors ``v = MLP(e_item) + p log_popularity (+ n log_negatives) (+ T_i e_r)`` (after
@@ -649,12 +656,17 @@ class Argus(nn.Module):
         with no event yet (:meth:`is_cold`), whose ``MLP(e_item)`` and ``e_r`` give way to the
         learned cold prior alone, when the model has one: nothing personal is known of such an
         item, only its counts. ``log_negatives``: log1p of the items' events that were not
-        positive, read when the model has ``item_negatives``."""
+        positive, read when the model has ``item_negatives``. ``unseen``: a (...) bool mask of
+        the cold items with no event at all, whose prior also gets the placed
+        ``unseen_offset``."""
         v = self.item_mlp(self.item_embedding(item_id, artist_id))
         cold = cold if cold is not None and hasattr(self, "cold_item") else None
         if cold is not None:  # no personal part: the learned cold prior in the last coordinate
             level = F.pad(self.cold_item.to(v.dtype), (v.shape[-1] - 1, 0))
             v = torch.where(cold.unsqueeze(-1), level, v)
+            if unseen is not None:
+                offset = F.pad(self.unseen_offset.to(v.dtype), (v.shape[-1] - 1, 0))
+                v = v + unseen.unsqueeze(-1) * offset
         if log_popularity is not None:
             v = v + self.item_popularity(log_popularity.unsqueeze(-1))
         if log_negatives is not None and hasattr(self, "item_negatives"):
@@ -682,7 +694,8 @@ class Argus(nn.Module):
         none = torch.zeros(1, dtype=torch.int64, device=device)
         zero = torch.zeros(1, device=device)
         cold = torch.ones(1, dtype=torch.bool, device=device)
-        return self.item_vector(none, none - 1, zero, cold=cold, log_negatives=zero).squeeze(0)
+        vector = self.item_vector(none, none - 1, zero, cold, log_negatives=zero, unseen=cold)
+        return vector.squeeze(0)
 
     @property
     def has_retrieval(self) -> bool:

@@ -53,6 +53,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 # Settings added after checkpoints existed, with the value those checkpoints were trained with.
 BEFORE = {"fusion": "concat", "fp_dot": False, "nip_cosine": False, "tower_taste": True}
+# Buffers added after checkpoints existed; such a checkpoint keeps their initial value.
+ADDED_BUFFERS = ("unseen_offset",)
 
 
 def model_config(state: dict[str, Any]) -> ArgusConfig:
@@ -69,5 +71,9 @@ def load_model(
     """The model of a checkpoint in eval mode on ``device``, and the checkpoint dict."""
     state = read_checkpoint(path)
     model = Argus(model_config(state))
-    model.load_state_dict(state["model"])
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or set(missing) - set(ADDED_BUFFERS):
+        raise ValueError(
+            f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
+        )
     return model.to(device).eval(), state

@@ -387,8 +387,9 @@ def impression_scores(
     log_popularity = popularity.log_counts(item) if popularity is not None else None
     cold = popularity.cold(item, model) if popularity is not None else None
     negatives = popularity.log_negatives(item) if popularity is not None else None
+    unseen = popularity.unseen(item) if popularity is not None else None
     scores = tower_scores(
-        model, h[at], item, artist, tastes, log_popularity, runtime, cold, negatives
+        model, h[at], item, artist, tastes, log_popularity, runtime, cold, negatives, unseen
     )
     return scores.cpu().numpy()
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from model.argus import PARTS, Argus, ArgusConfig
+from model.calibration import ColdCalibration, calibrate_cold_level
 from model.checkpoint import model_config, read_checkpoint
 from model.config import FINETUNE_LR, apply_overrides
 from model.contract import DEFAULT_LAG, DEFAULT_SESSION_GAP
@@ -58,6 +59,7 @@ class Durations:
     session_gap: int
     retrieval_horizon: int
     retrieval_trend: int
+    cold_calibration: int
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class FinetuneConfig(TrainConfig):
     # with cold_items: items with fewer events before the day are scored from the cold
     # embedding and their counts, not their own embedding
     item_min_events: int = 1
+    # with cold_items: hold the impressions of the last this long of the training window out of
+    # the pairs and move the cold level to where it ranks them best (model.calibration); "0":
+    # the level fine-tuning learns
+    cold_calibration: str = "0"
     taste_shortcut: bool = True  # u, v also carry (a * taste, e_r): the taste's score, scaled
     # the towers read the pooled taste at all (off, the default: they read the state alone, and
     # the personal part of the score is the transformer's; with it they ignore the state)
@@ -124,6 +130,7 @@ class FinetuneConfig(TrainConfig):
             session_gap=parse_duration(self.session_gap),
             retrieval_horizon=parse_duration(self.retrieval_horizon),
             retrieval_trend=parse_duration(self.retrieval_trend),
+            cold_calibration=parse_duration(self.cold_calibration),
         )
         object.__setattr__(self, "_seconds", seconds)
         if self.group not in ("auto", "lag", "session"):
@@ -134,6 +141,11 @@ class FinetuneConfig(TrainConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_history < 1:
             raise ValueError(f"min_history must be >= 1, got {self.min_history}")
+        if seconds.cold_calibration and not self.cold_items:
+            raise ValueError(
+                f"cold_calibration={self.cold_calibration!r} places the cold level: it needs "
+                "cold_items=true"
+            )
 
     @property
     def seconds(self) -> Durations:
@@ -247,7 +259,13 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
                 f"{cfg.init}: pretrained on events up to t={init['train_until']}, after this "
                 f"run's test window starts (t={train_until}); use the same or an earlier split"
             )
+        held_out = cfg.seconds.cold_calibration
+        if held_out and runtime.world_size > 1:
+            raise ValueError("cold_calibration runs on one process: fine-tune without torchrun")
+        cut = train_until - held_out
         impressions = cfg.impressions(train)
+        if held_out:  # the pairs rank the days before; the last ones place the cold level
+            impressions = impressions.take(np.flatnonzero(train.timestamp[impressions.row] < cut))
         samples = make_samples(train, impressions, model_cfg.max_len, cfg.min_history)
         if len(samples.spans) == 0 and not cfg.retrieval_dim:
             raise ValueError(
@@ -290,7 +308,36 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             step=step,
             train_until=train_until,
         )
-        return Trainer(job, runtime, saved, progress=progress).run()
+        trainer = Trainer(job, runtime, saved, progress=progress)
+        summary = trainer.run()
+        if held_out and not summary.interrupted:
+            calibration = _calibrate(model, cfg, train, cut, table, runtime.device)
+            trainer.checkpoint()
+            calibration.write(cfg.out)
+            if progress:
+                print(calibration.line())
+        return summary
+
+
+def _calibrate(
+    model: Argus,
+    cfg: FinetuneConfig,
+    train: Events,
+    cut: int,
+    table: np.ndarray,
+    device: torch.device,
+) -> ColdCalibration:
+    """Place the cold level on the impressions of ``train`` from ``cut`` on (the offline
+    head's: the daily bundle is what ranks against new items), with the item counts before it."""
+    found = cfg.impressions(train)
+    held = found.take(np.flatnonzero((train.timestamp[found.row] >= cut) & (found.head == 0)))
+    if not len(held):
+        raise ValueError(
+            f"{cfg.data}: no impressions in the last {cfg.cold_calibration} of the training "
+            "window to place the cold level on; hold out more, or drop cold_calibration"
+        )
+    before = train.take(train.timestamp < cut)
+    return calibrate_cold_level(model, train, held, before, table, device)
 
 
 def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:

@@ -230,12 +230,13 @@ def tower_scores(
     runtime: torch.Tensor | bool = False,
     cold: torch.Tensor | None = None,
     log_negatives: torch.Tensor | None = None,
+    unseen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(M, D) states (and (M, R) tastes) and (M,) impressed items -> (M,) scores ``<u, v>``;
     ``runtime``: the lag-0 user head's, for all or (an (M,) bool mask) some impressions;
-    ``cold`` and ``log_negatives``: (M,) the items with no event yet and log1p of their events
-    that were not positive (:meth:`Argus.item_vector`)."""
-    v = model.item_vector(item_id, artist_id, log_popularity, cold, log_negatives)
+    ``cold``, ``log_negatives`` and ``unseen``: (M,) the items scored as cold, log1p of their
+    events that were not positive, the items with no event at all (:meth:`Argus.item_vector`)."""
+    v = model.item_vector(item_id, artist_id, log_popularity, cold, log_negatives, unseen)
     if isinstance(runtime, torch.Tensor):
         u = torch.where(
             runtime[:, None],
@@ -279,6 +280,10 @@ class ItemPopularity:
         seen = _lookup(self.catalog, self.seen, item_id)
         return model.is_cold(seen) if model is not None else seen == 0
 
+    def unseen(self, item_id: torch.Tensor) -> torch.Tensor:
+        """(...) bool: the items with no event at all in the training set."""
+        return _lookup(self.catalog, self.seen, item_id) == 0
+
     def item_vectors(
         self, model: Argus, item_id: torch.Tensor, artist_id: torch.Tensor
     ) -> torch.Tensor:
@@ -290,6 +295,7 @@ class ItemPopularity:
             self.log_counts(item_id),
             self.cold(item_id, model),
             self.log_negatives(item_id),
+            self.unseen(item_id),
         )
 
     def log_counts(self, item_id: torch.Tensor) -> torch.Tensor:

@@ -326,6 +326,17 @@ def test_items_with_too_few_events_are_scored_from_their_record() -> None:
     torch.testing.assert_close(v[2], alone)
     record = model.item_popularity.weight[:, 0] * math.log(2)  # one positive, no negative
     torch.testing.assert_close(v[1], alone + record)
+    # the placed offset for items never seen moves item 4 and what the service scores an unknown
+    # id with, not item 9, which has one event
+    assert popularity.unseen(item).tolist() == [False, False, True]
+    with torch.no_grad():
+        model.unseen_offset.fill_(0.7)
+        moved = popularity.item_vectors(model, item, torch.full((3,), -1))
+        moved_alone = model.cold_item_vector()
+    assert moved_alone is not None
+    torch.testing.assert_close(moved_alone[-1], alone[-1] + 0.7)
+    torch.testing.assert_close(moved[2], moved_alone)
+    torch.testing.assert_close(moved[1], alone + record)
     with pytest.raises(ValueError, match="item_min_events"):
         dataclasses.replace(cfg, item_min_events=0)
 

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.calibration import CALIBRATION_FILE, cold_offset
+from model.checkpoint import CHECKPOINT_FILE, load_model, read_checkpoint
+from model.contract import DAY
+from model.data.events import read_events
+from model.finetune import FinetuneConfig, finetune
+
+W = np.ones(2)
+TINY = dict(
+    preset="argus-tiny",
+    model=("max_len=96",),
+    test_days=3.0,
+    batch_size=8,
+    max_steps=4,
+    tower_dim=24,
+    cold_items=True,
+    item_negatives=True,
+    item_min_events=3,
+    retrieval_dim=0,
+)
+
+
+def test_the_offset_balances_the_pairs_a_cold_item_wins_and_loses() -> None:
+    # cold 0 liked over known 1 by -1; known 2 liked over cold 3 by +3: the loss
+    # softplus(1 - δ) + softplus(δ - 3) is least where both margins are 2, at δ = 2
+    scores = np.array([0.0, 1.0, 3.0, 0.0])
+    cold = np.array([True, False, False, True])
+    delta = cold_offset(scores, cold, np.array([0, 2]), np.array([1, 3]), W)
+    assert delta == pytest.approx(2.0, abs=1e-6)
+    # a heavier pair pulls it its way
+    heavier = cold_offset(scores, cold, np.array([0, 2]), np.array([1, 3]), np.array([3.0, 1.0]))
+    assert heavier > 2.5
+
+
+def test_without_a_pair_of_one_cold_item_nothing_moves() -> None:
+    scores = np.array([0.0, 1.0, 2.0, 3.0])
+    both_known = cold_offset(scores, np.zeros(4, bool), np.array([0]), np.array([1]), W[:1])
+    both_cold = cold_offset(scores, np.ones(4, bool), np.array([0, 2]), np.array([1, 3]), W)
+    assert both_known == 0.0 and both_cold == 0.0
+
+
+def test_pairs_on_one_side_only_stop_at_a_finite_margin() -> None:
+    scores = np.array([0.0, 5.0])
+    cold = np.array([True, False])
+    delta = cold_offset(scores, cold, np.array([0]), np.array([1]), W[:1])  # cold must rise
+    assert np.isfinite(delta) and 5.0 < delta <= 9.0 + 1e-6
+
+
+def test_calibration_needs_cold_items() -> None:
+    with pytest.raises(ValueError, match=r"cold_calibration.*cold_items"):
+        FinetuneConfig(data="x", out="y", cold_calibration="1d")
+    with pytest.raises(ValueError, match="'one day' is not a duration"):
+        FinetuneConfig(data="x", out="y", cold_items=True, cold_calibration="one day")
+
+
+def test_finetuning_places_the_level_on_the_held_out_days(sim_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "calibrated"
+    cfg = FinetuneConfig(data=str(sim_data), out=str(out), cold_calibration="2d", **TINY)
+    finetune(cfg, progress=False)
+    report = json.loads((out / CALIBRATION_FILE).read_text())
+    assert report["mixed_pairs"] > 0 and report["impressions"] > 0
+    assert report["level_after"] != report["level_before"]
+    assert report["loss_after"] < report["loss_before"]  # the offset minimises it
+    model, state = load_model(out)  # the checkpoint holds the placed level and offset
+    assert float(model.cold_item.detach()[0]) == pytest.approx(report["level_after"], abs=1e-6)
+    assert float(model.unseen_offset[0]) == pytest.approx(report["unseen_offset"], abs=1e-6)
+    # and the whole training window: the test days stay out of everything
+    days = read_events(sim_data).timestamp
+    assert state["train_until"] == int(days.max()) + 1 - 3 * DAY
+
+
+def test_a_held_out_window_without_impressions_is_refused(sim_data: Path, tmp_path: Path) -> None:
+    cfg = FinetuneConfig(data=str(sim_data), out=str(tmp_path / "x"), cold_calibration="1s", **TINY)
+    with pytest.raises(ValueError, match="no impressions in the last 1s"):
+        finetune(cfg, progress=False)
+
+
+def test_a_checkpoint_from_before_the_unseen_offset_still_loads(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "old"
+    finetune(FinetuneConfig(data=str(sim_data), out=str(out), **TINY), progress=False)
+    state = read_checkpoint(out)
+    del state["model"]["unseen_offset"]  # as a checkpoint written before it existed
+    torch.save(state, out / CHECKPOINT_FILE)
+    model, _ = load_model(out)
+    assert float(model.unseen_offset[0]) == 0.0
+    del state["model"]["cold_item"]  # but a weight it needs is still refused by name
+    torch.save(state, out / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match=r"missing.*cold_item"):
+        load_model(out)
