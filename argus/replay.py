@@ -160,6 +160,26 @@ class Pairs:
         scores = np.nan_to_num(scores, nan=-np.inf)
         return pair_accuracy(scores, self.hi[keep], self.lo[keep], self.weight[keep])
 
+    def difference(
+        self, a: np.ndarray, b: np.ndarray, *, resamples: int = 2_000, seed: int = 0
+    ) -> dict[str, float]:
+        """PairAccuracy of (M,) scores ``a`` minus that of ``b`` on these pairs, with a 95%
+        interval from a paired bootstrap over users (each user's pairs resampled together: a
+        user's pairs share a state and are not independent)."""
+        a, b = np.nan_to_num(a, nan=-np.inf), np.nan_to_num(b, nan=-np.inf)
+
+        def correct(s: np.ndarray) -> np.ndarray:
+            return (s[self.hi] > s[self.lo]) + 0.5 * (s[self.hi] == s[self.lo])
+
+        users, of_pair = np.unique(self.user[self.hi], return_inverse=True)
+        gain = np.bincount(of_pair, self.weight * (correct(a) - correct(b)), len(users))
+        weight = np.bincount(of_pair, self.weight, len(users))
+        rng = np.random.default_rng(seed)
+        draws = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), resamples)
+        spread = (draws @ gain) / np.maximum(draws @ weight, 1e-12)
+        low, high = np.quantile(spread, [0.025, 0.975])
+        return {"difference": float(gain.sum() / weight.sum()), "low": low, "high": high}
+
     def by_catalog(
         self, known: np.ndarray, scores: dict[str, np.ndarray]
     ) -> dict[str, dict[str, float]]:

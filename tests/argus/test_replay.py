@@ -163,6 +163,29 @@ def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> 
     assert groups["only the worse known"] == {"share": 0.5, "s": 0.0, "rate": 0.0}
 
 
+def test_a_difference_of_pair_accuracies_resamples_users_not_pairs() -> None:
+    # impressions 0-3 are user 7's (two days: like, skip each), 4-5 user 8's (one pair of
+    # weight 2)
+    pairs = Pairs(
+        rows=np.arange(6),
+        user=np.array([7, 7, 7, 7, 8, 8]),
+        item=np.arange(6),
+        timestamp=np.zeros(6, np.int64),
+        grade=np.array([4, 1, 4, 1, 4, 1]),
+        group=np.array([0, 0, 1, 1, 2, 2]),
+        hi=np.array([0, 2, 4]),
+        lo=np.array([1, 3, 5]),
+        weight=np.array([1.0, 1.0, 2.0]),
+    )
+    a = np.array([2.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # wins, ties, loses
+    b = np.array([np.nan, 1.0, 0.0, 1.0, 0.0, 1.0])  # unscored loses: loses, loses, loses
+    d = pairs.difference(a, b, resamples=4_000)
+    assert d["difference"] == pytest.approx((1.0 + 0.5 + 0.0) / 4)  # weighted: 1.5 of 4
+    # resampled by user: only 7 (0.75), only 8 (0) or both (0.375): a wide interval
+    assert d["low"] == pytest.approx(0.0) and d["high"] == pytest.approx(0.75)
+    assert pairs.difference(a, a) == {"difference": 0.0, "low": 0.0, "high": 0.0}
+
+
 def test_session_replay_scores_each_session_realtime_and_stored(
     served: tuple[str, Bundle], sim_data: Path
 ) -> None:
