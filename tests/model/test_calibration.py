@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from model.data.events import read_events
 from model.finetune import FinetuneConfig, finetune
 
 W = np.ones(2)
-TINY = dict(
+TINY: dict[str, Any] = dict(
     preset="argus-tiny",
     model=("max_len=96",),
     test_days=3.0,
