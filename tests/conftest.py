@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -86,10 +87,11 @@ def sim_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def tiny_finetune(data: Path, out: Path, *model: str) -> Path:
+def tiny_finetune(data: Path, out: Path, *model: str, **settings: Any) -> Path:
     """A seconds-long fine-tuning run of the tiny preset from scratch (``model``: further
-    ``ArgusConfig`` overrides), holding out the last 3 days, with the cold item embedding (so
-    the service's tests score unknown items) and the items' negative counts: ``out``."""
+    ``ArgusConfig`` overrides; ``settings``: ``FinetuneConfig`` ones), holding out the last 3
+    days, with the cold item embedding (so the service's tests score unknown items) and the
+    items' negative counts: ``out``."""
     from model.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(
@@ -103,6 +105,7 @@ def tiny_finetune(data: Path, out: Path, *model: str) -> Path:
         tower_dim=24,
         cold_items=True,
         item_negatives=True,
+        **settings,
     )
     finetune(cfg, progress=False)
     return out

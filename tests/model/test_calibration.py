@@ -12,21 +12,11 @@ from model.calibration import CALIBRATION_FILE, cold_offset
 from model.checkpoint import CHECKPOINT_FILE, load_model, read_checkpoint
 from model.contract import DAY
 from model.data.events import read_events
-from model.finetune import FinetuneConfig, finetune
+from model.finetune import FinetuneConfig
+from tests.conftest import tiny_finetune
 
 W = np.ones(2)
-TINY: dict[str, Any] = dict(
-    preset="argus-tiny",
-    model=("max_len=96",),
-    test_days=3.0,
-    batch_size=8,
-    max_steps=4,
-    tower_dim=24,
-    cold_items=True,
-    item_negatives=True,
-    item_min_events=3,
-    retrieval_dim=0,
-)
+SETTINGS: dict[str, Any] = {"item_min_events": 3, "retrieval_dim": 0}
 
 
 def test_the_offset_balances_the_pairs_a_cold_item_wins_and_loses() -> None:
@@ -64,8 +54,7 @@ def test_calibration_needs_cold_items() -> None:
 
 def test_finetuning_places_the_level_on_the_held_out_days(sim_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "calibrated"
-    cfg = FinetuneConfig(data=str(sim_data), out=str(out), cold_calibration="2d", **TINY)
-    finetune(cfg, progress=False)
+    tiny_finetune(sim_data, out, cold_calibration="2d", **SETTINGS)
     report = json.loads((out / CALIBRATION_FILE).read_text())
     assert report["mixed_pairs"] > 0 and report["impressions"] > 0
     assert report["level_after"] != report["level_before"]
@@ -79,16 +68,15 @@ def test_finetuning_places_the_level_on_the_held_out_days(sim_data: Path, tmp_pa
 
 
 def test_a_held_out_window_without_impressions_is_refused(sim_data: Path, tmp_path: Path) -> None:
-    cfg = FinetuneConfig(data=str(sim_data), out=str(tmp_path / "x"), cold_calibration="1s", **TINY)
     with pytest.raises(ValueError, match="no impressions in the last 1s"):
-        finetune(cfg, progress=False)
+        tiny_finetune(sim_data, tmp_path / "x", cold_calibration="1s", **SETTINGS)
 
 
 def test_a_checkpoint_from_before_the_unseen_offset_still_loads(
     sim_data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "old"
-    finetune(FinetuneConfig(data=str(sim_data), out=str(out), **TINY), progress=False)
+    tiny_finetune(sim_data, out, **SETTINGS)
     state = read_checkpoint(out)
     del state["model"]["unseen_offset"]  # as a checkpoint written before it existed
     torch.save(state, out / CHECKPOINT_FILE)
