@@ -392,11 +392,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines.append("| /score PairAccuracy | " + " | ".join(acc) + " |")
     for extra in sorted(set(r["pair_accuracy"]) - set(names)):
         lines.append(f"| PairAccuracy, {extra} | {r['pair_accuracy'][extra]:.4f} |")
-    for name, d in r.get("service_minus", {}).items():
-        lines.append(
-            f"| /score PairAccuracy, service minus {name} (95% interval, users resampled) | "
-            f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |"
-        )
+    lines += difference_rows(r.get("service_minus", {}))
     if "fp_head" in r:
         fp = r["fp_head"]
         lines.append(
@@ -415,15 +411,7 @@ def markdown(r: dict[str, Any]) -> str:
     if "pairs_by_catalog" in r:
         lines += by_catalog_table(r["pairs_by_catalog"])
     if "cold_calibration" in r:
-        c = r["cold_calibration"]
-        lines += [
-            "",
-            f"Cold level placed on the held-out training days' pairs: {c['level_before']:+.3f} -> "
-            f"{c['level_after']:+.3f}, {c['unseen_offset']:+.3f} more for an item never seen "
-            f"({c['mixed_pairs']:,} of {c['pairs']:,} pairs decided by "
-            f"them; PairAccuracy there {c['pair_accuracy_before']:.4f} -> "
-            f"{c['pair_accuracy_after']:.4f}).",
-        ]
+        lines += ["", calibration_line(r["cold_calibration"])]
     if "realtime" in r:
         rt = r["realtime"]
         lines += [
@@ -456,6 +444,25 @@ def markdown(r: dict[str, Any]) -> str:
                 f"(goal ≥ 1.5x), {recall_at['service'] / recall_at['Trending']:.2f}x Trending"
             )
     return "\n".join(lines) + "\n"
+
+
+def difference_rows(differences: dict[str, dict[str, float]]) -> list[str]:
+    """A table row per baseline: the service's PairAccuracy minus its, with the interval."""
+    return [
+        f"| /score PairAccuracy, service minus {name} (95% interval, users resampled) | "
+        f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |"
+        for name, d in differences.items()
+    ]
+
+
+def calibration_line(c: dict[str, Any]) -> str:
+    """What placing the cold level on the held-out training days did (cold_calibration)."""
+    return (
+        f"Cold level placed on the held-out training days' pairs: {c['level_before']:+.3f} -> "
+        f"{c['level_after']:+.3f}, {c['unseen_offset']:+.3f} more for an item never seen "
+        f"({c['mixed_pairs']:,} of {c['pairs']:,} pairs decided by them; PairAccuracy there "
+        f"{c['pair_accuracy_before']:.4f} -> {c['pair_accuracy_after']:.4f})."
+    )
 
 
 def by_catalog_table(groups: dict[str, dict[str, float]]) -> list[str]:

@@ -19,7 +19,9 @@ MODEL_LAYERS = [
     {"argus", "losses", "checkpoint"},  # the model
     {"inference"},  # the model, run
     {"trainer", "objectives"},  # the training loop and what it minimises
-    {"train", "finetune", "evaluate", "export", "distributed_export", "diagnostics", "cli"},
+    # the jobs
+    {"train", "finetune", "calibration", "evaluate", "export", "distributed_export"}
+    | {"diagnostics", "cli"},
 ]
 
 
