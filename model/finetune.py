@@ -109,9 +109,6 @@ class FinetuneConfig(TrainConfig):
     retrieval_temperature: float = 0.05
     retrieval_negatives: int = 1024  # uniform negatives beside the in-batch ones
     retrieval_trend: str = "7d"  # the score adds w(user) * log1p(item's positives then); "0": none
-    # of a position's future positives, one of an artist the user has not met yet is the target
-    # when the draw finds one (unfamiliar="artists" recalls only those)
-    retrieval_novel: bool = False
     lr: float = FINETUNE_LR
     # two passes: at full size /score closed 17% of the MostPop -> oracle gap after 0.28 of an
     # epoch, 25% after 1.1 and 28% after 2; at demo size 2 were best too
@@ -204,7 +201,6 @@ class FinetuneConfig(TrainConfig):
             negatives=self.retrieval_negatives,
             generator=torch.Generator(device=device).manual_seed(self.seed),
             trend=trend.to(device) if trend is not None else None,
-            novel_first=self.retrieval_novel,
         )
 
     def model_config(self, init: dict[str, Any] | None = None) -> ArgusConfig:

@@ -226,24 +226,15 @@ def pretraining_loss(
 
 
 def future_targets(
-    batch: dict[str, torch.Tensor],
-    horizon: int,
-    window: int,
-    generator: torch.Generator | None,
-    *,
-    novel_first: bool = False,
+    batch: dict[str, torch.Tensor], horizon: int, window: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every position t of a padded batch, one positive event drawn at random among the next
     ``window`` events of its row that happen within ``horizon`` seconds of t (dense all-action
-    targets, as in Pinterest's PinnerFormer): ``(valid (B, L) bool, target position (B, L))``.
-    ``novel_first``: of the random tries that land on such a positive, one whose artist the row
-    has not shown up to t wins, when there is one (what ``unfamiliar="artists"`` asks for)."""
+    targets, as in Pinterest's PinnerFormer): ``(valid (B, L) bool, target position (B, L))``."""
     b, length = batch["item_id"].shape
     device = batch["item_id"].device
     positive = positive_events(batch)
-    # the first of a few random offsets that lands on a positive in the horizon (novel targets
-    # are rarer: more tries find one)
-    tries = 16 if novel_first else 4
+    tries = 4  # the first of a few random offsets that lands on a positive in the horizon
     offset = torch.randint(1, window + 1, (tries, b, length), device=device, generator=generator)
     position = torch.arange(length, device=device)[None, None, :] + offset
     inside = position < length
@@ -251,22 +242,8 @@ def future_targets(
     rows = torch.arange(b, device=device)[None, :, None].expand_as(position)
     soon = batch["timestamp"][rows, position] - batch["timestamp"][None] <= horizon
     ok = inside & positive[rows, position] & soon  # (tries, B, L); a real target: a real source
-    rank = ok.float()
-    if novel_first:
-        first_seen = artist_first_positions(batch["artist_id"])  # (B, L)
-        at = torch.arange(length, device=device)[None, None, :]
-        novel = first_seen[rows, position] > at  # the target's artist is not in the row up to t
-        rank = rank + (ok & novel).float()
-    first = rank.argmax(0)  # the first try that worked best (0 when none)
+    first = ok.float().argmax(0)  # the first try that worked (0 when none)
     return ok.any(0), position.gather(0, first[None]).squeeze(0)
-
-
-def artist_first_positions(artist_id: torch.Tensor) -> torch.Tensor:
-    """(B, L) the first position in its row of each event's artist; 0 for an unknown artist
-    (-1), which so never counts as new."""
-    same = artist_id[:, :, None] == artist_id[:, None, :]  # (B, L, L): [t, s] same artist
-    first = same.float().argmax(-1)  # the first s with t's artist
-    return torch.where(artist_id >= 0, first, torch.zeros_like(first))
 
 
 def retrieval_loss(
@@ -282,11 +259,9 @@ def retrieval_loss(
     taste: torch.Tensor | None = None,
     trend: ItemTrend | None = None,
     h: torch.Tensor | None = None,
-    novel_first: bool = False,
 ) -> torch.Tensor:
     """Sampled softmax (in-batch and uniform negatives, logQ-corrected) of a future positive
-    event (:func:`future_targets`, ``novel_first`` passed on) given the retrieval query at each
-    position: what makes the
+    event (:func:`future_targets`) given the retrieval query at each position: what makes the
     retrieval space recall the items a user goes on to enjoy. 0 when the batch has no target.
     ``taste`` and ``h``: :meth:`Argus.taste` and the states of the batch, when the caller has
     them already. A model with
@@ -297,7 +272,7 @@ def retrieval_loss(
     query = model.retrieval_query(model.taste(batch) if taste is None else taste, h)  # (B, L, R')
     if model.cfg.retrieval_trend and trend is None:
         raise ValueError("this model's retrieval space has a trend column: pass the ItemTrend")
-    valid, target = future_targets(batch, horizon, window, generator, novel_first=novel_first)
+    valid, target = future_targets(batch, horizon, window, generator)
     if not bool(valid.any()):
         return query.sum() * 0.0
     rows = torch.arange(len(target), device=target.device)[:, None].expand_as(target)

@@ -179,7 +179,6 @@ class RetrievalTraining:
     negatives: int
     generator: torch.Generator  # its own random stream: the rest of training draws the same
     trend: ItemTrend | None = None  # of the training positives, for a model with retrieval_trend
-    novel_first: bool = False  # targets of artists new to the user first (future_targets)
 
 
 class PairwiseObjective(nn.Module):
@@ -230,7 +229,6 @@ class PairwiseObjective(nn.Module):
                 taste=tastes,  # computed once for both losses
                 trend=r.trend,
                 h=h,
-                novel_first=r.novel_first,
             )
             out = {
                 "loss": pairwise + r.weight * retrieval,

@@ -18,7 +18,6 @@ from model.finetune import FinetuneConfig, finetune
 from model.losses import (
     ItemFrequencies,
     ItemTrend,
-    artist_first_positions,
     batch_softmax_loss,
     future_targets,
     retrieval_loss,
@@ -80,29 +79,6 @@ def test_future_targets_are_later_positives_within_the_horizon_and_window(sim_da
         gap = batch["timestamp"][rows, chosen] - batch["timestamp"][rows, positions]
         assert bool((gap <= horizon).all())
         assert bool((chosen < batch["lengths"][rows]).all())
-
-
-def test_an_artists_first_position_and_novel_targets_first(sim_data: Path) -> None:
-    artists = torch.tensor([[5, 7, 5, -1, 7, -1, 9]])
-    assert artist_first_positions(artists).tolist() == [[0, 1, 0, 0, 1, 0, 6]]
-    batch = batch_of(sim_data, n=8, length=64)
-    first_seen = artist_first_positions(batch["artist_id"])
-
-    def novel_share(novel_first: bool) -> tuple[float, torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(3)
-        valid, target = future_targets(batch, 7 * DAY, 32, generator, novel_first=novel_first)
-        rows, positions = torch.nonzero(valid, as_tuple=True)
-        novel = first_seen[rows, target[rows, positions]] > positions
-        return float(novel.float().mean()), valid, target
-
-    plain, valid, _ = novel_share(False)
-    first, valid_first, target_first = novel_share(True)
-    # more tries: every position that had a target still has one, and novel ones are 2x as many
-    assert bool(valid_first[valid].all())
-    assert first > 2 * plain, (first, plain)
-    rows, positions = torch.nonzero(valid_first, as_tuple=True)
-    chosen = target_first[rows, positions]
-    assert bool(positive_events(batch)[rows, chosen].all()) and bool((chosen > positions).all())
 
 
 def test_finetuning_trains_the_retrieval_space_beside_the_towers(
