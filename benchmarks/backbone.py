@@ -49,6 +49,7 @@ ROWS = {
     "token_share_feedback": "token share: feedback",
     "token_share_signed_item": "token share: signed item",
     "probe_taste_r2": "probe R², state → taste",
+    "probe_taste_history_r2": "probe R², history's true item latents → taste (reference)",
     "probe_offset_r2": "probe R², state → personal offset",
     "probe_item_r2": "probe R², e_item → latent (≥ 20 events)",
     "probe_item_r2_frequent": "probe R², e_item → latent (≥ 200 events)",

@@ -111,6 +111,7 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
         *model,
         *options(out=pre, batch_size=args.pretrain_batch_size),
         *options(model=f"hash_rows={args.hash_rows}"),
+        *(part for setting in args.model for part in ("--model", setting)),
     )
     steps = args.finetune_steps or (2_400 if args.kuairand else 0)
     tune = options(init=pre, out=fine, batch_size=args.batch_size)
@@ -512,6 +513,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="argus-tiny")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="a model setting over the preset's, e.g. d_model=64 (repeatable)",
+    )
     parser.add_argument("--hash-rows", type=int, default=131_072)
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -9,7 +9,9 @@ Each figure asks one question of a trained model against the simulator's truth
 * **linear probes** (ridge regression, 2-fold over users or items, R² over every output
   dimension): the state after a user's last event before the window → their true taste (the genre
   mixture's point) and, apart, their personal offset; the backbone's item embedding → the item's
-  true latent;
+  true latent. Beside the taste probe, its reference: the same probe of the mean *true* latent
+  of the items the state reads (the user's last ``max_len`` events), what those items show of
+  the taste to a linear reader that knew each of them exactly;
 * **PairAccuracy** of every score the model can give a held-out pair: the FP head's (target-aware)
   with the user's own state and with another user's, the fine-tuned towers' whole score, their
   personal part read from the state alone and the pooled-history shortcut's part alone; beside
@@ -30,6 +32,7 @@ from model.argus import FP_SCORE_SIGNS, Argus
 from model.data.batching import Spans, TemporalSplit, covering_spans, iter_batches, sample_users
 from model.data.events import Events
 from model.data.simulate import Truth
+from model.future import history_latents
 from model.impressions import (
     SESSION_GAP,
     Impressions,
@@ -292,6 +295,8 @@ def probes(
     taste = truth.user_latent(all_users, at_cut, offset=False)
     offset = truth.user_latent(all_users, at_cut) - taste
     out["probe_taste_r2"] = ridge_r2(h_cut, taste, seed=seed)
+    seen = history_latents(truth, train, all_users, split.split_time, model.cfg.max_len)
+    out["probe_taste_history_r2"] = ridge_r2(seen, taste, seed=seed)
     out["probe_offset_r2"] = ridge_r2(h_cut, offset, seed=seed)
 
     # Probe of the item embedding over items with enough training events.

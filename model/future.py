@@ -227,6 +227,23 @@ def estimated_offsets(
     return out
 
 
+def history_latents(
+    truth: Truth, history: Events, users: np.ndarray, before: int, last: int
+) -> np.ndarray:
+    """(U, k) the mean true latent of the items of each user's ``last`` latest events before
+    ``before`` (0 for a user without one): what a reader of the history's items could know of
+    the user's taste if it knew every item exactly (the backbone diagnostics' reference for
+    their taste probe)."""
+    mine = (history.timestamp < before) & np.isin(history.user_id, users)
+    rows = np.flatnonzero(recent_events(history, mine, last))
+    latent = truth.item_latent(truth.item_rows(history.item_id[rows]))
+    at = np.searchsorted(users, history.user_id[rows])
+    sums = np.zeros((len(users), latent.shape[1]))
+    np.add.at(sums, at, latent)
+    counts = np.bincount(at, minlength=len(users))
+    return sums / np.maximum(counts, 1)[:, None]
+
+
 def recent_events(events: Events, mask: np.ndarray, last: int) -> np.ndarray:
     """(N,) bool: the rows among ``mask`` that are one of their user's ``last`` latest rows
     under ``mask`` (``events`` sorted by user, then time, as :func:`read_events` gives them)."""

@@ -13,6 +13,7 @@ from model.future import (
     WindowTargets,
     estimated_offsets,
     fit_oracle,
+    history_latents,
     mapped_to_truth,
     oracle_ranking,
     popular_ranking,
@@ -106,6 +107,32 @@ def test_a_users_own_feedback_shows_part_of_their_personal_offset(
     assert accuracy(no_offset) < accuracy(with_short) < accuracy(with_estimate) - 0.005
     everything = estimated_offsets(truth, events, users, start, last=10**9)
     np.testing.assert_array_equal(everything, offsets)
+
+
+def test_history_latents_are_the_mean_true_latent_of_each_users_last_events(
+    world: tuple[Events, Truth, int],
+) -> None:
+    """The taste probe's reference: hand-computed for two users, zero for a user with no
+    event before the cut, and the whole history's mean shows the taste better than a short one."""
+    events, truth, start = world
+    users = np.unique(events.user_id)[:300]
+    users = np.r_[users, events.user_id.max() + 1]  # never seen
+    means = history_latents(truth, events, users, start, 50)
+    for u in (0, 7):
+        rows = np.flatnonzero((events.user_id == users[u]) & (events.timestamp < start))[-50:]
+        expected = truth.item_latent(truth.item_rows(events.item_id[rows])).mean(0)
+        np.testing.assert_allclose(means[u], expected, rtol=1e-6)
+    assert not means[-1].any()
+    users, means = users[:-1], means[:-1]
+    taste = truth.user_latent(users, np.full(len(users), start - 1), offset=False)
+
+    def fit(x: np.ndarray) -> float:  # in-sample R² of a least-squares readout
+        design = np.c_[x, np.ones(len(x))]
+        residual = taste - design @ np.linalg.lstsq(design, taste, rcond=None)[0]
+        return 1 - float((residual**2).sum() / ((taste - taste.mean(0)) ** 2).sum())
+
+    one = history_latents(truth, events, users, start, 1)
+    assert fit(one) + 0.05 < fit(means), (fit(one), fit(means))
 
 
 def test_recent_events_are_each_users_last_ones_under_the_mask() -> None:
