@@ -165,7 +165,10 @@ class Pairs:
     ) -> dict[str, float]:
         """PairAccuracy of (M,) scores ``a`` minus that of ``b`` on these pairs, with a 95%
         interval from a paired bootstrap over users (each user's pairs resampled together: a
-        user's pairs share a state and are not independent)."""
+        user's pairs share a state and are not independent). All three are NaN without pairs
+        (a log with no impressions)."""
+        if not len(self.hi):
+            return {"difference": float("nan"), "low": float("nan"), "high": float("nan")}
         a, b = np.nan_to_num(a, nan=-np.inf), np.nan_to_num(b, nan=-np.inf)
 
         def correct(s: np.ndarray) -> np.ndarray:

@@ -233,7 +233,7 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
     results["service_minus"] = {  # with a 95% paired bootstrap interval over users
         name: pairs.difference(heard.scores, s)
         for name, s in scores.items()
-        if name not in ("service", "offline", "oracle")
+        if name not in ("service", "offline", "oracle") and len(pairs.hi)
     }
     calibration = work / "finetuned" / CALIBRATION_FILE
     if calibration.exists():

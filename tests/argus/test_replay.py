@@ -3,6 +3,7 @@ the service answers equals the bundle evaluated offline, and the pairs are the o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,6 +185,9 @@ def test_a_difference_of_pair_accuracies_resamples_users_not_pairs() -> None:
     # resampled by user: only 7 (0.75), only 8 (0) or both (0.375): a wide interval
     assert d["low"] == pytest.approx(0.0) and d["high"] == pytest.approx(0.75)
     assert pairs.difference(a, a) == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    # a log without impressions (MovieLens) has no pairs: no difference, and no error
+    none = dataclasses.replace(pairs, hi=pairs.hi[:0], lo=pairs.lo[:0], weight=pairs.weight[:0])
+    assert all(np.isnan(v) for v in none.difference(a, b).values())
 
 
 def test_session_replay_scores_each_session_realtime_and_stored(
