@@ -326,8 +326,8 @@ def fp_head(args: argparse.Namespace, work: Path, events: Events, start: int) ->
 
 def recalls(ks: list[int], window: WindowTargets, rankings: dict[str, Rankings]) -> dict[str, Any]:
     """Recall at each k, of all the window's positives and of those new to the user; and at
-    100 for the users with a history before the window apart: the only ones a model can tell
-    apart from the crowd (on ML-100K most window users are new)."""
+    100 for the users with a history before the window apart, both ways: the only ones a model
+    can tell apart from the crowd (on ML-100K most window users are new)."""
     new = window.new_items()
     known = np.flatnonzero([len(seen) > 0 for seen in window.seen])
     return {
@@ -342,6 +342,10 @@ def recalls(ks: list[int], window: WindowTargets, rankings: dict[str, Rankings])
             "users": len(known),
             "recall@100": {
                 name: recall([r.all[i] for i in known], [window.items[i] for i in known], 100)
+                for name, r in rankings.items()
+            },
+            "new@100": {
+                name: recall([r.new[i] for i in known], [new[i] for i in known], 100)
                 for name, r in rankings.items()
             },
         },
@@ -406,9 +410,10 @@ def markdown(r: dict[str, Any]) -> str:
         row = [f"{u['recall@100'][n]:.3f}" if n in u["recall@100"] else "—" for n in names]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     known = r["with_history"]
-    row = [f"{known['recall@100'][n]:.3f}" for n in names]
-    label = f"recall@100, the {known['users']:,} users with a history"
-    lines.append(f"| {label} | " + " | ".join(row) + " |")
+    for key, part in (("recall@100", "all"), ("new@100", "new")):
+        row = [f"{known[key][n]:.3f}" for n in names]
+        label = f"recall@100 ({part}), the {known['users']:,} users with a history"
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     if "pairs_by_catalog" in r:
         lines += by_catalog_table(r["pairs_by_catalog"])
     if "cold_calibration" in r:

@@ -87,6 +87,10 @@ class ArgusConfig:
     tower_taste: bool = True  # the towers read the retrieval space's pooled taste (T_u, T_i)
     retrieval_trend: int = 0  # seconds: the retrieval score adds w(taste) * log1p(the item's
     # positive events in this window before the day); 0: none
+    # the retrieval query also reads how long the user has been away: log1p(days since their
+    # last event) at the moment it is asked (the export's cut-off for stored vectors, 0 for the
+    # runtime encoder's), and fine-tuning asks it when the next event came
+    retrieval_gap: bool = False
     retrieval_query: str = "state"  # what answers /candidates: "state" (the retrieval space's
     # query of the transformer's state beside the pooled history), "pooled" (of the pooled
     # history alone; the towers' when there is no retrieval space) or "nip" (the NIP head's
@@ -143,6 +147,13 @@ class ArgusConfig:
             raise ValueError(
                 "retrieval_trend needs a retrieval space (retrieval_dim > 0) and a window >= 0, "
                 f"got retrieval_dim={self.retrieval_dim}, retrieval_trend={self.retrieval_trend}"
+            )
+
+        if self.retrieval_gap and (not self.retrieval_dim or self.retrieval_query == "nip"):
+            raise ValueError(
+                "retrieval_gap needs a retrieval space's own query (retrieval_dim > 0, "
+                f"retrieval_query 'state' or 'pooled'), got retrieval_dim={self.retrieval_dim}, "
+                f"retrieval_query={self.retrieval_query!r}"
             )
 
     @property
@@ -358,6 +369,12 @@ def positive_events(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return real & ~batch["disliked"] & (batch["liked"] | listened)
 
 
+def away(gap: torch.Tensor) -> torch.Tensor:
+    """(...) seconds since a user's last event -> (...) log1p(days): what the retrieval query
+    reads of it (0 within a session, about 0.7 after a day, 3 after three weeks)."""
+    return torch.log1p(gap.clamp(min=0).float() / DAY)
+
+
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
@@ -408,9 +425,10 @@ class Argus(nn.Module):
                 cfg.hash_rows, r, cfg.n_hash, n_salts=1, seed=cfg.hash_seed + 1
             )
             reads_state = cfg.retrieval_query == "state"
-            self.retrieval_head = _mlp(r + (d if reads_state else 0), d, r)
+            away = 1 if cfg.retrieval_gap else 0  # the time since the last event, one column
+            self.retrieval_head = _mlp(r + (d if reads_state else 0) + away, d, r)
             if cfg.retrieval_trend:  # w(taste): how much this user follows what is trending
-                self.trend_head = nn.Linear(r, 1)
+                self.trend_head = nn.Linear(r + away, 1)
                 nn.init.zeros_(self.trend_head.weight)
                 nn.init.zeros_(self.trend_head.bias)
             if cfg.tower_dim and cfg.tower_taste:  # the towers read its taste (never train it)
@@ -712,21 +730,28 @@ class Argus(nn.Module):
         """Whether the retrieval query reads the transformer's state (``"state"``)."""
         return self.has_retrieval and self.cfg.retrieval_query == "state"
 
-    def retrieval_query(self, taste: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    def retrieval_query(
+        self, taste: torch.Tensor, h: torch.Tensor | None = None, gap: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(..., R) tastes (and (..., D) states, when the query reads them) -> (..., R')
         retrieval queries: an MLP of ``[taste; h]`` (a history with no positive yet has a taste
         of zeros; the state is read, never trained, by the retrieval loss) and, with
         ``retrieval_trend``, its trend weight ``w(taste)`` last, which meets
         the item's log1p(positives in the trend window) (:meth:`retrieval_items` leaves that
-        column to its caller: it depends on the day)."""
+        column to its caller: it depends on the day). With ``retrieval_gap`` both also read
+        :func:`away` of ``gap`` (...) seconds since the user's last event (default 0)."""
+        parts = [taste]
         if self.reads_state:
             if h is None:
                 raise ValueError("this model's retrieval query reads the state: pass h")
-            query = self.retrieval_head(torch.cat([taste, h.detach()], dim=-1))
-        else:
-            query = self.retrieval_head(taste)
+            parts.append(h.detach())
+        if self.cfg.retrieval_gap:
+            gap = torch.zeros(taste.shape[:-1], device=taste.device) if gap is None else gap
+            parts.append(away(gap).unsqueeze(-1))
+        query = self.retrieval_head(torch.cat(parts, dim=-1))
         if self.cfg.retrieval_trend:
-            query = torch.cat([query, self.trend_head(taste)], dim=-1)
+            trend_input = torch.cat([taste, parts[-1]], -1) if self.cfg.retrieval_gap else taste
+            query = torch.cat([query, self.trend_head(trend_input)], dim=-1)
         return query
 
     def taste(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

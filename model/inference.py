@@ -51,9 +51,10 @@ class UserEncoder(nn.Module):
 
     ``runtime``: the lag-0 user head (the service's encoder) when the model has one, else the
     offline one. ``cache``: also return the state after each row (:data:`CACHE_OUTPUTS`), which
-    :class:`StepEncoder` continues from. ``as_of`` (seconds): with ``retrieval_query="nip"``,
-    the next event's time of every row's query (the stored vectors: the export's cut-off);
-    without it, ``nip_gap`` after each row's last event (the runtime graphs).
+    :class:`StepEncoder` continues from. ``as_of`` (seconds): when every row's retrieval query
+    is asked (the stored vectors: the export's cut-off), the next event's time of a NIP query
+    and the end of the time away of a ``retrieval_gap`` one; without it, ``nip_gap`` after each
+    row's last event and no time away (the runtime graphs).
     """
 
     def __init__(
@@ -117,7 +118,8 @@ def at_last(
     events so far (after a cached ``past_sum``/``past_count``) and their number. A model
     without a retrieval space carries zeros (B, 1) and (B,) as its taste, and its towers answer
     retrieval too; with ``retrieval_query="nip"`` the NIP head's query for a next event at
-    ``at`` (B,) seconds (default: ``nip_gap`` after the last) does."""
+    ``at`` (B,) seconds (default: ``nip_gap`` after the last) does. With ``retrieval_gap`` the
+    query is asked at ``at`` (default: at the last event, as the runtime encoder asks it)."""
     last = (torch.arange(h.shape[0], device=h.device), batch["lengths"] - 1)
     if model.has_retrieval:
         total, count = model.taste_sums(batch, past_sum, past_count)
@@ -130,7 +132,8 @@ def at_last(
     if nip_retrieval(model):
         query = model.next_query(h[last], batch["source"][last], batch["timestamp"][last], at)
     else:
-        query = ranking if taste is None else model.retrieval_query(taste, h[last])
+        gap = None if at is None else at - batch["timestamp"][last]
+        query = ranking if taste is None else model.retrieval_query(taste, h[last], gap)
     return torch.cat([ranking, query], dim=-1), total, count
 
 

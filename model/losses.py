@@ -226,11 +226,17 @@ def pretraining_loss(
 
 
 def future_targets(
-    batch: dict[str, torch.Tensor], horizon: int, window: int, generator: torch.Generator | None
+    batch: dict[str, torch.Tensor],
+    horizon: int,
+    window: int,
+    generator: torch.Generator | None,
+    asked: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every position t of a padded batch, one positive event drawn at random among the next
     ``window`` events of its row that happen within ``horizon`` seconds of t (dense all-action
-    targets, as in Pinterest's PinnerFormer): ``(valid (B, L) bool, target position (B, L))``."""
+    targets, as in Pinterest's PinnerFormer): ``(valid (B, L) bool, target position (B, L))``.
+    ``asked`` (B, L): the time each position's query is asked, which the horizon counts from
+    (default: the time of event t)."""
     b, length = batch["item_id"].shape
     device = batch["item_id"].device
     positive = positive_events(batch)
@@ -240,7 +246,8 @@ def future_targets(
     inside = position < length
     position = position.clamp(max=length - 1)
     rows = torch.arange(b, device=device)[None, :, None].expand_as(position)
-    soon = batch["timestamp"][rows, position] - batch["timestamp"][None] <= horizon
+    start = batch["timestamp"] if asked is None else asked
+    soon = batch["timestamp"][rows, position] - start[None] <= horizon
     ok = inside & positive[rows, position] & soon  # (tries, B, L); a real target: a real source
     first = ok.float().argmax(0)  # the first try that worked (0 when none)
     return ok.any(0), position.gather(0, first[None]).squeeze(0)
@@ -266,13 +273,18 @@ def retrieval_loss(
     ``taste`` and ``h``: :meth:`Argus.taste` and the states of the batch, when the caller has
     them already. A model with
     ``retrieval_trend`` needs ``trend``: each candidate's score adds the query's trend weight
-    times the candidate's :meth:`ItemTrend.log_counts` on the day of the query's event."""
+    times the candidate's :meth:`ItemTrend.log_counts` on the day the query is asked. That is
+    the day of the query's event, or with ``retrieval_gap`` the moment the user's next event
+    came: the query then reads how long they were away, and the horizon counts from there."""
     if h is None and model.reads_state:
         h = model(batch)
-    query = model.retrieval_query(model.taste(batch) if taste is None else taste, h)  # (B, L, R')
     if model.cfg.retrieval_trend and trend is None:
         raise ValueError("this model's retrieval space has a trend column: pass the ItemTrend")
-    valid, target = future_targets(batch, horizon, window, generator)
+    time = batch["timestamp"]
+    asked = torch.cat([time[:, 1:], time[:, -1:]], dim=1) if model.cfg.retrieval_gap else time
+    taste = model.taste(batch) if taste is None else taste
+    query = model.retrieval_query(taste, h, asked - time)  # (B, L, R')
+    valid, target = future_targets(batch, horizon, window, generator, asked)
     if not bool(valid.any()):
         return query.sum() * 0.0
     rows = torch.arange(len(target), device=target.device)[:, None].expand_as(target)
@@ -281,7 +293,7 @@ def retrieval_loss(
     prior = None
     if model.cfg.retrieval_trend:
         assert trend is not None
-        query, weight, at = query[:, :-1], query[:, -1], batch["timestamp"][valid]
+        query, weight, at = query[:, :-1], query[:, -1], asked[valid]
 
         def prior(item_id: torch.Tensor) -> torch.Tensor:
             return weight[:, None] * trend.log_counts(item_id, at)

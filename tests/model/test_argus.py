@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.argus import Argus, ArgusConfig, count_embedding_parameters, count_parameters, preset
+from model.argus import (
+    Argus,
+    ArgusConfig,
+    away,
+    count_embedding_parameters,
+    count_parameters,
+    preset,
+)
+from model.contract import DAY
 from model.data.batching import chunk_spans, make_batch
 from model.data.events import Events
 from model.inference import ItemPopularity
@@ -383,6 +391,31 @@ def test_the_retrieval_query_ends_with_the_trend_weight_which_starts_at_zero() -
     assert plain.retrieval_query(taste).shape == (3, 5, 6) and not hasattr(plain, "trend_head")
     with pytest.raises(ValueError, match="reads the state: pass h"):
         model.retrieval_query(taste)
+
+
+def test_with_retrieval_gap_the_query_and_its_trend_weight_read_the_time_away() -> None:
+    cfg = preset(
+        "argus-tiny", tower_dim=8, retrieval_dim=6, retrieval_trend=7 * DAY, retrieval_gap=True
+    )
+    model = Argus(cfg)
+    taste, h = torch.randn(3, 5, 6), torch.randn(3, 5, cfg.d_model)
+    gap = torch.tensor([0, 3600, DAY, 20 * DAY, 400 * DAY]).expand(3, 5)
+    with torch.no_grad():
+        model.trend_head.weight.zero_()
+        model.trend_head.weight[0, -1] = 1.0  # the weight is the time away alone
+        query = model.retrieval_query(taste, h, gap)
+    days = gap.float() / DAY
+    torch.testing.assert_close(query[..., -1], torch.log1p(days))
+    torch.testing.assert_close(away(gap), torch.log1p(days))
+    read = torch.cat([taste, h, torch.log1p(days)[..., None]], -1)
+    torch.testing.assert_close(query[..., :6], model.retrieval_head(read))
+    # unasked, the query is asked at the last event: no time away
+    unasked = model.retrieval_query(taste, h)
+    torch.testing.assert_close(unasked, model.retrieval_query(taste, h, 0 * gap))
+    assert not torch.allclose(query[..., :6], unasked[..., :6])
+    for bad in ({}, {"retrieval_dim": 6, "retrieval_query": "nip"}):
+        with pytest.raises(ValueError, match="retrieval_gap needs a retrieval space's own query"):
+            preset("argus-tiny", tower_dim=8, retrieval_gap=True, **bad)
 
 
 def test_the_balanced_token_normalises_each_part_and_the_signed_item_follows_the_feedback() -> None:

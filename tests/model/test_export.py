@@ -119,14 +119,16 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     assert cold is not None and manifest["cold_item_vector"] == cold.tolist()
 
     # Every user's vector is the tower at their last event, from their last max_len events,
-    # whatever batch it was computed in; and the ONNX (runtime) encoder agrees with that head.
+    # whatever batch it was computed in, its query asked at the cut-off (retrieval_gap); and the
+    # ONNX (runtime) encoder agrees with that head, asked at the last event.
+    assert model.cfg.retrieval_gap and manifest["as_of"] == int(events.timestamp.max()) + 1
     session = ort.InferenceSession(str(out / ENCODER_FILE), providers=["CPUExecutionProvider"])
     spans = last_spans(events, model.cfg.max_len)
     assert spans.length.max() == 96 and spans.length.min() < 96
     for k in np.random.default_rng(0).choice(len(spans), 12, replace=False).tolist():
         batch = make_batch(events, spans.take(np.array([k])), pad_to_multiple=1)
         with torch.no_grad():
-            alone = UserEncoder(model).encode(batch.to_torch())[0].numpy()
+            alone = UserEncoder(model, as_of=manifest["as_of"]).encode(batch.to_torch())[0].numpy()
             runtime = UserEncoder(model, runtime=True).encode(batch.to_torch())[0].numpy()
         np.testing.assert_allclose(load["user_vectors"][k], alone, rtol=0, atol=1e-5)
         inputs = {n: getattr(batch, n) for n in ENCODER_INPUTS}

@@ -81,6 +81,22 @@ def test_future_targets_are_later_positives_within_the_horizon_and_window(sim_da
         assert bool((chosen < batch["lengths"][rows]).all())
 
 
+def test_future_targets_count_the_horizon_from_when_the_query_is_asked(sim_data: Path) -> None:
+    """A query asked when the next event came (``retrieval_gap``): its targets are the
+    positives within the horizon of that moment, however long the user was away before it."""
+    batch = batch_of(sim_data, n=8, length=64)
+    time = batch["timestamp"]
+    asked = time + 3 * DAY  # as if every user came back three days later
+    valid, target = future_targets(batch, DAY, 32, torch.Generator().manual_seed(1), asked)
+    rows, positions = torch.nonzero(valid, as_tuple=True)
+    chosen = target[rows, positions]
+    assert len(chosen) and bool((chosen > positions).all())
+    assert bool((time[rows, chosen] - asked[rows, positions] <= DAY).all())
+    assert bool((time[rows, chosen] - time[rows, positions] > DAY).any())  # beyond the default
+    default, _ = future_targets(batch, DAY, 32, torch.Generator().manual_seed(1))
+    assert not torch.equal(valid, default)
+
+
 def test_finetuning_trains_the_retrieval_space_beside_the_towers(
     sim_data: Path, tmp_path: Path
 ) -> None:
@@ -203,3 +219,42 @@ def test_a_data_set_without_impressions_trains_the_retrieval_space_only(
     assert logged[-1]["pairwise"] == 0.0 and logged[-1]["retrieval"] > 0.0
     with pytest.raises(ValueError, match="no impressions"):
         finetune(FinetuneConfig(out=str(tmp_path / "x"), retrieval_dim=0, **common), progress=False)  # type: ignore[arg-type]
+
+
+def test_the_stored_query_reads_the_time_away_until_the_cut_off_the_runtime_one_none(
+    finetuned: Path, exported: Path, sim_data: Path
+) -> None:
+    """With ``retrieval_gap`` (the default), the retrieval part of every stored user vector is
+    the query asked at the export's cut-off, ``as_of - last event`` after the user's last event;
+    the runtime ONNX encoder asks it at the last event (the live history ends now)."""
+    import onnxruntime as ort
+
+    from model.export import ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUT
+    from model.inference import last_spans
+
+    model, _ = load_model(finetuned)
+    assert model.cfg.retrieval_gap and model.cfg.retrieval_trend
+    events = read_events(sim_data)
+    as_of = json.loads((exported / "export.json").read_text())["as_of"]
+    assert as_of == int(events.timestamp.max()) + 1
+    users = np.load(exported / "user_vectors.npy")
+    spans = last_spans(events, model.cfg.max_len)
+    session = ort.InferenceSession(str(exported / ENCODER_FILE), providers=["CPUExecutionProvider"])
+    d, gaps, apart = model.cfg.ranking_dim, [], []
+    for k in np.random.default_rng(2).choice(len(spans), 6, replace=False).tolist():
+        batch = make_batch(events, spans.take(np.array([k])), pad_to_multiple=1)
+        tensors = batch.to_torch()
+        n = int(tensors["lengths"][0])
+        with torch.no_grad():
+            h = model(tensors)[:, n - 1]
+            taste = model.taste(tensors)[:, n - 1]
+            gap = as_of - tensors["timestamp"][:, n - 1]
+            stored = model.retrieval_query(taste, h, gap).numpy()[0]
+            runtime = model.retrieval_query(taste, h).numpy()[0]
+        gaps.append(int(gap[0]))
+        apart.append(float(np.abs(stored - runtime).max()))
+        np.testing.assert_allclose(users[k, d:], stored, rtol=0, atol=1e-5)
+        inputs = {name: getattr(batch, name) for name in ENCODER_INPUTS}
+        (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
+        np.testing.assert_allclose(onnx_out[0, d:], runtime, atol=1e-4)
+    assert len(set(gaps)) > 1 and max(apart) > 1e-4  # the time away reaches the query
