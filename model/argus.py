@@ -91,6 +91,7 @@ class ArgusConfig:
     # last event) at the moment it is asked (the export's cut-off for stored vectors, 0 for the
     # runtime encoder's), and fine-tuning asks it when the next event came
     retrieval_gap: bool = False
+    retrieval_trains_state: bool = False  # the retrieval loss reaches the backbone through h
     retrieval_query: str = "state"  # what answers /candidates: "state" (the retrieval space's
     # query of the transformer's state beside the pooled history), "pooled" (of the pooled
     # history alone; the towers' when there is no retrieval space) or "nip" (the NIP head's
@@ -744,7 +745,7 @@ class Argus(nn.Module):
         if self.reads_state:
             if h is None:
                 raise ValueError("this model's retrieval query reads the state: pass h")
-            parts.append(h.detach())
+            parts.append(h if self.cfg.retrieval_trains_state else h.detach())
         if self.cfg.retrieval_gap:
             gap = torch.zeros(taste.shape[:-1], device=taste.device) if gap is None else gap
             parts.append(away(gap).unsqueeze(-1))

@@ -112,6 +112,7 @@ class FinetuneConfig(TrainConfig):
     # the query also reads how long the user has been away (a NIP query reads it anyway): on
     # MovieLens-100K the returning users' recall@100 went from 0.18 to 0.33 (three seeds)
     retrieval_gap: bool = True
+    retrieval_trains_state: bool = False  # its loss reaches the backbone through the state
     lr: float = FINETUNE_LR
     # two passes: at full size /score closed 17% of the MostPop -> oracle gap after 0.28 of an
     # epoch, 25% after 1.1 and 28% after 2; at demo size 2 were best too
@@ -237,6 +238,7 @@ class FinetuneConfig(TrainConfig):
             taste_shortcut=self.taste_shortcut and self.tower_taste and self.retrieval_dim > 0,
             tower_taste=self.tower_taste,
             retrieval_trend=self.seconds.retrieval_trend if self.retrieval_dim else 0,
+            retrieval_trains_state=self.retrieval_trains_state,
             retrieval_gap=(
                 self.retrieval_gap and self.retrieval_dim > 0 and base.retrieval_query != "nip"
             ),

@@ -32,6 +32,25 @@ def batch_of(sim_data: Path, n: int = 6, length: int = 40) -> dict[str, torch.Te
     return make_batch(events, Spans(start, end, start), pad_to_multiple=1).to_torch()
 
 
+def trained_by_the_retrieval_loss(
+    model: Argus, batch: dict[str, torch.Tensor], trend: ItemTrend | None = None
+) -> set[str]:
+    """The parameters one backward pass of the batch's retrieval loss gives a gradient."""
+    frequencies = ItemFrequencies.from_item_ids(batch["item_id"].flatten().numpy())
+    loss = retrieval_loss(
+        model,
+        batch,
+        frequencies,
+        frequencies.ids[:16],
+        horizon=7 * DAY,
+        window=32,
+        temperature=0.05,
+        trend=trend,
+    )
+    loss.backward()
+    return {n for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.any())}
+
+
 @pytest.mark.parametrize("reads", ["pooled", "state"])
 def test_the_query_is_the_mlp_of_the_mean_positive_item_so_far(sim_data: Path, reads: str) -> None:
     """``pooled``: the MLP of the mean positive item so far; ``state``: of it and the state."""
@@ -127,18 +146,7 @@ def test_finetuning_trains_the_retrieval_space_beside_the_towers(
     events = read_events(sim_data)
     positive = events.take(events.positive)
     trend = ItemTrend.of(positive.item_id, positive.timestamp, 7 * DAY)
-    loss = retrieval_loss(
-        model,
-        batch,
-        frequencies,
-        frequencies.ids[:16],
-        horizon=7 * DAY,
-        window=32,
-        temperature=0.05,
-        trend=trend,
-    )
-    loss.backward()
-    touched = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    touched = trained_by_the_retrieval_loss(model, batch, trend)
     assert touched and all(n.split(".")[0] in PARTS["retrieval"] for n in touched), touched
     assert "trend_head.bias" in touched  # the trend weight learns from the same loss
     with pytest.raises(ValueError, match="pass the ItemTrend"):
@@ -258,3 +266,17 @@ def test_the_stored_query_reads_the_time_away_until_the_cut_off_the_runtime_one_
         (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
         np.testing.assert_allclose(onnx_out[0, d:], runtime, atol=1e-4)
     assert len(set(gaps)) > 1 and max(apart) > 1e-4  # the time away reaches the query
+
+
+@pytest.mark.parametrize("trains_state", [False, True])
+def test_the_retrieval_loss_reaches_the_backbone_only_with_retrieval_trains_state(
+    sim_data: Path, trains_state: bool
+) -> None:
+    torch.manual_seed(0)
+    cfg = preset("argus-tiny", tower_dim=8, retrieval_dim=12, retrieval_trains_state=trains_state)
+    model = Argus(cfg)
+    touched = {n.split(".")[0] for n in trained_by_the_retrieval_loss(model, batch_of(sim_data))}
+    assert {"retrieval_item", "retrieval_head"} <= touched
+    backbone = {"blocks", "final_norm", "fusion"}
+    assert (backbone <= touched) if trains_state else not (backbone & touched), touched
+    assert "user_proj" not in touched and "nip_head" not in touched  # never the other heads
