@@ -149,7 +149,6 @@ class ArgusConfig:
                 "retrieval_trend needs a retrieval space (retrieval_dim > 0) and a window >= 0, "
                 f"got retrieval_dim={self.retrieval_dim}, retrieval_trend={self.retrieval_trend}"
             )
-
         if self.retrieval_gap and (not self.retrieval_dim or self.retrieval_query == "nip"):
             raise ValueError(
                 "retrieval_gap needs a retrieval space's own query (retrieval_dim > 0, "
@@ -736,7 +735,8 @@ class Argus(nn.Module):
     ) -> torch.Tensor:
         """(..., R) tastes (and (..., D) states, when the query reads them) -> (..., R')
         retrieval queries: an MLP of ``[taste; h]`` (a history with no positive yet has a taste
-        of zeros; the state is read, never trained, by the retrieval loss) and, with
+        of zeros; the state is read, not trained, by the retrieval loss unless
+        ``retrieval_trains_state``) and, with
         ``retrieval_trend``, its trend weight ``w(taste)`` last, which meets
         the item's log1p(positives in the trend window) (:meth:`retrieval_items` leaves that
         column to its caller: it depends on the day). With ``retrieval_gap`` both also read
