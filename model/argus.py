@@ -87,6 +87,9 @@ class ArgusConfig:
     tower_taste: bool = True  # the towers read the retrieval space's pooled taste (T_u, T_i)
     retrieval_trend: int = 0  # seconds: the retrieval score adds w(taste) * log1p(the item's
     # positive events in this window before the day); 0: none
+    # with retrieval_trend: the score also adds w'(taste) * log1p(the item's positive events of
+    # all time before the day), so a query can lean on what is popular as well as on what is new
+    retrieval_popularity: bool = False
     # the retrieval query also reads how long the user has been away: log1p(days since their
     # last event) at the moment it is asked (the export's cut-off for stored vectors, 0 for the
     # runtime encoder's), and fine-tuning asks it when the next event came
@@ -148,6 +151,11 @@ class ArgusConfig:
             raise ValueError(
                 "retrieval_trend needs a retrieval space (retrieval_dim > 0) and a window >= 0, "
                 f"got retrieval_dim={self.retrieval_dim}, retrieval_trend={self.retrieval_trend}"
+            )
+        if self.retrieval_popularity and not self.retrieval_trend:
+            raise ValueError(
+                "retrieval_popularity needs retrieval_trend (the trend head weighs both columns), "
+                f"got retrieval_trend={self.retrieval_trend}"
             )
         if self.retrieval_gap and (not self.retrieval_dim or self.retrieval_query == "nip"):
             raise ValueError(
@@ -375,6 +383,13 @@ def away(gap: torch.Tensor) -> torch.Tensor:
     return torch.log1p(gap.clamp(min=0).float() / DAY)
 
 
+def prior_columns(cfg: ArgusConfig) -> int:
+    """The columns that end the retrieval space's vectors after its ``retrieval_dim``: log1p of
+    the item's positives in the trend window (last) and, with ``retrieval_popularity``, of all
+    its positives (before it), each met by the query's weight for it."""
+    return bool(cfg.retrieval_trend) + cfg.retrieval_popularity
+
+
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
@@ -428,7 +443,8 @@ class Argus(nn.Module):
             away = 1 if cfg.retrieval_gap else 0  # the time since the last event, one column
             self.retrieval_head = _mlp(r + (d if reads_state else 0) + away, d, r)
             if cfg.retrieval_trend:  # w(taste): how much this user follows what is trending
-                self.trend_head = nn.Linear(r + away, 1)
+                # (and, with retrieval_popularity, w'(taste) before it: what is popular)
+                self.trend_head = nn.Linear(r + away, 1 + cfg.retrieval_popularity)
                 nn.init.zeros_(self.trend_head.weight)
                 nn.init.zeros_(self.trend_head.bias)
             if cfg.tower_dim and cfg.tower_taste:  # the towers read its taste (never train it)
@@ -739,7 +755,9 @@ class Argus(nn.Module):
         ``retrieval_trains_state``) and, with
         ``retrieval_trend``, its trend weight ``w(taste)`` last, which meets
         the item's log1p(positives in the trend window) (:meth:`retrieval_items` leaves that
-        column to its caller: it depends on the day). With ``retrieval_gap`` both also read
+        column to its caller: it depends on the day), and with ``retrieval_popularity`` the
+        popularity weight before it, which meets log1p(all the item's positives before the
+        day). With ``retrieval_gap`` all also read
         :func:`away` of ``gap`` (...) seconds since the user's last event (default 0)."""
         parts = [taste]
         if self.reads_state:

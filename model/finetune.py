@@ -113,6 +113,8 @@ class FinetuneConfig(TrainConfig):
     # MovieLens-100K the returning users' recall@100 went from 0.18 to 0.33 (three seeds)
     retrieval_gap: bool = True
     retrieval_trains_state: bool = False  # its loss reaches the backbone through the state
+    # with a trend: the score also adds w'(user) * log1p(item's positives of all time then)
+    retrieval_popularity: bool = False
     lr: float = FINETUNE_LR
     # two passes: at full size /score closed 17% of the MostPop -> oracle gap after 0.28 of an
     # epoch, 25% after 1.1 and 28% after 2; at demo size 2 were best too
@@ -239,6 +241,11 @@ class FinetuneConfig(TrainConfig):
             tower_taste=self.tower_taste,
             retrieval_trend=self.seconds.retrieval_trend if self.retrieval_dim else 0,
             retrieval_trains_state=self.retrieval_trains_state,
+            retrieval_popularity=(
+                self.retrieval_popularity
+                and self.retrieval_dim > 0
+                and self.seconds.retrieval_trend > 0
+            ),
             retrieval_gap=(
                 self.retrieval_gap and self.retrieval_dim > 0 and base.retrieval_query != "nip"
             ),

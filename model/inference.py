@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.argus import Argus
+from model.argus import Argus, prior_columns
 from model.contract import (
     ENCODER_INPUTS,
 )
@@ -21,12 +21,13 @@ from model.progress import bar as tqdm
 
 def retrieval_dim(model: Argus) -> int:
     """Width of the retrieval vectors: the NIP head's (``retrieval_query="nip"``), the
-    space's own (and its trend column), or the towers' when the model has none."""
+    space's own (and its trend and popularity columns), or the towers' when the model has
+    none."""
     if nip_retrieval(model):
         return model.cfg.embedding_dim
     if not model.cfg.retrieval_dim:
         return model.cfg.ranking_dim
-    return model.cfg.retrieval_dim + (1 if model.cfg.retrieval_trend else 0)
+    return model.cfg.retrieval_dim + prior_columns(model.cfg)
 
 
 def nip_retrieval(model: Argus) -> bool:
@@ -199,7 +200,8 @@ def item_vectors(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(item_ids, ranking, retrieval)``: every item in ``events`` (sorted ids, each with its
     artist: ``catalog``, built from ``events`` unless given) and its vectors in both spaces.
-    With ``retrieval_trend``, the retrieval vectors end with log1p of :func:`trend_counts`;
+    With ``retrieval_trend``, the retrieval vectors end with log1p of :func:`trend_counts`
+    (after log1p of all the item's positives, with ``retrieval_popularity``);
     with ``retrieval_query="nip"`` they are the NIP head's output embeddings ``e_item``."""
     catalog = Catalog.from_events(events) if catalog is None else catalog
     ids, artists = catalog.ids, catalog.artist_id
@@ -214,12 +216,14 @@ def item_vectors(
         if nip_retrieval(model):
             retrieval[part] = model.output_embedding(item).float().cpu().numpy()
         elif model.has_retrieval:
-            width = model.cfg.retrieval_dim  # the trend column is filled below
+            width = model.cfg.retrieval_dim  # the trend and popularity columns: below
             retrieval[part, :width] = model.retrieval_items(item).float().cpu().numpy()
         else:
             retrieval[part] = ranking[part]
     if model.cfg.retrieval_trend and not nip_retrieval(model):
         retrieval[:, -1] = np.log1p(trend_counts(events, ids, model.cfg.retrieval_trend))
+        if model.cfg.retrieval_popularity:
+            retrieval[:, -2] = np.log1p(trend_counts(events, ids, None))
     return ids, ranking, retrieval
 
 
@@ -319,8 +323,9 @@ def _lookup(ids: torch.Tensor, counts: torch.Tensor, item_id: torch.Tensor) -> t
     return torch.where(found, counts[where], 0.0)
 
 
-def trend_counts(events: Events, item_id: np.ndarray, window: int) -> np.ndarray:
-    """(M,) each item's positive events in the last ``window`` seconds of ``events`` (those
-    before its last second + 1): what is trending as the export sees it."""
+def trend_counts(events: Events, item_id: np.ndarray, window: int | None) -> np.ndarray:
+    """(M,) each item's positive events in the last ``window`` seconds of ``events`` (all of
+    them: None), those before its last second + 1: what is trending (popular) as the export
+    sees it."""
     end = int(events.timestamp.max()) + 1 if len(events) else 0
     return events.positives_before(item_id, np.full(len(item_id), end, np.int64), window)

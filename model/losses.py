@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.argus import Argus, positive_events
+from model.argus import Argus, positive_events, prior_columns
 from model.contract import DAY
 from model.data.events import FEEDBACK, SKIP_THRESHOLD
 
@@ -134,9 +134,12 @@ class ItemTrend:
     def to(self, device: str | torch.device) -> ItemTrend:
         return dataclasses.replace(self, ids=self.ids.to(device), keys=self.keys.to(device))
 
-    def log_counts(self, item_id: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    def log_counts(
+        self, item_id: torch.Tensor, at: torch.Tensor, all_time: bool = False
+    ) -> torch.Tensor:
         """(N, M): log1p of the positive events of each item ``item_id`` (M,) in ``[d - window,
-        d)``, ``d`` the start of the UTC day of each time ``at`` (N,)."""
+        d)`` (``all_time``: before ``d``), ``d`` the start of the UTC day of each time ``at``
+        (N,)."""
         day = torch.div(at, DAY, rounding_mode="floor") * DAY
         days, row = torch.unique(day, return_inverse=True)
         if len(self.ids) == 0:
@@ -149,7 +152,8 @@ class ItemTrend:
             offset = (time[:, None] - self.base).clamp(0, self.span - 1)
             return torch.searchsorted(self.keys, where[None, :] * self.span + offset)
 
-        counts = (rank(days) - rank(days - self.window)) * known[None, :]  # (D, M)
+        since = days - self.window if not all_time else torch.full_like(days, self.base)
+        counts = (rank(days) - rank(since)) * known[None, :]  # (D, M)
         return torch.log1p(counts.float())[row]
 
 
@@ -275,7 +279,9 @@ def retrieval_loss(
     ``retrieval_trend`` needs ``trend``: each candidate's score adds the query's trend weight
     times the candidate's :meth:`ItemTrend.log_counts` on the day the query is asked. That is
     the day of the query's event, or with ``retrieval_gap`` the moment the user's next event
-    came: the query then reads how long they were away, and the horizon counts from there."""
+    came: the query then reads how long they were away, and the horizon counts from there.
+    With ``retrieval_popularity`` the score also adds the query's popularity weight times the
+    candidate's positives of all time before that day (log1p), from the same ``trend``."""
     if h is None and model.reads_state:
         h = model(batch)
     if model.cfg.retrieval_trend and trend is None:
@@ -293,10 +299,14 @@ def retrieval_loss(
     prior = None
     if model.cfg.retrieval_trend:
         assert trend is not None
-        query, weight, at = query[:, :-1], query[:, -1], asked[valid]
+        columns, at = prior_columns(model.cfg), asked[valid]
+        query, weights = query[:, :-columns], query[:, -columns:]
 
         def prior(item_id: torch.Tensor) -> torch.Tensor:
-            return weight[:, None] * trend.log_counts(item_id, at)
+            score = weights[:, -1:] * trend.log_counts(item_id, at)
+            if model.cfg.retrieval_popularity:
+                score = score + weights[:, :1] * trend.log_counts(item_id, at, all_time=True)
+            return score
 
     return batch_softmax_loss(
         query, ids, model.retrieval_items, uniform_ids, frequencies, temperature, prior

@@ -172,6 +172,14 @@ def test_item_trend_counts_each_item_s_positives_in_the_window_before_the_day(
         want = counts_before(positive.item_id, positive.timestamp, ids, bounds - window, bounds)
         np.testing.assert_array_equal(got[row].numpy(), want)
     assert got.sum() > 0 and got[:, -2:].sum() == 0
+    # of all time: every positive before the day
+    ever = trend.log_counts(torch.from_numpy(ids), torch.from_numpy(at), all_time=True)
+    ever = ever.expm1().round()
+    for row, d in enumerate(day):
+        bounds = np.full(len(ids), d)
+        want = counts_before(positive.item_id, positive.timestamp, ids, bounds - 2**50, bounds)
+        np.testing.assert_array_equal(ever[row].numpy(), want)
+    assert (ever >= got).all() and (ever > got).any() and ever[:, -2:].sum() == 0
 
 
 def test_the_trend_prior_is_the_query_s_weight_times_the_candidate_s_trend_for_its_row() -> None:
@@ -280,3 +288,47 @@ def test_the_retrieval_loss_reaches_the_backbone_only_with_retrieval_trains_stat
     backbone = {"blocks", "final_norm", "fusion"}
     assert (backbone <= touched) if trains_state else not (backbone & touched), touched
     assert "user_proj" not in touched and "nip_head" not in touched  # never the other heads
+
+
+def test_with_retrieval_popularity_the_query_weighs_all_time_positives_too(
+    sim_data: Path,
+) -> None:
+    """``retrieval_popularity``: the query ends with two weights, popularity's then the trend's;
+    the item vectors with log1p of the items' positives of all time, then of the trend window;
+    the retrieval loss trains both weights."""
+    from model.inference import item_vectors, trend_counts
+
+    torch.manual_seed(0)
+    cfg = preset(
+        "argus-tiny",
+        tower_dim=8,
+        retrieval_dim=6,
+        retrieval_trend=7 * DAY,
+        retrieval_popularity=True,
+        max_len=64,
+    )
+    model = Argus(cfg)
+    taste, h = torch.randn(3, 5, 6), torch.randn(3, 5, cfg.d_model)
+    with torch.no_grad():
+        model.trend_head.bias.copy_(torch.tensor([0.5, -2.0]))
+        query = model.retrieval_query(taste, h)
+    assert query.shape == (3, 5, 8)
+    assert (query[..., -2] == 0.5).all() and (query[..., -1] == -2.0).all()
+
+    events = read_events(sim_data)
+    ids, _, retrieval = item_vectors(model, events)
+    assert retrieval.shape == (len(ids), 8)
+    np.testing.assert_allclose(retrieval[:, -2], np.log1p(trend_counts(events, ids, None)))
+    np.testing.assert_allclose(retrieval[:, -1], np.log1p(trend_counts(events, ids, 7 * DAY)))
+    assert (retrieval[:, -2] > retrieval[:, -1]).any()
+    positives = np.bincount(np.searchsorted(ids, events.item_id[events.positive]), None, len(ids))
+    np.testing.assert_allclose(retrieval[:, -2], np.log1p(positives), rtol=1e-6)
+
+    batch = batch_of(sim_data, n=8, length=64)
+    positive = events.take(events.positive)
+    trend = ItemTrend.of(positive.item_id, positive.timestamp, 7 * DAY)
+    trained_by_the_retrieval_loss(model, batch, trend)
+    grad = model.trend_head.bias.grad
+    assert grad is not None and bool((grad != 0).all())  # both weights learn
+    with pytest.raises(ValueError, match="retrieval_popularity needs retrieval_trend"):
+        preset("argus-tiny", tower_dim=8, retrieval_dim=6, retrieval_popularity=True)
