@@ -74,6 +74,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # A log whose catalog turns over daily (KuaiRand: half the held-out impressions are of videos the
 # bundle lacks): score new items with a cold prior placed on the last training day
 NEW_ITEMS = ("item_negatives=true", "cold_items=true", "item_min_events=5", "cold_calibration=1d")
+# A log whose returning users pick what is popular overall (MovieLens): the retrieval query
+# weighs each film's positives of all time beside its last week's
+POPULAR_RETURN = ("retrieval_popularity=true",)
 ARGUS = str(Path(sys.executable).with_name("argus"))
 KS = (10, 20, 50, 100, 200, 500)
 TREND = 7 * DAY  # the Trending baseline: MostPop of the last week first
@@ -117,7 +120,8 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     tune = options(init=pre, out=fine, batch_size=args.batch_size)
     tune += options(max_steps=steps) if steps else options(epochs=args.finetune_epochs)
     tune += options(model=f"retrieval_query={args.retrieval_query}")
-    settings = [*(NEW_ITEMS if args.kuairand else ()), *args.finetune_set]  # later ones win
+    preset = NEW_ITEMS if args.kuairand else POPULAR_RETURN if args.ml100k else ()
+    settings = [*preset, *args.finetune_set]  # later ones win
     tune += [part for setting in settings for part in ("--set", setting)]
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
     stage(
@@ -573,7 +577,11 @@ def arguments() -> argparse.Namespace:
         "--work", type=Path, default=None, help="runs/bench/replay[-ml100k][-pooled|-nip]"
     )
     parser.add_argument(
-        "--ml100k", action="store_true", help="Replay MovieLens-100K (last 20%% of time) instead."
+        "--ml100k",
+        action="store_true",
+        help="Replay MovieLens-100K (last 20%% of time) instead; it fine-tunes with "
+        + " ".join(POPULAR_RETURN)
+        + " (--finetune-set overrides it).",
     )
     parser.add_argument(
         "--kuairand",
