@@ -485,15 +485,24 @@ class Argus(nn.Module):
         targets: torch.Tensor,
         *,
         steps: int = 50,
+        retrieval: bool = False,
     ) -> float:
         """Move the hashed table's rows so that ``e_item`` of these (N,) items (with their
         artists) approaches the (N, E) ``targets``: least squares over the rows they use, by
         averaged residual steps (each row takes the mean of its items' residuals, split over
         the rows each item sums). Rows no item uses keep their values. Returns the relative
-        residual ``|targets - e_item| / |targets|`` at the end."""
-        table = self.item.table.weight
-        rows = [self.item.rows_of(item_id, salt=0)]
-        if self.cfg.use_artist:
+        residual ``|targets - e_item| / |targets|`` at the end. ``retrieval``: the retrieval
+        space's table instead (its items' ``e_r``, no artist)."""
+        space = self.retrieval_item if retrieval else self.item
+
+        def embed(item_id: torch.Tensor, artist_id: torch.Tensor) -> torch.Tensor:
+            if retrieval:
+                return self.retrieval_items(item_id)
+            return self.item_embedding(item_id, artist_id)
+
+        table = space.table.weight
+        rows = [space.rows_of(item_id, salt=0)]
+        if self.cfg.use_artist and not retrieval:
             known = artist_id >= 0
             artist_rows = self.item.rows_of(artist_id.clamp(min=0), salt=1)
             rows.append(torch.where(known[:, None], artist_rows, -1))
@@ -503,11 +512,11 @@ class Argus(nn.Module):
         flat = slots[used]
         hits = torch.bincount(flat, minlength=len(table)).clamp(min=1).unsqueeze(1).float()
         for _ in range(steps):
-            residual = targets - self.item_embedding(item_id, artist_id)
+            residual = targets - embed(item_id, artist_id)
             spread = (residual.unsqueeze(1) * share.unsqueeze(2)).expand(-1, slots.shape[1], -1)
             delta = torch.zeros_like(table).index_add_(0, flat, spread[used])
             table.add_(delta / hits)
-        residual = targets - self.item_embedding(item_id, artist_id)
+        residual = targets - embed(item_id, artist_id)
         return float(residual.norm() / targets.norm())
 
     def context_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -44,6 +44,7 @@ from model.objectives import (
     sample_batch,
 )
 from model.runtime import Runtime
+from model.train import warm_start
 from model.trainer import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
 
 # -- configuration -------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ class FinetuneConfig(TrainConfig):
     # the retrieval space (/candidates): a pooled-history tower trained on future positives
     retrieval_dim: int = 64  # 0: no retrieval space (the bundle then retrieves with the towers)
     retrieval_weight: float = 1.0  # its loss beside the pairwise one
-    retrieval_lr: float = 1e-2  # its own learning rate (its table starts from scratch)
+    retrieval_lr: float = 1e-2  # its own learning rate (the backbone never trained its table)
     retrieval_horizon: str = "7d"  # targets: positives this soon after the state ...
     retrieval_window: int = 128  # ... among its next this many events
     retrieval_temperature: float = 0.05
@@ -115,6 +116,10 @@ class FinetuneConfig(TrainConfig):
     retrieval_trains_state: bool = False  # its loss reaches the backbone through the state
     # with a trend: the score also adds w'(user) * log1p(item's positives of all time then)
     retrieval_popularity: bool = False
+    # the retrieval table starts from a truncated SVD of the training positives (as pretraining's
+    # warm_items), not at random: recall@100 of new items rose 2% on a small world and at full
+    # size, where artists new to the user went from 1.93x to 1.98x MostPop
+    warm_retrieval: bool = True
     lr: float = FINETUNE_LR
     # two passes: at full size /score closed 17% of the MostPop -> oracle gap after 0.28 of an
     # epoch, 25% after 1.1 and 28% after 2; at demo size 2 were best too
@@ -295,6 +300,8 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         model = Argus(model_cfg)
         if init is not None and saved is None:  # a resumed run loads its own weights
             _load_backbone(model, init["model"], cfg.init)
+        if cfg.warm_retrieval and model.has_retrieval and saved is None:
+            warm_start(model, train, progress, retrieval=True)
         for frozen in model.pretraining_heads():
             frozen.requires_grad_(False)
         model.log_temperature.requires_grad_(False)

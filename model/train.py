@@ -92,13 +92,20 @@ WARM_MAX_POSITIVES = 20_000_000
 
 
 def warm_start(
-    model: Argus, train: Events, progress: bool, max_positives: int = WARM_MAX_POSITIVES
+    model: Argus,
+    train: Events,
+    progress: bool,
+    max_positives: int = WARM_MAX_POSITIVES,
+    *,
+    retrieval: bool = False,
 ) -> None:
     """The item table from a truncated SVD of ``train``'s positives (``PretrainConfig``'s
     ``warm_items``; at most ``max_positives`` of them, a seeded sample): every item with a
     positive gets its factor row, scaled to unit length (a rank below the table's width where
-    the logs have fewer users or items; nothing without positives)."""
-    dim = model.item.table.weight.shape[1]
+    the logs have fewer users or items; nothing without positives). ``retrieval``: the
+    retrieval space's table (``FinetuneConfig``'s ``warm_retrieval``)."""
+    table = model.retrieval_item.table if retrieval else model.item.table
+    dim = table.weight.shape[1]
     rows = np.flatnonzero(train.positive)
     if len(rows) > max_positives:
         rows = np.sort(np.random.default_rng(0).choice(rows, max_positives, replace=False))
@@ -115,7 +122,11 @@ def warm_start(
     catalog = Catalog.from_events(train)
     artist = catalog.artist_id[catalog.column(items)]
     residual = model.warm_start_items(
-        torch.from_numpy(items), torch.from_numpy(artist), torch.from_numpy(targets)
+        torch.from_numpy(items),
+        torch.from_numpy(artist),
+        torch.from_numpy(targets),
+        retrieval=retrieval,
     )
     if progress:
-        print(f"warm start: {len(items):,} items from a rank-{rank} SVD, residual {residual:.2f}")
+        space = "retrieval items" if retrieval else "items"
+        print(f"warm start: {len(items):,} {space} from a rank-{rank} SVD, residual {residual:.2f}")

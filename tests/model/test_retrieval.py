@@ -332,3 +332,37 @@ def test_with_retrieval_popularity_the_query_weighs_all_time_positives_too(
     assert grad is not None and bool((grad != 0).all())  # both weights learn
     with pytest.raises(ValueError, match="retrieval_popularity needs retrieval_trend"):
         preset("argus-tiny", tower_dim=8, retrieval_dim=6, retrieval_popularity=True)
+
+
+def test_fine_tuning_starts_the_retrieval_table_from_the_training_positives_factors(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    """``warm_retrieval`` (the default): before its first step the retrieval space's items are
+    the unit-length rank-``retrieval_dim`` SVD factors of the training positives (the held-out
+    days left out), up to a rotation (a small log's singular values tie); off, the table
+    starts at random."""
+    import dataclasses
+
+    from model.future import positive_factors
+
+    events = read_events(sim_data)
+    common = dict(data=str(sim_data), preset="argus-tiny", test_days=3.0, batch_size=8)
+    cfg = FinetuneConfig(
+        out="-", max_steps=1, lr=1e-9, retrieval_lr=1e-9, retrieval_dim=8, **common
+    )  # type: ignore[arg-type]
+    assert FinetuneConfig(data="-", out="-").warm_retrieval
+    split = cfg.split(events)
+    assert split is not None
+    ids, factors = positive_factors(split.train(events), split.split_time, rank=8)
+    want = torch.from_numpy(factors / np.linalg.norm(factors, axis=1, keepdims=True)).float()
+    explained = {}
+    for warm in (True, False):
+        out = tmp_path / str(warm)
+        finetune(dataclasses.replace(cfg, out=str(out), warm_retrieval=warm), progress=False)
+        model, _ = load_model(out)
+        with torch.no_grad():
+            got = model.retrieval_items(torch.from_numpy(ids))
+        fit = got @ torch.linalg.lstsq(got, want).solution  # the best linear map onto them
+        explained[warm] = float(1 - ((fit - want) ** 2).sum() / ((want - want.mean(0)) ** 2).sum())
+        assert float(torch.median(got.norm(dim=1))) == pytest.approx(1.0, abs=0.1)
+    assert explained[True] > 0.99 and explained[False] < 0.3, explained

@@ -341,3 +341,24 @@ def test_the_warm_start_reads_the_positives_or_a_sample_of_them(sim_data: Path) 
                 norms = model.item_embedding(ids, artists).norm(dim=1)
             assert float(torch.median(norms)) == pytest.approx(1.0, abs=0.02)
     assert warmed[10**9] > warmed[300] > 0 and warmed[0] == 0
+
+
+def test_the_retrieval_table_warm_starts_alone_from_the_same_factors(sim_data: Path) -> None:
+    """``retrieval=True`` (fine-tuning's ``warm_retrieval``): every item with a positive gets
+    its unit-length factor row of rank ``retrieval_dim`` in the retrieval space's table, and
+    the backbone's item table stays as it was."""
+    from model.future import positive_factors
+
+    events = read_events(sim_data)
+    torch.manual_seed(0)
+    model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=12))
+    item_table = model.item.table.weight.detach().clone()
+    warm_start(model, events, progress=False, retrieval=True)
+    assert torch.equal(model.item.table.weight, item_table)
+    end = int(events.timestamp.max()) + 1
+    ids, factors = positive_factors(events, end, rank=12)
+    with torch.no_grad():
+        got = model.retrieval_items(torch.from_numpy(ids))
+    want = torch.from_numpy(factors).float()
+    assert float(torch.median(got.norm(dim=1))) == pytest.approx(1.0, abs=0.02)
+    assert float(torch.nn.functional.cosine_similarity(got, want).median()) > 0.95
