@@ -346,10 +346,17 @@ def test_fine_tuning_starts_the_retrieval_table_from_the_training_positives_fact
     from model.future import positive_factors
 
     events = read_events(sim_data)
-    common = dict(data=str(sim_data), preset="argus-tiny", test_days=3.0, batch_size=8)
     cfg = FinetuneConfig(
-        out="-", max_steps=1, lr=1e-9, retrieval_lr=1e-9, retrieval_dim=8, **common
-    )  # type: ignore[arg-type]
+        data=str(sim_data),
+        out="-",
+        preset="argus-tiny",
+        test_days=3.0,
+        batch_size=8,
+        max_steps=1,
+        lr=1e-9,
+        retrieval_lr=1e-9,
+        retrieval_dim=8,
+    )
     assert FinetuneConfig(data="-", out="-").warm_retrieval
     split = cfg.split(events)
     assert split is not None
