@@ -77,6 +77,8 @@ NEW_ITEMS = ("item_negatives=true", "cold_items=true", "item_min_events=5", "col
 # A log whose returning users pick what is popular overall (MovieLens): the retrieval query
 # weighs each film's positives of all time beside its last week's
 POPULAR_RETURN = ("retrieval_popularity=true",)
+# A log of under 100k events: each retrieval row sees few updates, so the faster rate
+SMALL_LOG = ("retrieval_lr=1e-2",)
 ARGUS = str(Path(sys.executable).with_name("argus"))
 KS = (10, 20, 50, 100, 200, 500)
 TREND = 7 * DAY  # the Trending baseline: MostPop of the last week first
@@ -120,7 +122,11 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     tune = options(init=pre, out=fine, batch_size=args.batch_size)
     tune += options(max_steps=steps) if steps else options(epochs=args.finetune_epochs)
     tune += options(model=f"retrieval_query={args.retrieval_query}")
-    preset = NEW_ITEMS if args.kuairand else POPULAR_RETURN if args.ml100k else ()
+    preset: tuple[str, ...] = ()
+    if args.kuairand:
+        preset = (*NEW_ITEMS, *SMALL_LOG)
+    elif args.ml100k:
+        preset = (*POPULAR_RETURN, *SMALL_LOG)
     settings = [*preset, *args.finetune_set]  # later ones win
     tune += [part for setting in settings for part in ("--set", setting)]
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
@@ -580,15 +586,17 @@ def arguments() -> argparse.Namespace:
         "--ml100k",
         action="store_true",
         help="Replay MovieLens-100K (last 20%% of time) instead; it fine-tunes with "
-        + " ".join(POPULAR_RETURN)
-        + " (--finetune-set overrides it).",
+        + " ".join((*POPULAR_RETURN, *SMALL_LOG))
+        + " (--finetune-set overrides them).",
     )
     parser.add_argument(
         "--kuairand",
         type=Path,
         default=None,
         help="Replay a KuaiRand log (argus convert kuairand's input; last 20%% of time) instead; "
-        "it fine-tunes with " + " ".join(NEW_ITEMS) + " (--finetune-set overrides them).",
+        "it fine-tunes with "
+        + " ".join((*NEW_ITEMS, *SMALL_LOG))
+        + " (--finetune-set overrides them).",
     )
     args = parser.parse_args()
     suffix = ("-ml100k" if args.ml100k else "-kuairand" if args.kuairand else "") + (

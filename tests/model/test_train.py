@@ -299,7 +299,7 @@ def test_sparse_table_gradients_equal_dense_and_training_tracks_dense(
 
 
 def test_fine_tuning_s_new_parts_get_their_own_learning_rates() -> None:
-    """The towers and the retrieval space start from scratch: ``tower_lr`` and ``retrieval_lr``
+    """The towers and the retrieval space are new to the backbone: ``tower_lr`` and ``retrieval_lr``
     apply to them (and to nothing else), the backbone keeps ``lr``."""
     from model.finetune import FinetuneConfig
     from model.trainer import Optimizers
