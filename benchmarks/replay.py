@@ -79,6 +79,7 @@ NEW_ITEMS = ("item_negatives=true", "cold_items=true", "item_min_events=5", "col
 POPULAR_RETURN = ("retrieval_popularity=true",)
 # A log of under 100k events: each retrieval row sees few updates, so the faster rate
 SMALL_LOG = ("retrieval_lr=1e-2",)
+REAL_LOGS = {"ml100k": (*POPULAR_RETURN, *SMALL_LOG), "kuairand": (*NEW_ITEMS, *SMALL_LOG)}
 ARGUS = str(Path(sys.executable).with_name("argus"))
 KS = (10, 20, 50, 100, 200, 500)
 TREND = 7 * DAY  # the Trending baseline: MostPop of the last week first
@@ -122,12 +123,8 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     tune = options(init=pre, out=fine, batch_size=args.batch_size)
     tune += options(max_steps=steps) if steps else options(epochs=args.finetune_epochs)
     tune += options(model=f"retrieval_query={args.retrieval_query}")
-    preset: tuple[str, ...] = ()
-    if args.kuairand:
-        preset = (*NEW_ITEMS, *SMALL_LOG)
-    elif args.ml100k:
-        preset = (*POPULAR_RETURN, *SMALL_LOG)
-    settings = [*preset, *args.finetune_set]  # later ones win
+    real = "kuairand" if args.kuairand else "ml100k" if args.ml100k else ""
+    settings = [*REAL_LOGS.get(real, ()), *args.finetune_set]  # later ones win
     tune += [part for setting in settings for part in ("--set", setting)]
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
     stage(
@@ -520,6 +517,26 @@ def plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def real_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ml100k`` and ``--kuairand``: a real log instead of the simulated world, each with the
+    fine-tuning settings of :data:`REAL_LOGS`."""
+    tuned = {
+        name: f"; it fine-tunes with {' '.join(settings)}" for name, settings in REAL_LOGS.items()
+    }
+    parser.add_argument(
+        "--ml100k",
+        action="store_true",
+        help="Replay MovieLens-100K (last 20%% of time) instead" + tuned["ml100k"],
+    )
+    parser.add_argument(
+        "--kuairand",
+        type=Path,
+        default=None,
+        help="Replay a KuaiRand log (argus convert kuairand's input; last 20%% of time) instead"
+        + tuned["kuairand"],
+    )
+
+
 def arguments() -> argparse.Namespace:
     """The command line, with ``work`` filled in (and created)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -564,7 +581,7 @@ def arguments() -> argparse.Namespace:
         "--finetune-set",
         action="append",
         default=[],
-        help="a fine-tuning setting, e.g. runtime_reveal=3 (repeatable)",
+        help="a fine-tuning setting, e.g. runtime_reveal=3 (repeatable; over a real log's own)",
     )
     parser.add_argument(
         "--sim-set",
@@ -582,22 +599,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--work", type=Path, default=None, help="runs/bench/replay[-ml100k][-pooled|-nip]"
     )
-    parser.add_argument(
-        "--ml100k",
-        action="store_true",
-        help="Replay MovieLens-100K (last 20%% of time) instead; it fine-tunes with "
-        + " ".join((*POPULAR_RETURN, *SMALL_LOG))
-        + " (--finetune-set overrides them).",
-    )
-    parser.add_argument(
-        "--kuairand",
-        type=Path,
-        default=None,
-        help="Replay a KuaiRand log (argus convert kuairand's input; last 20%% of time) instead; "
-        "it fine-tunes with "
-        + " ".join((*NEW_ITEMS, *SMALL_LOG))
-        + " (--finetune-set overrides them).",
-    )
+    real_log_arguments(parser)
     args = parser.parse_args()
     suffix = ("-ml100k" if args.ml100k else "-kuairand" if args.kuairand else "") + (
         "" if args.retrieval_query == "state" else f"-{args.retrieval_query}"
