@@ -123,8 +123,8 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
     tune = options(init=pre, out=fine, batch_size=args.batch_size)
     tune += options(max_steps=steps) if steps else options(epochs=args.finetune_epochs)
     tune += options(model=f"retrieval_query={args.retrieval_query}")
-    real = "kuairand" if args.kuairand else "ml100k" if args.ml100k else ""
-    settings = [*REAL_LOGS.get(real, ()), *args.finetune_set]  # later ones win
+    log = "kuairand" if args.kuairand else "ml100k" if args.ml100k else ""
+    settings = [*REAL_LOGS.get(log, ()), *args.finetune_set]  # later ones win
     tune += [part for setting in settings for part in ("--set", setting)]
     stage((fine / "checkpoint.pt").exists(), "finetune", *shared, *tune)
     stage(
