@@ -48,6 +48,8 @@ ROWS = {
     "token_share_item": "token share: item",
     "token_share_feedback": "token share: feedback",
     "token_share_signed_item": "token share: signed item",
+    "token_effect_item": "total effect on the token: item",
+    "token_effect_feedback": "total effect on the token: feedback",
     "probe_taste_r2": "probe R², state → taste",
     "probe_taste_history_r2": "probe R², history's true item latents → taste (reference)",
     "probe_offset_r2": "probe R², state → personal offset",

@@ -5,7 +5,9 @@ Each figure asks one question of a trained model against the simulator's truth
 (daily-snapshot states, pairs within a user-day, weighted by grade distance):
 
 * **token shares** — of the token before its norm, the variance each part brings (context, item,
-  feedback): a part with a tiny share is drowned, whatever it carries;
+  feedback): a part with a tiny share is drowned, whatever it carries; and each input's **total
+  effect**, the share of that variance which goes when the event's item, or its feedback, alone
+  is redrawn (through every part it reaches);
 * **linear probes** (ridge regression, 2-fold over users or items, R² over every output
   dimension): the state after a user's last event before the window → their true taste (the genre
   mixture's point) and, apart, their personal offset; the backbone's item embedding → the item's
@@ -140,12 +142,11 @@ def ridge_accuracy(x: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> float
     return max(float((p.argmax(1) == codes).mean()) for p in held_out_fits(x, y, seed))
 
 
-@torch.no_grad()
-def token_shares(
-    model: Argus, events: Events, *, rows: int = 20_000, seed: int = 0
-) -> dict[str, float]:
-    """Each token part's share of the variance of the token before its norm (summed over
-    dimensions), over ``rows`` events drawn at random from whole-history chunks."""
+def token_batches(
+    model: Argus, events: Events, rows: int, seed: int
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Batches of whole-history chunks (each of a random user's last chunk) holding about
+    ``rows`` events, with each batch's (B, L) mask of real events."""
     _, offsets = events.user_offsets()
     users = np.random.default_rng(seed).permutation(len(offsets) - 1)
     end = offsets[1:][users]
@@ -153,15 +154,58 @@ def token_shares(
     enough = int(np.searchsorted(np.cumsum(end - start), rows)) + 1
     spans = Spans(start[:enough], end[:enough], start[:enough].copy())
     device = next(model.parameters()).device
-    sums: dict[str, list[torch.Tensor]] = {}
     for batch in iter_batches(events, spans, batch_size=32):
-        tensors = batch.to_torch(device)
-        real = torch.from_numpy(batch.padding_mask).to(device)
+        yield batch.to_torch(device), torch.from_numpy(batch.padding_mask).to(device)
+
+
+@torch.no_grad()
+def token_shares(
+    model: Argus, events: Events, *, rows: int = 20_000, seed: int = 0
+) -> dict[str, float]:
+    """Each token part's share of the variance of the token before its norm (summed over
+    dimensions), over ``rows`` events drawn at random from whole-history chunks."""
+    sums: dict[str, list[torch.Tensor]] = {}
+    for tensors, real in token_batches(model, events, rows, seed):
         for name, part in model.token_parts(tensors).items():
             sums.setdefault(name, []).append(part[real].float().cpu())
     variance = {name: float(torch.cat(parts).var(0).sum()) for name, parts in sums.items()}
     whole = sum(variance.values())
     return {name: v / whole for name, v in variance.items()}
+
+
+# The inputs each total effect redraws, together: the event's item, or its feedback.
+EFFECT_INPUTS = {
+    "item": ("item_id", "artist_id"),
+    "feedback": ("liked", "disliked", "played_ratio"),
+}
+
+
+@torch.no_grad()
+def token_effects(
+    model: Argus, events: Events, *, rows: int = 20_000, seed: int = 0
+) -> dict[str, float]:
+    """Each input's total effect on the token before its norm: the share of the token's
+    variance that goes when the input alone is redrawn, ``E|t(x) - t(x')|^2 / (2 Var t)`` with
+    ``x'`` the input of another event of the batch (the rest of the event kept). Unlike
+    :func:`token_shares` it counts every part the input reaches: the feedback's own part and
+    the item as the feedback signs it. Shares of one token can sum past 1 where inputs
+    interact."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens: list[torch.Tensor] = []
+    moved: dict[str, list[torch.Tensor]] = {name: [] for name in EFFECT_INPUTS}
+    for tensors, real in token_batches(model, events, rows, seed):
+        token = torch.stack(list(model.token_parts(tensors).values())).sum(0)
+        tokens.append(token[real].float().cpu())
+        order = torch.randperm(int(real.sum()), generator=generator).to(real.device)
+        for name, keys in EFFECT_INPUTS.items():
+            redrawn = dict(tensors)
+            for key in keys:
+                redrawn[key] = tensors[key].clone()
+                redrawn[key][real] = tensors[key][real][order]
+            other = torch.stack(list(model.token_parts(redrawn).values())).sum(0)
+            moved[name].append(((token - other)[real].float() ** 2).sum(-1).cpu())
+    variance = float(torch.cat(tokens).var(0).sum())
+    return {name: float(torch.cat(d).mean()) / (2 * variance) for name, d in moved.items()}
 
 
 @dataclass(frozen=True)
@@ -267,6 +311,7 @@ def diagnose(
     out: dict[str, float] = {}
     train = split.train(events)
     out.update({f"token_share_{k}": v for k, v in token_shares(model, train, seed=seed).items()})
+    out.update({f"token_effect_{k}": v for k, v in token_effects(model, train, seed=seed).items()})
     if truth is not None:
         out.update(probes(model, train, truth, split, min_item_events, seed))
         if truth.has_moods:

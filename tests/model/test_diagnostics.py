@@ -23,6 +23,7 @@ from model.diagnostics import (
     ridge_accuracy,
     ridge_r2,
     states_at,
+    token_effects,
     token_shares,
 )
 
@@ -76,6 +77,24 @@ def test_token_shares_sum_to_one_and_no_part_of_the_balanced_token_is_drowned(
     assert token_shares(legacy, events, rows=2_000)["item"] < 0.05
 
 
+def test_total_effects_see_the_item_in_the_balanced_token_and_the_feedback_only_where_read(
+    sim_data: Path,
+) -> None:
+    events = read_events(sim_data)
+    torch.manual_seed(0)
+    balanced = token_effects(Argus(preset("argus-tiny")).eval(), events, rows=2_000)
+    assert set(balanced) == {"item", "feedback"}
+    assert balanced["item"] > 0.5
+    assert 0.0 < balanced["feedback"] < 1.0
+    legacy = Argus(preset("argus-tiny", fusion="concat", fp_dot=False)).eval()
+    assert token_effects(legacy, events, rows=2_000)["item"] < 0.05  # the drowned item
+    sasrec = Argus(preset("argus-tiny", objective="sasrec")).eval()
+    assert token_effects(sasrec, events, rows=2_000) == {
+        "item": pytest.approx(1.0, abs=0.1),
+        "feedback": 0.0,
+    }
+
+
 def test_states_at_rows_equal_a_forward_pass_over_the_history(sim_data: Path) -> None:
     events = read_events(sim_data)
     torch.manual_seed(0)
@@ -118,6 +137,7 @@ def test_the_backbone_benchmark_shows_a_trained_model_s_probes_beat_an_untrained
     assert len(reference) == 1 and reference.pop() > stages["untrained"]["probe_taste_r2"] + 0.1
     required = [
         "token_share_item",
+        "token_effect_feedback",
         "probe_taste_r2",
         "probe_offset_r2",
         "probe_item_r2",
