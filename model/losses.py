@@ -270,6 +270,7 @@ def retrieval_loss(
     taste: torch.Tensor | None = None,
     trend: ItemTrend | None = None,
     h: torch.Tensor | None = None,
+    state_dropout: float = 0.0,
 ) -> torch.Tensor:
     """Sampled softmax (in-batch and uniform negatives, logQ-corrected) of a future positive
     event (:func:`future_targets`) given the retrieval query at each position: what makes the
@@ -281,9 +282,13 @@ def retrieval_loss(
     the day of the query's event, or with ``retrieval_gap`` the moment the user's next event
     came: the query then reads how long they were away, and the horizon counts from there.
     With ``retrieval_popularity`` the score also adds the query's popularity weight times the
-    candidate's positives of all time before that day (log1p), from the same ``trend``."""
+    candidate's positives of all time before that day (log1p), from the same ``trend``.
+    ``state_dropout``: dropout on the state the query reads, while the model trains (drawn from
+    the step's seeded stream)."""
     if h is None and model.reads_state:
         h = model(batch)
+    if h is not None and state_dropout:
+        h = F.dropout(h, state_dropout, training=model.training)
     if model.cfg.retrieval_trend and trend is None:
         raise ValueError("this model's retrieval space has a trend column: pass the ItemTrend")
     time = batch["timestamp"]

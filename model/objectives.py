@@ -179,6 +179,7 @@ class RetrievalTraining:
     negatives: int
     generator: torch.Generator  # its own random stream: the rest of training draws the same
     trend: ItemTrend | None = None  # of the training positives, for a model with retrieval_trend
+    state_dropout: float = 0.0  # on the state the query reads
 
 
 class PairwiseObjective(nn.Module):
@@ -229,6 +230,7 @@ class PairwiseObjective(nn.Module):
                 taste=tastes,  # computed once for both losses
                 trend=r.trend,
                 h=h,
+                state_dropout=r.state_dropout,
             )
             out = {
                 "loss": pairwise + r.weight * retrieval,

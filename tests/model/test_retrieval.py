@@ -290,6 +290,42 @@ def test_the_retrieval_loss_reaches_the_backbone_only_with_retrieval_trains_stat
     assert "user_proj" not in touched and "nip_head" not in touched  # never the other heads
 
 
+def test_state_dropout_reaches_the_query_while_training_and_never_in_evaluation(
+    sim_data: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=12))
+    batch = batch_of(sim_data)
+    frequencies = ItemFrequencies.from_item_ids(batch["item_id"].flatten().numpy())
+
+    def loss(dropout: float) -> float:
+        torch.manual_seed(1)
+        generator = torch.Generator().manual_seed(2)
+        value = retrieval_loss(
+            model,
+            batch,
+            frequencies,
+            frequencies.ids[:16],
+            horizon=7 * DAY,
+            window=32,
+            temperature=0.05,
+            generator=generator,
+            state_dropout=dropout,
+        )
+        return float(value)
+
+    model.train()
+    assert loss(0.5) == loss(0.5) != loss(0.0)
+    model.eval()
+    assert loss(0.5) == loss(0.0)
+    config = FinetuneConfig(data="x", out="y", retrieval_state_dropout=0.3)
+    training = config.retrieval_training(read_events(sim_data), "cpu")
+    assert training is not None and training.state_dropout == 0.3
+    for wrong in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="retrieval_state_dropout"):
+            FinetuneConfig(data="x", out="y", retrieval_state_dropout=wrong)
+
+
 def test_with_retrieval_popularity_the_query_weighs_all_time_positives_too(
     sim_data: Path,
 ) -> None:
