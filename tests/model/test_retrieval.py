@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,12 +33,12 @@ def batch_of(sim_data: Path, n: int = 6, length: int = 40) -> dict[str, torch.Te
     return make_batch(events, Spans(start, end, start), pad_to_multiple=1).to_torch()
 
 
-def trained_by_the_retrieval_loss(
-    model: Argus, batch: dict[str, torch.Tensor], trend: ItemTrend | None = None
-) -> set[str]:
-    """The parameters one backward pass of the batch's retrieval loss gives a gradient."""
+def retrieval_loss_of(
+    model: Argus, batch: dict[str, torch.Tensor], **settings: Any
+) -> torch.Tensor:
+    """The batch's retrieval loss, its negatives the batch's first 16 items."""
     frequencies = ItemFrequencies.from_item_ids(batch["item_id"].flatten().numpy())
-    loss = retrieval_loss(
+    return retrieval_loss(
         model,
         batch,
         frequencies,
@@ -45,9 +46,15 @@ def trained_by_the_retrieval_loss(
         horizon=7 * DAY,
         window=32,
         temperature=0.05,
-        trend=trend,
+        **settings,
     )
-    loss.backward()
+
+
+def trained_by_the_retrieval_loss(
+    model: Argus, batch: dict[str, torch.Tensor], trend: ItemTrend | None = None
+) -> set[str]:
+    """The parameters one backward pass of the batch's retrieval loss gives a gradient."""
+    retrieval_loss_of(model, batch, trend=trend).backward()
     return {n for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.any())}
 
 
@@ -296,23 +303,11 @@ def test_state_dropout_reaches_the_query_while_training_and_never_in_evaluation(
     torch.manual_seed(0)
     model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=12))
     batch = batch_of(sim_data)
-    frequencies = ItemFrequencies.from_item_ids(batch["item_id"].flatten().numpy())
 
     def loss(dropout: float) -> float:
         torch.manual_seed(1)
         generator = torch.Generator().manual_seed(2)
-        value = retrieval_loss(
-            model,
-            batch,
-            frequencies,
-            frequencies.ids[:16],
-            horizon=7 * DAY,
-            window=32,
-            temperature=0.05,
-            generator=generator,
-            state_dropout=dropout,
-        )
-        return float(value)
+        return float(retrieval_loss_of(model, batch, generator=generator, state_dropout=dropout))
 
     model.train()
     assert loss(0.5) == loss(0.5) != loss(0.0)
