@@ -307,7 +307,8 @@ def test_state_dropout_reaches_the_query_while_training_and_never_in_evaluation(
     def loss(dropout: float) -> float:
         torch.manual_seed(1)
         generator = torch.Generator().manual_seed(2)
-        return float(retrieval_loss_of(model, batch, generator=generator, state_dropout=dropout))
+        value = retrieval_loss_of(model, batch, generator=generator, state_dropout=dropout)
+        return float(value.detach())
 
     model.train()
     assert loss(0.5) == loss(0.5) != loss(0.0)
