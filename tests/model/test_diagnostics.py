@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,32 +65,36 @@ def test_a_strong_mood_shows_in_a_session_s_first_items(tmp_path: Path) -> None:
         assert 0.0 <= found[f"probe_mood_{view}"] <= 1.0
 
 
+def untrained(**overrides: Any) -> Argus:
+    """A seeded, untrained ``argus-tiny`` (with ``overrides``), in evaluation mode."""
+    torch.manual_seed(0)
+    return Argus(preset("argus-tiny", **overrides)).eval()
+
+
+LEGACY = {"fusion": "concat", "fp_dot": False}  # the concatenated token that drowned the item
+
+
 def test_token_shares_sum_to_one_and_no_part_of_the_balanced_token_is_drowned(
     sim_data: Path,
 ) -> None:
     events = read_events(sim_data)
-    torch.manual_seed(0)
-    shares = token_shares(Argus(preset("argus-tiny")).eval(), events, rows=2_000)
+    shares = token_shares(untrained(), events, rows=2_000)
     assert set(shares) == {"context", "item", "feedback", "signed_item"}
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["item"] > 0.2  # the earlier fusion gave the item about 1%
-    legacy = Argus(preset("argus-tiny", fusion="concat", fp_dot=False)).eval()
-    assert token_shares(legacy, events, rows=2_000)["item"] < 0.05
+    assert token_shares(untrained(**LEGACY), events, rows=2_000)["item"] < 0.05
 
 
 def test_total_effects_see_the_item_in_the_balanced_token_and_the_feedback_only_where_read(
     sim_data: Path,
 ) -> None:
     events = read_events(sim_data)
-    torch.manual_seed(0)
-    balanced = token_effects(Argus(preset("argus-tiny")).eval(), events, rows=2_000)
+    balanced = token_effects(untrained(), events, rows=2_000)
     assert set(balanced) == {"item", "feedback"}
     assert balanced["item"] > 0.5
     assert 0.0 < balanced["feedback"] < 1.0
-    legacy = Argus(preset("argus-tiny", fusion="concat", fp_dot=False)).eval()
-    assert token_effects(legacy, events, rows=2_000)["item"] < 0.05  # the drowned item
-    sasrec = Argus(preset("argus-tiny", objective="sasrec")).eval()
-    assert token_effects(sasrec, events, rows=2_000) == {
+    assert token_effects(untrained(**LEGACY), events, rows=2_000)["item"] < 0.05
+    assert token_effects(untrained(objective="sasrec"), events, rows=2_000) == {
         "item": pytest.approx(1.0, abs=0.1),
         "feedback": 0.0,
     }
