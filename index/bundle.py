@@ -50,6 +50,7 @@ import numpy as np
 from index.hnsw import ItemIndex, Tuning, tune_ef
 from model.contract import ENCODER_FILE, EXPORT_ARRAYS, EXPORT_MANIFEST, STEP_FILE
 from model.progress import bar as tqdm
+from model.readout import Readout, history_grades
 
 SCHEMA_VERSION = 2  # 2: two item spaces (retrieval, ranking)
 MANIFEST = "manifest.json"
@@ -184,7 +185,16 @@ def read_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
     if not (directory / ENCODER_FILE).is_file():
         raise BundleError(directory / ENCODER_FILE, "missing")
     cold_vector(manifest_path, manifest)
+    readout_of(manifest_path, manifest)
     return manifest, arrays
+
+
+def readout_of(path: Path, manifest: dict[str, Any]) -> Readout:
+    """The manifest's feedback readout, checked (off when it names none)."""
+    try:
+        return Readout.from_manifest(manifest)
+    except ValueError as error:
+        raise BundleError(path, str(error)) from None
 
 
 def cold_vector(path: Path, manifest: dict[str, Any]) -> np.ndarray | None:
@@ -315,6 +325,7 @@ def build(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "model_config": export_manifest.get("model_config", {}),
             "cold_item_vector": export_manifest.get("cold_item_vector"),
+            "readout": export_manifest.get("readout"),
             "dim": int(dim),
             "retrieval_dim": int(items.shape[1]),
             "n_items": int(n_items),
@@ -401,6 +412,8 @@ class Bundle:
     popular: np.ndarray
     index: ItemIndex | None
     cold_item_vector: np.ndarray | None = None  # (dim,) the ranking vector of an unknown item
+    # the feedback readout the export read into the stored vectors (:meth:`read_feedback`)
+    readout: Readout = field(default_factory=Readout)
 
     @property
     def version(self) -> str:
@@ -416,6 +429,22 @@ class Bundle:
         query = np.zeros(self.dim, dtype=np.float32)
         query[-1] = 1.0
         return query
+
+    def read_feedback(self, vector: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """A runtime encoder's user ``vector`` with the readout of its live ``history``'s
+        feedback (the newest ``max_len`` events, as the encoder reads them) in its ranking part:
+        the vector the export would store for that history."""
+        readout = self.readout
+        if not readout.on or not len(history):
+            return vector
+        recent = history[-int(self.manifest["model_config"]["max_len"]) :]
+        rows, known = rows_of(self.item_ids, recent["item_id"].astype(np.int64))
+        grades = np.where(known, history_grades(recent), np.nan)
+        items = np.where(known[:, None], self.item_vectors[rows], 0.0)
+        out = vector.copy()
+        ranking = self.ranking_part(vector)[None]
+        out[: self.dim] = readout.apply(ranking, items[None], grades[None])[0]
+        return out
 
     def ranking_items(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors, known)`` of (N,) item ids: their (N, dim) ranking vectors (an item the
@@ -501,6 +530,7 @@ class Bundle:
             popular=arrays["popular.npy"],
             index=index,
             cold_item_vector=cold_vector(path / MANIFEST, manifest),
+            readout=readout_of(path / MANIFEST, manifest),
         )
 
 

@@ -49,6 +49,7 @@ PARTS: dict[str, tuple[str, ...]] = {
         "taste_scale",
         "cold_item",
         "unseen_offset",
+        "readout",
     ),
     "retrieval": ("retrieval_item", "retrieval_head", "trend_head"),
 }
@@ -398,6 +399,7 @@ class Argus(nn.Module):
     """The ARGUS backbone with its NIP and FP heads. See the module docstring."""
 
     unseen_offset: torch.Tensor  # a buffer, with cold_items
+    readout: torch.Tensor  # a buffer, with towers: (slope, ridge) of model.readout
 
     def __init__(self, cfg: ArgusConfig) -> None:
         super().__init__()
@@ -427,6 +429,9 @@ class Argus(nn.Module):
             self.user_proj = nn.Linear(d, cfg.tower_dim, bias=False)
             self.item_mlp = _mlp(e, d, cfg.tower_dim)
             self.item_popularity = nn.Linear(1, cfg.tower_dim, bias=False)  # of log1p(positives)
+            # the feedback readout's slope and ridge (model.readout): fitted after fine-tuning
+            # on held-out days, off (ridge inf) until then
+            self.register_buffer("readout", torch.tensor([0.0, math.inf]))
             if cfg.item_negatives:  # of log1p(events that were not positive)
                 self.item_negatives = nn.Linear(1, cfg.tower_dim, bias=False)
             if cfg.cold_items:  # the prior of any item the catalog has not seen yet

@@ -1,4 +1,5 @@
-"""Placing the cold level on held-out days (``argus finetune --set cold_calibration=1d``).
+"""Calibrations on held-out days, after fine-tuning: the cold level (``argus finetune --set
+cold_calibration=1d``) and the feedback readout (``readout_calibration``, :mod:`model.readout`).
 
 A model with ``cold_items`` scores an item it knows too little of with one learned level (plus
 the item's counts). Fine-tuning learns that level against the items the training days show, whose
@@ -19,6 +20,7 @@ offsets, and the loss is convex in both.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,10 +31,12 @@ from model.argus import Argus
 from model.data.events import Events
 from model.evaluate import impression_scores
 from model.impressions import Impressions, group_pairs
-from model.inference import ItemPopularity
+from model.inference import ItemPopularity, readout_inputs
 from model.metrics import pair_accuracy
+from model.readout import RIDGES, Readout
 
 CALIBRATION_FILE = "cold_calibration.json"
+READOUT_FILE = "readout.json"
 ROUNDS = 5  # of coordinate descent over the two offsets
 
 
@@ -156,3 +160,100 @@ def pair_loss(scores: np.ndarray, hi: np.ndarray, lo: np.ndarray, weight: np.nda
     if len(hi) == 0:
         return float("nan")
     return float((weight * np.logaddexp(0.0, scores[lo] - scores[hi])).sum() / weight.sum())
+
+
+@dataclass(frozen=True)
+class ReadoutCalibration:
+    """What :func:`calibrate_readout` found: the slope, the ridge chosen (None: off), and the
+    held-out PairAccuracy of the towers alone and with each ridge tried; or what
+    :func:`fit_readout` set (no pairs)."""
+
+    slope: float
+    ridge: float | None
+    users: int
+    impressions: int
+    pairs: int
+    pair_accuracy_towers: float | None  # None: set, nothing held out
+    pair_accuracy: dict[str, float]
+
+    def line(self) -> str:
+        chosen = "off" if self.ridge is None else f"ridge {self.ridge:g}"
+        if not self.pairs:  # set, not chosen: the slope of the training histories
+            return (
+                f"feedback readout: {chosen}, slope {self.slope:.3f} from {self.users:,} "
+                "users' histories"
+            )
+        best = self.pair_accuracy.get(str(self.ridge), self.pair_accuracy_towers)
+        return (
+            f"feedback readout: {chosen}, slope {self.slope:.3f} on {self.pairs:,} held-out "
+            f"pairs of {self.users:,} users (PairAccuracy {self.pair_accuracy_towers:.4f} -> "
+            f"{best:.4f})"
+        )
+
+    def write(self, out: str | Path) -> Path:
+        path = Path(out) / READOUT_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+
+def sampled_users(user_id: np.ndarray, users: int, seed: int) -> np.ndarray:
+    """Up to ``users`` of the distinct ids in ``user_id`` (all when fewer), seeded."""
+    chosen = np.unique(user_id)
+    if len(chosen) > users:
+        chosen = np.sort(np.random.default_rng(seed).choice(chosen, users, replace=False))
+    return chosen
+
+
+@torch.no_grad()
+def fit_readout(
+    model: Argus, events: Events, ridge: float, *, users: int = 2_000, seed: int = 0
+) -> ReadoutCalibration:
+    """Set ``model``'s readout to ``ridge`` and the slope of its users' histories as the export
+    reads them (each sampled user's last ``max_len`` events of ``events``, the fine-tuning
+    events), off when the towers' score does not rise with the grades."""
+    ids, offsets = events.user_offsets()
+    chosen = np.searchsorted(ids, sampled_users(ids, users, seed))
+    inputs = readout_inputs(model, events, None, events, states=offsets[chosen + 1] - 1)
+    slope = inputs.slope()
+    on = slope > 0 and ridge > 0
+    model.readout.copy_(torch.tensor([slope, ridge if on else math.inf]))
+    return ReadoutCalibration(slope, ridge if on else None, len(chosen), 0, 0, None, {})
+
+
+@torch.no_grad()
+def calibrate_readout(
+    model: Argus,
+    events: Events,
+    impressions: Impressions,
+    counts_until: Events,
+    weights: np.ndarray,
+    *,
+    users: int = 2_000,
+    seed: int = 0,
+) -> ReadoutCalibration:
+    """Fit ``model``'s readout on held-out ``impressions`` (rows of ``events``, which holds
+    their histories; up to ``users`` users of them, seeded) scored as a bundle cut before them
+    would (item counts of ``counts_until``) and set it on the model's ``readout`` buffer."""
+    user = events.user_id[impressions.row]
+    chosen = sampled_users(user, users, seed)
+    mine = impressions.take(np.flatnonzero(np.isin(user, chosen)))
+    inputs = readout_inputs(model, events, mine, counts_until)
+    slope = inputs.slope()
+    hi, lo, w = group_pairs(mine.group, mine.grade, weights)
+    base = float(pair_accuracy(inputs.scores(Readout()), hi, lo, w))
+    tried = {
+        str(lam): float(pair_accuracy(inputs.scores(Readout(slope, lam)), hi, lo, w))
+        for lam in (RIDGES if slope > 0 else ())
+    }
+    best = max(tried, key=lambda k: tried[k]) if tried else None
+    ridge = float(best) if best is not None and tried[best] > base else None
+    model.readout.copy_(torch.tensor([slope, math.inf if ridge is None else ridge]))
+    return ReadoutCalibration(
+        slope=slope,
+        ridge=ridge,
+        users=len(chosen),
+        impressions=len(mine),
+        pairs=len(hi),
+        pair_accuracy_towers=base,
+        pair_accuracy=tried,
+    )

@@ -54,7 +54,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 # Settings added after checkpoints existed, with the value those checkpoints were trained with.
 BEFORE = {"fusion": "concat", "fp_dot": False, "nip_cosine": False, "tower_taste": True}
 # Buffers added after checkpoints existed; such a checkpoint keeps their initial value.
-ADDED_BUFFERS = ("unseen_offset",)
+ADDED_BUFFERS = ("unseen_offset", "readout")
 
 
 def model_config(state: dict[str, Any]) -> ArgusConfig:

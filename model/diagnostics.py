@@ -16,14 +16,17 @@ Each figure asks one question of a trained model against the simulator's truth
   the taste to a linear reader that knew each of them exactly;
 * **PairAccuracy** of every score the model can give a held-out pair: the FP head's (target-aware)
   with the user's own state and with another user's, the fine-tuned towers' whole score, their
-  personal part read from the state alone and the pooled-history shortcut's part alone; beside
-  MostPop and the oracle.
+  personal part read from the state alone and the pooled-history shortcut's part alone, and
+  the towers with the feedback readout (:mod:`model.readout`, what ``/score`` serves when
+  fine-tuning turned it on) and the readout's personal part on its own (read into the mean
+  user's vector, without the state); beside MostPop and the oracle.
 
 :func:`diagnose` computes them all; ``benchmarks/backbone.py`` trains the models and prints them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from model.argus import FP_SCORE_SIGNS, Argus
-from model.data.batching import Spans, TemporalSplit, covering_spans, iter_batches, sample_users
+from model.data.batching import Spans, TemporalSplit, iter_batches, sample_users
 from model.data.events import Events
 from model.data.simulate import Truth
 from model.future import history_latents
@@ -43,51 +46,11 @@ from model.impressions import (
     pair_weight_table,
     session_ids,
 )
-from model.inference import ItemPopularity
+from model.inference import ItemPopularity, readout_inputs, states_at
 from model.metrics import pair_accuracy
+from model.readout import Readout
 
 RIDGES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # penalties tried by :func:`ridge_r2`
-
-
-@dataclass(frozen=True)
-class States:
-    """The model's view at a set of event rows (sorted, unique): the hidden state after each
-    and, for a model with a retrieval space, the pooled-history taste there."""
-
-    rows: np.ndarray  # (N,) rows of the events table
-    h: torch.Tensor  # (N, D)
-    taste: torch.Tensor | None  # (N, R)
-
-    def at(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The states of ``rows`` (each one of :attr:`rows`)."""
-        index = torch.from_numpy(np.searchsorted(self.rows, rows))
-        return self.h[index], (self.taste[index] if self.taste is not None else None)
-
-
-@torch.no_grad()
-def states_at(model: Argus, events: Events, rows: np.ndarray, *, batch_size: int = 64) -> States:
-    """:class:`States` after each of ``rows``, each computed with as much of its user's history
-    as ``max_len`` allows (one pass per user, more where the rows span further)."""
-    needed = np.unique(rows)
-    device = next(model.parameters()).device
-    h = torch.zeros(len(needed), model.cfg.d_model)
-    taste = torch.zeros(len(needed), model.cfg.retrieval_dim) if model.has_retrieval else None
-    if len(needed):
-        _, offsets = events.user_offsets()
-        user = np.searchsorted(offsets, needed, side="right") - 1
-        first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
-        a = np.minimum.reduceat(needed, first)
-        b = np.maximum.reduceat(needed, first) + 1
-        spans = covering_spans(offsets[user[first]], a, b, model.cfg.max_len)
-        for batch in iter_batches(events, spans, batch_size=batch_size):
-            wanted = batch.target_mask & np.isin(batch.row_index, needed)
-            tensors = batch.to_torch(device)
-            at = torch.from_numpy(np.searchsorted(needed, batch.row_index[wanted]))
-            mask = torch.from_numpy(wanted).to(device)
-            h[at] = model(tensors)[mask].float().cpu()
-            if taste is not None:
-                taste[at] = model.taste(tensors)[mask].float().cpu()
-    return States(needed, h, taste)
 
 
 def last_rows_before(events: Events, users: np.ndarray, before: int) -> np.ndarray:
@@ -434,6 +397,16 @@ def pair_accuracies(
         parts = tower_parts(model, pairs, h, taste_at, popularity)
         for name, scores in parts.items():
             out[f"{name}_pair_accuracy"] = pairs.accuracy(scores)
+        readout = Readout.of(model)
+        if readout.on:  # what /score serves: the towers with each user's feedback read in
+            inputs = readout_inputs(model, pairs.events, pairs.impressions, train)
+            out["towers_readout_pair_accuracy"] = pairs.accuracy(inputs.scores(readout))
+            # the personal part the readout finds on its own: read into the mean user's vector
+            # (no state), that vector's own score (an item prior) taken out
+            mean = np.broadcast_to(inputs.u.mean(0), inputs.u.shape)
+            alone = dataclasses.replace(inputs, u=mean)
+            prior = alone.scores(Readout())
+            out["readout_only_pair_accuracy"] = pairs.accuracy(alone.scores(readout) - prior)
     ids_p, counts_p = train.positive_counts()
     where = np.clip(np.searchsorted(ids_p, pairs.item_id), 0, max(len(ids_p) - 1, 0))
     found = ids_p[where] == pairs.item_id if len(ids_p) else np.zeros(len(pairs.item_id), bool)

@@ -54,10 +54,11 @@ from model.impressions import (
     pair_weight_table,
     popularity_counts,
 )
-from model.inference import ItemPopularity, tower_scores
+from model.inference import ItemPopularity, readout_inputs, tower_scores
 from model.losses import feedback_losses
 from model.metrics import pair_accuracy, ranking_metrics, ranks
 from model.progress import bar as tqdm
+from model.readout import Readout
 from model.runtime import pick_device
 from model.trainer import choose_split, training_events
 
@@ -549,7 +550,13 @@ def _pair_accuracies(
             # the runtime head answers at its own lag (the service's realtime source)
             runtime=bool(runtime_lag) and parse_duration(runtime_lag) == parse_duration(lag),
         )
-        rows[name_of(path, state)]["pair_accuracy"] = pair_accuracy(scores, hi, lo, w)
+        row = rows[name_of(path, state)]
+        row["pair_accuracy"] = pair_accuracy(scores, hi, lo, w)
+        readout = Readout.of(model)
+        if readout.on and parse_duration(lag) > 0:  # the daily bundle's vectors: with it
+            row["pair_accuracy_without_readout"] = row["pair_accuracy"]
+            inputs = readout_inputs(model, events, test, split.train(all_users))
+            row["pair_accuracy"] = pair_accuracy(inputs.scores(readout), hi, lo, w)
     popularity = popularity_counts(all_users, split, catalog)
     rows["MostPop"]["pair_accuracy"] = pair_accuracy(
         popularity[catalog.column(events.item_id[test.row])], hi, lo, w

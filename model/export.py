@@ -47,10 +47,12 @@ from model.inference import (
     StepEncoder,
     UserEncoder,
     item_vectors,
+    last_spans,
     retrieval_dim,
     trend_counts,
     user_vectors,
 )
+from model.readout import Readout, read_into
 from model.runtime import pick_device
 
 
@@ -282,6 +284,28 @@ def counts_of(
     }
 
 
+def read_feedback(
+    model: Argus,
+    events: Events,
+    users: np.ndarray,
+    user_vecs: np.ndarray,
+    items: np.ndarray,
+    item_vecs: np.ndarray,
+) -> Readout:
+    """Each user's own feedback on their last ``max_len`` events read into the ranking part of
+    their vector (``user_vecs``, in place) by the model's readout (:mod:`model.readout`), which
+    is returned for the manifest; nothing when it is off."""
+    readout = Readout.of(model)
+    if readout.on:
+        spans = last_spans(events, model.cfg.max_len)
+        assert np.array_equal(users, events.user_id[spans.start])
+        dim = model.cfg.ranking_dim
+        user_vecs[:, :dim] = read_into(
+            readout, user_vecs[:, :dim], events, spans.start, spans.end, items, item_vecs
+        )
+    return readout
+
+
 def cutoff_of(until: str, state: dict[str, Any]) -> int | None:
     """The export's cut-off in Unix seconds (None: every event counts) from ``--until``."""
     if until == "all":
@@ -335,6 +359,7 @@ def export(
     users, user_vecs = all_user_vectors(
         checkpoint, model, events, chosen, ray_address, batch_size, progress, as_of
     )
+    readout = read_feedback(model, events, users, user_vecs, items, item_vecs)
     arrays = {
         "item_ids": items,
         "item_artist_ids": catalog.artist_id,
@@ -350,6 +375,7 @@ def export(
         "data": str(data),
         **counts_of(model, state, items, users),
         "events_until": int(events.timestamp.max()) + 1,
+        "readout": readout.manifest(),
         "as_of": as_of,
         "elapsed_s": elapsed,
     }

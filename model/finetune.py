@@ -24,10 +24,16 @@ import torch
 from torch import nn
 
 from model.argus import PARTS, Argus, ArgusConfig
-from model.calibration import ColdCalibration, calibrate_cold_level
+from model.calibration import (
+    ColdCalibration,
+    ReadoutCalibration,
+    calibrate_cold_level,
+    calibrate_readout,
+    fit_readout,
+)
 from model.checkpoint import model_config, read_checkpoint
 from model.config import FINETUNE_LR, apply_overrides
-from model.contract import DEFAULT_LAG, DEFAULT_SESSION_GAP
+from model.contract import DAY, DEFAULT_LAG, DEFAULT_SESSION_GAP
 from model.data.events import Events, parse_duration, read_events
 from model.impressions import (
     Impressions,
@@ -61,6 +67,7 @@ class Durations:
     retrieval_horizon: int
     retrieval_trend: int
     cold_calibration: int
+    readout_calibration: int
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,14 @@ class FinetuneConfig(TrainConfig):
     # the pairs and move the cold level to where it ranks them best (model.calibration); "0":
     # the level fine-tuning learns
     cold_calibration: str = "0"
+    # the feedback readout (model.readout): each user's own feedback on the items of their
+    # history, read into their vector by a ridge regression with this penalty; 0: none.
+    # Through the service /score +0.013 on a small world, +0.009 at demo size, level at full size
+    readout_ridge: float = 30.0
+    # instead, hold the impressions of the last this long of the training window out of the
+    # pairs and choose the ridge where it ranks the last day best, the days before it read as
+    # history (or none, when none beats the towers alone); "0": the ridge above
+    readout_calibration: str = "0"
     taste_shortcut: bool = True  # u, v also carry (a * taste, e_r): the taste's score, scaled
     # the towers read the pooled taste at all (off, the default: they read the state alone, and
     # the personal part of the score is the transformer's; with it they ignore the state)
@@ -148,6 +163,7 @@ class FinetuneConfig(TrainConfig):
             retrieval_horizon=parse_duration(self.retrieval_horizon),
             retrieval_trend=parse_duration(self.retrieval_trend),
             cold_calibration=parse_duration(self.cold_calibration),
+            readout_calibration=parse_duration(self.readout_calibration),
         )
         object.__setattr__(self, "_seconds", seconds)
         if self.group not in ("auto", "lag", "session"):
@@ -162,6 +178,13 @@ class FinetuneConfig(TrainConfig):
             )
         if self.min_history < 1:
             raise ValueError(f"min_history must be >= 1, got {self.min_history}")
+        if self.readout_ridge < 0:
+            raise ValueError(f"readout_ridge must be >= 0, got {self.readout_ridge}")
+        if seconds.readout_calibration and not self.readout_ridge:
+            raise ValueError(
+                f"readout_calibration={self.readout_calibration!r} chooses the readout's ridge: "
+                "it needs readout_ridge > 0 (the readout on)"
+            )
         if seconds.cold_calibration and not self.cold_items:
             raise ValueError(
                 f"cold_calibration={self.cold_calibration!r} places the cold level: it needs "
@@ -290,14 +313,13 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
                 f"{cfg.init}: pretrained on events up to t={init['train_until']}, after this "
                 f"run's test window starts (t={train_until}); use the same or an earlier split"
             )
-        held_out = cfg.seconds.cold_calibration
-        if held_out and runtime.world_size > 1:
-            raise ValueError("cold_calibration runs on one process: fine-tune without torchrun")
+        held_out = _held_out(cfg, runtime)
         cut = train_until - held_out
         impressions = cfg.impressions(train)
-        if held_out:  # the pairs rank the days before; the last ones place the cold level
+        if held_out:  # the pairs rank the days before; the last ones calibrate
             impressions = impressions.take(np.flatnonzero(train.timestamp[impressions.row] < cut))
         samples = make_samples(train, impressions, model_cfg.max_len, cfg.min_history)
+        ranks = len(samples.spans) > 0  # impressions to rank: the towers (and readout) learn
         if len(samples.spans) == 0 and not cfg.retrieval_dim:
             raise ValueError(
                 f"{cfg.data}: no impressions (recommended events with feedback) with a state "
@@ -343,34 +365,80 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         )
         trainer = Trainer(job, runtime, saved, progress=progress)
         summary = trainer.run()
-        if held_out and not summary.interrupted:
-            calibration = _calibrate(model, cfg, train, cut, table, runtime.device)
+        window = (cut, train_until)
+        done = _after(model, cfg, train, window, runtime, ranks) if not summary.interrupted else []
+        if done:
             trainer.checkpoint()
-            calibration.write(cfg.out)
-            if progress:
-                print(calibration.line())
+        for calibration in done if progress else []:
+            print(calibration.line())
         return summary
+
+
+def _held_out(cfg: FinetuneConfig, runtime: Runtime) -> int:
+    """Seconds at the end of the training window held out of the pairs for calibrations."""
+    if cfg.seconds.cold_calibration and runtime.world_size > 1:
+        raise ValueError("cold_calibration runs on one process: fine-tune without torchrun")
+    readout = cfg.seconds.readout_calibration if runtime.world_size == 1 else 0
+    return max(cfg.seconds.cold_calibration, readout)
+
+
+def _after(
+    model: Argus,
+    cfg: FinetuneConfig,
+    train: Events,
+    window: tuple[int, int],
+    runtime: Runtime,
+    ranks: bool,
+) -> list[ColdCalibration | ReadoutCalibration]:
+    """What fine-tuning sets once trained, each report written beside the checkpoint: the
+    calibrations on the held-out ``window``, or the feedback readout with its set ridge (on one
+    process, for a log with impressions to rank)."""
+    # the readout is set on one process: under torchrun the vectors go without it
+    readout = cfg.seconds.readout_calibration if runtime.world_size == 1 else 0
+    table = pair_weight_table(cfg.pair_weights)
+    done = _calibrate(model, cfg, train, window, table, runtime.device, readout)
+    if cfg.readout_ridge and not readout and ranks and runtime.world_size == 1:
+        done.append(fit_readout(model, train, cfg.readout_ridge, seed=cfg.seed))
+    for calibration in done:
+        calibration.write(cfg.out)
+    return done
 
 
 def _calibrate(
     model: Argus,
     cfg: FinetuneConfig,
     train: Events,
-    cut: int,
+    window: tuple[int, int],
     table: np.ndarray,
     device: torch.device,
-) -> ColdCalibration:
-    """Place the cold level on the impressions of ``train`` from ``cut`` on (the offline
-    head's: the daily bundle is what ranks against new items), with the item counts before it."""
+    readout: int,
+) -> list[ColdCalibration | ReadoutCalibration]:
+    """On the impressions of ``train`` in the held-out ``window`` (the offline head's: the
+    daily bundle is what ranks against new items), with the item counts before them: place the
+    cold level (with ``cold_calibration``), then fit the feedback readout (``readout`` > 0) on
+    the towers as placed, on the window's last day: the days before it are history the towers
+    did not train on, as the days after a bundle's cut are. A log without impressions there has
+    no readout (it scores nothing to fit it on)."""
+    cut, end = window
+    if cut == end:  # nothing held out
+        return []
     found = cfg.impressions(train)
     held = found.take(np.flatnonzero((train.timestamp[found.row] >= cut) & (found.head == 0)))
-    if not len(held):
-        raise ValueError(
-            f"{cfg.data}: no impressions in the last {cfg.cold_calibration} of the training "
-            "window to place the cold level on; hold out more, or drop cold_calibration"
-        )
+    done: list[ColdCalibration | ReadoutCalibration] = []
     before = train.take(train.timestamp < cut)
-    return calibrate_cold_level(model, train, held, before, table, device)
+    if cfg.seconds.cold_calibration:
+        if not len(held):
+            raise ValueError(
+                f"{cfg.data}: no impressions in the last {cfg.cold_calibration} of the training "
+                "window to place the cold level on; hold out more, or drop cold_calibration"
+            )
+        done.append(calibrate_cold_level(model, train, held, before, table, device))
+    last = max(cut, end - DAY)
+    fit = held.take(np.flatnonzero(train.timestamp[held.row] >= last))
+    if readout and len(fit):
+        until = train.take(train.timestamp < last)
+        done.append(calibrate_readout(model, train, fit, until, table, seed=cfg.seed))
+    return done
 
 
 def _load_backbone(model: Argus, weights: dict[str, torch.Tensor], source: str) -> None:

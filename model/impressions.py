@@ -37,13 +37,18 @@ LAG = parse_duration(DEFAULT_LAG)
 def feedback_grades(events: Events) -> np.ndarray:
     """(N,) int64 grade index into :data:`GRADES` of each event's feedback, whatever its source;
     -1 where it has none."""
-    ratio = events.played_ratio
+    return grades_of(events.played_ratio, events.liked, events.disliked)
+
+
+def grades_of(played_ratio: np.ndarray, liked: np.ndarray, disliked: np.ndarray) -> np.ndarray:
+    """:func:`feedback_grades` of the feedback columns (of events, or of a live history)."""
+    ratio = played_ratio
     with np.errstate(invalid="ignore"):
         grade = np.select(
             [ratio < SKIP_THRESHOLD, ratio < FULL_LISTEN, ratio >= FULL_LISTEN], [1, 2, 3], -1
         ).astype(np.int64)
-    grade[events.liked] = 4
-    grade[events.disliked] = 0
+    grade[liked] = 4
+    grade[disliked] = 0
     return grade
 
 

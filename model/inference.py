@@ -14,9 +14,11 @@ from model.argus import Argus, prior_columns
 from model.contract import (
     ENCODER_INPUTS,
 )
-from model.data.batching import Spans, bucket_batches, make_batch
+from model.data.batching import Spans, bucket_batches, covering_spans, iter_batches, make_batch
 from model.data.events import Catalog, Events
+from model.impressions import Impressions
 from model.progress import bar as tqdm
+from model.readout import Readout, padded_history, within_slope
 
 
 def retrieval_dim(model: Argus) -> int:
@@ -329,3 +331,121 @@ def trend_counts(events: Events, item_id: np.ndarray, window: int | None) -> np.
     sees it."""
     end = int(events.timestamp.max()) + 1 if len(events) else 0
     return events.positives_before(item_id, np.full(len(item_id), end, np.int64), window)
+
+
+@dataclass(frozen=True)
+class States:
+    """The model's view at a set of event rows (sorted, unique): the hidden state after each
+    and, for a model with a retrieval space, the pooled-history taste there."""
+
+    rows: np.ndarray  # (N,) rows of the events table
+    h: torch.Tensor  # (N, D)
+    taste: torch.Tensor | None  # (N, R)
+
+    def at(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The states of ``rows`` (each one of :attr:`rows`)."""
+        index = torch.from_numpy(np.searchsorted(self.rows, rows))
+        return self.h[index], (self.taste[index] if self.taste is not None else None)
+
+
+@torch.no_grad()
+def states_at(model: Argus, events: Events, rows: np.ndarray, *, batch_size: int = 64) -> States:
+    """:class:`States` after each of ``rows``, each computed with as much of its user's history
+    as ``max_len`` allows (one pass per user, more where the rows span further)."""
+    needed = np.unique(rows)
+    device = next(model.parameters()).device
+    h = torch.zeros(len(needed), model.cfg.d_model)
+    taste = torch.zeros(len(needed), model.cfg.retrieval_dim) if model.has_retrieval else None
+    if len(needed):
+        _, offsets = events.user_offsets()
+        user = np.searchsorted(offsets, needed, side="right") - 1
+        first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+        a = np.minimum.reduceat(needed, first)
+        b = np.maximum.reduceat(needed, first) + 1
+        spans = covering_spans(offsets[user[first]], a, b, model.cfg.max_len)
+        for batch in iter_batches(events, spans, batch_size=batch_size):
+            wanted = batch.target_mask & np.isin(batch.row_index, needed)
+            tensors = batch.to_torch(device)
+            at = torch.from_numpy(np.searchsorted(needed, batch.row_index[wanted]))
+            mask = torch.from_numpy(wanted).to(device)
+            h[at] = model(tensors)[mask].float().cpu()
+            if taste is not None:
+                taste[at] = model.taste(tensors)[mask].float().cpu()
+    return States(needed, h, taste)
+
+
+@torch.no_grad()
+def catalog_vectors(
+    model: Argus, events: Events, popularity: ItemPopularity, batch_size: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(item_ids, ranking vectors)`` of every item in ``events``, with ``popularity``'s
+    counts (on the model's device)."""
+    device = next(model.parameters()).device
+    catalog = Catalog.from_events(events)
+    vectors = np.empty((len(catalog.ids), model.cfg.ranking_dim), dtype=np.float32)
+    for begin in range(0, len(catalog.ids), batch_size):
+        part = slice(begin, begin + batch_size)
+        item = torch.from_numpy(catalog.ids[part]).to(device)
+        artist = torch.from_numpy(catalog.artist_id[part]).to(device)
+        vectors[part] = popularity.item_vectors(model, item, artist).float().cpu().numpy()
+    return catalog.ids, vectors
+
+
+@dataclass(frozen=True)
+class ReadoutInputs:
+    """What a readout reads for a set of impressions: the towers' vector ``u`` (S, D) at each of
+    their states, those states' histories (``vectors`` (S, L, D), ``grades`` (S, L)), and each
+    impression's state (``at`` (M,)) and item vector ``v`` (M, D)."""
+
+    u: np.ndarray
+    vectors: np.ndarray
+    grades: np.ndarray
+    at: np.ndarray
+    v: np.ndarray
+
+    def scores(self, readout: Readout) -> np.ndarray:
+        """(M,) each impression's ``<u', v>``, ``u'`` its state's vector with ``readout``."""
+        moved = readout.apply(self.u, self.vectors, self.grades)
+        return np.einsum("md,md->m", moved[self.at], self.v)
+
+    def slope(self) -> float:
+        """:func:`model.readout.within_slope` of the histories' grades on the towers' score."""
+        return within_slope(np.einsum("uld,ud->ul", self.vectors, self.u), self.grades)
+
+
+@torch.no_grad()
+def readout_inputs(
+    model: Argus,
+    events: Events,
+    impressions: Impressions | None,
+    counts_until: Events,
+    states: np.ndarray | None = None,
+) -> ReadoutInputs:
+    """:class:`ReadoutInputs` of ``impressions`` (rows of ``events``, which holds their
+    histories), or of the state rows ``states`` alone (no impression then), the items' vectors
+    as a bundle cut with the events ``counts_until`` has them."""
+    was_training = model.training
+    model.eval()
+    rows = impressions.state if impressions is not None else states
+    assert rows is not None
+    held = states_at(model, events, rows)
+    states = np.unique(rows)
+    h, taste = held.at(states)
+    device = next(model.parameters()).device
+    taste = taste.to(device) if taste is not None else None
+    u = model.user_vector(h.to(device), taste).float().cpu().numpy()
+    item_ids, item_vecs = catalog_vectors(model, events, ItemPopularity.of(counts_until, device))
+    _, offsets = events.user_offsets()
+    first = offsets[np.searchsorted(offsets, states, side="right") - 1]
+    starts = np.maximum(first, states + 1 - model.cfg.max_len)
+    vectors, grades = padded_history(events, starts, states + 1, item_ids, item_vecs)
+    model.train(was_training)
+    if impressions is None:
+        return ReadoutInputs(u, vectors, grades, np.zeros(0, np.int64), np.zeros((0, u.shape[1])))
+    return ReadoutInputs(
+        u=u,
+        vectors=vectors,
+        grades=grades,
+        at=np.searchsorted(states, impressions.state),
+        v=item_vecs[np.searchsorted(item_ids, events.item_id[impressions.row])],
+    )

@@ -107,7 +107,8 @@ class Resolver:
         the caller goes on to the next source."""
         with self.timed("encoder"):
             try:
-                return await served.batcher.encode(history, user_id)  # the newest max_len
+                vector = await served.batcher.encode(history, user_id)  # the newest max_len
+                return served.bundle.read_feedback(vector, history)
             except EncoderUnavailable:
                 self.metrics.encoder_unavailable.inc()
                 return None

@@ -15,7 +15,7 @@ PACKAGES = ("model", "index", "service", "argus", "loadtests", "benchmarks")
 MODEL_LAYERS = [
     {"contract", "config", "cpus", "progress", "runtime", "console"},  # plain pieces
     {"data"},  # events, batching, simulation, converters
-    {"impressions", "metrics", "future", "plots"},  # numpy: what is ranked, how it is scored
+    {"impressions", "metrics", "future", "plots", "readout"},  # numpy: what is ranked, how scored
     {"argus", "losses", "checkpoint"},  # the model
     {"inference"},  # the model, run
     {"trainer", "objectives"},  # the training loop and what it minimises

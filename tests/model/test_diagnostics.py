@@ -23,10 +23,10 @@ from model.diagnostics import (
     mood_probes,
     ridge_accuracy,
     ridge_r2,
-    states_at,
     token_effects,
     token_shares,
 )
+from model.inference import states_at
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,6 +26,7 @@ from model.export import (
     popular_items,
 )
 from model.inference import ItemPopularity, StepEncoder, UserEncoder, last_spans, retrieval_dim
+from model.readout import Readout, padded_history
 from model.train import pretrain
 from tests.model.conftest import tiny_config
 
@@ -125,12 +126,21 @@ def test_export_writes_every_vector_and_refuses_to_overwrite(
     session = ort.InferenceSession(str(out / ENCODER_FILE), providers=["CPUExecutionProvider"])
     spans = last_spans(events, model.cfg.max_len)
     assert spans.length.max() == 96 and spans.length.min() < 96
+    ids = np.unique(events.item_id)
+    readout = Readout.of(model)
+    assert readout.on and manifest["readout"] == readout.manifest()  # fine-tuning set it
     for k in np.random.default_rng(0).choice(len(spans), 12, replace=False).tolist():
         batch = make_batch(events, spans.take(np.array([k])), pad_to_multiple=1)
         with torch.no_grad():
             alone = UserEncoder(model, as_of=manifest["as_of"]).encode(batch.to_torch())[0].numpy()
             runtime = UserEncoder(model, runtime=True).encode(batch.to_torch())[0].numpy()
-        np.testing.assert_allclose(load["user_vectors"][k], alone, rtol=0, atol=1e-5)
+        # ... with the user's own feedback read into its ranking part (model.readout)
+        vectors, grades = padded_history(
+            events, spans.start[k : k + 1], spans.end[k : k + 1], ids, load["item_vectors"]
+        )
+        read = alone.copy()
+        read[:ranking] = readout.apply(alone[None, :ranking], vectors, grades)[0]
+        np.testing.assert_allclose(load["user_vectors"][k], read, rtol=0, atol=1e-5)
         inputs = {n: getattr(batch, n) for n in ENCODER_INPUTS}
         (onnx_out,) = session.run([ENCODER_OUTPUT], inputs)
         assert np.abs(onnx_out[0] - runtime).max() < 1e-4

@@ -155,7 +155,11 @@ def test_every_vector_source_is_reached(local: TestClient) -> None:
     ).json()
     from service.schemas import Event, as_history
 
-    direct = bundle.ranking_part(encoder.encode([as_history([Event(**e) for e in events])])[0])
+    live = as_history([Event(**e) for e in events])
+    # the encoder's vector with the live history's feedback read in, as the export reads it
+    encoded = encoder.encode([live])[0]
+    direct = bundle.ranking_part(bundle.read_feedback(encoded, live))
+    assert bundle.readout.on and not np.allclose(direct, bundle.ranking_part(encoded))
     assert out["source"] == "realtime"
     np.testing.assert_allclose(out["user_vector"], direct, rtol=0, atol=1e-6)
     # stored: a known user, no history.
