@@ -21,7 +21,7 @@ from model.readout import Readout
 def history_of(events: Events, begin: int, end: int) -> np.ndarray:
     """Rows ``[begin, end)`` of ``events`` as a live history (HISTORY_EVENT records)."""
     out = np.zeros(end - begin, dtype=HISTORY_EVENT)
-    for name in HISTORY_EVENT.names:
+    for name in HISTORY_EVENT.names or ():
         out[name] = getattr(events, name)[begin:end]
     return out
 
