@@ -107,7 +107,8 @@ class FinetuneConfig(TrainConfig):
     readout_ridge: float = 30.0
     # instead, hold the impressions of the last this long of the training window out of the
     # pairs and choose the ridge where it ranks the last day best, the days before it read as
-    # history (or none, when none beats the towers alone); "0": the ridge above
+    # history (or none, when none beats the towers alone); "0": the ridge above, unless days
+    # are held out anyway (cold_calibration): then it is chosen on those
     readout_calibration: str = "0"
     taste_shortcut: bool = True  # u, v also carry (a * taste, e_r): the taste's score, scaled
     # the towers read the pooled taste at all (off, the default: they read the state alone, and
@@ -393,8 +394,10 @@ def _after(
     """What fine-tuning sets once trained, each report written beside the checkpoint: the
     calibrations on the held-out ``window``, or the feedback readout with its set ridge (on one
     process, for a log with impressions to rank)."""
-    # the readout is set on one process: under torchrun the vectors go without it
-    readout = cfg.seconds.readout_calibration if runtime.world_size == 1 else 0
+    # the readout is set on one process: under torchrun the vectors go without it. Days held
+    # out anyway (for the cold level) choose its ridge too: on KuaiRand the set one cost 0.008
+    readout = cfg.seconds.readout_calibration or (window[1] - window[0])
+    readout = readout if runtime.world_size == 1 and cfg.readout_ridge else 0
     table = pair_weight_table(cfg.pair_weights)
     done = _calibrate(model, cfg, train, window, table, runtime.device, readout)
     if cfg.readout_ridge and not readout and ranks and runtime.world_size == 1:

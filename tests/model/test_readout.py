@@ -114,6 +114,17 @@ def test_finetuning_can_choose_the_ridge_on_held_out_days(sim_data: Path, tmp_pa
         assert report["pair_accuracy"][str(report["ridge"])] > report["pair_accuracy_towers"]
 
 
+def test_days_held_out_for_the_cold_level_choose_the_ridge_too(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    from model.calibration import CALIBRATION_FILE
+
+    out = tiny_finetune(sim_data, tmp_path / "cold", cold_calibration="2d")
+    report = json.loads((out / READOUT_FILE).read_text())
+    assert report["pairs"] > 0 and set(report["pair_accuracy"]) == {str(r) for r in RIDGES}
+    assert (out / CALIBRATION_FILE).exists()
+
+
 def test_readout_settings_out_of_range_are_refused(sim_data: Path, tmp_path: Path) -> None:
     from model.finetune import FinetuneConfig
 
