@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,12 @@ from model.readout import RIDGES, Readout
 CALIBRATION_FILE = "cold_calibration.json"
 READOUT_FILE = "readout.json"
 ROUNDS = 5  # of coordinate descent over the two offsets
+
+
+def write_report(report: Any, path: Path) -> Path:
+    """A calibration's report (a dataclass) as indented JSON at ``path``."""
+    path.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return path
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,7 @@ class ColdCalibration:
         )
 
     def write(self, out: str | Path) -> Path:
-        path = Path(out) / CALIBRATION_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
+        return write_report(self, Path(out) / CALIBRATION_FILE)
 
 
 def cold_offset(
@@ -191,9 +196,7 @@ class ReadoutCalibration:
         )
 
     def write(self, out: str | Path) -> Path:
-        path = Path(out) / READOUT_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
+        return write_report(self, Path(out) / READOUT_FILE)
 
 
 def sampled_users(user_id: np.ndarray, users: int, seed: int) -> np.ndarray:
