@@ -91,15 +91,17 @@ def corrections(
     u = np.asarray(users, np.float64)
     v = np.asarray(vectors, np.float64)
     graded = np.isfinite(grades)
-    residual = np.where(graded, np.nan_to_num(grades) - slope * np.einsum("uld,ud->ul", v, u), 0)
+    scores = np.matmul(v, u[..., None])[..., 0]  # batched BLAS: a live history is one call
+    residual = np.where(graded, np.nan_to_num(grades) - slope * scores, 0.0)
     design = np.concatenate([np.ones((*v.shape[:2], 1)), v], axis=-1) * graded[..., None]
-    gram = np.einsum("uli,ulj->uij", design, design)
+    flipped = design.transpose(0, 2, 1)
+    gram = np.matmul(flipped, design)
     k = gram.shape[-1]
     penalty = np.full(k, ridge)
     penalty[0] = 0.0
     gram += np.diag(penalty)
     gram[:, 0, 0] += ~graded.any(axis=1)  # a user with nothing graded: solvable, c = 0
-    coef = np.linalg.solve(gram, np.einsum("uli,ul->ui", design, residual)[..., None])[..., 0]
+    coef = np.linalg.solve(gram, np.matmul(flipped, residual[..., None]))[..., 0]
     return coef[:, 1:]
 
 
