@@ -102,9 +102,10 @@ class FinetuneConfig(TrainConfig):
     # the level fine-tuning learns
     cold_calibration: str = "0"
     # the feedback readout (model.readout): each user's own feedback on the items of their
-    # history, read into their vector by a ridge regression with this penalty; 0: none.
-    # Through the service /score +0.013 on a small world, +0.009 at demo size, level at full size
-    readout_ridge: float = 30.0
+    # history, read into their vector by a ridge regression with this penalty; 0: none (the
+    # default). On simulated logs of stable taste /score gained 0.009-0.013 with 30 (level at
+    # full size); where a session's mood sets the grades it lost 0.013-0.031, on KuaiRand 0.008
+    readout_ridge: float = 0.0
     # instead, hold the impressions of the last this long of the training window out of the
     # pairs and choose the ridge where it ranks the last day best, the days before it read as
     # history (or none, when none beats the towers alone); "0": the ridge above, unless days

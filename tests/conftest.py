@@ -113,8 +113,9 @@ def tiny_finetune(data: Path, out: Path, *model: str, **settings: Any) -> Path:
 
 @pytest.fixture(scope="session")
 def finetuned(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny fine-tuned model (a few steps: the values, not the quality, are under test)."""
-    return tiny_finetune(sim_data, tmp_path_factory.mktemp("finetuned"))
+    """A tiny fine-tuned model (a few steps: the values, not the quality, are under test), with
+    the feedback readout on, so that every test of what it serves reads it."""
+    return tiny_finetune(sim_data, tmp_path_factory.mktemp("finetuned"), readout_ridge=30.0)
 
 
 @pytest.fixture(scope="session")

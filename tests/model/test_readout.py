@@ -97,12 +97,12 @@ def test_finetuning_sets_the_readout_with_the_slope_of_its_histories(
     assert readout.slope == pytest.approx(report["slope"], abs=1e-6)
     # on with the ridge asked for, unless the towers' score does not rise with the grades
     assert readout.on == (report["slope"] > 0) and report["ridge"] == (20.0 if readout.on else None)
-    plain = tiny_finetune(sim_data, tmp_path / "plain", readout_ridge=0.0)
+    plain = tiny_finetune(sim_data, tmp_path / "plain")  # off by default
     assert not (plain / READOUT_FILE).exists() and not Readout.of(load_model(plain)[0]).on
 
 
 def test_finetuning_can_choose_the_ridge_on_held_out_days(sim_data: Path, tmp_path: Path) -> None:
-    out = tiny_finetune(sim_data, tmp_path / "chosen", readout_calibration="2d")
+    out = tiny_finetune(sim_data, tmp_path / "chosen", readout_ridge=30.0, readout_calibration="2d")
     report = json.loads((out / READOUT_FILE).read_text())
     assert report["pairs"] > 0 and report["users"] > 0
     assert set(report["pair_accuracy"]) == {str(r) for r in RIDGES}
@@ -119,7 +119,7 @@ def test_days_held_out_for_the_cold_level_choose_the_ridge_too(
 ) -> None:
     from model.calibration import CALIBRATION_FILE
 
-    out = tiny_finetune(sim_data, tmp_path / "cold", cold_calibration="2d")
+    out = tiny_finetune(sim_data, tmp_path / "cold", readout_ridge=30.0, cold_calibration="2d")
     report = json.loads((out / READOUT_FILE).read_text())
     assert report["pairs"] > 0 and set(report["pair_accuracy"]) == {str(r) for r in RIDGES}
     assert (out / CALIBRATION_FILE).exists()
