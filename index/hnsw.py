@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import hnswlib
 import numpy as np
 
-from index.pages import anonymous_regions, back_with_huge_pages
+from index.pages import anonymous_regions, back_with_huge_pages, mapped_since
 
 SPACES = ("mips", "ip")
 
@@ -70,7 +70,7 @@ class ItemIndex:
         index.load_index(path, max_elements=n)
         loaded = cls(index, space, max_norm)
         if huge_pages:
-            loaded.huge_page_bytes = back_with_huge_pages(anonymous_regions() - before)
+            loaded.huge_page_bytes = back_with_huge_pages(mapped_since(before))
         return loaded
 
     def save(self, path: str) -> None:

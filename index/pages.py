@@ -4,9 +4,10 @@ A search at a million items visits thousands of graph nodes scattered over a gig
 4 KiB pages nearly every visit also misses the TLB. numpy asks the kernel for 2 MiB pages for its
 own large arrays (``MADV_HUGEPAGE``), but hnswlib's graph is plain C++ ``malloc`` memory, which
 gets them only where transparent huge pages are ``always`` on (most distributions ship
-``madvise``). So once the graph is read in, :func:`back_with_huge_pages` marks the new anonymous
-mappings ``MADV_HUGEPAGE`` and collapses them into huge pages at once (``MADV_COLLAPSE``, Linux
-6.1+). The search's answers do not change; only its speed does.
+``madvise``). So once the graph is read in, :func:`back_with_huge_pages` marks the anonymous
+memory mapped while it loaded (:func:`mapped_since`) ``MADV_HUGEPAGE`` and collapses it into huge
+pages at once (``MADV_COLLAPSE``, Linux 6.1+). The search's answers do not change; only its
+speed does.
 
 Where the kernel cannot (another OS, transparent huge pages ``never``, no free huge pages), the
 calls fail and the memory stays as it was: nothing else depends on it.
@@ -51,6 +52,25 @@ def _madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     return madvise
+
+
+def mapped_since(before: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The address ranges of this process's anonymous mappings that ``before`` (an earlier
+    :func:`anonymous_regions`) did not cover: the memory mapped since, without what was there
+    already (the kernel merges a new mapping into a neighbouring one)."""
+    old = sorted(before)
+    fresh = set()
+    for start, end in anonymous_regions():
+        at = start
+        for low, high in old:
+            if high <= at or low >= end:
+                continue
+            if low > at:
+                fresh.add((at, low))
+            at = max(at, high)
+        if at < end:
+            fresh.add((at, end))
+    return fresh
 
 
 def back_with_huge_pages(regions: set[tuple[int, int]]) -> int:

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from index.hnsw import ItemIndex
-from index.pages import HUGE_PAGE, MIN_REGION, anonymous_regions, back_with_huge_pages
+from index.pages import (
+    HUGE_PAGE,
+    MIN_REGION,
+    anonymous_regions,
+    back_with_huge_pages,
+    mapped_since,
+)
 
 
 def huge_pages_possible() -> bool:
@@ -68,3 +74,13 @@ def test_a_loaded_index_answers_the_same_from_huge_pages(tmp_path: Path) -> None
     rows, scores = huge.knn(queries, 20)
     expected_rows, expected_scores = plain.knn(queries, 20)
     assert np.array_equal(rows, expected_rows) and np.array_equal(scores, expected_scores)
+
+
+def test_only_the_memory_mapped_since_counts() -> None:
+    before = anonymous_regions()
+    memory = mmap.mmap(-1, 4 * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    fresh = mapped_since(before)
+    assert any(low <= start and start + 4 * HUGE_PAGE <= high for low, high in fresh)
+    for low, high in fresh:  # nothing that was mapped before
+        assert not any(a < high and low < b for a, b in before)
