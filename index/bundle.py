@@ -156,6 +156,37 @@ def rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     return rows, sorted_ids[rows] == ids
 
 
+class IdRows:
+    """:func:`rows_of` for one sorted id array, asked many times: where the ids are dense (they
+    span at most :attr:`DENSITY` slots an id), a table of each id's row answers with one memory
+    read an id, where a binary search over a million ids misses the cache at most of its 20
+    steps (1,000 ids took 0.35 ms, a third of ``/score``). Sparse ids are searched as before."""
+
+    DENSITY = 4
+
+    def __init__(self, sorted_ids: np.ndarray) -> None:
+        self.ids = sorted_ids
+        self.table: np.ndarray | None = None
+        self.low = self.high = 0
+        if len(sorted_ids) and len(sorted_ids) < 2**31:
+            low, high = int(sorted_ids[0]), int(sorted_ids[-1])
+            if high - low + 1 <= self.DENSITY * len(sorted_ids) + 1024:
+                self.table = np.full(high - low + 1, -1, dtype=np.int32)
+                self.table[sorted_ids - low] = np.arange(len(sorted_ids), dtype=np.int32)
+                self.low, self.high = low, high
+
+    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, found)`` as :func:`rows_of` gives them (a missing id's row is 0)."""
+        if self.table is None:
+            return rows_of(self.ids, ids)
+        ids = np.asarray(ids, dtype=np.int64)
+        inside = (ids >= self.low) & (ids <= self.high)
+        with np.errstate(over="ignore"):  # an id far outside wraps, and is masked out
+            rows = self.table[np.where(inside, ids - self.low, 0)]
+        found = inside & (rows >= 0)
+        return np.where(found, rows, 0).astype(np.int64), found
+
+
 def _check_ids(path: Path, ids: np.ndarray) -> None:
     if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
         raise BundleError(path, "ids are not strictly increasing")
@@ -414,6 +445,10 @@ class Bundle:
     cold_item_vector: np.ndarray | None = None  # (dim,) the ranking vector of an unknown item
     # the feedback readout the export read into the stored vectors (:meth:`read_feedback`)
     readout: Readout = field(default_factory=Readout)
+    item_rows: IdRows = field(init=False, repr=False)  # ``(rows, found)`` of item ids
+
+    def __post_init__(self) -> None:
+        self.item_rows = IdRows(self.item_ids)
 
     @property
     def version(self) -> str:
@@ -438,7 +473,7 @@ class Bundle:
         if not readout.on or not len(history):
             return vector
         recent = history[-int(self.manifest["model_config"]["max_len"]) :]
-        rows, known = rows_of(self.item_ids, recent["item_id"].astype(np.int64))
+        rows, known = self.item_rows(recent["item_id"].astype(np.int64))
         grades = np.where(known, history_grades(recent), np.nan)
         items = np.where(known[:, None], self.item_vectors[rows], 0.0)
         out = vector.copy()
@@ -450,7 +485,7 @@ class Bundle:
         """``(vectors, known)`` of (N,) item ids: their (N, dim) ranking vectors (an item the
         catalog lacks gets the cold item vector, or zeros when the bundle has none) and which
         of them the catalog holds."""
-        rows, known = rows_of(self.item_ids, ids)
+        rows, known = self.item_rows(ids)
         vectors = self.item_vectors[rows]
         if known.all():
             return vectors, known

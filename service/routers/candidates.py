@@ -8,7 +8,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from index.bundle import Bundle, rows_of
+from index.bundle import Bundle
 from service.deps import hot, hot_route, parsed
 from service.replies import check_length, json_response, problem
 from service.retrieve import top_k
@@ -33,7 +33,7 @@ def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray)
         artists = history["artist_id"][history["artist_id"] >= 0]
         parts.append(bundle.item_ids[np.isin(bundle.item_artist_ids, artists)])
     ids = np.unique(np.concatenate(parts))
-    return ids[rows_of(bundle.item_ids, ids)[1]]
+    return ids[bundle.item_rows(ids)[1]]
 
 
 @router.post("/candidates", **hot_route(CandidatesResponse, CandidatesRequest))

@@ -15,9 +15,11 @@ from index.bundle import (
     Bundle,
     BundleError,
     HnswParams,
+    IdRows,
     build,
     list_versions,
     read_manifest,
+    rows_of,
     sha256_of,
     write_manifest,
 )
@@ -204,3 +206,20 @@ def test_an_unreachable_recall_target_writes_no_bundle(exported: Path, tmp_path:
     assert not kept.tuning.reached and "NOT REACHED" in kept.line()
     assert list_versions(root) == [Path(kept.path)]
     assert read_manifest(kept.path)["hnsw"]["reached"] is False
+
+
+@pytest.mark.parametrize("spacing", [1, 3, 1_000])  # dense ids (a table), and sparse (a search)
+def test_an_id_table_finds_the_rows_the_binary_search_finds(spacing: int) -> None:
+    rng = np.random.default_rng(spacing)
+    ids = np.cumsum(rng.integers(1, spacing + 1, 5_000)) + 10**6
+    rows = IdRows(ids)
+    assert (rows.table is not None) == (spacing < IdRows.DENSITY)
+    extremes = [np.iinfo(np.int64).min, -1, 0, ids[0] - 1, ids[-1] + 1, np.iinfo(np.int64).max]
+    asked = np.concatenate([rng.choice(ids, 2_000), rng.integers(ids[0], ids[-1], 2_000), extremes])
+    got, found = rows(asked)
+    want, known = rows_of(ids, asked)
+    assert got.dtype == np.int64 and np.array_equal(found, known)
+    assert np.array_equal(got[found], want[known]) and np.all(ids[got[found]] == asked[found])
+    assert np.all((got >= 0) & (got < len(ids)))  # a missing id's row is a valid index too
+    assert rows(np.zeros(0, np.int64))[0].shape == (0,)
+    assert IdRows(np.zeros(0, np.int64))(asked)[1].sum() == 0
