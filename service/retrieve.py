@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from index.bundle import dots
+from index.bundle import dots, members
 from index.hnsw import ItemIndex, exact_top_k
 from service.metrics import Metrics
 from service.state import Served
@@ -62,15 +62,15 @@ def top_k(
     first: np.ndarray | None = None,
 ) -> Found:
     """The ``k`` best items for the user ``vector`` ([ranking | retrieval], or None: the popular
-    ones) that are not in ``excluded`` (catalog item ids); fetches more and retries until it has
-    ``k`` or the whole catalog was searched. ``first``: the rows of the first search, when
-    :class:`Searches` ran it."""
+    ones) that are not in ``excluded`` (catalog item ids, sorted and unique); fetches more and
+    retries until it has ``k`` or the whole catalog was searched. ``first``: the rows of the
+    first search, when :class:`Searches` ran it."""
     bundle = served.bundle
     n = len(bundle.item_ids)
     if vector is None:
         popular = bundle.popular
         if len(excluded):
-            popular = popular[~np.isin(popular, excluded)]
+            popular = popular[~members(popular, excluded)]
         return Found(popular[:k], None, None)
     assert bundle.index is not None
     query, items = bundle.retrieval_part(vector), bundle.retrieval_item_vectors
@@ -84,7 +84,7 @@ def top_k(
             rows = bundle.index.search(query[None, :], fetch)[0][0].astype(np.int64)
         ids = bundle.item_ids[rows]
         if len(excluded):
-            keep = ~np.isin(ids, excluded)
+            keep = ~members(ids, excluded)
             rows, ids = rows[keep], ids[keep]
         if len(rows) >= k or 2 * fetch > n:
             # Exact inner products (the MIPS transform's are off in the 7th digit); order by them.

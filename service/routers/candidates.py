@@ -30,8 +30,7 @@ def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray)
     if body.exclude_seen or body.unfamiliar is not None:
         parts.append(history["item_id"].astype(np.int64))
     if body.unfamiliar == "artists":
-        artists = history["artist_id"][history["artist_id"] >= 0]
-        parts.append(bundle.item_ids[np.isin(bundle.item_artist_ids, artists)])
+        parts.append(bundle.artist_items(history["artist_id"]))
     ids = np.unique(np.concatenate(parts))
     return ids[bundle.item_rows(ids)[1]]
 

@@ -12,12 +12,14 @@ import pytest
 from index.bundle import (
     BUNDLE_FILES,
     MANIFEST,
+    ArtistItems,
     Bundle,
     BundleError,
     HnswParams,
     IdRows,
     build,
     list_versions,
+    members,
     read_manifest,
     rows_of,
     sha256_of,
@@ -223,3 +225,33 @@ def test_an_id_table_finds_the_rows_the_binary_search_finds(spacing: int) -> Non
     assert np.all((got >= 0) & (got < len(ids)))  # a missing id's row is a valid index too
     assert rows(np.zeros(0, np.int64))[0].shape == (0,)
     assert IdRows(np.zeros(0, np.int64))(asked)[1].sum() == 0
+
+
+@pytest.mark.parametrize("artists_per_item", [0.0, 0.1, 3.0])
+def test_artist_groups_find_the_items_a_pass_over_the_catalog_finds(
+    artists_per_item: float,
+) -> None:
+    rng = np.random.default_rng(7)
+    ids = np.cumsum(rng.integers(1, 5, 3_000)) + 10**9
+    n_artists = max(1, int(artists_per_item * len(ids)))
+    artist = rng.integers(0, n_artists, len(ids)) if artists_per_item else np.full(len(ids), -1)
+    artist[rng.random(len(ids)) < 0.1] = -1  # items without an artist
+    groups = ArtistItems(ids, artist)
+    for asked in (
+        rng.choice(artist, 40),  # with repeats, and maybe -1
+        np.array([-1, -1]),
+        np.array([n_artists, n_artists + 5, np.iinfo(np.int64).max]),  # nobody's
+        np.zeros(0, np.int64),
+    ):
+        got = groups(asked)
+        want = ids[np.isin(artist, asked[asked >= 0])]
+        assert len(got) == len(set(got.tolist())) and np.array_equal(np.sort(got), want)
+
+
+def test_members_of_a_sorted_set_are_those_isin_finds() -> None:
+    rng = np.random.default_rng(8)
+    values = rng.integers(-50, 50, 500)
+    for size in (0, 1, 7, 90):
+        sorted_set = np.unique(rng.integers(-60, 60, size))
+        got = members(values, sorted_set)
+        assert got.dtype == bool and np.array_equal(got, np.isin(values, sorted_set))
