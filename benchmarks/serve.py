@@ -111,6 +111,8 @@ def bench_bundle(args: argparse.Namespace) -> Path:
     export_onnx(model, export / ENCODER_FILE)
     export_step_onnx(model, export / STEP_FILE)
     items, users = catalog_vectors(args.items, args.dim, 16, 200, args.users, args.seed)
+    # about ten items an artist, for the requests that leave out their artists' items
+    artists = np.random.default_rng(args.seed).integers(0, max(1, args.items // 10), args.items)
     manifest = {
         "model_config": asdict(config),
         "n_items": args.items,
@@ -120,6 +122,7 @@ def bench_bundle(args: argparse.Namespace) -> Path:
     write_shared_space(
         export,
         item_ids=np.arange(1, args.items + 1, dtype=np.int64),
+        item_artist_ids=artists,
         item_vectors=items,
         user_ids=np.arange(1, args.users + 1, dtype=np.int64),
         user_vectors=users,
@@ -157,6 +160,26 @@ def history(item_ids: np.ndarray, length: int, rng: np.random.Generator) -> list
         }
         for item, t in zip(rng.choice(item_ids, length), times, strict=True)
     ]
+
+
+UNFAMILIAR_HISTORY = 50  # events in an unfamiliar-artists request
+
+
+def unfamiliar_body(bundle: Bundle, user: int, rng: np.random.Generator) -> dict[str, Any]:
+    """``/candidates`` for a user whose request carries the items they played, each with its
+    artist, asking for none of those artists' items (``unfamiliar="artists"``); the stored
+    vector answers (``mode="offline"``), so the request costs the route and its exclusions."""
+    events = history(bundle.item_ids, UNFAMILIAR_HISTORY, rng)
+    rows = bundle.item_rows(np.array([e["item_id"] for e in events], dtype=np.int64))[0]
+    for event, artist in zip(events, bundle.item_artist_ids[rows].tolist(), strict=True):
+        event["artist_id"] = artist
+    return {
+        "user_id": user,
+        "k": 100,
+        "mode": "offline",
+        "history": events,
+        "unfamiliar": "artists",
+    }
 
 
 def write_bodies(path: Path, bodies: list[dict[str, Any]]) -> Path:
@@ -579,12 +602,19 @@ def overhead_benchmark(
             for u in users[:200]
         ],
     )
+    unfamiliar = None
+    if (bundle.item_artist_ids >= 0).any():  # a catalog with artists
+        unfamiliar = write_bodies(
+            work / "unfamiliar.jsonl", [unfamiliar_body(bundle, int(u), rng) for u in users]
+        )
     rows = np.searchsorted(bundle.user_ids, users)
     queries = np.ascontiguousarray(bundle.retrieval_part(bundle.user_vectors[rows]))
     argus = str(Path(sys.executable).with_name("argus"))
     server = start_server(args, stack, work, bundle_path, "local", [argus, "serve"])
     server.wait_ready()
     runs: dict[str, list[dict[str, Any]]] = {"candidates": [], "healthz": [], "score": []}
+    if unfamiliar is not None:
+        runs["unfamiliar"] = []
     bare: list[float] = []
     load = {"connections": args.connections, "seconds": args.seconds}
     wrk(args, f"{server.url}/candidates", candidates, connections=8, seconds=3)  # warm
@@ -592,6 +622,10 @@ def overhead_benchmark(
         runs["candidates"].append(
             measured(args, server, "/candidates", candidates, "/candidates k=100", **load)
         )
+        if unfamiliar is not None:
+            runs["unfamiliar"].append(
+                measured(args, server, "/candidates", unfamiliar, "/candidates artists", **load)
+            )
         runs["healthz"].append(wrk(args, f"{server.url}/healthz", "GET", **load))
         bare.append(bare_search_qps(bundle, queries, 100, args.server_cpus))
         runs["score"].append(
@@ -624,6 +658,9 @@ def overhead_benchmark(
         "bare_search_ms": 1e3 / bare_qps,
         "overhead_ms": ms["candidates"] - ms["healthz"] - 1e3 / bare_qps,
         "candidates_over_bare": median["candidates"] / bare_qps,
+        # with a 50-event history in the request, none of its artists' items (None: no artists)
+        "unfamiliar_rps": median.get("unfamiliar"),
+        "unfamiliar_ms": ms.get("unfamiliar"),
         "score_1000_p50_ms": statistics.median(r["p50_ms"] for r in runs["score"]),
         "score_1000_p99_ms": statistics.median(r["p99_ms"] for r in runs["score"]),
         "stage_ms_per_request": stages,
@@ -653,6 +690,15 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             f"{r['healthz_ms']:.3f} ms |",
             f"| hnswlib search alone, one query at a time | {r['bare_search_qps']:,.0f} q/s | "
             f"{r['bare_search_ms']:.3f} ms |",
+            *(
+                [
+                    f"| `POST /candidates`, {UNFAMILIAR_HISTORY} events in the request, none of "
+                    f"their artists' items | {r['unfamiliar_rps']:,.0f} req/s | "
+                    f"{r['unfamiliar_ms']:.3f} ms |"
+                ]
+                if r.get("unfamiliar_rps")
+                else []
+            ),
             "",
             f"Route overhead beyond the search and the floor: **{r['overhead_ms']:.3f} ms**; "
             f"/candidates at {r['candidates_over_bare']:.2f}x the bare search. Stages (ms per "

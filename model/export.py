@@ -222,12 +222,16 @@ def write_shared_space(
     user_vectors: np.ndarray,
     popular: np.ndarray,
     manifest: dict[str, Any],
+    item_artist_ids: np.ndarray | None = None,
 ) -> None:
     """:func:`write_files` for vectors of one space that answers retrieval and ranking alike (a
-    model without a retrieval space; synthetic bundles in tests and benchmarks). Artists unknown."""
+    model without a retrieval space; synthetic bundles in tests and benchmarks). Artists
+    unknown (-1) unless ``item_artist_ids`` gives them."""
+    if item_artist_ids is None:
+        item_artist_ids = np.full(len(item_ids), -1, dtype=np.int64)
     arrays = {
         "item_ids": item_ids,
-        "item_artist_ids": np.full(len(item_ids), -1, dtype=np.int64),
+        "item_artist_ids": item_artist_ids.astype(np.int64),
         "item_vectors": item_vectors,
         "retrieval_item_vectors": item_vectors,
         "user_ids": user_ids,

@@ -4,7 +4,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from service.metrics import Metrics
-from service.retrieve import Found, Searches, top_k
+from service.retrieve import Found, Searches, first_fetch, next_fetch, top_k
 from service.state import Served
 
 
@@ -51,3 +51,28 @@ def test_a_lone_search_is_one_call_of_one(local: TestClient) -> None:
     answer = asyncio.run(searches.top_k(served, vector, 4, none))
     assert same(answer, top_k(served, vector, 4, none))
     assert metrics.registry.get_sample_value("argus_ann_batch_size_bucket", {"le": "1.0"}) == 1
+
+
+def test_a_search_whose_room_the_excluded_items_take_fetches_more_until_it_has_k(
+    local: TestClient,
+) -> None:
+    served: Served = local.app.state.backend.served  # type: ignore[attr-defined]
+    bundle = served.bundle
+    n, k = len(bundle.item_ids), 3
+    vector = bundle.user_vectors[0]
+    nearest = bundle.item_ids[np.argsort(-(bundle.retrieval_item_vectors @ vector[bundle.dim :]))]
+    excluded = np.sort(nearest[: n // 4])  # the quarter nearest the query: the first search ...
+    assert first_fetch(n, k, excluded) == 2 * k < n // 4  # ... finds nothing to keep
+    found = top_k(served, vector, k, excluded)
+    assert found.item_ids.tolist() == nearest[n // 4 : n // 4 + k].tolist()
+
+
+def test_each_fetch_at_least_doubles_and_never_passes_what_always_suffices() -> None:
+    n, k, excluded = 10_000, 100, np.arange(700)
+    assert first_fetch(n, k, excluded) == 200 and first_fetch(n, k, excluded[:30]) == 130
+    assert first_fetch(150, k, excluded) == 150
+    assert next_fetch(n, k, excluded, 200, 80) == 400  # nearly there: twice the last
+    assert next_fetch(n, k, excluded, 200, 10) == k + len(excluded)  # the cap: always enough
+    assert next_fetch(n, k, excluded, 200, 40) == 625  # 5/4 of k at the rate kept, 40 in 200
+    assert next_fetch(n, k, excluded, 200, 0) == 800  # nothing kept: as far as it may need
+    assert next_fetch(500, k, excluded, 200, 0) == 500  # the whole catalog
