@@ -8,7 +8,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from index.bundle import Bundle
+from index.bundle import Bundle, sorted_unique
 from service.deps import hot, hot_route, parsed
 from service.replies import check_length, json_response, problem
 from service.retrieve import top_k
@@ -31,7 +31,7 @@ def excluded_items(bundle: Bundle, body: CandidatesRequest, history: np.ndarray)
         parts.append(history["item_id"].astype(np.int64))
     if body.unfamiliar == "artists":
         parts.append(bundle.artist_items(history["artist_id"]))
-    ids = np.unique(np.concatenate(parts))
+    ids = sorted_unique(np.concatenate(parts))
     return ids[bundle.item_rows(ids)[1]]
 
 

@@ -23,6 +23,7 @@ from index.bundle import (
     read_manifest,
     rows_of,
     sha256_of,
+    sorted_unique,
     write_manifest,
 )
 from index.hnsw import exact_top_k, recall
@@ -246,6 +247,13 @@ def test_artist_groups_find_the_items_a_pass_over_the_catalog_finds(
         got = groups(asked)
         want = ids[np.isin(artist, asked[asked >= 0])]
         assert len(got) == len(set(got.tolist())) and np.array_equal(np.sort(got), want)
+
+
+def test_sorted_unique_is_np_unique() -> None:
+    rng = np.random.default_rng(9)
+    for size in (0, 1, 2, 50, 1_400):
+        values = rng.integers(-30, 30, size)
+        assert np.array_equal(sorted_unique(values), np.unique(values))
 
 
 def test_members_of_a_sorted_set_are_those_isin_finds() -> None:
