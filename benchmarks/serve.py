@@ -583,6 +583,28 @@ def bare_search_qps(bundle: Bundle, queries: np.ndarray, k: int, cpus: str) -> f
         os.sched_setaffinity(0, previous)
 
 
+def overhead_bodies(
+    bundle: Bundle, users: np.ndarray, rng: np.random.Generator, work: Path
+) -> dict[str, Path]:
+    """The overhead runs' request bodies under ``work``: ``candidates`` (k = 100), ``score``
+    (1,000 items each) and, where the catalog has artists, ``unfamiliar``
+    (:func:`unfamiliar_body`)."""
+    score = [
+        {"user_id": int(u), "item_ids": rng.choice(bundle.item_ids, 1000).tolist()}
+        for u in users[:200]
+    ]
+    bodies = {
+        "candidates": write_bodies(
+            work / "candidates.jsonl", [{"user_id": int(u), "k": 100} for u in users]
+        ),
+        "score": write_bodies(work / "score.jsonl", score),
+    }
+    if (bundle.item_artist_ids >= 0).any():
+        unfamiliar = [unfamiliar_body(bundle, int(u), rng) for u in users]
+        bodies["unfamiliar"] = write_bodies(work / "unfamiliar.jsonl", unfamiliar)
+    return bodies
+
+
 def overhead_benchmark(
     args: argparse.Namespace, bundle_path: Path, stack: contextlib.ExitStack, work: Path
 ) -> dict[str, Any]:
@@ -592,21 +614,8 @@ def overhead_benchmark(
     bundle = Bundle.open(bundle_path)
     rng = np.random.default_rng(args.seed)
     users = rng.choice(bundle.user_ids, 4_000)
-    candidates = work / "candidates.jsonl"
-    write_bodies(candidates, [{"user_id": int(u), "k": 100} for u in users])
-    score = work / "score.jsonl"
-    write_bodies(
-        score,
-        [
-            {"user_id": int(u), "item_ids": rng.choice(bundle.item_ids, 1000).tolist()}
-            for u in users[:200]
-        ],
-    )
-    unfamiliar = None
-    if (bundle.item_artist_ids >= 0).any():  # a catalog with artists
-        unfamiliar = write_bodies(
-            work / "unfamiliar.jsonl", [unfamiliar_body(bundle, int(u), rng) for u in users]
-        )
+    bodies = overhead_bodies(bundle, users, rng, work)
+    candidates, score, unfamiliar = bodies["candidates"], bodies["score"], bodies.get("unfamiliar")
     rows = np.searchsorted(bundle.user_ids, users)
     queries = np.ascontiguousarray(bundle.retrieval_part(bundle.user_vectors[rows]))
     argus = str(Path(sys.executable).with_name("argus"))
