@@ -85,6 +85,25 @@ def trivial_app() -> Any:
     return app
 
 
+def floor_app(reply: bytes) -> Any:
+    """The HTTP floor a route cannot go under: a bare ASGI app that reads each POST's body and
+    answers ``reply`` (a ``/candidates`` answer's bytes), with no framework, no validation and no
+    work. ``GET /readyz`` answers too, for :func:`service.cli.wait_ready`."""
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while scope["method"] == "POST":
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": reply})
+
+    return app
+
+
 # -- the bundle --------------------------------------------------------------------------------
 
 
@@ -229,6 +248,15 @@ class Server:
         return {stage: (s, c) for stage, (s, c) in out.items()}
 
 
+def bundles_of(bundle_path: Path, root: Path) -> Path:
+    """A bundles root at ``root`` that holds ``bundle_path`` alone (a link to it): a server
+    started on the folder beside the bundle serves the newest bundle there, which may be
+    another one (with another catalog and ``ef``) than the one the benchmark measures."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / bundle_path.name).symlink_to(bundle_path.resolve(), target_is_directory=True)
+    return root
+
+
 def start_server(
     args: argparse.Namespace,
     stack: contextlib.ExitStack,
@@ -238,13 +266,13 @@ def start_server(
     argv: list[str],
     **env: str,
 ) -> Server:
-    """``argv --port P`` pinned to the server CPUs, one ONNX Runtime thread, serving the bundles
-    beside ``bundle_path``; stopped when ``stack`` closes."""
+    """``argv --port P`` pinned to the server CPUs, one ONNX Runtime thread, serving
+    ``bundle_path`` (:func:`bundles_of`); stopped when ``stack`` closes."""
     port = free_port()
     log = work / f"{name}.log"
     environment = {
         **os.environ,
-        "ARGUS_BUNDLES": str(bundle_path.parent),
+        "ARGUS_BUNDLES": str(bundles_of(bundle_path, work / f"{name}-bundles")),
         "ARGUS_ENCODER_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
@@ -605,6 +633,25 @@ def overhead_bodies(
     return bodies
 
 
+def overhead_servers(
+    args: argparse.Namespace, stack: contextlib.ExitStack, work: Path, bundle_path: Path, user: int
+) -> tuple[Server, Server]:
+    """``argus serve`` on the local store, and :func:`floor_app` answering what it answers
+    ``user`` for k = 100."""
+    argus = str(Path(sys.executable).with_name("argus"))
+    server = start_server(args, stack, work, bundle_path, "local", [argus, "serve"])
+    server.wait_ready()
+    answer = server.post("/candidates", {"user_id": user, "k": 100})
+    if answer["model_version"] != bundle_path.name:
+        raise RuntimeError(f"the server answers {answer['model_version']}, not {bundle_path}")
+    reply = work / "reply.json"
+    reply.write_bytes(orjson.dumps(answer))
+    module = [sys.executable, "-m", "benchmarks.serve", "--floor-server", str(reply)]
+    floor = start_server(args, stack, work, bundle_path, "floor", module)
+    floor.wait_ready()
+    return server, floor
+
+
 def overhead_benchmark(
     args: argparse.Namespace, bundle_path: Path, stack: contextlib.ExitStack, work: Path
 ) -> dict[str, Any]:
@@ -618,10 +665,9 @@ def overhead_benchmark(
     candidates, score, unfamiliar = bodies["candidates"], bodies["score"], bodies.get("unfamiliar")
     rows = np.searchsorted(bundle.user_ids, users)
     queries = np.ascontiguousarray(bundle.retrieval_part(bundle.user_vectors[rows]))
-    argus = str(Path(sys.executable).with_name("argus"))
-    server = start_server(args, stack, work, bundle_path, "local", [argus, "serve"])
-    server.wait_ready()
+    server, floor = overhead_servers(args, stack, work, bundle_path, int(users[0]))
     runs: dict[str, list[dict[str, Any]]] = {"candidates": [], "healthz": [], "score": []}
+    runs["floor"] = []
     if unfamiliar is not None:
         runs["unfamiliar"] = []
     bare: list[float] = []
@@ -631,6 +677,7 @@ def overhead_benchmark(
         runs["candidates"].append(
             measured(args, server, "/candidates", candidates, "/candidates k=100", **load)
         )
+        runs["floor"].append(wrk(args, f"{floor.url}/candidates", candidates, **load))
         if unfamiliar is not None:
             runs["unfamiliar"].append(
                 measured(args, server, "/candidates", unfamiliar, "/candidates artists", **load)
@@ -666,6 +713,10 @@ def overhead_benchmark(
         "healthz_ms": ms["healthz"],
         "bare_search_ms": 1e3 / bare_qps,
         "overhead_ms": ms["candidates"] - ms["healthz"] - 1e3 / bare_qps,
+        # the same reply from a bare ASGI app: what HTTP itself costs (floor_app)
+        "floor_rps": median["floor"],
+        "floor_ms": ms["floor"],
+        "route_ms": ms["candidates"] - ms["floor"] - 1e3 / bare_qps,
         "candidates_over_bare": median["candidates"] / bare_qps,
         # with a 50-event history in the request, none of its artists' items (None: no artists)
         "unfamiliar_rps": median.get("unfamiliar"),
@@ -697,6 +748,8 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             f"{r['candidates_ms']:.3f} ms |",
             f"| `GET /healthz` (the HTTP floor) | {r['healthz_rps']:,.0f} req/s | "
             f"{r['healthz_ms']:.3f} ms |",
+            f"| the same reply from a bare ASGI app (HTTP alone) | {r['floor_rps']:,.0f} req/s | "
+            f"{r['floor_ms']:.3f} ms |",
             f"| hnswlib search alone, one query at a time | {r['bare_search_qps']:,.0f} q/s | "
             f"{r['bare_search_ms']:.3f} ms |",
             *(
@@ -710,6 +763,7 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             ),
             "",
             f"Route overhead beyond the search and the floor: **{r['overhead_ms']:.3f} ms**; "
+            f"beyond the search and HTTP alone: {r['route_ms']:.3f} ms; "
             f"/candidates at {r['candidates_over_bare']:.2f}x the bare search. Stages (ms per "
             f"request, the service's own histograms): {stages}. `/score` with 1000 items, one "
             f"connection: p50 {r['score_1000_p50_ms']:.2f} ms, "
@@ -755,6 +809,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--cache-reps", type=int, default=50, help="encoder-alone repetitions")
     # Child mode: serve the trivial endpoint (started like ``argus serve``, with --port).
     parser.add_argument("--trivial-server", action="store_true", help=argparse.SUPPRESS)
+    # Child mode: serve floor_app with the reply in this file.
+    parser.add_argument("--floor-server", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -771,6 +827,9 @@ def main() -> None:
     args = arguments()
     if args.trivial_server:
         run_server(trivial_app(), host="127.0.0.1", port=args.port)
+        return
+    if args.floor_server is not None:
+        run_server(floor_app(args.floor_server.read_bytes()), host="127.0.0.1", port=args.port)
         return
     if args.only == "cache":
         bundle_path = bench_bundle(args)
@@ -790,7 +849,8 @@ def main() -> None:
         print(
             f"serve overhead: /candidates {result['candidates_rps']:,.0f} req/s, /healthz "
             f"{result['healthz_rps']:,.0f} req/s, bare search {result['bare_search_qps']:,.0f} q/s:"
-            f" {result['overhead_ms']:.3f} ms of route overhead"
+            f" {result['overhead_ms']:.3f} ms of route overhead ({result['route_ms']:.3f} ms beyond"
+            f" the search and HTTP alone, {result['floor_rps']:,.0f} req/s)"
         )
         return
     result = serve_benchmark(args, bench_bundle(args))
