@@ -24,7 +24,7 @@ import orjson
 
 from index.bundle import Bundle, rows_of
 from model.contract import DAY
-from model.data.events import Events
+from model.data.events import Events, counts_before
 from model.future import WindowTargets, popular_ranking, top_excluding
 from model.impressions import SESSION_GAP, group_pairs, impression_grades, pair_weight_table
 from model.metrics import pair_accuracy, recall
@@ -260,6 +260,26 @@ def popularity_scores(history: Events, pairs: Pairs, start: int) -> np.ndarray:
     ids, counts = history.positive_counts(before=start)
     rows, found = rows_of(ids, pairs.item)
     return np.where(found, counts[rows], 0).astype(np.float64)
+
+
+def artist_rates(history: Events, pairs: Pairs, before: int) -> np.ndarray:
+    """(M,) each impression's user's positive share on the item's artist before ``before``,
+    smoothed to 1/2 with one positive and one negative pseudo-event."""
+    span = int(history.artist_id.max()) + 2
+    key = history.user_id * span + history.artist_id + 1
+    query = pairs.user * span + history.artist_id[pairs.rows] + 1
+    start, end = np.full(len(query), np.iinfo(np.int64).min // 4), np.full(len(query), before)
+    total = counts_before(key, history.timestamp, query, start, end)
+    positive = history.positive
+    liked = counts_before(key[positive], history.timestamp[positive], query, start, end)
+    return (liked + 1) / (total + 2)
+
+
+def counter_scores(history: Events, pairs: Pairs, start: int) -> np.ndarray:
+    """Simple per-user counters, the baseline a personal score must beat: MostPop's log count
+    plus the logit of the user's positive share on the item's artist before ``start``."""
+    rate = artist_rates(history, pairs, start)
+    return np.log1p(popularity_scores(history, pairs, start)) + np.log(rate / (1 - rate))
 
 
 def like_rate_scores(history: Events, pairs: Pairs, start: int, prior: float = 1.0) -> np.ndarray:

@@ -36,26 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from argus.demo import options, stage
-from argus.replay import Pairs, popularity_scores
+from argus.replay import Pairs, counter_scores, popularity_scores
 from model.data.batching import TemporalSplit
-from model.data.events import Events, counts_before, read_events
+from model.data.events import Events, read_events
 from model.data.simulate import Truth
 from model.future import estimated_offsets, mapped_to_truth, positive_factors
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def artist_rates(events: Events, pairs: Pairs, before: int) -> np.ndarray:
-    """(M,) each impression's user's positive share on the item's artist before ``before``,
-    smoothed to 1/2 with one positive and one negative pseudo-event."""
-    span = int(events.artist_id.max()) + 2
-    key = events.user_id * span + events.artist_id + 1
-    query = pairs.user * span + events.artist_id[pairs.rows] + 1
-    start, end = np.full(len(query), np.iinfo(np.int64).min // 4), np.full(len(query), before)
-    total = counts_before(key, events.timestamp, query, start, end)
-    positive = events.positive
-    liked = counts_before(key[positive], events.timestamp[positive], query, start, end)
-    return (liked + 1) / (total + 2)
 
 
 def measure(
@@ -104,7 +91,6 @@ def measure(
         short = estimated_offsets(truth, events, users, start, last=max_len)
         recent = {f"the same from the user's last {max_len} events": with_offsets(short)}
     mostpop = np.log1p(popularity_scores(events, pairs, start))
-    rate = artist_rates(events, pairs, start)
     item_views = {"rank-64 SVD of the positives": positive_factors(events, start, seed=seed)}
     if learned is not None:
         item_views["the fine-tuned towers' item vectors"] = learned
@@ -116,7 +102,7 @@ def measure(
         "without the personal offset": dot(no_offset, latent) + bias,
         "ceiling: offset estimated from the user's feedback": with_offsets(offsets),
         **recent,
-        "MostPop + logit of the user's artist positive rate": mostpop + np.log(rate / (1 - rate)),
+        "MostPop + logit of the user's artist positive rate": counter_scores(events, pairs, start),
         **{
             f"true user, items as {name}": dot(cut, mapped[0]) + mapped[1]
             for name, vectors in item_views.items()

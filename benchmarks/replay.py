@@ -47,6 +47,7 @@ from argus.replay import (
     Pairs,
     Rankings,
     candidates,
+    counter_scores,
     like_rate_scores,
     offline,
     popularity_scores,
@@ -228,6 +229,7 @@ def measure(args: argparse.Namespace, work: Path, bundle_path: Path) -> dict[str
         "service": heard.scores,
         "offline": local_scores,
         "MostPop": popularity_scores(events, pairs, start),
+        "counters": counter_scores(events, pairs, start),
     }
     if args.kuairand:
         scores["past like rate"] = like_rate_scores(events, pairs, start)

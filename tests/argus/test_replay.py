@@ -13,7 +13,9 @@ import pytest
 from argus.replay import (
     Client,
     Pairs,
+    artist_rates,
     candidates,
+    counter_scores,
     like_rate_scores,
     offline,
     quick_replay,
@@ -162,6 +164,40 @@ def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> 
     assert list(groups) == ["both known", "only the worse known"]
     assert groups["both known"] == {"share": 0.5, "s": 0.0, "rate": 1.0}
     assert groups["only the worse known"] == {"share": 0.5, "s": 0.0, "rate": 0.0}
+
+
+def test_the_counters_read_the_users_own_record_on_the_artist_before_the_window() -> None:
+    # before the window (t < 100) user 1 liked artist 10's item twice and hated artist 20's once;
+    # in it they are shown one more item of each; only item 3 had a positive before (user 2's)
+    rows = [  # user, item, artist, timestamp, source, liked
+        (1, 1, 10, 10, 1, True),
+        (1, 1, 10, 20, 1, True),
+        (1, 2, 20, 30, 1, False),
+        (2, 3, 10, 45, 0, True),
+        (1, 3, 10, 200, 1, False),  # the window's own feedback never counts
+        (1, 4, 20, 210, 1, True),
+    ]
+    user, item, artist, time, source, liked = (np.array(c) for c in zip(*rows, strict=True))
+    events = events_from(
+        user_id=user,
+        item_id=item,
+        artist_id=artist,
+        timestamp=time,
+        source=source,
+        liked=liked,
+        disliked=~liked & (source > 0),
+    )
+    pairs = Pairs.of(events, None, start=100, days=1.0)
+    assert sorted(pairs.item.tolist()) == [3, 4]
+    rates = artist_rates(events, pairs, 100)
+    by_item = dict(zip(pairs.item.tolist(), rates.tolist(), strict=True))
+    assert by_item == {3: (2 + 1) / (2 + 2), 4: (0 + 1) / (1 + 2)}  # smoothed to 1/2
+    scores = dict(
+        zip(pairs.item.tolist(), counter_scores(events, pairs, 100).tolist(), strict=True)
+    )
+    assert scores[3] == pytest.approx(np.log(2) + np.log(3))  # log1p(1) + logit(3/4)
+    assert scores[4] == pytest.approx(np.log(1 / 2))  # log1p(0) + logit(1/3)
+    assert pairs.accuracy(counter_scores(events, pairs, 100)) == 0.0  # the hate ranked first
 
 
 def test_a_difference_of_pair_accuracies_resamples_users_not_pairs() -> None:
