@@ -4,7 +4,7 @@ the service answers equals the bundle evaluated offline, and the pairs are the o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,12 @@ def test_quick_replay_is_the_demos_line(served: tuple[str, Bundle], sim_data: Pa
     )
 
 
+def graded_events(columns: str, rows: Sequence[tuple[object, ...]]) -> Events:
+    """Events from ``rows`` of the named columns; an impression (source > 0) not liked is hated."""
+    arrays = {n: np.array(c) for n, c in zip(columns.split(), zip(*rows, strict=True), strict=True)}
+    return events_from(**arrays, disliked=~arrays["liked"] & (arrays["source"] > 0))
+
+
 def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> None:
     # item 1: shown 3 times before the window, liked twice; item 2: shown once, not liked;
     # item 3: organic only (never shown): the overall rate; the window's own likes never count
@@ -141,15 +147,7 @@ def test_an_items_past_like_rate_counts_only_impressions_before_the_window() -> 
         (3, 2, 210, 1, True),
         (3, 3, 220, 1, False),
     ]
-    user, item, time, source, liked = (np.array(c) for c in zip(*rows, strict=True))
-    events = events_from(
-        user_id=user,
-        item_id=item,
-        timestamp=time,
-        source=source,
-        liked=liked,
-        disliked=~liked & (source > 0),
-    )
+    events = graded_events("user_id item_id timestamp source liked", rows)
     pairs = Pairs.of(events, None, start=100, days=1.0)
     scores = like_rate_scores(events, pairs, start=100, prior=1.0)
     overall = 2 / 4  # likes over impressions before the window
@@ -177,16 +175,7 @@ def test_the_counters_read_the_users_own_record_on_the_artist_before_the_window(
         (1, 3, 10, 200, 1, False),  # the window's own feedback never counts
         (1, 4, 20, 210, 1, True),
     ]
-    user, item, artist, time, source, liked = (np.array(c) for c in zip(*rows, strict=True))
-    events = events_from(
-        user_id=user,
-        item_id=item,
-        artist_id=artist,
-        timestamp=time,
-        source=source,
-        liked=liked,
-        disliked=~liked & (source > 0),
-    )
+    events = graded_events("user_id item_id artist_id timestamp source liked", rows)
     pairs = Pairs.of(events, None, start=100, days=1.0)
     assert sorted(pairs.item.tolist()) == [3, 4]
     rates = artist_rates(events, pairs, 100)
