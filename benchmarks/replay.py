@@ -9,9 +9,11 @@ For a seeded sample of test-window users it calls the real HTTP endpoints:
   the window, "all" and "new to the user" (their earlier items passed in ``exclude_item_ids``);
 * ``/score`` on their window impressions: weighted PairAccuracy, pairs within one user and day.
 
-Beside every figure: MostPop, Trending (MostPop of the last 7 days first), the simulator's
-oracle (true affinity + w · log popularity, w fitted on a disjoint half of the sampled users;
-PairAccuracy by the true affinity alone), and the same bundle evaluated offline by exact search
+Beside every figure: MostPop, Trending (MostPop of the last 7 days first), per-user counters
+for ``/score`` (MostPop's log count plus the logit of the user's positive share on the item's
+artist, the baseline a personal score must beat), the simulator's oracle (true affinity + w ·
+log popularity, w fitted on a disjoint half of the sampled users; PairAccuracy by the true
+affinity alone), and the same bundle evaluated offline by exact search
 (the service must lose nothing). Writes ``runs/bench/replay/results.json``, ``results.md`` and
 ``recall.png``. The data and trained stages are cached under ``--work`` and reused whenever they
 are there: the default work directory names the data set and the retrieval query, so another
