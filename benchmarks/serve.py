@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -310,7 +311,7 @@ def wrk(
         "wrk",
         "-t1",
         f"-c{connections}",
-        f"-d{seconds:g}s",
+        f"-d{max(1, math.ceil(seconds))}s",  # wrk takes whole seconds only
         "--timeout",
         "30s",
         "-s",
