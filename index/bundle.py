@@ -147,13 +147,22 @@ def dots(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     )
 
 
+def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` for ``rows`` known to be in range, by ``ndarray.take`` in clip mode.
+    numpy's fancy indexing checks each index and copies row by row; at a million items, right
+    after a search has filled the caches with the graph, it took 67 µs to gather 100 rows of
+    two 128-wide tables where this takes 18 µs. Clip mode maps a row out of range to the
+    nearest valid one, so only rows from the index or :func:`rows_of` come here."""
+    return array.take(rows, axis=0, mode="clip")
+
+
 def rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, found)`` of ``ids`` in the sorted id array of a bundle (rows of missing ids are
     valid indices, to be masked with ``found``)."""
     if len(sorted_ids) == 0:
         return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
     rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return rows, sorted_ids[rows] == ids
+    return rows, take_rows(sorted_ids, rows) == ids
 
 
 class IdRows:
@@ -182,7 +191,7 @@ class IdRows:
         ids = np.asarray(ids, dtype=np.int64)
         inside = (ids >= self.low) & (ids <= self.high)
         with np.errstate(over="ignore"):  # an id far outside wraps, and is masked out
-            rows = self.table[np.where(inside, ids - self.low, 0)]
+            rows = take_rows(self.table, np.where(inside, ids - self.low, 0))
         found = inside & (rows >= 0)
         return np.where(found, rows, 0).astype(np.int64), found
 
@@ -520,7 +529,7 @@ class Bundle:
         recent = history[-int(self.manifest["model_config"]["max_len"]) :]
         rows, known = self.item_rows(recent["item_id"].astype(np.int64))
         grades = np.where(known, history_grades(recent), np.nan)
-        items = np.where(known[:, None], self.item_vectors[rows], 0.0)
+        items = np.where(known[:, None], take_rows(self.item_vectors, rows), 0.0)
         out = vector.copy()
         ranking = self.ranking_part(vector)[None]
         out[: self.dim] = readout.apply(ranking, items[None], grades[None])[0]
@@ -531,7 +540,7 @@ class Bundle:
         catalog lacks gets the cold item vector, or zeros when the bundle has none) and which
         of them the catalog holds."""
         rows, known = self.item_rows(ids)
-        vectors = self.item_vectors[rows]
+        vectors = take_rows(self.item_vectors, rows)
         if known.all():
             return vectors, known
         cold = (

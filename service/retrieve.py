@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from index.bundle import dots, members
+from index.bundle import dots, members, take_rows
 from index.hnsw import ItemIndex, exact_top_k
 from service.metrics import Metrics
 from service.state import Served
@@ -93,16 +93,16 @@ def top_k(
             rows, first = first, None
         else:
             rows = bundle.index.search(query[None, :], fetch)[0][0].astype(np.int64)
-        ids = bundle.item_ids[rows]
+        ids = take_rows(bundle.item_ids, rows)
         if len(excluded):
             keep = ~members(ids, excluded)
             rows, ids = rows[keep], ids[keep]
         if len(rows) >= k or 2 * fetch > n:
             # Exact inner products (the MIPS transform's are off in the 7th digit); order by them.
-            scores = dots(items[rows], query)
+            scores = dots(take_rows(items, rows), query)
             order = np.argsort(-scores, kind="stable")[:k]
             rows = rows[order]
-            ranking = dots(bundle.item_vectors[rows], bundle.ranking_part(vector))
+            ranking = dots(take_rows(bundle.item_vectors, rows), bundle.ranking_part(vector))
             return Found(ids[order], scores[order], ranking)
         fetch = next_fetch(n, k, excluded, fetch, len(rows))
 

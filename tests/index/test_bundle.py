@@ -24,6 +24,7 @@ from index.bundle import (
     rows_of,
     sha256_of,
     sorted_unique,
+    take_rows,
     write_manifest,
 )
 from index.hnsw import exact_top_k, recall
@@ -263,3 +264,12 @@ def test_members_of_a_sorted_set_are_those_isin_finds() -> None:
         sorted_set = np.unique(rng.integers(-60, 60, size))
         got = members(values, sorted_set)
         assert got.dtype == bool and np.array_equal(got, np.isin(values, sorted_set))
+
+
+def test_take_rows_is_fancy_indexing_for_rows_in_range() -> None:
+    rng = np.random.default_rng(9)
+    table, ids = rng.standard_normal((50, 6)).astype(np.float32), np.arange(50) * 3
+    for rows in (np.zeros(0, np.int64), rng.integers(0, 50, 200), np.array([49, 0, 49])):
+        got = take_rows(table, rows)
+        assert got.dtype == table.dtype and np.array_equal(got, table[rows])
+        assert np.array_equal(take_rows(ids, rows), ids[rows])
