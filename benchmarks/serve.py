@@ -719,6 +719,11 @@ def overhead_benchmark(
         "floor_ms": ms["floor"],
         "route_ms": ms["candidates"] - ms["floor"] - 1e3 / bare_qps,
         "candidates_over_bare": median["candidates"] / bare_qps,
+        # each round's /candidates run over the bare search of the same round: the machine's
+        # drift between rounds cancels out of each
+        "candidates_over_bare_rounds": [
+            run["rps"] / qps for run, qps in zip(runs["candidates"], bare, strict=True)
+        ],
         # with a 50-event history in the request, none of its artists' items (None: no artists)
         "unfamiliar_rps": median.get("unfamiliar"),
         "unfamiliar_ms": ms.get("unfamiliar"),
@@ -765,7 +770,8 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             "",
             f"Route overhead beyond the search and the floor: **{r['overhead_ms']:.3f} ms**; "
             f"beyond the search and HTTP alone: {r['route_ms']:.3f} ms; "
-            f"/candidates at {r['candidates_over_bare']:.2f}x the bare search. Stages (ms per "
+            f"/candidates at {r['candidates_over_bare']:.2f}x the bare search (round by round: "
+            f"{', '.join(f'{x:.2f}' for x in r['candidates_over_bare_rounds'])}). Stages (ms per "
             f"request, the service's own histograms): {stages}. `/score` with 1000 items, one "
             f"connection: p50 {r['score_1000_p50_ms']:.2f} ms, "
             f"p99 {r['score_1000_p99_ms']:.2f} ms.",
