@@ -653,6 +653,12 @@ def overhead_servers(
     return server, floor
 
 
+def round_ratios(candidates: list[dict[str, Any]], bare: list[float]) -> list[float]:
+    """Each round's ``/candidates`` req/s over the bare search's q/s of the same round: the
+    machine's drift between rounds cancels out of each."""
+    return [run["rps"] / qps for run, qps in zip(candidates, bare, strict=True)]
+
+
 def overhead_benchmark(
     args: argparse.Namespace, bundle_path: Path, stack: contextlib.ExitStack, work: Path
 ) -> dict[str, Any]:
@@ -719,11 +725,7 @@ def overhead_benchmark(
         "floor_ms": ms["floor"],
         "route_ms": ms["candidates"] - ms["floor"] - 1e3 / bare_qps,
         "candidates_over_bare": median["candidates"] / bare_qps,
-        # each round's /candidates run over the bare search of the same round: the machine's
-        # drift between rounds cancels out of each
-        "candidates_over_bare_rounds": [
-            run["rps"] / qps for run, qps in zip(runs["candidates"], bare, strict=True)
-        ],
+        "candidates_over_bare_rounds": round_ratios(runs["candidates"], bare),
         # with a 50-event history in the request, none of its artists' items (None: no artists)
         "unfamiliar_rps": median.get("unfamiliar"),
         "unfamiliar_ms": ms.get("unfamiliar"),
