@@ -3,55 +3,69 @@ request events to the packed history records the encoder and the stores use."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool
+from pydantic_core import core_schema
 
 from model.contract import HISTORY_EVENT, MAX_PLAYED_RATIO, MAX_TIMESTAMP
 from service.settings import Mode
 
 
-def json_integer(value: Any) -> Any:
-    """A JSON integer as JSON Schema counts them (``7`` or ``7.0``), never a boolean or text: a
-    client that sends ``true`` or ``"2502"`` for an id has a bug worth hearing about."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"must be a JSON integer, not {type(value).__name__}")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError("must be a whole number")
-        return int(value)
-    return value
+def whole_number(value: float) -> int:
+    """A JSON number with nothing after the point (``7.0``) as the integer it equals (any other
+    is refused, as :class:`JsonInt` words it)."""
+    if not value.is_integer():
+        raise ValueError("not a whole number")
+    return int(value)
 
 
-def json_integers(values: Any) -> Any:
-    """:func:`json_integer` of every entry of a list, in one call: a list of plain integers (the
-    usual case, and a thousand of them in a /score) costs one type check per entry."""
-    if not isinstance(values, list) or all(type(v) is int for v in values):
-        return values  # pydantic names anything else that is wrong
-    out = []
-    for index, value in enumerate(values):
-        try:
-            out.append(json_integer(value))
-        except ValueError as error:
-            raise ValueError(f"entry {index} {error}") from None
-    return out
+@dataclass(frozen=True)
+class JsonInt:
+    """``Annotated[int, JsonInt(ge, le)]``: an id or count, a JSON integer as JSON Schema counts
+    them (``7`` or ``7.0``) in ``[ge, le]``, never a boolean or text (a client that sends
+    ``true`` or ``"2502"`` for an id has a bug worth hearing about: a 422 naming the field, never
+    a silent conversion).
+
+    Built from pydantic-core's own schemas, so an integer is checked without Python: a history
+    of 50 events holds 200 such fields, and a Python validator on each took 40% of its parsing.
+    Only a number written with a point calls back into Python. The published schema says
+    ``integer``."""
+
+    ge: int
+    le: int | None = None
+
+    def __get_pydantic_core_schema__(self, _source: Any, _handler: Any) -> core_schema.CoreSchema:
+        exact = core_schema.int_schema(strict=True)
+        pointed = core_schema.no_info_after_validator_function(
+            whole_number, core_schema.float_schema(strict=True, allow_inf_nan=False)
+        )
+        number = core_schema.union_schema(
+            [exact, pointed],
+            mode="left_to_right",
+            custom_error_type="json_integer",
+            custom_error_message="must be a JSON integer",
+        )
+        return core_schema.chain_schema([number, core_schema.int_schema(ge=self.ge, le=self.le)])
+
+    def __get_pydantic_json_schema__(self, _schema: Any, _handler: Any) -> dict[str, Any]:
+        published: dict[str, Any] = {"type": "integer", "minimum": self.ge}
+        if self.le is not None:
+            published["maximum"] = self.le
+        return published
 
 
-# Ids and counts are JSON integers and flags JSON booleans: a 422 naming the field otherwise,
-# never a silent conversion. Every id is stored as int64: a larger value is a 422 too, never a 500.
-JsonInt = BeforeValidator(json_integer)
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), JsonInt]
-# A list of ids, checked as a whole (the bounds still per entry, by pydantic itself)
-Int64s = Annotated[
-    list[Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]], BeforeValidator(json_integers)
-]
-ArtistId = Annotated[int, Field(ge=-1, le=2**63 - 1), JsonInt]  # -1: unknown
-Source = Annotated[int, Field(ge=0, le=32_767), JsonInt]
-Count = Annotated[int, Field(ge=1), JsonInt]
+# Every id is stored as int64: a larger value is a 422 too, never a 500.
+Int64 = Annotated[int, JsonInt(-(2**63), 2**63 - 1)]
+Int64s = list[Int64]
+ArtistId = Annotated[int, JsonInt(-1, 2**63 - 1)]  # -1: unknown
+Source = Annotated[int, JsonInt(0, 32_767)]
+Count = Annotated[int, JsonInt(1)]
 # The data contract's ranges, applied to live events: seconds since the epoch, and a finite play
 # ratio (a time gap from an absurd timestamp would overflow the encoder's inputs).
-Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP), JsonInt]
+Timestamp = Annotated[int, JsonInt(0, MAX_TIMESTAMP)]
 PlayedRatio = Annotated[float, Strict(), Field(ge=0, le=MAX_PLAYED_RATIO, allow_inf_nan=False)]
 
 
