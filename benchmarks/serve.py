@@ -271,16 +271,7 @@ def start_server(
     ``bundle_path`` (:func:`bundles_of`); stopped when ``stack`` closes."""
     port = free_port()
     log = work / f"{name}.log"
-    environment = {
-        **os.environ,
-        "ARGUS_BUNDLES": str(bundles_of(bundle_path, work / f"{name}-bundles")),
-        "ARGUS_ENCODER_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        **env,
-    }
-    if args.server_path:  # another checkout's code, e.g. a worktree of an earlier commit
-        environment["PYTHONPATH"] = str(args.server_path)
+    environment = server_environment(args, work, bundle_path, name, **env)
     process = subprocess.Popen(
         ["taskset", "-c", args.server_cpus, *argv, "--port", str(port)],
         env=environment,
@@ -292,6 +283,58 @@ def start_server(
     stack.callback(process.wait, 30)
     stack.callback(process.terminate)  # callbacks run last first: terminate, then wait
     return server
+
+
+def server_environment(
+    args: argparse.Namespace, work: Path, bundle_path: Path, name: str, **env: str
+) -> dict[str, str]:
+    """The environment of the server ``name``: serving ``bundle_path`` (:func:`bundles_of`),
+    one ONNX Runtime and BLAS thread, and ``--server-path``'s code where it is given."""
+    environment = {
+        **os.environ,
+        "ARGUS_BUNDLES": str(bundles_of(bundle_path, work / f"{name}-bundles")),
+        "ARGUS_ENCODER_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        **env,
+    }
+    if args.server_path:  # another checkout's code, e.g. a worktree of an earlier commit
+        environment["PYTHONPATH"] = str(args.server_path)
+    return environment
+
+
+ASGI_DRIVE = Path(__file__).with_name("asgi_drive.py")
+
+
+def in_process(
+    args: argparse.Namespace,
+    work: Path,
+    bundle_path: Path,
+    bodies: Path,
+    *,
+    connections: int,
+    seconds: float,
+) -> dict[str, float]:
+    """``/candidates`` with ``bodies`` through the ASGI app alone, no HTTP server: a process of
+    its own pinned like the servers (``benchmarks/asgi_drive.py``), run by path so that
+    ``--server-path`` chooses the code it drives. Requests/s and errors."""
+    environment = server_environment(args, work, bundle_path, f"asgi-{time.monotonic_ns()}")
+    if not args.server_path:
+        environment["PYTHONPATH"] = str(ROOT)
+    argv = [str(ASGI_DRIVE), str(bodies), str(seconds), str(connections)]
+    output = subprocess.run(
+        ["taskset", "-c", args.server_cpus, sys.executable, *argv],
+        env=environment,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next((x for x in output.splitlines() if x.startswith("ASGI_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{ASGI_DRIVE.name} printed no result:\n{output}")
+    raw = json.loads(line.removeprefix("ASGI_RESULT "))
+    return {"rps": raw["requests"] / raw["seconds"], "errors": raw["errors"]}
 
 
 def wrk(
@@ -663,8 +706,8 @@ def overhead_benchmark(
     args: argparse.Namespace, bundle_path: Path, stack: contextlib.ExitStack, work: Path
 ) -> dict[str, Any]:
     """What ``/candidates`` costs beyond its search and the HTTP floor: the route, the floor
-    (``GET /healthz``) and the bare search side by side, alternating over ``--rounds``; and
-    ``/score`` with 1000 items on one connection."""
+    (``GET /healthz``), the same requests through the ASGI app alone and the bare search side
+    by side, alternating over ``--rounds``; and ``/score`` with 1000 items on one connection."""
     bundle = Bundle.open(bundle_path)
     rng = np.random.default_rng(args.seed)
     users = rng.choice(bundle.user_ids, 4_000)
@@ -674,7 +717,7 @@ def overhead_benchmark(
     queries = np.ascontiguousarray(bundle.retrieval_part(bundle.user_vectors[rows]))
     server, floor = overhead_servers(args, stack, work, bundle_path, int(users[0]))
     runs: dict[str, list[dict[str, Any]]] = {"candidates": [], "healthz": [], "score": []}
-    runs["floor"] = []
+    runs["floor"], runs["asgi"] = [], []
     if unfamiliar is not None:
         runs["unfamiliar"] = []
     bare: list[float] = []
@@ -685,6 +728,7 @@ def overhead_benchmark(
             measured(args, server, "/candidates", candidates, "/candidates k=100", **load)
         )
         runs["floor"].append(wrk(args, f"{floor.url}/candidates", candidates, **load))
+        runs["asgi"].append(in_process(args, work, bundle_path, candidates, **load))
         if unfamiliar is not None:
             runs["unfamiliar"].append(
                 measured(args, server, "/candidates", unfamiliar, "/candidates artists", **load)
@@ -702,6 +746,16 @@ def overhead_benchmark(
                 seconds=args.seconds,
             )
         )
+    return overhead_result(args, bundle, runs, bare)
+
+
+def overhead_result(
+    args: argparse.Namespace,
+    bundle: Bundle,
+    runs: dict[str, list[dict[str, Any]]],
+    bare: list[float],
+) -> dict[str, Any]:
+    """:func:`overhead_benchmark`'s figures from its runs: medians over the rounds."""
     median = {name: statistics.median(r["rps"] for r in rs) for name, rs in runs.items()}
     ms = {name: 1e3 / rps for name, rps in median.items()}
     bare_qps = statistics.median(bare)
@@ -726,6 +780,13 @@ def overhead_benchmark(
         "route_ms": ms["candidates"] - ms["floor"] - 1e3 / bare_qps,
         "candidates_over_bare": median["candidates"] / bare_qps,
         "candidates_over_bare_rounds": round_ratios(runs["candidates"], bare),
+        # the same requests through the ASGI app in a process, no HTTP server (asgi_drive.py)
+        "asgi_rps": median["asgi"],
+        "asgi_ms": ms["asgi"],
+        "asgi_errors": sum(int(r["errors"]) for r in runs["asgi"]),
+        "asgi_over_bare": median["asgi"] / bare_qps,
+        "asgi_over_bare_rounds": round_ratios(runs["asgi"], bare),
+        "http_ms": ms["candidates"] - ms["asgi"],  # what serving over HTTP adds to the route
         # with a 50-event history in the request, none of its artists' items (None: no artists)
         "unfamiliar_rps": median.get("unfamiliar"),
         "unfamiliar_ms": ms.get("unfamiliar"),
@@ -760,6 +821,8 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             f"{r['floor_ms']:.3f} ms |",
             f"| hnswlib search alone, one query at a time | {r['bare_search_qps']:,.0f} q/s | "
             f"{r['bare_search_ms']:.3f} ms |",
+            f"| the same `/candidates` through the ASGI app alone (no HTTP server) | "
+            f"{r['asgi_rps']:,.0f} req/s | {r['asgi_ms']:.3f} ms |",
             *(
                 [
                     f"| `POST /candidates`, {UNFAMILIAR_HISTORY} events in the request, none of "
@@ -773,7 +836,10 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             f"Route overhead beyond the search and the floor: **{r['overhead_ms']:.3f} ms**; "
             f"beyond the search and HTTP alone: {r['route_ms']:.3f} ms; "
             f"/candidates at {r['candidates_over_bare']:.2f}x the bare search (round by round: "
-            f"{', '.join(f'{x:.2f}' for x in r['candidates_over_bare_rounds'])}). Stages (ms per "
+            f"{', '.join(f'{x:.2f}' for x in r['candidates_over_bare_rounds'])}); through the ASGI "
+            f"app alone at {r['asgi_over_bare']:.2f}x (round by round: "
+            f"{', '.join(f'{x:.2f}' for x in r['asgi_over_bare_rounds'])}), so serving over HTTP "
+            f"adds {r['http_ms']:.3f} ms a request. Stages (ms per "
             f"request, the service's own histograms): {stages}. `/score` with 1000 items, one "
             f"connection: p50 {r['score_1000_p50_ms']:.2f} ms, "
             f"p99 {r['score_1000_p99_ms']:.2f} ms.",
