@@ -1,6 +1,7 @@
 """The HTTP server's own limits, against a real uvicorn server run as `argus serve` runs it:
 slow headers and bodies get a 408, a client that hangs up is not a latency sample, and the
-connections one worker holds are capped."""
+connections one worker holds are capped; and one connection's answers come whole, one after
+another, through ``100 Continue`` and ``HEAD``."""
 
 from __future__ import annotations
 
@@ -113,3 +114,42 @@ def test_connections_beyond_the_cap_get_a_503_and_the_held_ones_are_released(
     while ask(server) != 200:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_responses_are_whole_on_a_kept_alive_connection_after_100_continue_and_to_head(
+    server: str,
+) -> None:
+    sock = connect(server)
+    request = (
+        b"POST /candidates HTTP/1.1\r\nHost: argus\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n" % len(BODY)
+    )
+    for _ in range(2):  # one connection, two requests
+        sock.sendall(request + b"\r\n" + BODY)
+        head, body = reply(sock)
+        assert head.startswith(b"HTTP/1.1 200") and b'"items"' in body, head + body
+    sock.sendall(request + b"Expect: 100-continue\r\n\r\n")
+    assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(BODY)
+    head, body = reply(sock)
+    assert head.startswith(b"HTTP/1.1 200") and b'"items"' in body, head + body
+    sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: argus\r\n\r\n")
+    head, body = reply(sock, with_body=False)
+    assert head.startswith(b"HTTP/1.1 405") and body == b"", head
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: argus\r\n\r\n")  # the connection still serves
+    head, body = reply(sock)
+    assert head.startswith(b"HTTP/1.1 200") and body == b'{"status":"alive"}', head + body
+    sock.close()
+
+
+def reply(sock: socket.socket, *, with_body: bool = True) -> tuple[bytes, bytes]:
+    """One response on a kept-alive connection: its head and its body (by Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"content-length: (\d+)", head, re.I)
+    length = int(found.group(1)) if found and with_body else 0
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
