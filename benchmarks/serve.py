@@ -254,7 +254,9 @@ def bundles_of(bundle_path: Path, root: Path) -> Path:
     started on the folder beside the bundle serves the newest bundle there, which may be
     another one (with another catalog and ``ef``) than the one the benchmark measures."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / bundle_path.name).symlink_to(bundle_path.resolve(), target_is_directory=True)
+    link = root / bundle_path.name
+    if not link.exists():  # a server started again on the same root (each round's ASGI run)
+        link.symlink_to(bundle_path.resolve(), target_is_directory=True)
     return root
 
 
@@ -318,7 +320,7 @@ def in_process(
     """``/candidates`` with ``bodies`` through the ASGI app alone, no HTTP server: a process of
     its own pinned like the servers (``benchmarks/asgi_drive.py``), run by path so that
     ``--server-path`` chooses the code it drives. Requests/s and errors."""
-    environment = server_environment(args, work, bundle_path, f"asgi-{time.monotonic_ns()}")
+    environment = server_environment(args, work, bundle_path, "asgi")
     if not args.server_path:
         environment["PYTHONPATH"] = str(ROOT)
     argv = [str(ASGI_DRIVE), str(bodies), str(seconds), str(connections)]
