@@ -86,23 +86,44 @@ def trivial_app() -> Any:
     return app
 
 
-def floor_app(reply: bytes) -> Any:
+def floor_app(reply: bytes, search: Callable[[bytes], object] | None = None) -> Any:
     """The HTTP floor a route cannot go under: a bare ASGI app that reads each POST's body and
     answers ``reply`` (a ``/candidates`` answer's bytes), with no framework, no validation and no
-    work. ``GET /readyz`` answers too, for :func:`service.cli.wait_ready`."""
+    work. With ``search`` (:func:`user_search`), each POST's body goes to it first: the floor of
+    a route that searches and does nothing else. ``GET /readyz`` answers too, for
+    :func:`service.cli.wait_ready`."""
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        body = b""
         while scope["method"] == "POST":
             message = await receive()
+            body += message.get("body", b"")
             if message["type"] != "http.request" or not message.get("more_body", False):
+                if search is not None and message["type"] == "http.request":
+                    search(body)
                 break
         await send({"type": "http.response.start", "status": 200, "headers": head})
         await send({"type": "http.response.body", "body": reply})
 
     return app
+
+
+def user_search(bundle_path: Path) -> Callable[[bytes], object]:
+    """A ``/candidates`` body's search and nothing else: its user's retrieval vector, k = 100,
+    the bundle's index and ``ef``, one query a call, as the bare search runs it."""
+    bundle = Bundle.open(bundle_path)
+    index = bundle.index
+    assert index is not None
+    ids, vectors = bundle.user_ids, bundle.user_vectors
+
+    def search(body: bytes) -> object:
+        row = int(np.searchsorted(ids, orjson.loads(body)["user_id"]))
+        return index.search(bundle.retrieval_part(vectors[row])[None, :], 100)
+
+    return search
 
 
 # -- the bundle --------------------------------------------------------------------------------
@@ -300,7 +321,7 @@ def server_environment(
         "OPENBLAS_NUM_THREADS": "1",
         **env,
     }
-    if args.server_path:  # another checkout's code, e.g. a worktree of an earlier commit
+    if args.server_path and "PYTHONPATH" not in env:  # another checkout's code
         environment["PYTHONPATH"] = str(args.server_path)
     return environment
 
@@ -681,9 +702,10 @@ def overhead_bodies(
 
 def overhead_servers(
     args: argparse.Namespace, stack: contextlib.ExitStack, work: Path, bundle_path: Path, user: int
-) -> tuple[Server, Server]:
+) -> tuple[Server, Server, Server]:
     """``argus serve`` on the local store, and :func:`floor_app` answering what it answers
-    ``user`` for k = 100."""
+    ``user`` for k = 100: alone, and after each request's search (:func:`user_search`). The
+    floors run this checkout's code whatever ``--server-path`` says: they are the baseline."""
     argus = str(Path(sys.executable).with_name("argus"))
     server = start_server(args, stack, work, bundle_path, "local", [argus, "serve"])
     server.wait_ready()
@@ -693,9 +715,13 @@ def overhead_servers(
     reply = work / "reply.json"
     reply.write_bytes(orjson.dumps(answer))
     module = [sys.executable, "-m", "benchmarks.serve", "--floor-server", str(reply)]
-    floor = start_server(args, stack, work, bundle_path, "floor", module)
+    own = {"PYTHONPATH": str(ROOT)}
+    floor = start_server(args, stack, work, bundle_path, "floor", module, **own)
+    searched = [*module, "--floor-search", str(bundle_path)]
+    search_floor = start_server(args, stack, work, bundle_path, "search-floor", searched, **own)
     floor.wait_ready()
-    return server, floor
+    search_floor.wait_ready()
+    return server, floor, search_floor
 
 
 def round_ratios(candidates: list[dict[str, Any]], bare: list[float]) -> list[float]:
@@ -717,9 +743,9 @@ def overhead_benchmark(
     candidates, score, unfamiliar = bodies["candidates"], bodies["score"], bodies.get("unfamiliar")
     rows = np.searchsorted(bundle.user_ids, users)
     queries = np.ascontiguousarray(bundle.retrieval_part(bundle.user_vectors[rows]))
-    server, floor = overhead_servers(args, stack, work, bundle_path, int(users[0]))
+    server, floor, search_floor = overhead_servers(args, stack, work, bundle_path, int(users[0]))
     runs: dict[str, list[dict[str, Any]]] = {"candidates": [], "healthz": [], "score": []}
-    runs["floor"], runs["asgi"] = [], []
+    runs["floor"], runs["asgi"], runs["search_floor"] = [], [], []
     if unfamiliar is not None:
         runs["unfamiliar"] = []
     bare: list[float] = []
@@ -731,6 +757,7 @@ def overhead_benchmark(
         )
         runs["floor"].append(wrk(args, f"{floor.url}/candidates", candidates, **load))
         runs["asgi"].append(in_process(args, work, bundle_path, candidates, **load))
+        runs["search_floor"].append(wrk(args, f"{search_floor.url}/candidates", candidates, **load))
         if unfamiliar is not None:
             runs["unfamiliar"].append(
                 measured(args, server, "/candidates", unfamiliar, "/candidates artists", **load)
@@ -789,6 +816,12 @@ def overhead_result(
         "asgi_over_bare": median["asgi"] / bare_qps,
         "asgi_over_bare_rounds": round_ratios(runs["asgi"], bare),
         "http_ms": ms["candidates"] - ms["asgi"],  # what serving over HTTP adds to the route
+        # one search a request behind the bare app: the search-plus-HTTP limit, measured
+        "search_floor_rps": median["search_floor"],
+        "search_floor_ms": ms["search_floor"],
+        "search_floor_over_bare": median["search_floor"] / bare_qps,
+        "search_floor_over_bare_rounds": round_ratios(runs["search_floor"], bare),
+        "candidates_over_search_floor": median["candidates"] / median["search_floor"],
         # with a 50-event history in the request, none of its artists' items (None: no artists)
         "unfamiliar_rps": median.get("unfamiliar"),
         "unfamiliar_ms": ms.get("unfamiliar"),
@@ -825,6 +858,8 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             f"{r['bare_search_ms']:.3f} ms |",
             f"| the same `/candidates` through the ASGI app alone (no HTTP server) | "
             f"{r['asgi_rps']:,.0f} req/s | {r['asgi_ms']:.3f} ms |",
+            f"| the bare ASGI app with one search a request (search plus HTTP) | "
+            f"{r['search_floor_rps']:,.0f} req/s | {r['search_floor_ms']:.3f} ms |",
             *(
                 [
                     f"| `POST /candidates`, {UNFAMILIAR_HISTORY} events in the request, none of "
@@ -841,7 +876,10 @@ def overhead_markdown(r: dict[str, Any]) -> str:
             f"{', '.join(f'{x:.2f}' for x in r['candidates_over_bare_rounds'])}); through the ASGI "
             f"app alone at {r['asgi_over_bare']:.2f}x (round by round: "
             f"{', '.join(f'{x:.2f}' for x in r['asgi_over_bare_rounds'])}), so serving over HTTP "
-            f"adds {r['http_ms']:.3f} ms a request. Stages (ms per "
+            f"adds {r['http_ms']:.3f} ms a request. Search plus HTTP alone reach "
+            f"{r['search_floor_over_bare']:.2f}x the bare search (round by round: "
+            f"{', '.join(f'{x:.2f}' for x in r['search_floor_over_bare_rounds'])}): /candidates "
+            f"is at {r['candidates_over_search_floor']:.2f}x that limit. Stages (ms per "
             f"request, the service's own histograms): {stages}. `/score` with 1000 items, one "
             f"connection: p50 {r['score_1000_p50_ms']:.2f} ms, "
             f"p99 {r['score_1000_p99_ms']:.2f} ms.",
@@ -888,6 +926,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--trivial-server", action="store_true", help=argparse.SUPPRESS)
     # Child mode: serve floor_app with the reply in this file.
     parser.add_argument("--floor-server", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-search", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -906,7 +945,9 @@ def main() -> None:
         run_server(trivial_app(), host="127.0.0.1", port=args.port)
         return
     if args.floor_server is not None:
-        run_server(floor_app(args.floor_server.read_bytes()), host="127.0.0.1", port=args.port)
+        search = user_search(args.floor_search) if args.floor_search else None
+        app = floor_app(args.floor_server.read_bytes(), search)
+        run_server(app, host="127.0.0.1", port=args.port)
         return
     if args.only == "cache":
         bundle_path = bench_bundle(args)
