@@ -85,7 +85,11 @@ def train(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     for setting in args.pretrain_set:
         pretrain += options(set=setting)
     stage((pre / "checkpoint.pt").exists(), "pretrain", *pretrain)
-    tune = [*shared, *options(init=pre, out=fine, max_steps=args.finetune_steps)]
+    epochs = args.finetune_epochs
+    length = (
+        options(epochs=epochs, min_steps=0) if epochs else options(max_steps=args.finetune_steps)
+    )
+    tune = [*shared, *options(init=pre, out=fine), *length]
     tune += options(batch_size=args.batch_size)
     for setting in args.finetune_set:
         tune += options(set=setting)
@@ -141,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs (0: steps)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=0, help="fine-tuning epochs (0: --finetune-steps)"
+    )
     parser.add_argument(
         "--model", action="append", default=None, help="key=value (default: the demo's table)"
     )

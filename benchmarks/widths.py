@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=600,
         help="fine-tuning steps; 0: `argus finetune`'s default, 2 epochs but at least 600 steps",
     )
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=0, help="fine-tuning epochs (0: --finetune-steps)"
+    )
     parser.add_argument("--sample", type=int, default=1_000)
     parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/widths")
     args = parser.parse_args(argv)
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             epochs=args.epochs,
             pretrain_steps=0,
             finetune_steps=args.finetune_steps,
+            finetune_epochs=args.finetune_epochs,
             model=["hash_rows=65536", f"d_model={width}", f"n_heads={max(2, width // 16)}"],
             pretrain_set=[],
             finetune_set=[],
@@ -126,6 +130,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = {
         "widths": args.widths,
         "epochs": args.epochs,
+        "finetune": (
+            f"{args.finetune_epochs} epochs"
+            if args.finetune_epochs
+            else f"{args.finetune_steps} steps"
+        ),
         "world": f"{args.users} users x {args.items} items x {args.days} days, seed {args.seed}",
         "results": results,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
