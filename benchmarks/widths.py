@@ -4,7 +4,8 @@
 
 For each width d (``argus-tiny``'s two layers, one head per 16 dimensions), pretrains and
 fine-tunes as ``benchmarks.backbone`` does (the demo's schedule by default: 2 epochs in batches
-of 8, then 600 fine-tuning steps), then measures the held-out NIP loss (``argus evaluate``'s,
+of 8, then 600 fine-tuning steps; ``--finetune-epochs N`` fine-tunes every width N epochs
+instead), then measures the held-out NIP loss (``argus evaluate``'s,
 full softmax over the catalog, 1,000 sampled test users) and the towers' PairAccuracy on
 ``argus evaluate``'s pairs. Prints a table, writes ``widths.json`` and ``widths.png`` (both
 figures against log parameters) under ``--work``.
