@@ -7,7 +7,9 @@ fine-tunes as ``benchmarks.backbone`` does (the demo's schedule by default: 2 ep
 of 8, then 600 fine-tuning steps; ``--finetune-epochs N`` fine-tunes every width N epochs
 instead), then measures the held-out NIP loss (``argus evaluate``'s,
 full softmax over the catalog, 1,000 sampled test users) and the towers' PairAccuracy on
-``argus evaluate``'s pairs. Prints a table, writes ``widths.json`` and ``widths.png`` (both
+``argus evaluate``'s pairs, and each width's PairAccuracy minus the next narrower one's on those
+same pairs with a 95% paired bootstrap interval over users (a difference smaller than the
+interval is not a gain). Prints a table, writes ``widths.json`` and ``widths.png`` (both
 figures against log parameters) under ``--work``.
 """
 
@@ -18,18 +20,21 @@ import json
 import os
 import platform
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from argus.demo import options, stage
+from argus.replay import Pairs
 from benchmarks.backbone import ROOT, train
 from model.argus import count_parameters
 from model.checkpoint import load_model
 from model.data.batching import TemporalSplit
 from model.data.events import read_events
 from model.data.simulate import Truth
-from model.diagnostics import diagnose
+from model.diagnostics import HeldOutPairs, diagnose, tower_parts
 from model.evaluate import EvalConfig, evaluate
+from model.inference import ItemPopularity, states_at
 from model.plots import _pyplot
 
 
@@ -50,6 +55,37 @@ def measure(data: Path, pre: Path, fine: Path, users: int) -> dict[str, float]:
         "probe_item_r2": found["probe_item_r2"],
         "mostpop_pair_accuracy": found["mostpop_pair_accuracy"],
         "oracle_pair_accuracy": found["oracle_pair_accuracy"],
+    }
+
+
+def paired(data: Path, fine: dict[str, Path], users: int) -> dict[str, dict[str, float]]:
+    """Each width's towers PairAccuracy minus the next narrower width's, on the same pairs,
+    with a 95% paired bootstrap interval over users (keys like ``"d64-d32"``)."""
+    events = read_events(data)
+    split = TemporalSplit.last_days(events, 7.0)
+    held = HeldOutPairs.of(events, split, users=users)
+    popularity = ItemPopularity.of(split.train(events))
+    rows, state = held.impressions.row, held.impressions.state
+    pairs = Pairs(
+        rows,
+        held.events.user_id[rows],
+        held.item_id,
+        held.events.timestamp[rows],
+        held.impressions.grade,
+        held.impressions.group,
+        held.hi,
+        held.lo,
+        held.weight,
+    )
+    scores = {}
+    for width, run in fine.items():
+        model = load_model(run)[0].eval()
+        h, taste = states_at(model, held.events, state).at(state)
+        scores[width] = tower_parts(model, held, h, taste, popularity)["towers"].numpy()
+    order = sorted(scores, key=int)
+    return {
+        f"d{wide}-d{narrow}": pairs.difference(scores[wide], scores[narrow])
+        for narrow, wide in pairwise(order)
     }
 
 
@@ -98,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     began = time.perf_counter()
     results: dict[str, dict[str, float]] = {}
+    fine: dict[str, Path] = {}
     data = args.work / "data"
     sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
     stage((data / "events.parquet").exists(), "simulate", *sizes, *options(out=data), "--quiet")
@@ -123,9 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run.work.mkdir(parents=True, exist_ok=True)
         if not (run.work / "data").exists():  # one world for every width
             (run.work / "data").symlink_to(data.resolve(), target_is_directory=True)
-        _, pre, fine = train(run)
+        _, pre, fine[str(width)] = train(run)
         started = time.perf_counter()
-        results[str(width)] = measure(data, pre, fine, args.sample)
+        results[str(width)] = measure(data, pre, fine[str(width)], args.sample)
         results[str(width)]["measure_s"] = time.perf_counter() - started
         print(f"d={width}: {results[str(width)]}", flush=True)
     out = {
@@ -138,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "world": f"{args.users} users x {args.items} items x {args.days} days, seed {args.seed}",
         "results": results,
+        "paired": paired(data, fine, args.sample),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "elapsed_s": time.perf_counter() - began,
@@ -151,6 +189,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"| {width} | {r['parameters']:,} | {r['test_nip_loss']:.4f} | "
             f"{r['towers_pair_accuracy']:.4f} | {r['towers_state_only_pair_accuracy']:.4f} |"
         )
+    print("| difference | PairAccuracy | 95% interval |")
+    print("|---|---:|---|")
+    for name, d in out["paired"].items():
+        print(f"| {name} | {d['difference']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] |")
     return out
 
 
