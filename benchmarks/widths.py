@@ -112,6 +112,23 @@ def plot(results: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def tables(out: dict[str, Any]) -> str:
+    """The per-width table and the paired differences, as Markdown."""
+    lines = [
+        "| d | parameters | held-out NIP loss | /score PairAccuracy | state-only part |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for width, r in out["results"].items():
+        lines.append(
+            f"| {width} | {r['parameters']:,} | {r['test_nip_loss']:.4f} | "
+            f"{r['towers_pair_accuracy']:.4f} | {r['towers_state_only_pair_accuracy']:.4f} |"
+        )
+    lines += ["| difference | PairAccuracy | 95% interval |", "|---|---:|---|"]
+    for name, d in out["paired"].items():
+        lines.append(f"| {name} | {d['difference']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
@@ -182,17 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     (args.work / "widths.json").write_text(json.dumps(out, indent=2) + "\n")
     plot(results, args.work / "widths.png")
-    print("| d | parameters | held-out NIP loss | /score PairAccuracy | state-only part |")
-    print("|---|---:|---:|---:|---:|")
-    for width, r in results.items():
-        print(
-            f"| {width} | {r['parameters']:,} | {r['test_nip_loss']:.4f} | "
-            f"{r['towers_pair_accuracy']:.4f} | {r['towers_state_only_pair_accuracy']:.4f} |"
-        )
-    print("| difference | PairAccuracy | 95% interval |")
-    print("|---|---:|---|")
-    for name, d in out["paired"].items():
-        print(f"| {name} | {d['difference']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] |")
+    print(tables(out))
     return out
 
 
