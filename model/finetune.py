@@ -88,6 +88,9 @@ class FinetuneConfig(TrainConfig):
     min_history: int = 1  # events of the chunk a state must have seen
     tower_dim: int = 0  # width of u and v; 0: the model's d_model
     tower_lr: float = 3e-3  # the towers' own learning rate (they start from scratch); 0: lr
+    # AdamW's decay on the towers' weight matrices (their embeddings and biases get none); 0:
+    # none, the default
+    tower_weight_decay: float = 0.0
     item_prior: bool = True  # u's last coordinate is 1: v's last one is a non-personal prior
     # a learned prior for items with no event before the day, which the service then scores
     # items its catalog lacks with (off: they get no score)
@@ -180,6 +183,8 @@ class FinetuneConfig(TrainConfig):
             )
         if self.min_history < 1:
             raise ValueError(f"min_history must be >= 1, got {self.min_history}")
+        if self.tower_weight_decay < 0:
+            raise ValueError(f"tower_weight_decay must be >= 0, got {self.tower_weight_decay}")
         if self.readout_ridge < 0:
             raise ValueError(f"readout_ridge must be >= 0, got {self.readout_ridge}")
         if seconds.readout_calibration and not self.readout_ridge:

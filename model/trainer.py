@@ -213,11 +213,14 @@ class Optimizers:
         ]
         if not sparse and table.weight.requires_grad:
             groups.append({"params": [table.weight], "weight_decay": 0.0, "lr_scale": table_scale})
+        decays = {"towers": getattr(cfg, "tower_weight_decay", 0.0)}
         for part, params in own.items():
-            if params:
-                groups.append(
-                    {"params": params, "weight_decay": 0.0, "lr_scale": rates[part] / cfg.lr}
-                )
+            scale, wd = rates[part] / cfg.lr, decays.get(part, 0.0)
+            matrices = [p for p in params if wd and p.ndim >= 2 and id(p) not in no_decay]
+            others = [p for p in params if all(p is not m for m in matrices)]
+            for members, decay_of in ((matrices, wd), (others, 0.0)):
+                if members:
+                    groups.append({"params": members, "weight_decay": decay_of, "lr_scale": scale})
         self.parameters = trainable
         # the retrieval space is clipped on its own: its loss is a different scale
         retrieval = own.get("retrieval", [])

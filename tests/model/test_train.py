@@ -322,6 +322,34 @@ def test_fine_tuning_s_new_parts_get_their_own_learning_rates() -> None:
     assert len(same.dense.param_groups) == 4  # decay, no decay, table, retrieval: towers at lr
 
 
+def test_tower_weight_decay_reaches_the_towers_matrices_only() -> None:
+    """``tower_weight_decay`` decays the towers' weight matrices at their own rate; their
+    embeddings and biases, and every other part, keep what they had (none by default)."""
+    from model.finetune import FinetuneConfig
+    from model.trainer import Optimizers
+
+    model = Argus(preset("argus-tiny", tower_dim=8, retrieval_dim=8))
+    towers = {"user_proj", "item_mlp", "item_popularity", "user_taste", "item_taste"}
+    embeddings = {
+        id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
+    }
+    for wd in (0.0, 0.25):
+        cfg = FinetuneConfig(data="-", out="-", tower_weight_decay=wd)
+        groups = Optimizers(model, cfg, sparse=False).dense.param_groups
+        decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        decayed = 0
+        for name, parameter in model.named_parameters():
+            if name.split(".")[0] not in towers:
+                assert decay[id(parameter)] in (0.0, cfg.weight_decay), name
+                continue
+            matrix = parameter.ndim >= 2 and id(parameter) not in embeddings
+            assert decay[id(parameter)] == (wd if matrix else 0.0), name
+            decayed += matrix
+        assert decayed >= 2  # u's projection and the item MLP at least
+    with pytest.raises(ValueError, match="tower_weight_decay"):
+        FinetuneConfig(data="-", out="-", tower_weight_decay=-0.1)
+
+
 def test_the_warm_start_reads_the_positives_or_a_sample_of_them(sim_data: Path) -> None:
     """Every item with a positive gets its unit-length factor row; past ``max_positives`` a
     seeded sample of the positives is read (fewer items warmed), and none leaves the table as
