@@ -5,7 +5,8 @@
 For each width d (``argus-tiny``'s two layers, one head per 16 dimensions), pretrains and
 fine-tunes as ``benchmarks.backbone`` does (the demo's schedule by default: 2 epochs in batches
 of 8, then 600 fine-tuning steps; ``--finetune-epochs N`` fine-tunes every width N epochs
-instead), then measures the held-out NIP loss (``argus evaluate``'s,
+instead; ``--finetune-set-at 128:key=value`` gives one width a setting of its own, such as
+regularisation sized to it), then measures the held-out NIP loss (``argus evaluate``'s,
 full softmax over the catalog, 1,000 sampled test users) and the towers' PairAccuracy on
 ``argus evaluate``'s pairs, and each width's PairAccuracy minus the next narrower one's on those
 same pairs with a 95% paired bootstrap interval over users (a difference smaller than the
@@ -129,6 +130,22 @@ def tables(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def settings_at(
+    given: list[str], widths: list[int], parser: argparse.ArgumentParser
+) -> dict[int, list[str]]:
+    """``--finetune-set-at`` values by width (``"128:key=value"`` -> ``{128: ["key=value"]}``);
+    a malformed value or a width not trained is a usage error naming it."""
+    found: dict[int, list[str]] = {}
+    for text in given:
+        width, _, setting = text.partition(":")
+        if not width.isdigit() or "=" not in setting:
+            parser.error(f"--finetune-set-at {text!r}: expected WIDTH:KEY=VALUE")
+        if int(width) not in widths:
+            parser.error(f"--finetune-set-at {text!r}: width {width} is not in --widths {widths}")
+        found.setdefault(int(width), []).append(setting)
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
@@ -146,9 +163,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--finetune-epochs", type=int, default=0, help="fine-tuning epochs (0: --finetune-steps)"
     )
+    parser.add_argument(
+        "--finetune-set-at",
+        action="append",
+        default=[],
+        metavar="WIDTH:KEY=VALUE",
+        help="a fine-tuning setting for one width, e.g. 128:tower_weight_decay=0.1 (repeatable)",
+    )
     parser.add_argument("--sample", type=int, default=1_000)
     parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/widths")
     args = parser.parse_args(argv)
+    settings = settings_at(args.finetune_set_at, args.widths, parser)
     began = time.perf_counter()
     results: dict[str, dict[str, float]] = {}
     fine: dict[str, Path] = {}
@@ -172,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             finetune_epochs=args.finetune_epochs,
             model=["hash_rows=65536", f"d_model={width}", f"n_heads={max(2, width // 16)}"],
             pretrain_set=[],
-            finetune_set=[],
+            finetune_set=settings.get(width, []),
         )
         run.work.mkdir(parents=True, exist_ok=True)
         if not (run.work / "data").exists():  # one world for every width
@@ -190,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.finetune_epochs
             else f"{args.finetune_steps} steps"
         ),
+        "finetune_set": {str(width): found for width, found in settings.items()},
         "world": f"{args.users} users x {args.items} items x {args.days} days, seed {args.seed}",
         "results": results,
         "paired": paired(data, fine, args.sample),

@@ -158,6 +158,28 @@ def test_the_backbone_benchmark_shows_a_trained_model_s_probes_beat_an_untrained
     assert "| probe R², state → taste |" in (tmp_path / "backbone.md").read_text()
 
 
+def test_the_widths_benchmark_takes_settings_for_one_width(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--finetune-set-at WIDTH:KEY=VALUE`` reaches that width's fine-tuning alone; a
+    malformed value or a width not trained is a usage error naming it."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is not installed
+    from benchmarks.widths import settings_at
+
+    parser = argparse.ArgumentParser()
+    given = ["128:tower_weight_decay=0.1", "128:tower_lr=1e-3", "64:tower_dim=32"]
+    assert settings_at(given, [32, 64, 128], parser) == {
+        128: ["tower_weight_decay=0.1", "tower_lr=1e-3"],
+        64: ["tower_dim=32"],
+    }
+    for bad, named in (("128-wd=0.1", "WIDTH:KEY=VALUE"), ("256:a=1", "width 256")):
+        with pytest.raises(SystemExit):
+            settings_at([bad], [32, 64, 128], parser)
+        assert named in capsys.readouterr().err
+
+
 def test_real_data_without_a_truth_gets_the_pair_accuracies_and_no_probe(sim_data: Path) -> None:
     events = read_events(sim_data)
     torch.manual_seed(0)
