@@ -3,8 +3,8 @@
     .venv/bin/python -m benchmarks.backbone [--users 5000 --items 20000 --days 30]
 
 Simulates a world, pretrains and fine-tunes ARGUS on it as ``argus demo`` does (the demo's
-sizes and settings by default; ``--model``, ``--pretrain-set`` and ``--finetune-set`` change
-them), then measures, for
+sizes and settings by default; ``--model``, ``--pretrain-set``, ``--finetune-set`` and
+``--finetune-model`` change them), then measures, for
 an untrained model of the same shape, the pretrained and the fine-tuned one
 (:mod:`model.diagnostics`):
 
@@ -93,6 +93,8 @@ def train(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     tune += options(batch_size=args.batch_size)
     for setting in args.finetune_set:
         tune += options(set=setting)
+    for setting in args.finetune_model:
+        tune += options(model=setting)
     stage((fine / "checkpoint.pt").exists(), "finetune", *tune)
     return data, pre, fine
 
@@ -153,6 +155,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--pretrain-set", action="append", default=[], help="key=value")
     parser.add_argument("--finetune-set", action="append", default=[], help="key=value")
+    parser.add_argument(
+        "--finetune-model",
+        action="append",
+        default=[],
+        help="a model setting for fine-tuning alone, e.g. dropout=0.1",
+    )
     parser.add_argument("--sample", type=int, default=1_000, help="users of the held-out pairs")
     parser.add_argument(
         "--sample-seed", type=int, default=0, help="their seed (0: argus evaluate's sample)"

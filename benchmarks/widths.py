@@ -5,18 +5,19 @@
 For each width d (``argus-tiny``'s two layers, one head per 16 dimensions), pretrains and
 fine-tunes as ``benchmarks.backbone`` does (the demo's schedule by default: 2 epochs in batches
 of 8, then 600 fine-tuning steps; ``--finetune-epochs N`` fine-tunes every width N epochs
-instead; ``--finetune-set-at 128:key=value`` gives one width a setting of its own, such as
-regularisation sized to it), then measures the held-out NIP loss (``argus evaluate``'s,
-full softmax over the catalog, 1,000 sampled test users) and the towers' PairAccuracy on
-``argus evaluate``'s pairs, and each width's PairAccuracy minus the next narrower one's on those
-same pairs with a 95% paired bootstrap interval over users (a difference smaller than the
-interval is not a gain). Prints a table, writes ``widths.json`` and ``widths.png`` (both
+instead; ``--finetune-set-at 128:key=value`` gives one width a fine-tuning or model setting of
+its own, such as regularisation sized to it), then measures the held-out NIP loss (``argus
+evaluate``'s, full softmax over the catalog, 1,000 sampled test users) and the towers'
+PairAccuracy on ``argus evaluate``'s pairs, and each width's PairAccuracy minus the next narrower
+one's on those same pairs with a 95% paired bootstrap interval over users (a difference smaller
+than the interval is not a gain). Prints a table, writes ``widths.json`` and ``widths.png`` (both
 figures against log parameters) under ``--work``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -28,15 +29,19 @@ from typing import Any
 from argus.demo import options, stage
 from argus.replay import Pairs
 from benchmarks.backbone import ROOT, train
-from model.argus import count_parameters
+from model.argus import ArgusConfig, count_parameters
 from model.checkpoint import load_model
 from model.data.batching import TemporalSplit
 from model.data.events import read_events
 from model.data.simulate import Truth
 from model.diagnostics import HeldOutPairs, diagnose, tower_parts
 from model.evaluate import EvalConfig, evaluate
+from model.finetune import FinetuneConfig
 from model.inference import ItemPopularity, states_at
 from model.plots import _pyplot
+
+ARGUS_FIELDS = {f.name for f in dataclasses.fields(ArgusConfig)}
+FINETUNE_FIELDS = {f.name for f in dataclasses.fields(FinetuneConfig)}
 
 
 def measure(data: Path, pre: Path, fine: Path, users: int) -> dict[str, float]:
@@ -130,6 +135,13 @@ def tables(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def model_setting(setting: str) -> bool:
+    """Whether ``key=value`` sets the model (``argus finetune --model``, e.g. ``dropout``) rather
+    than fine-tuning (``--set``)."""
+    key = setting.partition("=")[0].strip()
+    return key in ARGUS_FIELDS and key not in FINETUNE_FIELDS
+
+
 def settings_at(
     given: list[str], widths: list[int], parser: argparse.ArgumentParser
 ) -> dict[int, list[str]]:
@@ -197,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             finetune_epochs=args.finetune_epochs,
             model=["hash_rows=65536", f"d_model={width}", f"n_heads={max(2, width // 16)}"],
             pretrain_set=[],
-            finetune_set=settings.get(width, []),
+            finetune_set=[s for s in settings.get(width, []) if not model_setting(s)],
+            finetune_model=[s for s in settings.get(width, []) if model_setting(s)],
         )
         run.work.mkdir(parents=True, exist_ok=True)
         if not (run.work / "data").exists():  # one world for every width

@@ -166,7 +166,7 @@ def test_the_widths_benchmark_takes_settings_for_one_width(
     import argparse
 
     monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is not installed
-    from benchmarks.widths import settings_at
+    from benchmarks.widths import model_setting, settings_at
 
     parser = argparse.ArgumentParser()
     given = ["128:tower_weight_decay=0.1", "128:tower_lr=1e-3", "64:tower_dim=32"]
@@ -174,6 +174,7 @@ def test_the_widths_benchmark_takes_settings_for_one_width(
         128: ["tower_weight_decay=0.1", "tower_lr=1e-3"],
         64: ["tower_dim=32"],
     }
+    assert [model_setting(s) for s in ("dropout=0.1", "tower_weight_decay=0.1")] == [True, False]
     for bad, named in (("128-wd=0.1", "WIDTH:KEY=VALUE"), ("256:a=1", "width 256")):
         with pytest.raises(SystemExit):
             settings_at([bad], [32, 64, 128], parser)
