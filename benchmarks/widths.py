@@ -158,6 +158,30 @@ def settings_at(
     return found
 
 
+def width_run(args: argparse.Namespace, width: int, settings: list[str]) -> argparse.Namespace:
+    """``benchmarks.backbone``'s arguments for one width: the demo's schedule and table at
+    width d, one head per 16 dimensions, and the width's own fine-tuning settings."""
+    return argparse.Namespace(
+        work=args.work / f"d{width}",
+        users=args.users,
+        items=args.items,
+        days=args.days,
+        seed=args.seed,
+        preset="argus-tiny",
+        max_len=256,
+        pretrain_batch_size=8,
+        batch_size=16,
+        epochs=args.epochs,
+        pretrain_steps=0,
+        finetune_steps=args.finetune_steps,
+        finetune_epochs=args.finetune_epochs,
+        model=["hash_rows=65536", f"d_model={width}", f"n_heads={max(2, width // 16)}"],
+        pretrain_set=[],
+        finetune_set=[s for s in settings if not model_setting(s)],
+        finetune_model=[s for s in settings if model_setting(s)],
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
@@ -193,25 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = options(users=args.users, items=args.items, days=args.days, seed=args.seed)
     stage((data / "events.parquet").exists(), "simulate", *sizes, *options(out=data), "--quiet")
     for width in args.widths:
-        run = argparse.Namespace(
-            work=args.work / f"d{width}",
-            users=args.users,
-            items=args.items,
-            days=args.days,
-            seed=args.seed,
-            preset="argus-tiny",
-            max_len=256,
-            pretrain_batch_size=8,
-            batch_size=16,
-            epochs=args.epochs,
-            pretrain_steps=0,
-            finetune_steps=args.finetune_steps,
-            finetune_epochs=args.finetune_epochs,
-            model=["hash_rows=65536", f"d_model={width}", f"n_heads={max(2, width // 16)}"],
-            pretrain_set=[],
-            finetune_set=[s for s in settings.get(width, []) if not model_setting(s)],
-            finetune_model=[s for s in settings.get(width, []) if model_setting(s)],
-        )
+        run = width_run(args, width, settings.get(width, []))
         run.work.mkdir(parents=True, exist_ok=True)
         if not (run.work / "data").exists():  # one world for every width
             (run.work / "data").symlink_to(data.resolve(), target_is_directory=True)
