@@ -13,6 +13,10 @@ Rankers (every one returns ``(U, k)`` item ids, best first):
 * :func:`oracle_ranking` — on simulated data, the true affinity of that day plus ``weight`` times
   the log of the true popularity, with ``weight`` fitted on other users (:func:`fit_oracle`).
 
+Scores that need no training, for what a real log allows (``benchmarks.recall_ceiling``):
+:func:`recency_scores`, what is popular now among what is new, and :func:`ease_scores`, a
+closed-form item-to-item model.
+
 The replay benchmark feeds the service's answers to :func:`recall` beside these.
 """
 
@@ -72,6 +76,19 @@ class WindowTargets:
             seen.append(np.union1d(past, theirs))
         return WindowTargets(start=self.start, users=self.users, items=items, seen=seen)
 
+    def subset(self, rows: np.ndarray) -> WindowTargets:
+        """The window of the users at positions ``rows`` (ascending)."""
+        return WindowTargets(
+            start=self.start,
+            users=self.users[rows],
+            items=[self.items[i] for i in rows],
+            seen=[self.seen[i] for i in rows],
+        )
+
+    def with_history(self) -> WindowTargets:
+        """The users with an event before ``start``: the only ones a model can tell apart."""
+        return self.subset(np.flatnonzero([len(s) > 0 for s in self.seen]))
+
     def new_items(self) -> list[np.ndarray]:
         """Each user's targets that are new to them."""
         return [
@@ -127,6 +144,52 @@ def popular_ranking(
     return rows
 
 
+def recency_scores(
+    history: Events, ids: np.ndarray, start: int, scale_days: float, age_days: float = np.inf
+) -> np.ndarray:
+    """(M,) what is popular now among what is new: each of the sorted ``ids``' positive events
+    before ``start`` weighs exp(-days before ``start`` / ``scale_days``), and the sum is divided
+    by 1 + the item's age / ``age_days`` (age: days from its first event of any kind to
+    ``start``; an item with none is of age 0)."""
+    before = history.timestamp < start
+    positive = before & history.positive
+    known = np.isin(history.item_id, ids)
+    rows = np.searchsorted(ids, history.item_id[positive & known])
+    days = (start - history.timestamp[positive & known]) / DAY
+    scores = np.bincount(rows, weights=np.exp(-days / scale_days), minlength=len(ids))
+    first = np.full(len(ids), start, np.int64)
+    np.minimum.at(
+        first,
+        np.searchsorted(ids, history.item_id[before & known]),
+        history.timestamp[before & known],
+    )
+    return scores / (1.0 + (start - first) / DAY / age_days)
+
+
+def ease_scores(
+    history: Events, window: WindowTargets, ids: np.ndarray, ridge: float
+) -> np.ndarray:
+    """(U, M) EASE (Steck, 2019) on the positives before ``window.start``: each item's score is
+    a ridge regression of it on the user's other positive items, ``B = I - P / diag(P)`` with
+    ``P = (X'X + ridge I)^-1`` over the binary user x item matrix ``X`` of the sorted ``ids``.
+    A strong item-to-item baseline of the field; dense in the items, so for catalogs of a few
+    thousand."""
+    if len(ids) > 20_000:
+        raise ValueError(f"EASE is dense in the items: {len(ids):,} is too many (at most 20,000)")
+    positive = (history.timestamp < window.start) & history.positive & np.isin(history.item_id, ids)
+    users, user_rows = np.unique(history.user_id[positive], return_inverse=True)
+    matrix = np.zeros((len(users), len(ids)))
+    matrix[user_rows, np.searchsorted(ids, history.item_id[positive])] = 1.0
+    inverse = np.linalg.inv(matrix.T @ matrix + ridge * np.eye(len(ids)))
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    rows = np.zeros((len(window), len(ids)))
+    where = np.searchsorted(users, window.users).clip(max=max(len(users) - 1, 0))
+    has = (where < len(users)) & (users[where] == window.users) if len(users) else where < 0
+    rows[has] = matrix[where[has]]
+    return rows @ weights
+
+
 def oracle_scores(truth: Truth, users: np.ndarray, at: int, weight: float) -> np.ndarray:
     """(U, M) true affinity on the day of ``at`` + ``weight`` * log true popularity, columns in
     ``truth.sorted_item_ids`` order."""
@@ -173,15 +236,7 @@ def split_users(window: WindowTargets, seed: int = 0) -> tuple[WindowTargets, Wi
     """Two disjoint halves of ``window``'s users (fit on one, measure on the other)."""
     order = np.random.default_rng(seed).permutation(len(window))
     halves = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
-    return tuple(  # type: ignore[return-value]
-        WindowTargets(
-            start=window.start,
-            users=window.users[h],
-            items=[window.items[i] for i in h],
-            seen=[window.seen[i] for i in h],
-        )
-        for h in halves
-    )
+    return window.subset(halves[0]), window.subset(halves[1])
 
 
 def estimated_offsets(

@@ -11,6 +11,7 @@ from model.data.events import Events, read_events
 from model.data.simulate import SimConfig, Simulator, Truth
 from model.future import (
     WindowTargets,
+    ease_scores,
     estimated_offsets,
     fit_oracle,
     history_latents,
@@ -18,6 +19,7 @@ from model.future import (
     oracle_ranking,
     popular_ranking,
     positive_factors,
+    recency_scores,
     recent_events,
     split_users,
 )
@@ -234,3 +236,73 @@ def test_mostpop_lists_never_hold_a_seen_item_even_when_short() -> None:
     assert [row.tolist() for row in lists] == [[4], [1, 2, 3]]
     every = popular_ranking(events, window, 3, exclude_seen=False)
     assert [row.tolist() for row in every] == [[1, 2, 3]] * 2
+
+
+def test_recency_weighs_each_positive_by_its_age_and_discounts_old_items() -> None:
+    t0 = 100 * DAY
+    events = events_from(
+        user_id=[1, 2, 3, 4, 5],
+        item_id=[7, 7, 8, 8, 9],
+        timestamp=[t0 - 1 * DAY, t0 - 3 * DAY, t0 - 50 * DAY, t0 - 2 * DAY, t0 + DAY],
+        played_ratio=[1.0, 1.0, 0.0, 1.0, 1.0],  # item 8 first met as a skip 50 days ago
+    )
+    ids = np.array([7, 8, 9])
+    scores = recency_scores(events, ids, t0, scale_days=7.0)
+    assert scores == pytest.approx([np.exp(-1 / 7) + np.exp(-3 / 7), np.exp(-2 / 7), 0.0])
+    aged = recency_scores(events, ids, t0, scale_days=7.0, age_days=10.0)
+    assert aged == pytest.approx(scores / [1 + 3 / 10, 1 + 50 / 10, 1.0])
+
+
+def test_ease_scores_an_items_companion_for_a_user_who_met_the_item() -> None:
+    """Items 1 and 2 are always liked together, as are 3 and 4: a user who liked 1 gets 2 first
+    and nothing for the other pair; a user with no history before the window gets zeros."""
+    t0 = 10 * DAY
+    users = np.repeat(np.arange(10, 30), 2)
+    items = np.where(np.arange(40) % 4 < 2, 1, 3) + np.arange(40) % 2
+    events = events_from(
+        user_id=np.r_[users, 1],
+        item_id=np.r_[items, 1],
+        timestamp=np.r_[np.arange(40), 50] + t0 - DAY,
+        played_ratio=np.ones(41),
+    )
+    window = WindowTargets(
+        start=t0,
+        users=np.array([1, 2]),
+        items=[np.array([2]), np.array([1])],
+        seen=[np.array([1]), np.array([], np.int64)],
+    )
+    scores = ease_scores(events, window, np.array([1, 2, 3, 4]), ridge=1.0)
+    assert scores.shape == (2, 4)
+    assert np.argmax(scores[0]) == 1 and scores[0, 1] > 0.5
+    assert scores[0, 2:] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert not scores[1].any()
+    assert [w.users.tolist() for w in (window.with_history(), window.subset(np.array([1])))] == [
+        [1],
+        [2],
+    ]
+
+
+def test_the_recall_ceiling_finds_the_new_hits_that_returning_users_go_on_to_watch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Old items were liked by many long ago; in the last days new items 100..109 took over, and
+    in the window the returning users like those. MostPop lists the old ones; what is popular
+    now among what is new finds the hits, and every family reports both ways of choosing."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    from benchmarks.recall_ceiling import markdown, measure
+
+    rng = np.random.default_rng(0)
+    rows = []  # user, item, day
+    for user in range(60):
+        rows += [(user, int(rng.integers(0, 20)), int(rng.integers(0, 40))) for _ in range(8)]
+        rows += [(user, 100 + int(rng.integers(0, 10)), 75 + int(rng.integers(0, 4)))]
+        rows += [(user, 100 + int(rng.integers(0, 10)), 81 + int(rng.integers(0, 19)))]
+    u, i, d = (np.array(c) for c in zip(*rows, strict=True))
+    events = events_from(user_id=u, item_id=i, timestamp=d * DAY + u, played_ratio=np.ones(len(u)))
+    result = measure(events, test_fraction=0.2, k=5, folds=2)
+    table = result["rankings"]
+    assert result["users_with_history"] == 60
+    assert table["recency"]["all"]["generous"] > 2 * table["MostPop"]["all"]["generous"]
+    assert table["blend"]["new"]["fair"] is not None and table["MostPop"]["new"]["fair"] is None
+    text = markdown(result, lambda value, part: f"{value:.3f}")
+    assert "| recency |" in text and "60 of 60 window users" in text
