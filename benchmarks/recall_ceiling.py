@@ -50,7 +50,7 @@ from model.future import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SCALES = (1.0, 3.0, 7.0, 14.0, 30.0)  # days: the recency weight's time constant
+SCALES = (0.25, 0.5, 1.0, 3.0, 7.0, 14.0, 30.0)  # days: the recency weight's time constant
 AGES = (10.0, 30.0, 90.0, np.inf)  # days: the age discount's scale (inf: none)
 RIDGES = (100.0, 300.0, 1000.0, 3000.0)
 WEIGHTS = (0.1, 0.3, 1.0, 3.0)  # EASE's weight in the blend

@@ -1,5 +1,6 @@
 """Calibrations on held-out days, after fine-tuning: the cold level (``argus finetune --set
-cold_calibration=1d``) and the feedback readout (``readout_calibration``, :mod:`model.readout`).
+cold_calibration=1d``) and the feedback readout (``readout_calibration``, :mod:`model.readout`);
+and before it, the retrieval trend's window (``retrieval_trend=auto``, :func:`choose_trend_window`).
 
 A model with ``cold_items`` scores an item it knows too little of with one learned level (plus
 the item's counts). Fine-tuning learns that level against the items the training days show, whose
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 
 from model.argus import Argus
-from model.data.events import Events
+from model.contract import DAY
+from model.data.events import Events, parse_duration
 from model.evaluate import impression_scores
 from model.impressions import Impressions, group_pairs
 from model.inference import ItemPopularity, readout_inputs
@@ -38,6 +40,11 @@ from model.readout import RIDGES, Readout
 
 CALIBRATION_FILE = "cold_calibration.json"
 READOUT_FILE = "readout.json"
+TREND_FILE = "trend_window.json"
+# the windows ``retrieval_trend=auto`` chooses from: what is popular now; all-time popularity has
+# a column of its own (``retrieval_popularity``), so none is longer than the 7-day default
+TREND_WINDOWS = ("3h", "6h", "12h", "1d", "3d", "7d")
+TREND_DEFAULT = "7d"
 ROUNDS = 5  # of coordinate descent over the two offsets
 
 
@@ -73,6 +80,63 @@ class ColdCalibration:
 
     def write(self, out: str | Path) -> Path:
         return write_report(self, Path(out) / CALIBRATION_FILE)
+
+
+@dataclass(frozen=True)
+class TrendChoice:
+    """What :func:`choose_trend_window` found: each window's share of the next day's positives
+    that its list held, over the last ``days`` days of the training events, and the choice."""
+
+    window: str
+    hit_rates: dict[str, float]
+    days: int
+    positives: int
+    top: int
+
+    def line(self) -> str:
+        default = self.hit_rates.get(TREND_DEFAULT, float("nan"))
+        return (
+            f"retrieval trend window {self.window}: its top {self.top} held "
+            f"{self.hit_rates.get(self.window, float('nan')):.3f} of the next day's "
+            f"{self.positives:,} positives over {self.days} days ({TREND_DEFAULT}: {default:.3f})"
+        )
+
+    def write(self, out: str | Path) -> Path:
+        return write_report(self, Path(out) / TREND_FILE)
+
+
+def choose_trend_window(
+    train: Events, *, days: int = 7, top: int = 100, margin: float = 0.05
+) -> TrendChoice:
+    """The retrieval trend's window for this log. At each of the last ``days`` UTC day starts
+    of ``train``, each window of :data:`TREND_WINDOWS` lists the ``top`` items by positive
+    events in the window before it (what the day's bundle would hold), and scores the share of
+    that day's positives whose item the list holds. The best window wins if it beats the 7-day
+    default by more than ``margin`` (relative); else the default stays. A log whose catalog
+    turns over within a day (short videos) gets a short window; one whose popularity drifts
+    slowly keeps 7 days. Too short a log (under two days) keeps the default."""
+    positive = train.take(train.positive)
+    if len(positive) == 0:
+        return TrendChoice(TREND_DEFAULT, {}, 0, 0, top)
+    first, last = int(positive.timestamp.min()), int(positive.timestamp.max())
+    starts = [d for d in range(last // DAY * DAY, first, -DAY)][:days]
+    starts = [d for d in starts if d - first >= DAY]
+    ids = np.unique(positive.item_id)
+    nexts = [(positive.timestamp >= d) & (positive.timestamp < d + DAY) for d in starts]
+    total = int(sum(int(n.sum()) for n in nexts))
+    if not total:
+        return TrendChoice(TREND_DEFAULT, {}, len(starts), 0, top)
+    rates = {}
+    for window in TREND_WINDOWS:
+        hits = 0
+        for day, following in zip(starts, nexts, strict=True):
+            counts = positive.positives_before(ids, np.full(len(ids), day), parse_duration(window))
+            listed = ids[np.argsort(-counts, kind="stable")[:top]]
+            hits += int(np.isin(positive.item_id[following], listed).sum())
+        rates[window] = hits / total
+    best = max(TREND_WINDOWS, key=lambda w: rates[w])
+    chosen = best if rates[best] > (1.0 + margin) * rates[TREND_DEFAULT] else TREND_DEFAULT
+    return TrendChoice(chosen, rates, len(starts), total, top)
 
 
 def cold_offset(

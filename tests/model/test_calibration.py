@@ -86,3 +86,52 @@ def test_a_checkpoint_from_before_the_unseen_offset_still_loads(
     torch.save(state, out / CHECKPOINT_FILE)
     with pytest.raises(ValueError, match=r"missing.*cold_item"):
         load_model(out)
+
+
+def _turnover_log(hours: int) -> Any:
+    """Ten days of likes: every ``hours`` (from 6 a.m.) a new set of 150 items takes all the
+    likes (0: the same 150 items all along, in random order)."""
+    from tests.events import events_from
+
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.integers(0, 10 * DAY, 6_000))
+    era = (times + 6 * 3600) // (hours * 3600) if hours else np.zeros_like(times)
+    items = era * 1_000 + rng.integers(0, 150, len(times))
+    users = rng.integers(0, 300, len(times))
+    return events_from(
+        user_id=users, item_id=items, timestamp=times, played_ratio=np.ones(len(times))
+    )
+
+
+def test_the_trend_window_is_short_when_the_catalog_turns_over_within_a_day() -> None:
+    """Items that live 12 hours want the window that still sees them; items that last keep the
+    7-day default, which lists them as well as any window; a log of a day keeps it too."""
+    from model.calibration import TREND_WINDOWS, choose_trend_window
+
+    fast = choose_trend_window(_turnover_log(12))
+    assert fast.window in ("3h", "6h", "12h"), fast
+    assert fast.hit_rates[fast.window] > 2 * fast.hit_rates["7d"] and fast.days == 7
+    assert set(fast.hit_rates) == set(TREND_WINDOWS) and fast.positives > 0
+    assert "retrieval trend window" in fast.line()
+    steady = choose_trend_window(_turnover_log(0))
+    assert steady.window == "7d" and steady.hit_rates["7d"] > 0.6  # 100 of the 150 items
+    assert max(steady.hit_rates.values()) != steady.hit_rates["7d"]  # a near tie: 7 days stay
+    short = _turnover_log(12)
+    assert choose_trend_window(short.take(short.timestamp < DAY)).window == "7d"
+
+
+def test_finetuning_with_the_trend_window_auto_records_the_choice(tmp_path: Path) -> None:
+    """The model's trend window is the chosen one, its report beside the checkpoint; a window
+    asked for is used as given."""
+    from model.calibration import TREND_FILE
+    from model.data.events import write_events
+
+    data = tmp_path / "data"
+    write_events(_turnover_log(12), data)
+    chosen = tiny_finetune(data, tmp_path / "auto", min_history=1)
+    report = json.loads((chosen / TREND_FILE).read_text())
+    model, _ = load_model(chosen)
+    assert model.cfg.retrieval_trend == int(report["window"][:-1]) * 3600
+    asked = tiny_finetune(data, tmp_path / "asked", min_history=1, retrieval_trend="2d")
+    assert load_model(asked)[0].cfg.retrieval_trend == 2 * DAY
+    assert not (asked / TREND_FILE).exists()
