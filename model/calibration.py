@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,16 +48,23 @@ TREND_DEFAULT = "7d"
 ROUNDS = 5  # of coordinate descent over the two offsets
 
 
-def write_report(report: Any, path: Path) -> Path:
-    """A calibration's report (a dataclass) as indented JSON at ``path``."""
-    path.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    return path
+class Report:
+    """A dataclass that fine-tuning writes beside the checkpoint, as indented JSON."""
+
+    FILE: ClassVar[str]
+
+    def write(self, out: str | Path) -> Path:
+        path = Path(out) / self.FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")  # type: ignore[call-overload]
+        return path
 
 
 @dataclass(frozen=True)
-class ColdCalibration:
+class ColdCalibration(Report):
     """What calibration found: the level before and after, on how many pairs, and the weighted
     PairAccuracy of the held-out pairs with each."""
+
+    FILE: ClassVar[str] = CALIBRATION_FILE
 
     level_before: float
     level_after: float
@@ -78,14 +85,13 @@ class ColdCalibration:
             f"{self.pair_accuracy_before:.4f} -> {self.pair_accuracy_after:.4f})"
         )
 
-    def write(self, out: str | Path) -> Path:
-        return write_report(self, Path(out) / CALIBRATION_FILE)
-
 
 @dataclass(frozen=True)
-class TrendChoice:
+class TrendChoice(Report):
     """What :func:`choose_trend_window` found: each window's share of the next day's positives
     that its list held, over the last ``days`` days of the training events, and the choice."""
+
+    FILE: ClassVar[str] = TREND_FILE
 
     window: str
     hit_rates: dict[str, float]
@@ -100,9 +106,6 @@ class TrendChoice:
             f"{self.hit_rates.get(self.window, float('nan')):.3f} of the next day's "
             f"{self.positives:,} positives over {self.days} days ({TREND_DEFAULT}: {default:.3f})"
         )
-
-    def write(self, out: str | Path) -> Path:
-        return write_report(self, Path(out) / TREND_FILE)
 
 
 def choose_trend_window(
@@ -232,10 +235,12 @@ def pair_loss(scores: np.ndarray, hi: np.ndarray, lo: np.ndarray, weight: np.nda
 
 
 @dataclass(frozen=True)
-class ReadoutCalibration:
+class ReadoutCalibration(Report):
     """What :func:`calibrate_readout` found: the slope, the ridge chosen (None: off), and the
     held-out PairAccuracy of the towers alone and with each ridge tried; or what
     :func:`fit_readout` set (no pairs)."""
+
+    FILE: ClassVar[str] = READOUT_FILE
 
     slope: float
     ridge: float | None
@@ -258,9 +263,6 @@ class ReadoutCalibration:
             f"pairs of {self.users:,} users (PairAccuracy {self.pair_accuracy_towers:.4f} -> "
             f"{best:.4f})"
         )
-
-    def write(self, out: str | Path) -> Path:
-        return write_report(self, Path(out) / READOUT_FILE)
 
 
 def sampled_users(user_id: np.ndarray, users: int, seed: int) -> np.ndarray:

@@ -322,15 +322,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         events = read_events(cfg.data)
         split = cfg.split(events)
         train = split.train(events) if split else events
-        tuned = cfg  # with the trend window chosen; the job keeps what was asked, for --resume
-        if cfg.retrieval_trend == "auto" and cfg.retrieval_dim:
-            choice = choose_trend_window(train)
-            if runtime.is_main:
-                Path(cfg.out).mkdir(parents=True, exist_ok=True)
-                choice.write(cfg.out)
-            if progress:
-                print(choice.line())
-            tuned = dataclasses.replace(cfg, retrieval_trend=choice.window)
+        tuned = _trend_chosen(cfg, train, runtime, progress)  # the job keeps cfg, for --resume
         model_cfg = tuned.model_config(init)
         train_until = split.split_time if split else int(events.timestamp.max()) + 1
         if init is not None and init["train_until"] > train_until:
@@ -397,6 +389,22 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         for calibration in done if progress else []:
             print(calibration.line())
         return summary
+
+
+def _trend_chosen(
+    cfg: FinetuneConfig, train: Events, runtime: Runtime, progress: bool
+) -> FinetuneConfig:
+    """``cfg`` with ``retrieval_trend=auto`` resolved to the window chosen from ``train``
+    (its report written beside the checkpoint); any other ``cfg`` as it is."""
+    if cfg.retrieval_trend != "auto" or not cfg.retrieval_dim:
+        return cfg
+    choice = choose_trend_window(train)
+    if runtime.is_main:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        choice.write(cfg.out)
+    if progress:
+        print(choice.line())
+    return dataclasses.replace(cfg, retrieval_trend=choice.window)
 
 
 def _held_out(cfg: FinetuneConfig, runtime: Runtime) -> int:
