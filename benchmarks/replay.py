@@ -83,7 +83,6 @@ POPULAR_RETURN = ("retrieval_popularity=true",)
 # A log of under 100k events: each retrieval row sees few updates, so the faster rate
 SMALL_LOG = ("retrieval_lr=1e-2",)
 REAL_LOGS = {"ml100k": (*POPULAR_RETURN, *SMALL_LOG), "kuairand": (*NEW_ITEMS, *SMALL_LOG)}
-ARGUS = str(Path(sys.executable).with_name("argus"))
 KS = (10, 20, 50, 100, 200, 500)
 TREND = 7 * DAY  # the Trending baseline: MostPop of the last week first
 
@@ -159,7 +158,8 @@ def serving(work: Path, bundle: Bundle, *, max_k: int = 1000) -> Iterator[Client
             "ARGUS_MAX_K": str(max(max_k, 1000)),
         }
         process = subprocess.Popen(
-            [ARGUS, "serve", "--port", str(port)],
+            # by module from ROOT: a git worktree serves its own code, not the installed one
+            [sys.executable, "-m", "argus", "serve", "--port", str(port)],
             env=env,
             cwd=ROOT,
             stdout=(work / "serve.log").open("wb"),
