@@ -29,7 +29,7 @@ import itertools
 import json
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from model.future import (
     split_users,
     top_excluding,
 )
+from model.metrics import recall_shares
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = (0.25, 0.5, 1.0, 3.0, 7.0, 14.0, 30.0)  # days: the recency weight's time constant
@@ -57,13 +58,6 @@ WEIGHTS = (0.1, 0.3, 1.0, 3.0)  # EASE's weight in the blend
 
 # a setting's per-user recall shares: (all targets, new targets), NaN where a user has none
 Shares = tuple[np.ndarray, np.ndarray]
-
-
-def shares(rows: Iterable[np.ndarray], targets: list[np.ndarray], k: int) -> np.ndarray:
-    """Each user's share of their targets in the first ``k`` of their row (NaN: no target)."""
-    return np.array(
-        [np.isin(t, r[:k]).mean() if len(t) else np.nan for r, t in zip(rows, targets, strict=True)]
-    )
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
@@ -81,14 +75,14 @@ def settings(events: Events, window: WindowTargets, k: int) -> dict[str, dict[st
     def scored(scores: np.ndarray) -> Shares:
         table = np.broadcast_to(scores + tiebreak, (len(window), len(ids)))
         return (
-            shares(top_excluding(table, ids, k, None), window.items, k),
-            shares(top_excluding(table, ids, k, window.seen), new, k),
+            recall_shares(top_excluding(table, ids, k, None), window.items, k),
+            recall_shares(top_excluding(table, ids, k, window.seen), new, k),
         )
 
     def listed(trend: int) -> Shares:
         return (
-            shares(popular_ranking(events, window, k, False, trend), window.items, k),
-            shares(popular_ranking(events, window, k, True, trend), new, k),
+            recall_shares(popular_ranking(events, window, k, False, trend), window.items, k),
+            recall_shares(popular_ranking(events, window, k, True, trend), new, k),
         )
 
     recency = {

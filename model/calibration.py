@@ -1,6 +1,7 @@
 """Calibrations on held-out days, after fine-tuning: the cold level (``argus finetune --set
-cold_calibration=1d``) and the feedback readout (``readout_calibration``, :mod:`model.readout`);
-and before it, the retrieval trend's window (``retrieval_trend=auto``, :func:`choose_trend_window`).
+cold_calibration=1d``), the feedback readout (``readout_calibration``, :mod:`model.readout`) and
+the retrieval trend's weight (``trend_calibration``, :func:`calibrate_trend`); and before it, the
+retrieval trend's window (``retrieval_trend=auto``, :func:`choose_trend_window`).
 
 A model with ``cold_items`` scores an item it knows too little of with one learned level (plus
 the item's counts). Fine-tuning learns that level against the items the training days show, whose
@@ -16,6 +17,15 @@ where fine-tuning's pairwise loss on them is least: ``δ`` on the level of every
 under ``item_min_events`` share the level with those never seen, but their counts say something
 and the held-out days show how much. Only pairs with a cold item on one side depend on the
 offsets, and the loss is convex in both.
+
+The retrieval trend's weight meets the same skew in the retrieval space. Its item table learns
+from every training day, so on those days it already knows which items their users went on to
+like, and the trend column (what was liked in the hours before the day) adds nothing: fine-tuning
+leaves its weight near zero. The days the service answers for are days the table has not seen;
+where the catalog turns over fast (KuaiRand's videos) what is trending is then most of what there
+is to know. So a second retrieval space is trained on the days before a held-out one, beside the
+fine-tuned model and read the same way, and the offset on the trend weight that best recalls the
+held-out day's positives with it is added to the model's.
 """
 
 from __future__ import annotations
@@ -33,14 +43,19 @@ from model.argus import Argus
 from model.contract import DAY
 from model.data.events import Events, parse_duration
 from model.evaluate import impression_scores
+from model.future import WindowTargets, top_excluding
 from model.impressions import Impressions, group_pairs
-from model.inference import ItemPopularity, readout_inputs
-from model.metrics import pair_accuracy
+from model.inference import ItemPopularity, item_vectors, readout_inputs, user_vectors
+from model.metrics import pair_accuracy, recall_shares
 from model.readout import RIDGES, Readout
 
 CALIBRATION_FILE = "cold_calibration.json"
 READOUT_FILE = "readout.json"
 TREND_FILE = "trend_window.json"
+TREND_CALIBRATION_FILE = "trend_calibration.json"
+# the trend weight's offsets tried, in units of the spread of the rest of the retrieval score
+# over that of the trend column
+TREND_OFFSETS = (-0.25, -0.125, -0.0625, 0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 # the windows ``retrieval_trend=auto`` chooses from: what is popular now; all-time popularity has
 # a column of its own (``retrieval_popularity``), so none is longer than the 7-day default
 TREND_WINDOWS = ("3h", "6h", "12h", "1d", "3d", "7d")
@@ -140,6 +155,85 @@ def choose_trend_window(
     best = max(TREND_WINDOWS, key=lambda w: rates[w])
     chosen = best if rates[best] > (1.0 + margin) * rates[TREND_DEFAULT] else TREND_DEFAULT
     return TrendChoice(chosen, rates, len(starts), total, top)
+
+
+@dataclass(frozen=True)
+class TrendCalibration(Report):
+    """What :func:`calibrate_trend` found: recall@``top`` of the held-out positives by the
+    second retrieval space at each offset on the trend weight, and the offset added."""
+
+    FILE: ClassVar[str] = TREND_CALIBRATION_FILE
+
+    offset: float
+    unit: float  # the offsets' unit: the spread of the rest of the score over the trend's
+    recalls: dict[str, float]  # offset (in units) -> recall
+    users: int
+    positives: int
+    top: int
+
+    def line(self) -> str:
+        before = self.recalls.get("0.0", float("nan"))
+        after = max(self.recalls.values(), default=float("nan"))
+        after = after if self.offset else before
+        return (
+            f"trend weight {self.offset:+.4f}: recall@{self.top} of the held-out days' "
+            f"{self.positives:,} positives of {self.users:,} users {before:.3f} -> {after:.3f} "
+            "(by a retrieval space trained without them)"
+        )
+
+
+@torch.no_grad()
+def calibrate_trend(
+    model: Argus,
+    shadow: Argus,
+    train: Events,
+    cut: int,
+    *,
+    top: int = 100,
+    users: int = 2_000,
+    margin: float = 0.02,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> TrendCalibration:
+    """Add to ``model``'s trend weight the offset under which ``shadow`` (``model`` with a
+    retrieval space trained on ``train``'s events before ``cut``) best recalls the positives of
+    ``train`` from ``cut`` on: at most ``users`` seeded users with a history, each asked at
+    ``cut`` as a bundle cut there asks (states, trend counts and time away as of then). An offset
+    is taken only if it beats none by more than ``margin`` (relative) and by more than three
+    standard errors of the users' mean gain."""
+    before = train.take(train.timestamp < cut)
+    days = (int(train.timestamp.max()) + 1 - cut) / DAY
+    window = WindowTargets.of(train, cut, days=days, users=users, seed=seed).with_history()
+    ids, _, items = item_vectors(shadow, before, device=device)
+    mine = before.take(np.flatnonzero(np.isin(before.user_id, window.users)))
+    found, vectors = user_vectors(shadow, mine, as_of=cut, device=device)
+    window = window.subset(np.flatnonzero(np.isin(window.users, found)))
+    if not len(window):  # no one to recall for: the weight stays
+        return TrendCalibration(0.0, 0.0, {}, 0, 0, top)
+    queries = vectors[np.searchsorted(found, window.users), model.cfg.ranking_dim :]
+    trend, items = items[:, -1].astype(np.float64), items.astype(np.float64)
+    lists: dict[float, list[np.ndarray]] = {step: [] for step in TREND_OFFSETS}
+    unit = 0.0
+    for begin in range(0, len(queries), 256):
+        query = queries[begin : begin + 256].astype(np.float64)
+        weight = query[:, -1:]
+        rest = query @ items.T - weight * trend  # the score but for its trend term
+        if begin == 0:
+            unit = float(rest.std() / max(trend.std(), 1e-12))
+        for step in TREND_OFFSETS:
+            lists[step] += list(
+                top_excluding(rest + (weight + step * unit) * trend, ids, top, None)
+            )
+    shares = {step: recall_shares(lists[step], window.items, top) for step in TREND_OFFSETS}
+    recalls = {str(step): float(np.mean(shares[step])) for step in TREND_OFFSETS}
+    best = max(TREND_OFFSETS, key=lambda step: recalls[str(step)])
+    gain = shares[best] - shares[0.0]
+    error = float(gain.std() / np.sqrt(max(len(gain) - 1, 1)))
+    clear = recalls[str(best)] > (1.0 + margin) * recalls["0.0"] and gain.mean() > 3 * error
+    best = best if clear else 0.0  # (also where no one is held out: NaN compares false)
+    model.trend_head.bias[-1] += best * unit
+    positives = int(sum(len(t) for t in window.items))
+    return TrendCalibration(best * unit, unit, recalls, len(window), positives, top)
 
 
 def cold_offset(

@@ -14,8 +14,10 @@ item tower ``v = MLP(e_item)``, the score ``s = <u, v>``; these are the vectors 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,10 @@ from model.calibration import (
     TREND_DEFAULT,
     ColdCalibration,
     ReadoutCalibration,
+    TrendCalibration,
     calibrate_cold_level,
     calibrate_readout,
+    calibrate_trend,
     choose_trend_window,
     fit_readout,
 )
@@ -47,7 +51,9 @@ from model.impressions import (
 from model.losses import ItemFrequencies, ItemTrend
 from model.objectives import (
     PairwiseObjective,
+    RetrievalObjective,
     RetrievalTraining,
+    Samples,
     every_chunk,
     make_samples,
     sample_batch,
@@ -71,6 +77,7 @@ class Durations:
     retrieval_trend: int
     cold_calibration: int
     readout_calibration: int
+    trend_calibration: int
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,10 @@ class FinetuneConfig(TrainConfig):
     # (model.calibration.choose_trend_window), 7 days unless a shorter one is clearly better: on
     # KuaiRand it chose 12 hours, and recall@100 of the users with a history went 0.079 -> 0.15
     retrieval_trend: str = "auto"
+    # with a trend: train a second retrieval space on all but the last this long of the
+    # training window and add to the trend weight what best recalls that span's positives by it
+    # (model.calibration.calibrate_trend); "0": the weight fine-tuning learns
+    trend_calibration: str = "0"
     # the query also reads how long the user has been away (a NIP query reads it anyway): on
     # MovieLens-100K the returning users' recall@100 went from 0.18 to 0.33 (three seeds)
     retrieval_gap: bool = True
@@ -178,6 +189,7 @@ class FinetuneConfig(TrainConfig):
             ),
             cold_calibration=parse_duration(self.cold_calibration),
             readout_calibration=parse_duration(self.readout_calibration),
+            trend_calibration=parse_duration(self.trend_calibration),
         )
         object.__setattr__(self, "_seconds", seconds)
         if self.group not in ("auto", "lag", "session"):
@@ -200,6 +212,12 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(
                 f"readout_calibration={self.readout_calibration!r} chooses the readout's ridge: "
                 "it needs readout_ridge > 0 (the readout on)"
+            )
+        if seconds.trend_calibration and not (self.retrieval_dim and seconds.retrieval_trend):
+            raise ValueError(
+                f"trend_calibration={self.trend_calibration!r} places the retrieval trend's "
+                "weight: it needs a retrieval space with a trend (retrieval_dim > 0, "
+                "retrieval_trend not 0)"
             )
         if seconds.cold_calibration and not self.cold_items:
             raise ValueError(
@@ -358,14 +376,6 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         table = pair_weight_table(cfg.pair_weights)
         # with a runtime head every impression is there twice: the cap counts both heads' share
         per_chunk = cfg.max_impressions * (2 if cfg.runtime_head else 1)
-
-        def step(objective: nn.Module, index: np.ndarray) -> tuple[dict[str, torch.Tensor], int]:
-            rng = np.random.default_rng(int(torch.randint(2**62, ())))  # seeded per step
-            batch, imp = sample_batch(train, samples, index, table, per_chunk, rng)
-            with runtime.autocast():
-                losses = objective(batch.to_torch(runtime.device), imp.to_torch(runtime.device))
-            return losses, int(batch.lengths.sum())
-
         preset = init["train_config"].get("preset", cfg.preset) if init else cfg.preset
         job = Job(
             cfg=cfg,
@@ -377,13 +387,20 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
             epoch_batches=functools.partial(
                 epoch_batches, samples.spans, cfg, model_cfg.max_len, runtime
             ),
-            step=step,
+            step=functools.partial(_step, train, samples, table, per_chunk, runtime),
             train_until=train_until,
         )
         trainer = Trainer(job, runtime, saved, progress=progress)
         summary = trainer.run()
         window = (cut, train_until)
-        done = _after(model, cfg, train, window, runtime, ranks) if not summary.interrupted else []
+        done: list[ColdCalibration | ReadoutCalibration | TrendCalibration] = []
+        if not summary.interrupted:
+            done += _after(model, cfg, train, window, runtime, ranks)
+        if cfg.seconds.trend_calibration and not summary.interrupted:
+            steps = trainer.total
+            done.append(
+                _calibrate_trend(model, tuned, train, train_until, runtime, steps, progress)
+            )
         if done:
             trainer.checkpoint()
         for calibration in done if progress else []:
@@ -407,10 +424,81 @@ def _trend_chosen(
     return dataclasses.replace(cfg, retrieval_trend=choice.window)
 
 
+def _step(
+    events: Events,
+    samples: Samples,
+    table: np.ndarray,
+    per_chunk: int,
+    runtime: Runtime,
+    objective: nn.Module,
+    index: np.ndarray,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The chunks ``index`` of ``samples`` (with their impressions) through ``objective``: its
+    losses and the events it read."""
+    rng = np.random.default_rng(int(torch.randint(2**62, ())))  # seeded per step
+    batch, imp = sample_batch(events, samples, index, table, per_chunk, rng)
+    with runtime.autocast():
+        losses = objective(batch.to_torch(runtime.device), imp.to_torch(runtime.device))
+    return losses, int(batch.lengths.sum())
+
+
+def _calibrate_trend(
+    model: Argus,
+    cfg: FinetuneConfig,
+    train: Events,
+    train_until: int,
+    runtime: Runtime,
+    steps: int,
+    progress: bool,
+) -> TrendCalibration:
+    """``trend_calibration``: a second retrieval space trained as the model's was (``steps``
+    steps from its warm start, the rest of the model read as it is) on the training events
+    before the held-out span, then :func:`calibrate_trend` on that span; the report is written
+    beside the checkpoint. ``cfg``: the job's, its trend window resolved."""
+    cut = train_until - cfg.seconds.trend_calibration
+    before = train.take(np.flatnonzero(train.timestamp < cut))
+    torch.manual_seed(cfg.seed)
+    shadow = copy.deepcopy(model).cpu()
+    fresh = Argus(model.cfg)
+    for name in PARTS["retrieval"]:
+        if hasattr(fresh, name):
+            setattr(shadow, name, getattr(fresh, name))
+    if cfg.warm_retrieval:
+        warm_start(shadow, before, False, retrieval=True)
+    for name, parameter in shadow.named_parameters():
+        parameter.requires_grad_(name.split(".")[0] in PARTS["retrieval"])
+    training = cfg.retrieval_training(before, runtime.device)
+    assert training is not None  # FinetuneConfig checks trend_calibration has a retrieval space
+    samples = every_chunk(before, model.cfg.max_len)
+    with tempfile.TemporaryDirectory() as out:
+        job_cfg = dataclasses.replace(cfg, out=out, max_steps=steps)
+        job = Job(
+            cfg=job_cfg,
+            stage="finetune",
+            preset="second retrieval space",
+            objective_name="trend calibration",
+            model=shadow,
+            objective=RetrievalObjective(shadow, training),
+            epoch_batches=functools.partial(
+                epoch_batches, samples.spans, job_cfg, model.cfg.max_len, runtime
+            ),
+            step=functools.partial(
+                _step, before, samples, pair_weight_table(cfg.pair_weights), 0, runtime
+            ),
+            train_until=cut,
+        )
+        Trainer(job, runtime, None, progress=progress).run()
+    report = calibrate_trend(model, shadow.eval(), train, cut, device=runtime.device)
+    if runtime.is_main:
+        report.write(cfg.out)
+    return report
+
+
 def _held_out(cfg: FinetuneConfig, runtime: Runtime) -> int:
     """Seconds at the end of the training window held out of the pairs for calibrations."""
-    if cfg.seconds.cold_calibration and runtime.world_size > 1:
-        raise ValueError("cold_calibration runs on one process: fine-tune without torchrun")
+    for name in ("cold_calibration", "trend_calibration"):
+        if getattr(cfg.seconds, name) and runtime.world_size > 1:
+            raise ValueError(f"{name} runs on one process: fine-tune without torchrun")
     readout = cfg.seconds.readout_calibration if runtime.world_size == 1 else 0
     return max(cfg.seconds.cold_calibration, readout)
 

@@ -4,7 +4,7 @@ prediction, PairAccuracy of impression pairs, recall of a future window."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,9 +45,23 @@ def ranking_metrics(rank: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     return out
 
 
+def recall_shares(
+    ranked: Iterable[np.ndarray] | np.ndarray, targets: Sequence[np.ndarray], k: int
+) -> np.ndarray:
+    """Each user's |top-k ∩ targets| / |targets| (NaN: no target)."""
+    return np.array(
+        [
+            np.isin(t, r[:k]).mean() if len(t) else np.nan
+            for r, t in zip(ranked, targets, strict=True)
+        ],
+        dtype=np.float64,
+    )
+
+
 def recall(
-    ranked: Sequence[np.ndarray] | np.ndarray, targets: Sequence[np.ndarray], k: int
+    ranked: Iterable[np.ndarray] | np.ndarray, targets: Sequence[np.ndarray], k: int
 ) -> float:
     """Mean over users with a target of |top-k ∩ targets| / |targets|."""
-    shares = [np.isin(t, r[:k]).mean() for r, t in zip(ranked, targets, strict=True) if len(t) > 0]
-    return float(np.mean(shares)) if shares else float("nan")
+    shares = recall_shares(ranked, targets, k)
+    shares = shares[~np.isnan(shares)]
+    return float(shares.mean()) if len(shares) else float("nan")

@@ -181,6 +181,49 @@ class RetrievalTraining:
     trend: ItemTrend | None = None  # of the training positives, for a model with retrieval_trend
     state_dropout: float = 0.0  # on the state the query reads
 
+    def loss(
+        self,
+        model: Argus,
+        batch: dict[str, torch.Tensor],
+        h: torch.Tensor | None,
+        taste: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:func:`model.losses.retrieval_loss` of ``batch`` (its states ``h``, its tastes when
+        the caller has them), with a fresh draw of uniform negatives."""
+        return retrieval_loss(
+            model,
+            batch,
+            self.frequencies,
+            self.frequencies.sample_uniform(self.negatives, self.generator),
+            horizon=self.horizon,
+            window=self.window,
+            temperature=self.temperature,
+            generator=self.generator,
+            taste=taste,
+            trend=self.trend,
+            h=h,
+            state_dropout=self.state_dropout,
+        )
+
+
+class RetrievalObjective(nn.Module):
+    """The retrieval space's loss alone, the rest of the model read as it is: a second retrieval
+    space trained beside a fine-tuned model (:mod:`model.calibration`'s trend weight)."""
+
+    def __init__(self, model: Argus, retrieval: RetrievalTraining) -> None:
+        super().__init__()
+        self.model = model
+        self.retrieval = retrieval
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        h = None
+        if self.model.reads_state:
+            with torch.no_grad():
+                h = self.model(batch)
+        return {"loss": self.retrieval.loss(self.model, batch, h)}
+
 
 class PairwiseObjective(nn.Module):
     """One-pass fine-tuning loss: the transformer runs once over the batch of chunks. With
@@ -217,21 +260,7 @@ class PairwiseObjective(nn.Module):
         out = {"loss": pairwise, "pair_accuracy": accuracy}
         r = self.retrieval
         if r is not None:
-            uniform = r.frequencies.sample_uniform(r.negatives, r.generator)
-            retrieval = retrieval_loss(
-                self.model,
-                batch,
-                r.frequencies,
-                uniform,
-                horizon=r.horizon,
-                window=r.window,
-                temperature=r.temperature,
-                generator=r.generator,
-                taste=tastes,  # computed once for both losses
-                trend=r.trend,
-                h=h,
-                state_dropout=r.state_dropout,
-            )
+            retrieval = r.loss(self.model, batch, h, tastes)  # the taste computed once for both
             out = {
                 "loss": pairwise + r.weight * retrieval,
                 "pairwise": pairwise.detach(),

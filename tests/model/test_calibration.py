@@ -135,3 +135,45 @@ def test_finetuning_with_the_trend_window_auto_records_the_choice(tmp_path: Path
     asked = tiny_finetune(data, tmp_path / "asked", min_history=1, retrieval_trend="2d")
     assert load_model(asked)[0].cfg.retrieval_trend == 2 * DAY
     assert not (asked / TREND_FILE).exists()
+
+
+def test_trend_calibration_needs_a_retrieval_trend() -> None:
+    with pytest.raises(ValueError, match=r"trend_calibration.*retrieval_trend not 0"):
+        FinetuneConfig(data="x", out="y", retrieval_trend="0", trend_calibration="1d")
+    with pytest.raises(ValueError, match=r"trend_calibration.*retrieval_dim > 0"):
+        FinetuneConfig(data="x", out="y", retrieval_dim=0, trend_calibration="1d")
+
+
+def test_the_trend_weight_rises_where_the_held_out_day_brings_new_items(tmp_path: Path) -> None:
+    """Items that live 12 hours: a retrieval space that has not seen the held-out day knows none
+    of its items, and what was liked in the hours before the day lists them. The offset found is
+    added to the model's trend weight and nothing else of the model moves."""
+    from model.calibration import TREND_CALIBRATION_FILE
+    from model.data.events import write_events
+
+    data = tmp_path / "data"
+    write_events(_turnover_log(12), data)
+    settings: dict[str, Any] = {"min_history": 1, "retrieval_trend": "12h"}
+    plain = load_model(tiny_finetune(data, tmp_path / "plain", **settings))[0].state_dict()
+    out = tiny_finetune(data, tmp_path / "calibrated", trend_calibration="1d", **settings)
+    report = json.loads((out / TREND_CALIBRATION_FILE).read_text())
+    assert report["offset"] > 0 and report["users"] > 0 and report["positives"] > 0
+    assert max(report["recalls"].values()) > 1.02 * report["recalls"]["0.0"]
+    calibrated = load_model(out)[0].state_dict()
+    moved = [name for name in plain if not torch.equal(plain[name], calibrated[name])]
+    assert moved == ["trend_head.bias"]
+    change = calibrated["trend_head.bias"] - plain["trend_head.bias"]
+    assert float(change[-1]) == pytest.approx(report["offset"], rel=1e-5)
+
+
+def test_a_trend_that_lists_nothing_new_leaves_the_weight_alone(tmp_path: Path) -> None:
+    """The same 150 items all along: every list holds most of them, no offset wins by the
+    margin, and the weight stays as fine-tuning left it."""
+    from model.calibration import TREND_CALIBRATION_FILE
+    from model.data.events import write_events
+
+    data = tmp_path / "data"
+    write_events(_turnover_log(0), data)
+    out = tiny_finetune(data, tmp_path / "steady", min_history=1, trend_calibration="1d")
+    report = json.loads((out / TREND_CALIBRATION_FILE).read_text())
+    assert report["offset"] == 0.0 and report["users"] > 0
