@@ -137,11 +137,15 @@ def test_finetuning_with_the_trend_window_auto_records_the_choice(tmp_path: Path
     assert not (asked / TREND_FILE).exists()
 
 
-def test_trend_calibration_needs_a_retrieval_trend() -> None:
-    with pytest.raises(ValueError, match=r"trend_calibration.*retrieval_trend not 0"):
-        FinetuneConfig(data="x", out="y", retrieval_trend="0", trend_calibration="1d")
-    with pytest.raises(ValueError, match=r"trend_calibration.*retrieval_dim > 0"):
-        FinetuneConfig(data="x", out="y", retrieval_dim=0, trend_calibration="1d")
+def test_a_model_without_a_trend_has_no_trend_weight_to_place(tmp_path: Path) -> None:
+    from model.calibration import TREND_CALIBRATION_FILE
+    from model.data.events import write_events
+
+    data = tmp_path / "data"
+    write_events(_turnover_log(12), data)
+    out = tiny_finetune(data, tmp_path / "none", min_history=1, retrieval_trend="0")
+    assert not (out / TREND_CALIBRATION_FILE).exists()
+    assert FinetuneConfig(data="x", out="y").trend_calibration == "1d"  # the default: on
 
 
 def test_the_trend_weight_rises_where_the_held_out_day_brings_new_items(tmp_path: Path) -> None:
@@ -154,15 +158,17 @@ def test_the_trend_weight_rises_where_the_held_out_day_brings_new_items(tmp_path
     data = tmp_path / "data"
     write_events(_turnover_log(12), data)
     settings: dict[str, Any] = {"min_history": 1, "retrieval_trend": "12h"}
-    plain = load_model(tiny_finetune(data, tmp_path / "plain", **settings))[0].state_dict()
+    plain = tiny_finetune(data, tmp_path / "plain", trend_calibration="0", **settings)
+    assert not (plain / TREND_CALIBRATION_FILE).exists()
+    weights = load_model(plain)[0].state_dict()
     out = tiny_finetune(data, tmp_path / "calibrated", trend_calibration="1d", **settings)
     report = json.loads((out / TREND_CALIBRATION_FILE).read_text())
     assert report["offset"] > 0 and report["users"] > 0 and report["positives"] > 0
     assert max(report["recalls"].values()) > 1.02 * report["recalls"]["0.0"]
     calibrated = load_model(out)[0].state_dict()
-    moved = [name for name in plain if not torch.equal(plain[name], calibrated[name])]
+    moved = [name for name in weights if not torch.equal(weights[name], calibrated[name])]
     assert moved == ["trend_head.bias"]
-    change = calibrated["trend_head.bias"] - plain["trend_head.bias"]
+    change = calibrated["trend_head.bias"] - weights["trend_head.bias"]
     assert float(change[-1]) == pytest.approx(report["offset"], rel=1e-5)
 
 
@@ -177,3 +183,14 @@ def test_a_trend_that_lists_nothing_new_leaves_the_weight_alone(tmp_path: Path) 
     out = tiny_finetune(data, tmp_path / "steady", min_history=1, trend_calibration="1d")
     report = json.loads((out / TREND_CALIBRATION_FILE).read_text())
     assert report["offset"] == 0.0 and report["users"] > 0
+
+
+def test_a_held_out_span_longer_than_the_log_leaves_the_weight_alone(tmp_path: Path) -> None:
+    from model.calibration import TREND_CALIBRATION_FILE
+    from model.data.events import write_events
+
+    data = tmp_path / "data"
+    write_events(_turnover_log(12), data)
+    out = tiny_finetune(data, tmp_path / "long", min_history=1, trend_calibration="30d")
+    report = json.loads((out / TREND_CALIBRATION_FILE).read_text())
+    assert report["offset"] == 0.0 and report["users"] == 0
