@@ -206,25 +206,6 @@ class RetrievalTraining:
         )
 
 
-class RetrievalObjective(nn.Module):
-    """The retrieval space's loss alone, the rest of the model read as it is: a second retrieval
-    space trained beside a fine-tuned model (:mod:`model.calibration`'s trend weight)."""
-
-    def __init__(self, model: Argus, retrieval: RetrievalTraining) -> None:
-        super().__init__()
-        self.model = model
-        self.retrieval = retrieval
-
-    def forward(
-        self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        h = None
-        if self.model.reads_state:
-            with torch.no_grad():
-                h = self.model(batch)
-        return {"loss": self.retrieval.loss(self.model, batch, h)}
-
-
 class PairwiseObjective(nn.Module):
     """One-pass fine-tuning loss: the transformer runs once over the batch of chunks. With
     ``retrieval``, the retrieval space's loss is added (on the same chunks)."""
@@ -268,6 +249,21 @@ class PairwiseObjective(nn.Module):
                 "pair_accuracy": accuracy,
             }
         return out
+
+
+class RetrievalObjective(PairwiseObjective):
+    """The retrieval space's loss alone, the rest of the model read as it is: a second retrieval
+    space trained beside a fine-tuned model (:mod:`model.calibration`'s trend weight)."""
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        assert self.retrieval is not None, "a RetrievalObjective needs its RetrievalTraining"
+        h = None
+        if self.model.reads_state:
+            with torch.no_grad():
+                h = self.model(batch)
+        return {"loss": self.retrieval.loss(self.model, batch, h)}
 
 
 def impression_level_backward(
