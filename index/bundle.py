@@ -3,9 +3,10 @@
 ``build`` turns an ``argus export`` directory into ``ROOT/<version>/``::
 
     manifest.json      schema version, model config, dim, counts, HNSW parameters and measured
-                       recall, the cold item vector (the ranking vector of an item the catalog
-                       lacks, when the model has one), sha256 and size of every other file, and
-                       its own checksum
+                       recall, from how many items fetched the service searches exactly
+                       (``exact_from``, with both searches' measured times), the cold item
+                       vector (the ranking vector of an item the catalog lacks, when the model
+                       has one), sha256 and size of every other file, and its own checksum
     items.hnsw         hnswlib index over retrieval_item_vectors for inner-product search (label =
                        row; index.hnsw.ItemIndex: the MIPS-to-L2 transform by default)
     item_ids.npy       int64 [n_items], sorted; row i of the index is item_ids[i]
@@ -47,7 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from index.hnsw import ItemIndex, Tuning, tune_ef
+from index.hnsw import (
+    SEARCHES,
+    ItemIndex,
+    SearchChoice,
+    Tuning,
+    choose_search,
+    tune_ef,
+)
 from model.contract import ENCODER_FILE, EXPORT_ARRAYS, EXPORT_MANIFEST, STEP_FILE
 from model.progress import bar as tqdm
 from model.readout import Readout, history_grades
@@ -55,6 +63,7 @@ from model.readout import Readout, history_grades
 SCHEMA_VERSION = 2  # 2: two item spaces (retrieval, ranking)
 MANIFEST = "manifest.json"
 INDEX_FILE = "items.hnsw"
+TIMED_QUERIES = 100  # tuning queries that time the two searches (a minute's build at 1M items)
 ARRAY_FILES = {f"{name}.npy": spec for name, spec in EXPORT_ARRAYS.items()}
 BUNDLE_FILES = (INDEX_FILE, *ARRAY_FILES, ENCODER_FILE)
 
@@ -78,10 +87,13 @@ class HnswParams:
     seed: int = 0
     space: str = "mips"  # see index.hnsw.ItemIndex; "ip" is hnswlib's raw inner-product space
     allow_low_recall: bool = False  # write the bundle even when no ef reaches target_recall
+    search: str = "auto"  # what the service searches: hnsw, exact, or whichever is faster (auto)
 
     def __post_init__(self) -> None:
         if self.m < 2 or self.ef_construction < 1 or self.k < 1 or self.sample < 1:
             raise ValueError("M >= 2, ef_construction >= 1, k >= 1 and sample >= 1 are required")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
 
@@ -296,6 +308,16 @@ def cold_vector(path: Path, manifest: dict[str, Any]) -> np.ndarray | None:
     return vector
 
 
+@dataclass(frozen=True)
+class Indexed:
+    """The index of a bundle's items, how it was tuned, and the search the service will run."""
+
+    index: ItemIndex
+    tuning: Tuning
+    build_s: float
+    choice: SearchChoice  # from which fetch the service searches exactly
+
+
 @dataclass
 class BuildSummary:
     path: str
@@ -303,28 +325,43 @@ class BuildSummary:
     dim: int
     items: int
     users: int
-    tuning: Tuning
-    build_s: float
+    indexed: Indexed
     elapsed_s: float
     params: HnswParams = field(default_factory=HnswParams)
 
     def line(self) -> str:
-        t = self.tuning
+        t, build_s = self.indexed.tuning, self.indexed.build_s
         status = "" if t.reached else f" (TARGET {t.target} NOT REACHED)"
         return (
             f"built bundle {self.version}: {self.items:,} items x {self.dim}, "
             f"HNSW M={self.params.m} ef_construction={self.params.ef_construction} in "
-            f"{self.build_s:.1f} s ({self.items / max(self.build_s, 1e-9):,.0f} items/s), "
+            f"{build_s:.1f} s ({self.items / max(build_s, 1e-9):,.0f} items/s), "
             f"ef_search={t.ef_search} recall@{t.k}={t.recall:.4f}{status} on {t.queries:,} "
-            f"user queries; {self.users:,} user vectors; {self.elapsed_s:.1f} s -> {self.path}"
+            f"user queries; {self.search_line()}; {self.users:,} user vectors; "
+            f"{self.elapsed_s:.1f} s -> {self.path}"
         )
+
+    def search_line(self) -> str:
+        choice = self.indexed.choice
+        exact_from = (
+            "every search exact"
+            if choice.exact_from == 0
+            else f"exact from {choice.exact_from:,} items fetched"
+        )
+        timed = ", ".join(
+            f"{t.fetch}: HNSW {t.hnsw_ms:.3f} ms / exact {t.exact_ms:.3f} ms"
+            for t in choice.timings
+        )
+        return f"{exact_from} ({f'one query, {timed}' if timed else 'chosen'})"
 
 
 def tuned_index(
     items: np.ndarray, pool: np.ndarray, params: HnswParams, *, progress: bool
-) -> tuple[ItemIndex, Tuning, float]:
+) -> Indexed:
     """The HNSW index of ``items``, its ``ef_search`` tuned on a seeded sample of ``pool``
-    queries, and its build seconds; a recall short of the target is refused unless allowed."""
+    queries, its build seconds, and the search the service runs: with ``search="auto"`` the
+    exact pass unless the tuned index is clearly faster (:func:`index.hnsw.choose_search`). An
+    index short of the recall target is refused unless allowed or the exact pass is chosen."""
     with tqdm(total=1, desc="HNSW build", disable=not progress, unit="index") as bar:
         began = time.perf_counter()
         index = ItemIndex.build(
@@ -340,20 +377,27 @@ def tuned_index(
     rng = np.random.default_rng(params.seed)
     queries = pool[rng.choice(len(pool), size=min(params.sample, len(pool)), replace=False)]
     tuning = tune_ef(index, items, queries, k=params.k, target=params.target_recall)
-    if not tuning.reached and not params.allow_low_recall:
+    timed = queries[:TIMED_QUERIES]
+    choice = choose_search(index, items, timed, k=params.k, search=params.search)
+    if choice.exact_from > 0 and not tuning.reached and not params.allow_low_recall:
         raise ValueError(
             f"HNSW recall@{tuning.k} reaches only {tuning.recall:.4f} < {tuning.target} "
             f"(best ef {tuning.ef_search}); raise --m/--ef-construction, use --space mips, "
-            "or pass --allow-low-recall"
+            "pass --allow-low-recall, or --search exact"
         )
-    return index, tuning, build_s
+    return Indexed(index, tuning, build_s, choice)
 
 
-def hnsw_manifest(
-    params: HnswParams, index: ItemIndex, tuning: Tuning, build_s: float
-) -> dict[str, Any]:
-    """The manifest's ``hnsw`` entry: how the index was built and tuned."""
+def hnsw_manifest(params: HnswParams, indexed: Indexed) -> dict[str, Any]:
+    """The manifest's ``hnsw`` entry: how the index was built and tuned, and the search the
+    service runs."""
+    index, tuning, choice = indexed.index, indexed.tuning, indexed.choice
     return {
+        "exact_from": choice.exact_from,
+        "search_ms": {
+            str(t.fetch): {"hnsw": round(t.hnsw_ms, 4), "exact": round(t.exact_ms, 4)}
+            for t in choice.timings
+        },
         "space": params.space,
         "max_norm": index.max_norm,
         "M": params.m,
@@ -365,7 +409,7 @@ def hnsw_manifest(
         "reached": tuning.reached,
         "tuning_queries": tuning.queries,
         "tried": {str(ef): r for ef, r in tuning.tried.items()},
-        "build_seconds": round(build_s, 3),
+        "build_seconds": round(indexed.build_s, 3),
         "build_threads": params.threads or os.cpu_count(),
     }
 
@@ -390,8 +434,8 @@ def build(
     tmp.mkdir()
     try:
         pool = queries_of_users if len(users) else items  # no users yet: tune on items
-        index, tuning, build_s = tuned_index(items, pool, params, progress=progress)
-        index.save(str(tmp / INDEX_FILE))
+        indexed = tuned_index(items, pool, params, progress=progress)
+        indexed.index.save(str(tmp / INDEX_FILE))
         optional = [STEP_FILE] if (Path(export_dir) / STEP_FILE).is_file() else []
         for name in (*ARRAY_FILES, ENCODER_FILE, *optional):
             shutil.copyfile(Path(export_dir) / name, tmp / name)
@@ -418,7 +462,7 @@ def build(
             "events_until": export_manifest.get("events_until"),
             "encoder": export_manifest.get("encoder", {}),
             "user_encoders": export_manifest.get("user_encoders", {}),
-            "hnsw": hnsw_manifest(params, index, tuning, build_s),
+            "hnsw": hnsw_manifest(params, indexed),
             "source": str(export_dir),
             "files": files,
         }
@@ -436,8 +480,7 @@ def build(
         dim=int(dim),
         items=int(n_items),
         users=len(users),
-        tuning=tuning,
-        build_s=build_s,
+        indexed=indexed,
         elapsed_s=time.perf_counter() - began,
         params=params,
     )
@@ -494,6 +537,10 @@ class Bundle:
     user_vectors: np.ndarray
     popular: np.ndarray
     index: ItemIndex | None
+    # a search that fetches this many items or more is an exact pass over the retrieval vectors,
+    # not the graph: the build found it faster there (index.hnsw.choose_search); 0: always; -1
+    # (a bundle from before the choice): half the catalog, where an exact pass is as cheap
+    exact_from: int = -1
     cold_item_vector: np.ndarray | None = None  # (dim,) the ranking vector of an unknown item
     # the feedback readout the export read into the stored vectors (:meth:`read_feedback`)
     readout: Readout = field(default_factory=Readout)
@@ -501,6 +548,8 @@ class Bundle:
     artist_items: ArtistItems = field(init=False, repr=False)  # item ids of some artists
 
     def __post_init__(self) -> None:
+        if self.exact_from < 0:
+            self.exact_from = len(self.item_ids) // 2 + 1
         self.item_rows = IdRows(self.item_ids)
         self.artist_items = ArtistItems(self.item_ids, self.item_artist_ids)
 
@@ -607,6 +656,11 @@ class Bundle:
             if index.count != n_items:
                 raise BundleError(index_path, f"{index.count} items, the manifest says {n_items}")
             index.set_ef(int(manifest["hnsw"]["ef_search"]))
+        exact_from = manifest["hnsw"].get("exact_from")
+        if exact_from is not None and (type(exact_from) is not int or exact_from < 0):
+            raise BundleError(
+                path / MANIFEST, f"hnsw.exact_from must be a count >= 0, got {exact_from!r}"
+            )
         return cls(
             path=path,
             manifest=manifest,
@@ -618,6 +672,7 @@ class Bundle:
             user_vectors=arrays["user_vectors.npy"],
             popular=arrays["popular.npy"],
             index=index,
+            exact_from=-1 if exact_from is None else exact_from,
             cold_item_vector=cold_vector(path / MANIFEST, manifest),
             readout=readout_of(path / MANIFEST, manifest),
         )

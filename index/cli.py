@@ -35,15 +35,23 @@ def build(
     allow_low_recall: Annotated[
         bool, typer.Option(help="Write the bundle even if no ef reaches the target recall.")
     ] = False,
+    search: Annotated[
+        str,
+        typer.Option(
+            help="What the service searches: hnsw (the graph), exact (every item), or auto "
+            "(the exact pass unless the tuned graph is clearly faster on the tuning queries)."
+        ),
+    ] = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Build a verified bundle: HNSW index (ef_search auto-tuned), vectors, encoder, manifest."""
+    """Build a verified bundle: HNSW index (ef_search auto-tuned) or exact search, whichever is
+    faster, vectors, encoder, manifest."""
     needs_extra("serve", "hnswlib")
     from index.bundle import HnswParams
     from index.bundle import build as run
 
     params = HnswParams(
-        m, ef_construction, k, target_recall, sample, threads, seed, space, allow_low_recall
+        m, ef_construction, k, target_recall, sample, threads, seed, space, allow_low_recall, search
     )
     summary = run(export, bundles, params, progress=not quiet)
     typer.echo(summary.line())

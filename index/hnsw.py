@@ -3,11 +3,17 @@
 ``tune_ef`` measures recall@k of the index against exact search on a sample of real queries (the
 user vectors of the same export) and picks the smallest ``ef`` that reaches the target: larger
 values cost latency for recall nobody asked for, smaller ones miss it.
+
+``choose_search`` then times one query of the tuned index against one exact pass over the
+catalog, at the usual number of candidates and at larger ones, and keeps the graph only where it
+is clearly faster: on a small catalog, on one whose graph needs a large ``ef`` to reach the
+target, or for a deep fetch, the exact pass is both faster and exact.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import hnswlib
@@ -16,6 +22,10 @@ import numpy as np
 from index.pages import anonymous_regions, back_with_huge_pages, mapped_since
 
 SPACES = ("mips", "ip")
+SEARCHES = ("auto", "hnsw", "exact")  # how a bundle's service finds candidates; see choose_search
+# The exact pass is kept unless the graph is faster by more than this factor: its answers are
+# the best ones, and a near tie would otherwise flip from one build to the next.
+EXACT_PREFERENCE = 1.25
 
 
 class ItemIndex:
@@ -197,3 +207,70 @@ def tune_ef(
                 low = mid
     index.set_ef(high)
     return Tuning(high, tried[high], k, target, len(queries), dict(sorted(tried.items())))
+
+
+@dataclass(frozen=True)
+class SearchTiming:
+    """Milliseconds of one query fetching ``fetch`` items, one thread, the two ways a service
+    can search."""
+
+    fetch: int
+    hnsw_ms: float  # the index at its ``ef`` (hnswlib searches at least ``fetch`` deep)
+    exact_ms: float  # :func:`exact_top_k` over every item
+
+
+def time_search(
+    index: ItemIndex, vectors: np.ndarray, queries: np.ndarray, fetch: int, *, rounds: int = 5
+) -> SearchTiming:
+    """The median over ``rounds`` of each search's mean time per query, the two interleaved
+    round by round (a busy machine slows both alike), one query at a time as a service asks."""
+    chunks = [c for c in np.array_split(np.asarray(queries, np.float32), rounds) if len(c)]
+    hnsw, exact = [], []
+    for chunk in chunks:
+        began = time.perf_counter()
+        for query in chunk:
+            index.search(query[None, :], fetch)
+        hnsw.append((time.perf_counter() - began) / len(chunk))
+        began = time.perf_counter()
+        for query in chunk:
+            exact_top_k(query[None, :], vectors, fetch)
+        exact.append((time.perf_counter() - began) / len(chunk))
+    return SearchTiming(fetch, 1e3 * float(np.median(hnsw)), 1e3 * float(np.median(exact)))
+
+
+@dataclass(frozen=True)
+class SearchChoice:
+    """How a service finds a query's nearest items: a search that fetches ``exact_from`` items
+    or more scores every item exactly, a smaller one searches the graph."""
+
+    exact_from: int
+    timings: tuple[SearchTiming, ...] = ()  # what the choice was measured on (none: by hand)
+
+
+def choose_search(
+    index: ItemIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    *,
+    k: int = 100,
+    search: str = "auto",
+) -> SearchChoice:
+    """Where the graph stops paying. ``"hnsw"``: the graph up to half the catalog, beyond which an
+    exact pass is as cheap and never comes up short; ``"exact"``: every search exact; ``"auto"``:
+    times both at ``k`` items, then twice as many, and so on (the graph's time grows with the
+    fetch, the exact pass's hardly), and switches to exact at the first fetch where the graph is
+    not faster by more than :data:`EXACT_PREFERENCE`: from 0 when that is ``k`` already (a
+    smaller fetch costs the graph as much, its ``ef`` being at least ``k``'s)."""
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
+    half = index.count // 2 + 1
+    if search != "auto":
+        return SearchChoice(half if search == "hnsw" else 0)
+    timings: list[SearchTiming] = []
+    fetch = first = min(k, index.count)
+    while fetch < half:
+        timings.append(time_search(index, vectors, queries, fetch))
+        if timings[-1].exact_ms <= EXACT_PREFERENCE * timings[-1].hnsw_ms:
+            return SearchChoice(0 if fetch == first else fetch, tuple(timings))
+        fetch *= 2
+    return SearchChoice(half, tuple(timings))

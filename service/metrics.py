@@ -236,7 +236,10 @@ class Metrics:
 
     def _bundle(self, r: CollectorRegistry) -> None:
         self.bundle_info = Gauge(
-            "argus_bundle_info", "The loaded bundle (value 1).", ["version"], registry=r
+            "argus_bundle_info",
+            "The loaded bundle (value 1) and how it searches candidates (hnsw or exact).",
+            ["version", "search"],
+            registry=r,
         )
         self.bundle_age = Gauge(
             "argus_bundle_age_seconds", "Seconds since the loaded bundle was built.", registry=r

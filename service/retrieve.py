@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from index.bundle import dots, members, take_rows
+from index.bundle import Bundle, dots, members, take_rows
 from index.hnsw import ItemIndex, exact_top_k
 from service.metrics import Metrics
 from service.state import Served
@@ -59,10 +59,11 @@ def next_fetch(n: int, k: int, excluded: np.ndarray, fetch: int, kept: int) -> i
     return min(n, wanted, k + len(excluded))
 
 
-def searched(n: int, fetch: int) -> bool:
-    """Whether ``fetch`` items are looked for in the index (else by an exact pass: most of the
-    catalog, where exact search is as cheap and never comes up short)."""
-    return 2 * fetch <= n
+def searched(bundle: Bundle, fetch: int) -> bool:
+    """Whether ``fetch`` items are looked for in the index, else by an exact pass, which the
+    bundle's build found faster from :attr:`Bundle.exact_from` items on (and at most half the
+    catalog: beyond it an exact pass is as cheap and never comes up short)."""
+    return fetch < bundle.exact_from
 
 
 def top_k(
@@ -87,7 +88,7 @@ def top_k(
     query, items = bundle.retrieval_part(vector), bundle.retrieval_item_vectors
     fetch = first_fetch(n, k, excluded)
     while True:
-        if not searched(n, fetch):
+        if not searched(bundle, fetch):
             rows = exact_top_k(query[None, :], items, min(n, k + len(excluded)))[0]
         elif first is not None:
             rows, first = first, None
@@ -97,7 +98,7 @@ def top_k(
         if len(excluded):
             keep = ~members(ids, excluded)
             rows, ids = rows[keep], ids[keep]
-        if len(rows) >= k or 2 * fetch > n:
+        if len(rows) >= k or not searched(bundle, fetch):
             # Exact inner products (the MIPS transform's are off in the 7th digit); order by them.
             scores = dots(take_rows(items, rows), query)
             order = np.argsort(-scores, kind="stable")[:k]
@@ -128,11 +129,7 @@ class Searches:
         bundle = served.bundle
         fetch = first_fetch(len(bundle.item_ids), k, excluded)
         first = None
-        if (
-            vector is not None
-            and bundle.index is not None
-            and searched(len(bundle.item_ids), fetch)
-        ):
+        if vector is not None and bundle.index is not None and searched(bundle, fetch):
             first = await self.search(bundle.index, bundle.retrieval_part(vector), fetch)
         return top_k(served, vector, k, excluded, first)
 

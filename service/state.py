@@ -173,7 +173,8 @@ class Backend:
         old, self.served = self.served, served
         self.metrics.reloads.labels("loaded").inc()
         self.metrics.bundle_info.clear()
-        self.metrics.bundle_info.labels(version).set(1)
+        search = "exact" if served.bundle.exact_from == 0 else "hnsw"
+        self.metrics.bundle_info.labels(version, search).set(1)
         log.info("serving bundle %s (was %s)", version, old and old.version)
         if old is not None:
             asyncio.get_running_loop().call_later(

@@ -131,7 +131,7 @@ def exported(finetuned: Path, sim_data: Path, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def serving_root(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serving") / "bundles"
-    build(exported, root, HnswParams(k=20, sample=100), progress=False)
+    build(exported, root, HnswParams(k=20, sample=100, search="hnsw"), progress=False)
     return root
 
 

@@ -14,7 +14,7 @@ from model.contract import EXPORT_MANIFEST
 def bundle_root(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One bundle built from the tiny real export; tests copy it before damaging it."""
     root = tmp_path_factory.mktemp("bundles")
-    build(exported, root, HnswParams(k=20, sample=200), progress=False)
+    build(exported, root, HnswParams(k=20, sample=200, search="hnsw"), progress=False)
     return root
 
 

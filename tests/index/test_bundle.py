@@ -201,15 +201,38 @@ def test_an_unreachable_recall_target_writes_no_bundle(exported: Path, tmp_path:
         manifest={},
     )
     root = tmp_path / "bundles"
-    params = dict(k=50, sample=200, space="ip", m=8, ef_construction=64, threads=1)
+    params = dict(k=50, sample=200, space="ip", m=8, ef_construction=64, threads=1, search="hnsw")
     with pytest.raises(ValueError, match="allow-low-recall"):
         build(hard, root, HnswParams(target_recall=0.999, **params), progress=False)  # type: ignore[arg-type]
     assert list(root.iterdir()) == []
     low = HnswParams(target_recall=0.999, allow_low_recall=True, **params)  # type: ignore[arg-type]
     kept = build(hard, root, low, progress=False)
-    assert not kept.tuning.reached and "NOT REACHED" in kept.line()
+    assert not kept.indexed.tuning.reached and "NOT REACHED" in kept.line()
     assert list_versions(root) == [Path(kept.path)]
     assert read_manifest(kept.path)["hnsw"]["reached"] is False
+    # A bundle that searches every item exactly needs no graph to reach the target.
+    exact = HnswParams(target_recall=0.999, **{**params, "search": "exact"})  # type: ignore[arg-type]
+    served = build(hard, tmp_path / "exact", exact, progress=False)
+    assert "every search exact" in served.line()
+    assert (
+        Bundle.open(served.path).exact_from == read_manifest(served.path)["hnsw"]["exact_from"] == 0
+    )
+
+
+def test_a_bundle_says_from_which_fetch_it_searches_exactly(bundle_dir: Path) -> None:
+    manifest = read_manifest(bundle_dir)
+    n = manifest["n_items"]
+    assert manifest["hnsw"]["exact_from"] == n // 2 + 1  # built with search="hnsw"
+    assert Bundle.open(bundle_dir).exact_from == n // 2 + 1
+    hnsw = {key: value for key, value in manifest["hnsw"].items() if key != "exact_from"}
+    write_manifest(bundle_dir, {**manifest, "hnsw": hnsw})  # a bundle from before the choice
+    assert Bundle.open(bundle_dir).exact_from == n // 2 + 1
+    for bad in (-1, 2.5, "all", True):
+        write_manifest(bundle_dir, {**manifest, "hnsw": {**hnsw, "exact_from": bad}})
+        with pytest.raises(BundleError, match=r"manifest\.json: hnsw\.exact_from must be a count"):
+            Bundle.open(bundle_dir)
+    with pytest.raises(ValueError, match="search must be one of auto, hnsw, exact"):
+        HnswParams(search="graph")
 
 
 @pytest.mark.parametrize("spacing", [1, 3, 1_000])  # dense ids (a table), and sparse (a search)

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
-from index.hnsw import ItemIndex, exact_top_k, recall, tune_ef
+from index.hnsw import (
+    EXACT_PREFERENCE,
+    ItemIndex,
+    choose_search,
+    exact_top_k,
+    recall,
+    tune_ef,
+)
 from model.data.simulate import SimConfig, make_catalog, make_users
 
 
@@ -74,3 +83,43 @@ def test_an_empty_catalog_or_unknown_space_is_refused() -> None:
         ItemIndex.build(np.zeros((0, 4), np.float32))
     with pytest.raises(ValueError, match="unknown space"):
         ItemIndex.build(np.ones((3, 4), np.float32), space="cosine")
+
+
+def test_a_search_chosen_by_hand_is_kept() -> None:
+    items, users = latents(1_000, 20)
+    index = ItemIndex.build(items, m=8, ef_construction=32)
+    hnsw = choose_search(index, items, users, k=10, search="hnsw")
+    assert hnsw.exact_from == 501 and hnsw.timings == ()  # the graph up to half the catalog
+    assert choose_search(index, items, users, k=10, search="exact").exact_from == 0
+    with pytest.raises(ValueError, match="unknown search 'graph'"):
+        choose_search(index, items, users, search="graph")
+
+
+def test_a_graph_searched_as_deep_as_the_catalog_loses_to_the_exact_pass() -> None:
+    """At ``ef`` = every item the graph visits them all, one scattered row at a time: an exact
+    pass over the same rows is many times faster (about 7x here), so it is chosen from the
+    first fetch on."""
+    items, users = latents(2_000, 100)
+    index = ItemIndex.build(items, m=8, ef_construction=32)
+    index.set_ef(len(items))
+    choice = choose_search(index, items, users, k=20)
+    assert choice.exact_from == 0
+    (timing,) = choice.timings  # decided at the first fetch
+    assert timing.fetch == 20 and timing.exact_ms <= EXACT_PREFERENCE * timing.hnsw_ms
+
+
+def test_a_shallow_graph_search_of_a_large_catalog_is_kept_until_deep_fetches() -> None:
+    """A small ``ef`` over 30,000 items beats scoring them all (about 13x here), while a fetch of
+    half the catalog would make the graph visit most of it: the switch falls in between."""
+    items, users = latents(30_000, 100, dim=32)
+    index = ItemIndex.build(items, m=8, ef_construction=32)
+    index.set_ef(20)
+    choice = choose_search(index, items, users, k=20)
+    fetches = [t.fetch for t in choice.timings]
+    assert fetches[:2] == [20, 40] and all(b == 2 * a for a, b in pairwise(fetches))
+    first, last = choice.timings[0], choice.timings[-1]
+    assert first.exact_ms > EXACT_PREFERENCE * first.hnsw_ms  # the graph, at the usual k
+    assert 20 < choice.exact_from <= 15_001
+    if choice.exact_from < 15_001:  # switched at the last fetch timed: there exact kept up
+        assert choice.exact_from == last.fetch
+        assert last.exact_ms <= EXACT_PREFERENCE * last.hnsw_ms

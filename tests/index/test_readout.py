@@ -33,7 +33,12 @@ def bundle_with(readout: torch.Tensor, finetuned: Path, data: Path, work: Path) 
     (work / "checkpoint").mkdir(parents=True)
     torch.save(state, work / "checkpoint" / CHECKPOINT_FILE)
     export(work / "checkpoint", data, work / "export", progress=False)
-    summary = build(work / "export", work / "bundles", HnswParams(k=20, sample=100), progress=False)
+    summary = build(
+        work / "export",
+        work / "bundles",
+        HnswParams(k=20, sample=100, search="hnsw"),
+        progress=False,
+    )
     return Bundle.open(Path(summary.path))
 
 

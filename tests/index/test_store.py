@@ -98,7 +98,9 @@ def test_a_new_version_flips_the_pointer_and_the_old_one_expires(
     client = redis_target.client()
     publish(old, client, progress=False)
     other = export_with_users(exported, tmp_path / "export2", 300, seed=1)
-    new = Bundle.open(build(other, tmp_path / "b2", HnswParams(k=20), progress=False).path)
+    new = Bundle.open(
+        build(other, tmp_path / "b2", HnswParams(k=20, search="hnsw"), progress=False).path
+    )
     summary = publish(new, client, grace_s=600, progress=False)
     assert summary.previous == old.version
     store = RedisStore(client)
@@ -147,7 +149,9 @@ def test_a_publish_killed_midway_changes_nothing_and_a_rerun_finishes(
     old = Bundle.open(bundle_dir, with_index=False)
     publish(old, client, progress=False)
     big = export_with_users(exported, tmp_path / "export-big", 200_000, seed=2)
-    new = Bundle.open(build(big, tmp_path / "b", HnswParams(k=20), progress=False).path)
+    new = Bundle.open(
+        build(big, tmp_path / "b", HnswParams(k=20, search="hnsw"), progress=False).path
+    )
     command = [
         sys.executable,
         "-m",

@@ -112,7 +112,7 @@ def test_the_service_answers_candidates_with_the_nip_query(
     NIP query against the output embeddings (HNSW at this size finds it), with the retrieval
     score beside every item."""
     bundles = tmp_path / "bundles"
-    build(nip_export, bundles, HnswParams(k=20, sample=200), progress=False)
+    build(nip_export, bundles, HnswParams(k=20, sample=200, search="hnsw"), progress=False)
     ids = np.load(nip_export / "item_ids.npy")
     items = np.load(nip_export / "retrieval_item_vectors.npy")
     user_ids = np.load(nip_export / "user_ids.npy")

@@ -411,7 +411,8 @@ def test_ops_endpoints_and_every_metric_series(local: TestClient) -> None:
         assert series in metrics, series
     for stage in ("parse", "store", "encoder", "ann", "serialize"):
         assert f'stage="{stage}"' in metrics
-    assert f'argus_bundle_info{{version="{bundle.version}"}} 1.0' in metrics
+    search = "exact" if bundle.exact_from == 0 else "hnsw"
+    assert f'argus_bundle_info{{search="{search}",version="{bundle.version}"}} 1.0' in metrics
 
 
 def test_a_new_bundle_is_swapped_in_and_a_bad_one_rejected(
@@ -433,7 +434,7 @@ def test_a_new_bundle_is_swapped_in_and_a_bad_one_rejected(
         shutil.rmtree(bad)
         # A good newer bundle is picked up.
         other = export_with_users(exported, tmp_path / "export2", 50, seed=3)
-        new = Path(build(other, bundles, HnswParams(k=20), progress=False).path).name
+        new = Path(build(other, bundles, HnswParams(k=20, search="hnsw"), progress=False).path).name
         deadline = time.monotonic() + 5
         while (
             client.post("/candidates", json={"user_id": 1, "k": 2}).json()["model_version"] != new
@@ -512,7 +513,7 @@ def test_a_version_that_vanishes_from_a_live_redis_is_flagged_within_seconds(
     user = int(bundle.user_ids[2])
     # A newer bundle lies beside it, never published: a flushed pointer must not switch to it.
     time.sleep(1.1)  # versions are named by the second
-    newer = build(exported, bundles, HnswParams(k=20, sample=100), progress=False)
+    newer = build(exported, bundles, HnswParams(k=20, sample=100, search="hnsw"), progress=False)
     assert newer.version > bundle.version
     with client_for(Settings(store=store)) as client:
         out = client.post("/candidates", json={"user_id": user, "k": 3}).json()
@@ -698,7 +699,7 @@ def test_a_bundle_still_arriving_is_retried_and_then_served(
     settings = Settings(store=StoreSettings(bundles=bundles, reload_interval_s=0.05))
     staging = tmp_path / "staging"
     other = export_with_users(exported, tmp_path / "export2", 40, seed=5)
-    new = Path(build(other, staging, HnswParams(k=20), progress=False).path)
+    new = Path(build(other, staging, HnswParams(k=20, search="hnsw"), progress=False).path)
     with client_for(settings) as client:
         old = served(client).version
         # The directory lands on the shared volume before its index does: refused for now ...
@@ -883,6 +884,27 @@ def test_candidates_and_scores_equal_a_reference_built_from_the_bundle_alone(
             ids = [c["item_id"] for c in expected]
             scores = local.post("/score", json={"user_id": user, "item_ids": ids}).json()
             assert scores["scores"] == [c["ranking_score"] for c in expected]
+
+
+def test_a_bundle_that_searches_exactly_serves_the_reference_and_says_so(
+    exported: Path, tmp_path: Path
+) -> None:
+    """Built with ``search="exact"`` (what ``auto`` picks where the graph is not faster), the
+    service answers every size of request from every item, and its bundle metric says how."""
+    build(exported, tmp_path, HnswParams(k=20, sample=100, search="exact"), progress=False)
+    with client_for(Settings(store=StoreSettings(bundles=tmp_path))) as client:
+        bundle = served(client)
+        assert bundle.exact_from == 0
+        for user_row, k in ((0, 1), (3, 5), (7, 20)):
+            user = int(bundle.user_ids[user_row])
+            excluded = [int(i) for i in bundle.item_ids[user_row::7]]
+            body = {"user_id": user, "k": k, "exclude_item_ids": excluded}
+            reply = client.post("/candidates", json=body).json()
+            assert reply["items"] == reference_candidates(bundle, user_row, k, excluded)
+        info = f'argus_bundle_info{{search="exact",version="{bundle.version}"}}'
+        assert metric(client, info) == 1.0
+        metrics = client.get("/metrics").text
+        assert "\nargus_ann_batch_size_count 0.0\n" in metrics  # the graph was never asked
 
 
 def test_the_docs_are_served_with_their_own_assets_and_no_cdn(

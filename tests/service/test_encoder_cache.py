@@ -170,7 +170,7 @@ def test_a_bundle_swap_starts_an_empty_cache(
             (changed / f.name).write_bytes(f.read_bytes())
         export_onnx(model, changed / ENCODER_FILE)
         export_step_onnx(model, changed / STEP_FILE)
-        build(changed, bundles, HnswParams(k=20, sample=50), progress=False)
+        build(changed, bundles, HnswParams(k=20, sample=50, search="hnsw"), progress=False)
         deadline = time.monotonic() + 10
         while backend.served is old and time.monotonic() < deadline:
             time.sleep(0.05)

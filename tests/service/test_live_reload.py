@@ -66,7 +66,7 @@ def test_publishing_under_concurrent_load_fails_nothing_and_mixes_nothing(
         new_dir = build(
             changed_export(exported, tmp_path / "export2"),
             bundles,
-            HnswParams(k=20),
+            HnswParams(k=20, search="hnsw"),
             progress=False,
         ).path
         new = Bundle.open(new_dir, with_index=False)

@@ -1,6 +1,8 @@
 import asyncio
+from dataclasses import replace
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from service.metrics import Metrics
@@ -65,6 +67,32 @@ def test_a_search_whose_room_the_excluded_items_take_fetches_more_until_it_has_k
     assert first_fetch(n, k, excluded) == 2 * k < n // 4  # ... finds nothing to keep
     found = top_k(served, vector, k, excluded)
     assert found.item_ids.tolist() == nearest[n // 4 : n // 4 + k].tolist()
+
+
+@pytest.mark.parametrize("exact_from", [0, 6])
+def test_a_fetch_from_the_bundles_exact_from_on_is_an_exact_pass(
+    local: TestClient, exact_from: int
+) -> None:
+    """A bundle that searches exactly from ``exact_from`` items fetched (0: always) answers those
+    searches from every item, without the graph: the nearest items by their exact inner
+    products, less the excluded ones."""
+    served: Served = local.app.state.backend.served  # type: ignore[attr-defined]
+    exact = replace(served, bundle=replace(served.bundle, exact_from=exact_from))
+    bundle, rng = exact.bundle, np.random.default_rng(1)
+    metrics = Metrics()
+    searches = Searches(metrics)
+    graph = 0  # first searches the graph should answer
+    for row, k in zip(range(12), [3, 8] * 6, strict=True):
+        vector = bundle.user_vectors[row]
+        excluded = np.sort(rng.choice(bundle.item_ids, row % 3, replace=False))
+        found = asyncio.run(searches.top_k(exact, vector, k, excluded))
+        nearest = bundle.item_ids[
+            np.argsort(-(bundle.retrieval_item_vectors @ vector[bundle.dim :]))
+        ]
+        assert found.item_ids.tolist() == nearest[~np.isin(nearest, excluded)][:k].tolist()
+        graph += first_fetch(len(bundle.item_ids), k, excluded) < exact_from
+    assert graph == (0 if exact_from == 0 else 6)  # k = 3 fetches at most 6: the graph
+    assert metrics.registry.get_sample_value("argus_ann_batch_size_sum") == graph
 
 
 def test_each_fetch_at_least_doubles_and_never_passes_what_always_suffices() -> None:
