@@ -136,7 +136,7 @@ def pipeline(args: argparse.Namespace, work: Path) -> Path:
         "--quiet",
     )
     if not list_versions(bundles):
-        argus("build", *options(export=export, bundles=bundles), "--quiet")
+        argus("build", *options(export=export, bundles=bundles, search=args.search), "--quiet")
     return list_versions(bundles)[-1]
 
 
@@ -599,6 +599,12 @@ def arguments() -> argparse.Namespace:
         default="state",
         help="what answers /candidates: the retrieval space's query of the state beside the "
         "pooled history, of the pooled history alone, or the NIP head",
+    )
+    parser.add_argument(
+        "--search",
+        choices=("auto", "hnsw", "exact"),
+        default="auto",
+        help="the bundle's search (argus build --search): the graph, every item, or the faster",
     )
     parser.add_argument(
         "--work", type=Path, default=None, help="runs/bench/replay[-ml100k][-pooled|-nip]"

@@ -5,8 +5,11 @@ another, through ``100 Continue`` and ``HEAD``."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +156,25 @@ def reply(sock: socket.socket, *, with_body: bool = True) -> tuple[bytes, bytes]
     while len(body) < length:
         body += sock.recv(65536)
     return head, body
+
+
+def test_the_server_runs_numpys_blas_on_one_thread_unless_told_otherwise() -> None:
+    """``run_server`` sets it in its own process (numpy is loaded by then) and, through the
+    environment, in the workers it starts; an explicit ``OPENBLAS_NUM_THREADS`` wins."""
+    check = (
+        "import numpy, os; from threadpoolctl import threadpool_info as info, threadpool_limits;"
+        "threadpool_limits(2, user_api='blas');"  # as on a 2-core machine, whatever this one is
+        "from service.cli import one_blas_thread; one_blas_thread();"
+        "print(os.environ['OPENBLAS_NUM_THREADS'],"
+        " *{p['num_threads'] for p in info() if p['user_api'] == 'blas'})"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    for told, expected in ((None, "1 1"), ("2", "2 2")):
+        run = subprocess.run(
+            [sys.executable, "-c", check],
+            env=env if told is None else {**env, "OPENBLAS_NUM_THREADS": told},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert run.stdout.split() == expected.split()
