@@ -180,9 +180,14 @@ def test_a_trend_that_lists_nothing_new_leaves_the_weight_alone(tmp_path: Path) 
 
     data = tmp_path / "data"
     write_events(_turnover_log(0), data)
-    out = tiny_finetune(data, tmp_path / "steady", min_history=1, trend_calibration="1d")
+    out = tiny_finetune(
+        data, tmp_path / "steady", min_history=1, trend_calibration="1d", trend_calibration_k=20
+    )
     report = json.loads((out / TREND_CALIBRATION_FILE).read_text())
     assert report["offset"] == 0.0 and report["users"] > 0
+    assert report["top"] == 20  # the recall of the lists a ranker reads, as long as asked
+    with pytest.raises(ValueError, match="trend_calibration_k must be >= 1, got 0"):
+        FinetuneConfig(data="x", out="y", trend_calibration_k=0)
 
 
 def test_a_held_out_span_longer_than_the_log_leaves_the_weight_alone(tmp_path: Path) -> None:
