@@ -214,10 +214,28 @@ class PairwiseObjective(nn.Module):
         super().__init__()
         self.model = model
         self.retrieval = retrieval
+        self.retrieval_alone = False  # the retrieval loss only, the rest of the model read
+
+    def only_retrieval(self, alone: bool) -> None:
+        """From now on, train the retrieval space alone (``alone``) or everything."""
+        self.retrieval_alone = alone
+
+    def retrieval_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The retrieval space's loss of ``batch``, the state (when the query reads it) computed
+        without gradients: nothing but the retrieval space learns from it."""
+        assert self.retrieval is not None, "the retrieval loss needs its RetrievalTraining"
+        h = None
+        if self.model.reads_state:
+            with torch.no_grad():
+                h = self.model(batch)
+        return self.retrieval.loss(self.model, batch, h)
 
     def forward(
         self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
+        if self.retrieval_alone and self.retrieval is not None:
+            retrieval = self.retrieval_step(batch)
+            return {"loss": self.retrieval.weight * retrieval, "retrieval": retrieval.detach()}
         h = self.model(batch)  # (B, L, D)
         at = imp["sample"], imp["position"]
         tastes = self.model.taste(batch) if self.model.has_retrieval else None  # (B, L, R)
@@ -258,12 +276,7 @@ class RetrievalObjective(PairwiseObjective):
     def forward(
         self, batch: dict[str, torch.Tensor], imp: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        assert self.retrieval is not None, "a RetrievalObjective needs its RetrievalTraining"
-        h = None
-        if self.model.reads_state:
-            with torch.no_grad():
-                h = self.model(batch)
-        return {"loss": self.retrieval.loss(self.model, batch, h)}
+        return {"loss": self.retrieval_step(batch)}
 
 
 def impression_level_backward(

@@ -220,7 +220,14 @@ class Optimizers:
             others = [p for p in params if all(p is not m for m in matrices)]
             for members, decay_of in ((matrices, wd), (others, 0.0)):
                 if members:
-                    groups.append({"params": members, "weight_decay": decay_of, "lr_scale": scale})
+                    groups.append(
+                        {
+                            "params": members,
+                            "weight_decay": decay_of,
+                            "lr_scale": scale,
+                            "part": part,
+                        }
+                    )
         self.parameters = trainable
         # the retrieval space is clipped on its own: its loss is a different scale
         retrieval = own.get("retrieval", [])
@@ -239,10 +246,13 @@ class Optimizers:
     def all(self) -> list[torch.optim.Optimizer]:
         return [self.dense] if self.sparse is None else [self.dense, self.sparse]
 
-    def set_lr(self, lr: float) -> None:
+    def set_lr(self, lr: float, *, besides: tuple[str, ...] = ()) -> None:
+        """Every group's rate from ``lr``, but the groups of the parts ``besides`` (their own
+        learning rate given, in PARTS names): they keep theirs."""
         for optimizer in self.all:
             for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+                if group.get("part") not in besides:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def zero_grad(self) -> None:
         for optimizer in self.all:
@@ -365,6 +375,13 @@ class Job:
     train_until: int  # the model has seen no event at or after this time
     # values logged with each metrics row besides the losses (e.g. the learned temperature)
     extra_metrics: Callable[[], dict[str, float]] = dict
+    # These parts (names of PARTS) train at least ``floor_steps`` steps (``max_steps`` unset)
+    # when the job sets
+    # ``floor_only``: called before every step with whether the rest of the model is done. The
+    # rest learns as it would without them, on its own schedule; beyond it they train alone.
+    floor_parts: tuple[str, ...] = ()
+    floor_steps: int = 0
+    floor_only: Callable[[bool], None] | None = None
 
 
 @dataclass
@@ -386,12 +403,15 @@ class MetricsWindow:
 
     def reset(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)  # steps that logged each value
         self.steps, self.events, self.started = 0, 0, time.perf_counter()
 
     def add(self, losses: dict[str, torch.Tensor], grad_norm: float, events: int) -> None:
         for name, value in losses.items():
             self.sums[name] += float(value.detach())
+            self.counts[name] += 1
         self.sums["grad_norm"] += grad_norm
+        self.counts["grad_norm"] += 1
         self.steps += 1
         self.events += events
 
@@ -400,7 +420,7 @@ class MetricsWindow:
         starts anew."""
         seconds = time.perf_counter() - self.started
         means = {
-            name: runtime.sum(value) / runtime.world_size / self.steps
+            name: runtime.sum(value) / runtime.world_size / self.counts[name]
             for name, value in self.sums.items()
         }
         events_per_s = self.events / max(seconds, 1e-9)
@@ -455,10 +475,14 @@ class Trainer:
         if cfg.compile == "on" or (cfg.compile == "auto" and runtime.cuda):
             model.compile(dynamic=True)
         k = cfg.accumulate
-        self.total = cfg.max_steps or max(
-            cfg.min_steps, sum(len(job.epoch_batches(e)) // k for e in range(cfg.epochs))
-        )
+        epoch_steps = sum(len(job.epoch_batches(e)) // k for e in range(cfg.epochs))
+        self.whole_steps = cfg.max_steps or max(cfg.min_steps, epoch_steps)  # every part's
+        # beyond them, the job's floor parts alone to their floor. One process: under DDP a
+        # part without gradients would stall the all-reduce
+        split = job.floor_only is not None and not cfg.max_steps and runtime.world_size == 1
+        self.total = max(self.whole_steps, job.floor_steps) if split else self.whole_steps
         self.warmup = min(cfg.warmup_steps, self.total // 10)  # a short run keeps its cosine
+        self.whole_warmup = min(cfg.warmup_steps, self.whole_steps // 10)
         self.window = MetricsWindow()
         self.lr, self.last_loss = cfg.lr, math.nan
         self.metrics_path = self.out / "metrics.jsonl"
@@ -525,6 +549,12 @@ class Trainer:
         cfg, at = self.cfg, self.position
         self.lr = cfg.lr * lr_factor(at.step, self.warmup, self.total, cfg.min_lr_ratio)
         self.optimizer.set_lr(self.lr)
+        if self.whole_steps < self.total:  # all but the floor parts on a schedule of their own
+            assert self.job.floor_only is not None
+            step = min(at.step, self.whole_steps - 1)
+            whole = lr_factor(step, self.whole_warmup, self.whole_steps, cfg.min_lr_ratio)
+            self.optimizer.set_lr(cfg.lr * whole, besides=self.job.floor_parts)
+            self.job.floor_only(at.step >= self.whole_steps)
         self.optimizer.zero_grad()
         totals: dict[str, torch.Tensor] = {}
         batch_events = 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.argus import Argus, preset
+from model.argus import PARTS, Argus, preset
 from model.checkpoint import load_model
 from model.contract import DAY
 from model.data.events import Events, parse_duration, read_events
@@ -359,6 +359,44 @@ def test_finetune_learns_and_leaves_the_pretraining_heads_alone(
         assert torch.equal(before.state_dict()[name], after.state_dict()[name]), name
     name = "blocks.0.qkv.weight"
     assert not torch.equal(before.state_dict()[name], after.state_dict()[name])
+
+
+def test_the_retrieval_space_trains_alone_to_its_floor_and_the_rest_as_without_it(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    pretrain(tiny_config(sim_data, tmp_path / "pre", max_steps=10), progress=False)
+    base: dict[str, Any] = {
+        "data": str(sim_data),
+        "init": str(tmp_path / "pre"),
+        "test_days": 3.0,
+        "batch_size": 8,
+        "epochs": 1,
+        "min_steps": 0,
+        "log_every": 1,
+        "warmup_steps": 2,
+        "tower_dim": 16,
+        "trend_calibration": "0",
+    }
+    cfg = FinetuneConfig(out=str(tmp_path / "same"), **base, retrieval_min_steps=0)
+    epoch = finetune(cfg, progress=False).steps
+    cfg = FinetuneConfig(out=str(tmp_path / "floor"), **base, retrieval_min_steps=epoch + 8)
+    assert finetune(cfg, progress=False).steps == epoch + 8
+    # an explicit max_steps is every part's
+    cfg = FinetuneConfig(out=str(tmp_path / "max"), **{**base, "max_steps": 3})
+    assert finetune(cfg, progress=False).steps == 3
+    same, floor = (load_model(tmp_path / name)[0].state_dict() for name in ("same", "floor"))
+    retrieval = [name for name in same if name.split(".")[0] in PARTS["retrieval"]]
+    rest = [name for name in same if name not in retrieval]
+    # the towers and the backbone learn as in a run without the floor, to the bit ...
+    assert all(torch.equal(same[name], floor[name]) for name in rest)
+    # ... while the retrieval space trains on alone
+    assert not all(torch.equal(same[name], floor[name]) for name in retrieval)
+    path = tmp_path / "floor" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [("pairwise" in row) for row in rows] == [row["step"] <= epoch for row in rows]
+    assert len(rows) == epoch + 8 and all(row["retrieval"] > 0 for row in rows)
+    with pytest.raises(ValueError, match="retrieval_min_steps must be >= 0"):
+        FinetuneConfig(out=str(tmp_path / "bad"), **base, retrieval_min_steps=-1)
 
 
 def test_finetune_refuses_a_sasrec_init_and_a_leaking_one(sim_data: Path, tmp_path: Path) -> None:
