@@ -380,28 +380,10 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         for frozen in model.pretraining_heads():
             frozen.requires_grad_(False)
         model.log_temperature.requires_grad_(False)
-        table = pair_weight_table(cfg.pair_weights)
-        # with a runtime head every impression is there twice: the cap counts both heads' share
-        per_chunk = cfg.max_impressions * (2 if cfg.runtime_head else 1)
         preset = init["train_config"].get("preset", cfg.preset) if init else cfg.preset
         objective = PairwiseObjective(model, tuned.retrieval_training(train, runtime.device))
         floor = cfg.retrieval_min_steps > 0 and ranks and model.has_retrieval
-        job = Job(
-            cfg=cfg,
-            stage="finetune",
-            preset=preset,
-            objective_name="pairwise",
-            model=model,
-            objective=objective,
-            epoch_batches=functools.partial(
-                epoch_batches, samples.spans, cfg, model_cfg.max_len, runtime
-            ),
-            step=functools.partial(_step, train, samples, table, per_chunk, runtime),
-            train_until=train_until,
-            floor_parts=("retrieval",) if floor else (),
-            floor_steps=cfg.retrieval_min_steps if floor else 0,
-            floor_only=objective.only_retrieval if floor else None,
-        )
+        job = _job(cfg, objective, train, samples, train_until, runtime, preset, floor)
         trainer = Trainer(job, runtime, saved, progress=progress)
         summary = trainer.run()
         window = (cut, train_until)
@@ -419,6 +401,39 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         for calibration in done if progress else []:
             print(calibration.line())
         return summary
+
+
+def _job(
+    cfg: FinetuneConfig,
+    objective: PairwiseObjective,
+    train: Events,
+    samples: Samples,
+    train_until: int,
+    runtime: Runtime,
+    preset: str,
+    floor: bool,
+) -> Job:
+    """Fine-tuning ``objective``'s model on ``samples`` of ``train``; with ``floor`` the
+    retrieval space trains alone from the end of the run to ``retrieval_min_steps``."""
+    table = pair_weight_table(cfg.pair_weights)
+    # with a runtime head every impression is there twice: the cap counts both heads' share
+    per_chunk = cfg.max_impressions * (2 if cfg.runtime_head else 1)
+    return Job(
+        cfg=cfg,
+        stage="finetune",
+        preset=preset,
+        objective_name="pairwise",
+        model=objective.model,
+        objective=objective,
+        epoch_batches=functools.partial(
+            epoch_batches, samples.spans, cfg, objective.model.cfg.max_len, runtime
+        ),
+        step=functools.partial(_step, train, samples, table, per_chunk, runtime),
+        train_until=train_until,
+        floor_parts=("retrieval",) if floor else (),
+        floor_steps=cfg.retrieval_min_steps if floor else 0,
+        floor_only=objective.only_retrieval if floor else None,
+    )
 
 
 def _trend_chosen(
