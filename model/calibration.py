@@ -1,7 +1,8 @@
 """Calibrations on held-out days, after fine-tuning: the cold level (``argus finetune --set
 cold_calibration=1d``), the feedback readout (``readout_calibration``, :mod:`model.readout`) and
-the retrieval trend's weight (``trend_calibration``, :func:`calibrate_trend`); and before it, the
-retrieval trend's window (``retrieval_trend=auto``, :func:`choose_trend_window`).
+the retrieval trend's weight (``trend_calibration``, :func:`calibrate_trend`); before it, the
+retrieval trend's window (``retrieval_trend=auto``, :func:`choose_trend_window`); and during it,
+the held-out ranking that stops the towers early (``early_stopping``, :class:`HeldOutRanking`).
 
 A model with ``cold_items`` scores an item it knows too little of with one learned level (plus
 the item's counts). Fine-tuning learns that level against the items the training days show, whose
@@ -50,6 +51,7 @@ from model.metrics import pair_accuracy, recall_shares
 from model.readout import RIDGES, Readout
 
 CALIBRATION_FILE = "cold_calibration.json"
+STOPPING_FILE = "early_stopping.json"
 READOUT_FILE = "readout.json"
 TREND_FILE = "trend_window.json"
 TREND_CALIBRATION_FILE = "trend_calibration.json"
@@ -98,6 +100,59 @@ class ColdCalibration(Report):
             f"({self.unseen_offset:+.3f} more for an item never seen) on "
             f"{self.mixed_pairs:,} of {self.pairs:,} held-out pairs (PairAccuracy "
             f"{self.pair_accuracy_before:.4f} -> {self.pair_accuracy_after:.4f})"
+        )
+
+
+class HeldOutRanking:
+    """The weighted PairAccuracy of ``model``'s towers, as they are when called, on held-out
+    ``impressions`` (rows of ``events``, which holds their histories), scored as a bundle cut
+    before them would score them (each item's counts from ``counts_until``): what early stopping
+    watches."""
+
+    def __init__(
+        self,
+        model: Argus,
+        events: Events,
+        impressions: Impressions,
+        counts_until: Events,
+        weights: np.ndarray,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model, self.events, self.impressions, self.device = model, events, impressions, device
+        self.popularity = ItemPopularity.of(counts_until, device)
+        self.hi, self.lo, self.w = group_pairs(impressions.group, impressions.grade, weights)
+
+    def __call__(self) -> float:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        scores = impression_scores(
+            model, self.events, self.impressions, device=self.device, popularity=self.popularity
+        )
+        model.train(was_training)
+        return pair_accuracy(scores, self.hi, self.lo, self.w)
+
+
+@dataclass(frozen=True)
+class EarlyStopping(Report):
+    """What early stopping saw: the held-out PairAccuracy at each evaluated step, the step whose
+    weights the towers and the backbone kept, and the step they stopped training at."""
+
+    FILE: ClassVar[str] = STOPPING_FILE
+
+    scores: dict[str, float]  # step -> held-out PairAccuracy
+    best_step: int
+    stopped_step: int
+    steps: int  # the run's, the retrieval space's included
+    impressions: int
+    pairs: int
+
+    def line(self) -> str:
+        best, last = self.scores[str(self.best_step)], list(self.scores.values())[-1]
+        return (
+            f"towers and backbone kept at step {self.best_step:,} and stopped at "
+            f"{self.stopped_step:,} of {self.steps:,}: PairAccuracy of {self.pairs:,} "
+            f"held-out pairs {best:.4f} (last evaluated {last:.4f})"
         )
 
 

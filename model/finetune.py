@@ -30,6 +30,8 @@ from model.argus import PARTS, Argus, ArgusConfig
 from model.calibration import (
     TREND_DEFAULT,
     ColdCalibration,
+    EarlyStopping,
+    HeldOutRanking,
     ReadoutCalibration,
     TrendCalibration,
     calibrate_cold_level,
@@ -62,6 +64,9 @@ from model.runtime import Runtime
 from model.train import warm_start
 from model.trainer import Job, TrainConfig, Trainer, TrainSummary, epoch_batches, saved_state
 
+# what fine-tuning reports beside the checkpoint, each with a line for the console
+Calibration = ColdCalibration | ReadoutCalibration | TrendCalibration | EarlyStopping
+
 # -- configuration -------------------------------------------------------------------------------
 
 
@@ -78,6 +83,7 @@ class Durations:
     cold_calibration: int
     readout_calibration: int
     trend_calibration: int
+    early_stopping: int
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,12 @@ class FinetuneConfig(TrainConfig):
     # the default. 2,400 took recall@100 at demo size from 0.364 to 0.386 (new to the user
     # 0.287 -> 0.298), but on a world of 244k events cost recall@500 of new items 0.674 -> 0.638
     retrieval_min_steps: int = 0
+    # hold the impressions of the last this long of the training window out of the pairs and
+    # rank them with the towers at the end of every epoch: the towers and the backbone keep their
+    # best weights and train no more after early_stopping_patience epochs without a gain, while
+    # the retrieval space trains on alone to the run's length (one process only); "0": none
+    early_stopping: str = "0"
+    early_stopping_patience: int = 2
     table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
     warmup_steps: int = 20
 
@@ -201,6 +213,7 @@ class FinetuneConfig(TrainConfig):
             cold_calibration=parse_duration(self.cold_calibration),
             readout_calibration=parse_duration(self.readout_calibration),
             trend_calibration=parse_duration(self.trend_calibration),
+            early_stopping=parse_duration(self.early_stopping),
         )
         object.__setattr__(self, "_seconds", seconds)
         if self.group not in ("auto", "lag", "session"):
@@ -215,6 +228,10 @@ class FinetuneConfig(TrainConfig):
             )
         if self.min_history < 1:
             raise ValueError(f"min_history must be >= 1, got {self.min_history}")
+        if self.early_stopping_patience < 1:
+            raise ValueError(
+                f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}"
+            )
         if self.trend_calibration_k < 1:
             raise ValueError(f"trend_calibration_k must be >= 1, got {self.trend_calibration_k}")
         if self.tower_weight_decay < 0:
@@ -383,11 +400,11 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         preset = init["train_config"].get("preset", cfg.preset) if init else cfg.preset
         objective = PairwiseObjective(model, tuned.retrieval_training(train, runtime.device))
         floor = cfg.retrieval_min_steps > 0 and ranks and model.has_retrieval
-        job = _job(cfg, objective, train, samples, train_until, runtime, preset, floor)
+        job = _job(cfg, objective, train, samples, (cut, train_until), runtime, preset, floor)
         trainer = Trainer(job, runtime, saved, progress=progress)
         summary = trainer.run()
         window = (cut, train_until)
-        done: list[ColdCalibration | ReadoutCalibration | TrendCalibration] = []
+        done: list[Calibration] = _stopped(trainer, job)
         if not summary.interrupted:
             done += _after(model, cfg, train, window, runtime, ranks)
         trend = cfg.seconds.trend_calibration and model.cfg.retrieval_trend
@@ -408,16 +425,29 @@ def _job(
     objective: PairwiseObjective,
     train: Events,
     samples: Samples,
-    train_until: int,
+    window: tuple[int, int],
     runtime: Runtime,
     preset: str,
     floor: bool,
 ) -> Job:
-    """Fine-tuning ``objective``'s model on ``samples`` of ``train``; with ``floor`` the
-    retrieval space trains alone from the end of the run to ``retrieval_min_steps``."""
+    """Fine-tuning ``objective``'s model on ``samples`` of ``train`` (up to the end of the held-out
+    ``window``); with ``floor`` the retrieval space trains alone from the end of the run to
+    ``retrieval_min_steps``; with ``early_stopping``, from where the rest stopped."""
     table = pair_weight_table(cfg.pair_weights)
     # with a runtime head every impression is there twice: the cap counts both heads' share
     per_chunk = cfg.max_impressions * (2 if cfg.runtime_head else 1)
+    model, (cut, train_until) = objective.model, window
+    evaluate: HeldOutRanking | None = None
+    if cfg.seconds.early_stopping:
+        held = _held(cfg, train, cut)
+        if not len(held):
+            raise ValueError(
+                f"{cfg.data}: no impressions in the last {cfg.early_stopping} of the training "
+                "window to stop early on; hold out more, or drop early_stopping"
+            )
+        before = train.take(train.timestamp < cut)
+        evaluate = HeldOutRanking(model, train, held, before, table, runtime.device)
+    own = (floor or evaluate is not None) and model.has_retrieval
     return Job(
         cfg=cfg,
         stage="finetune",
@@ -430,10 +460,31 @@ def _job(
         ),
         step=functools.partial(_step, train, samples, table, per_chunk, runtime),
         train_until=train_until,
-        floor_parts=("retrieval",) if floor else (),
+        floor_parts=("retrieval",) if own else (),
         floor_steps=cfg.retrieval_min_steps if floor else 0,
-        floor_only=objective.only_retrieval if floor else None,
+        floor_only=objective.only_retrieval if own else None,
+        evaluate=evaluate,
+        patience=cfg.early_stopping_patience,
     )
+
+
+def _stopped(trainer: Trainer, job: Job) -> list[Calibration]:
+    """Early stopping's report, written beside the checkpoint (none without it)."""
+    stopping = trainer.stopping
+    if stopping is None or not stopping.scores:
+        return []
+    ranking = job.evaluate
+    assert isinstance(ranking, HeldOutRanking)
+    report = EarlyStopping(
+        scores={str(step): score for step, score in stopping.scores},
+        best_step=stopping.best_step,
+        stopped_step=stopping.stopped_step,
+        steps=trainer.position.step,
+        impressions=len(ranking.impressions),
+        pairs=len(ranking.hi),
+    )
+    report.write(job.cfg.out)
+    return [report]
 
 
 def _trend_chosen(
@@ -529,11 +580,20 @@ def _calibrate_trend(
 
 
 def _held_out(cfg: FinetuneConfig, runtime: Runtime) -> int:
-    """Seconds at the end of the training window held out of the pairs for calibrations."""
-    if cfg.seconds.cold_calibration and runtime.world_size > 1:
-        raise ValueError("cold_calibration runs on one process: fine-tune without torchrun")
+    """Seconds at the end of the training window held out of the pairs for calibrations and
+    early stopping."""
+    for name in ("cold_calibration", "early_stopping"):
+        if getattr(cfg.seconds, name) and runtime.world_size > 1:
+            raise ValueError(f"{name} runs on one process: fine-tune without torchrun")
     readout = cfg.seconds.readout_calibration if runtime.world_size == 1 else 0
-    return max(cfg.seconds.cold_calibration, readout)
+    return max(cfg.seconds.cold_calibration, readout, cfg.seconds.early_stopping)
+
+
+def _held(cfg: FinetuneConfig, train: Events, cut: int) -> Impressions:
+    """The impressions of ``train`` from ``cut`` on, the offline head's: the daily bundle is what
+    ranks them."""
+    found = cfg.impressions(train)
+    return found.take(np.flatnonzero((train.timestamp[found.row] >= cut) & (found.head == 0)))
 
 
 def _after(
@@ -578,8 +638,7 @@ def _calibrate(
     cut, end = window
     if cut == end:  # nothing held out
         return []
-    found = cfg.impressions(train)
-    held = found.take(np.flatnonzero((train.timestamp[found.row] >= cut) & (found.head == 0)))
+    held = _held(cfg, train, cut)
     done: list[ColdCalibration | ReadoutCalibration] = []
     before = train.take(train.timestamp < cut)
     if cfg.seconds.cold_calibration:

@@ -382,6 +382,24 @@ class Job:
     floor_parts: tuple[str, ...] = ()
     floor_steps: int = 0
     floor_only: Callable[[bool], None] | None = None
+    # Early stopping of the parts besides the floor parts: ``evaluate`` scores the model on
+    # held-out data (higher is better) at the end of every epoch and of the run. They end at
+    # their best evaluation, and stop training after ``patience`` evaluations without a gain;
+    # the floor parts then train alone to the run's end (with no ``floor_only``, the run ends).
+    evaluate: Callable[[], float] | None = None
+    patience: int = 2
+
+
+@dataclass
+class Stopping:
+    """Where early stopping is (:attr:`Job.evaluate`); a checkpoint stores it."""
+
+    scores: list[tuple[int, float]] = field(default_factory=list)  # (step, score) evaluated
+    best: float = -math.inf
+    best_step: int = 0
+    stale: int = 0  # evaluations since the best
+    stopped_step: int = 0  # 0: still training
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # the parts at their best
 
 
 @dataclass
@@ -494,6 +512,12 @@ class Trainer:
                 json.dumps({"train": asdict(cfg), "model": asdict(model.cfg)}, indent=2) + "\n"
             )
             _write_history(self.metrics_path, self.history)
+        self.stopping: Stopping | None = None
+        if job.evaluate is not None:
+            if runtime.world_size > 1:
+                raise ValueError("early stopping runs on one process: train without torchrun")
+            known = saved.get("stopping") if saved is not None else None
+            self.stopping = Stopping(**known) if known else Stopping()
         self.title = f"{job.preset} ({job.objective_name})"
         self.bar = tqdm(
             total=self.total,
@@ -507,7 +531,13 @@ class Trainer:
     @property
     def finished(self) -> bool:
         at = self.position
-        return at.step >= self.total
+        return at.step >= self.total or self.ended_early
+
+    @property
+    def ended_early(self) -> bool:
+        """Early stopping has ended the run: it stopped the model, and no part trains on."""
+        stopped = self.stopping is not None and self.stopping.stopped_step > 0
+        return stopped and self.job.floor_only is None
 
     def run(self) -> TrainSummary:
         """Train until ``finished`` or a stop request; checkpoint; summarise."""
@@ -525,6 +555,9 @@ class Trainer:
                     if at.step % cfg.log_every == 0 or at.step == self.total:
                         self.log()
                     self.bar.update(1)
+                    if at.step == self.whole_steps < self.total:  # the rest of the model is done
+                        self.evaluate()
+                        self.stop()
                     if at.step % cfg.checkpoint_every == 0:
                         self.checkpoint()
                     if at.step >= self.total:
@@ -534,6 +567,10 @@ class Trainer:
                         break
                 if at.batch_in_epoch >= usable:
                     at.epoch, at.batch_in_epoch = at.epoch + 1, 0
+                    self.evaluate()
+        if self.finished:  # the run's last weights are a candidate too; then the best stays
+            self.evaluate()
+            self.stop()
         self.bar.close()
         self.checkpoint()
         if self.runtime.is_main:
@@ -550,11 +587,12 @@ class Trainer:
         self.lr = cfg.lr * lr_factor(at.step, self.warmup, self.total, cfg.min_lr_ratio)
         self.optimizer.set_lr(self.lr)
         if self.whole_steps < self.total:  # all but the floor parts on a schedule of their own
-            assert self.job.floor_only is not None
             step = min(at.step, self.whole_steps - 1)
             whole = lr_factor(step, self.whole_warmup, self.whole_steps, cfg.min_lr_ratio)
             self.optimizer.set_lr(cfg.lr * whole, besides=self.job.floor_parts)
-            self.job.floor_only(at.step >= self.whole_steps)
+        if self.job.floor_only is not None:
+            stopped = self.stopping is not None and self.stopping.stopped_step > 0
+            self.job.floor_only(at.step >= self.whole_steps or stopped)
         self.optimizer.zero_grad()
         totals: dict[str, torch.Tensor] = {}
         batch_events = 0
@@ -572,6 +610,45 @@ class Trainer:
         seen = int(self.runtime.sum(float(batch_events)))
         at.events_seen += seen
         self.window.add(totals, grad_norm, seen)
+
+    def evaluate(self) -> None:
+        """Early stopping (:attr:`Job.evaluate`): score the model unless stopped or scored at
+        this step; keep the weights of a best score, stop after ``patience`` without one."""
+        stopping, step = self.stopping, self.position.step
+        if stopping is None or stopping.stopped_step or step > self.whole_steps:
+            return
+        if stopping.scores and stopping.scores[-1][0] == step:
+            return
+        assert self.job.evaluate is not None
+        score = self.job.evaluate()
+        stopping.scores.append((step, score))
+        if score > stopping.best:
+            stopping.best, stopping.best_step, stopping.stale = score, step, 0
+            stopping.weights = {n: p.detach().clone() for n, p in self._stopping_parameters()}
+        else:
+            stopping.stale += 1
+        self.bar.set_postfix(held_out=f"{score:.4f}", best=f"{stopping.best:.4f}")
+        if stopping.stale >= self.job.patience:
+            self.stop()
+
+    def stop(self) -> None:
+        """Early stopping: the parts besides the floor parts back to their best weights, and
+        trained no more."""
+        stopping = self.stopping
+        if stopping is None or stopping.stopped_step:
+            return
+        with torch.no_grad():
+            for name, parameter in self._stopping_parameters():
+                parameter.copy_(stopping.weights[name])
+        stopping.stopped_step = max(self.position.step, 1)
+
+    def _stopping_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        floor = {name for part in self.job.floor_parts for name in PARTS[part]}
+        return [
+            (name, p)
+            for name, p in self.job.model.named_parameters()
+            if p.requires_grad and name.split(".")[0] not in floor
+        ]
 
     def log(self) -> None:
         """One row of ``metrics.jsonl``: the window's means, position, learning rate."""
@@ -633,6 +710,7 @@ class Trainer:
                 train_config=asdict(self.cfg),
                 optimizer=optimizer or self.optimizer.state_dict(),
                 train_until=self.job.train_until,
+                stopping=asdict(self.stopping) if self.stopping is not None else None,
                 **asdict(self.position),
             )
 
@@ -649,7 +727,7 @@ class Trainer:
             final_loss=self.last_loss,
             peak_memory_mib=_peak_memory_mib(self.runtime),
             out=str(self.out),
-            interrupted=at.step < self.total,
+            interrupted=at.step < self.total and not self.ended_early,
             history=self.history,
         )
 

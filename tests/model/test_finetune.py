@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model.argus import PARTS, Argus, preset
+from model.calibration import HeldOutRanking
 from model.checkpoint import load_model
 from model.contract import DAY
 from model.data.events import Events, parse_duration, read_events
@@ -397,6 +398,62 @@ def test_the_retrieval_space_trains_alone_to_its_floor_and_the_rest_as_without_i
     assert len(rows) == epoch + 8 and all(row["retrieval"] > 0 for row in rows)
     with pytest.raises(ValueError, match="retrieval_min_steps must be >= 0"):
         FinetuneConfig(out=str(tmp_path / "bad"), **base, retrieval_min_steps=-1)
+
+
+def test_early_stopping_keeps_the_best_towers_and_the_retrieval_space_trains_on(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    pretrain(tiny_config(sim_data, tmp_path / "pre", max_steps=10), progress=False)
+    base: dict[str, Any] = {
+        "data": str(sim_data),
+        "init": str(tmp_path / "pre"),
+        "test_days": 3.0,
+        "batch_size": 8,
+        "epochs": 12,
+        "min_steps": 0,
+        "log_every": 1,
+        "warmup_steps": 2,
+        "tower_dim": 16,
+        "tower_lr": 3e-2,  # the towers overfit nine days within a few epochs
+        "trend_calibration": "0",
+        "early_stopping": "1d",
+    }
+    cfg = FinetuneConfig(out=str(tmp_path / "stop"), **base)
+    summary = finetune(cfg, progress=False)
+    report = json.loads((tmp_path / "stop" / "early_stopping.json").read_text())
+    steps = [int(step) for step in report["scores"]]
+    epoch = steps[0]
+    best = max(report["scores"], key=report["scores"].get)
+    # one evaluation an epoch, up to two without a gain; the run goes on to its length
+    assert steps == [epoch * (i + 1) for i in range(len(steps))]
+    assert int(best) == report["best_step"] < report["stopped_step"] == steps[-1]
+    assert steps[-1] == report["best_step"] + 2 * epoch < summary.steps == 12 * epoch
+    assert not summary.interrupted
+    # the kept towers are the best evaluation's: they rank the held-out day as it did
+    model, _ = load_model(tmp_path / "stop")
+    events = read_events(sim_data)
+    split = cfg.split(events)
+    assert split is not None
+    train = split.train(events)
+    cut = split.split_time - DAY
+    found = cfg.impressions(train)
+    held = found.take(np.flatnonzero((train.timestamp[found.row] >= cut) & (found.head == 0)))
+    before = train.take(train.timestamp < cut)
+    ranking = HeldOutRanking(model, train, held, before, pair_weight_table(""))
+    assert ranking() == pytest.approx(report["scores"][best], abs=1e-6)
+    assert report["pairs"] == len(ranking.hi) > 0
+    # ... and after the stop only the retrieval space learns
+    rows = [json.loads(x) for x in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
+    assert [("pairwise" in row) for row in rows] == [
+        row["step"] <= report["stopped_step"] for row in rows
+    ]
+    # without a retrieval space the stop ends the run
+    cfg = FinetuneConfig(out=str(tmp_path / "alone"), **base, retrieval_dim=0)
+    summary = finetune(cfg, progress=False)
+    report = json.loads((tmp_path / "alone" / "early_stopping.json").read_text())
+    assert summary.steps == report["stopped_step"] < 12 * epoch and not summary.interrupted
+    with pytest.raises(ValueError, match="early_stopping_patience must be >= 1"):
+        FinetuneConfig(out=str(tmp_path / "bad"), **base, early_stopping_patience=0)
 
 
 def test_finetune_refuses_a_sasrec_init_and_a_leaking_one(sim_data: Path, tmp_path: Path) -> None:
