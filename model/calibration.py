@@ -122,7 +122,8 @@ class HeldOutRanking:
         self.popularity = ItemPopularity.of(counts_until, device)
         self.hi, self.lo, self.w = group_pairs(impressions.group, impressions.grade, weights)
 
-    def __call__(self) -> float:
+    def __call__(self) -> dict[str, float]:
+        """The weighted PairAccuracy and fine-tuning's pairwise loss of the pairs."""
         model = self.model
         was_training = model.training
         model.eval()
@@ -130,7 +131,10 @@ class HeldOutRanking:
             model, self.events, self.impressions, device=self.device, popularity=self.popularity
         )
         model.train(was_training)
-        return pair_accuracy(scores, self.hi, self.lo, self.w)
+        return {
+            "pair_accuracy": pair_accuracy(scores, self.hi, self.lo, self.w),
+            "loss": pair_loss(scores, self.hi, self.lo, self.w),
+        }
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class EarlyStopping(Report):
     FILE: ClassVar[str] = STOPPING_FILE
 
     scores: dict[str, float]  # step -> held-out PairAccuracy
+    losses: dict[str, float]  # step -> fine-tuning's pairwise loss on the held-out pairs
     best_step: int
     stopped_step: int
     steps: int  # the run's, the retrieval space's included

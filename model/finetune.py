@@ -464,6 +464,7 @@ def _job(
         floor_steps=cfg.retrieval_min_steps if floor else 0,
         floor_only=objective.only_retrieval if own else None,
         evaluate=evaluate,
+        watch="pair_accuracy",
         patience=cfg.early_stopping_patience,
     )
 
@@ -471,12 +472,13 @@ def _job(
 def _stopped(trainer: Trainer, job: Job) -> list[Calibration]:
     """Early stopping's report, written beside the checkpoint (none without it)."""
     stopping = trainer.stopping
-    if stopping is None or not stopping.scores:
+    if stopping is None or not stopping.evaluations:
         return []
     ranking = job.evaluate
     assert isinstance(ranking, HeldOutRanking)
     report = EarlyStopping(
-        scores={str(step): score for step, score in stopping.scores},
+        scores={str(step): got["pair_accuracy"] for step, got in stopping.evaluations},
+        losses={str(step): got["loss"] for step, got in stopping.evaluations},
         best_step=stopping.best_step,
         stopped_step=stopping.stopped_step,
         steps=trainer.position.step,

@@ -382,11 +382,13 @@ class Job:
     floor_parts: tuple[str, ...] = ()
     floor_steps: int = 0
     floor_only: Callable[[bool], None] | None = None
-    # Early stopping of the parts besides the floor parts: ``evaluate`` scores the model on
-    # held-out data (higher is better) at the end of every epoch and of the run. They end at
-    # their best evaluation, and stop training after ``patience`` evaluations without a gain;
-    # the floor parts then train alone to the run's end (with no ``floor_only``, the run ends).
-    evaluate: Callable[[], float] | None = None
+    # Early stopping of the parts besides the floor parts: ``evaluate`` measures the model on
+    # held-out data at the end of every epoch and of the run, and its ``watch`` value (higher is
+    # better) decides. They end at their best evaluation, and stop training after ``patience``
+    # evaluations without a gain; the floor parts then train alone to the run's end (with no
+    # ``floor_only``, the run ends).
+    evaluate: Callable[[], dict[str, float]] | None = None
+    watch: str = ""
     patience: int = 2
 
 
@@ -394,7 +396,8 @@ class Job:
 class Stopping:
     """Where early stopping is (:attr:`Job.evaluate`); a checkpoint stores it."""
 
-    scores: list[tuple[int, float]] = field(default_factory=list)  # (step, score) evaluated
+    # (step, what ``evaluate`` measured) of each evaluation
+    evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     best: float = -math.inf
     best_step: int = 0
     stale: int = 0  # evaluations since the best
@@ -617,11 +620,12 @@ class Trainer:
         stopping, step = self.stopping, self.position.step
         if stopping is None or stopping.stopped_step or step > self.whole_steps:
             return
-        if stopping.scores and stopping.scores[-1][0] == step:
+        if stopping.evaluations and stopping.evaluations[-1][0] == step:
             return
         assert self.job.evaluate is not None
-        score = self.job.evaluate()
-        stopping.scores.append((step, score))
+        measured = self.job.evaluate()
+        stopping.evaluations.append((step, measured))
+        score = measured[self.job.watch]
         if score > stopping.best:
             stopping.best, stopping.best_step, stopping.stale = score, step, 0
             stopping.weights = {n: p.detach().clone() for n, p in self._stopping_parameters()}
