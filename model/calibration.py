@@ -107,7 +107,10 @@ class HeldOutRanking:
     """The weighted PairAccuracy of ``model``'s towers, as they are when called, on held-out
     ``impressions`` (rows of ``events``, which holds their histories), scored as a bundle cut
     before them would score them (each item's counts from ``counts_until``): what early stopping
-    watches."""
+    watches. With ``place_cold`` the cold level is first placed on them, as calibration will
+    place it (:func:`calibrate_cold_level`): until then it is not the level the service serves,
+    and on KuaiRand it swung the held-out PairAccuracy between 0.81 and 0.90 from one epoch to
+    the next."""
 
     def __init__(
         self,
@@ -117,8 +120,11 @@ class HeldOutRanking:
         counts_until: Events,
         weights: np.ndarray,
         device: str | torch.device = "cpu",
+        *,
+        place_cold: bool = False,
     ) -> None:
         self.model, self.events, self.impressions, self.device = model, events, impressions, device
+        self.place_cold = place_cold
         self.popularity = ItemPopularity.of(counts_until, device)
         self.hi, self.lo, self.w = group_pairs(impressions.group, impressions.grade, weights)
 
@@ -131,6 +137,11 @@ class HeldOutRanking:
             model, self.events, self.impressions, device=self.device, popularity=self.popularity
         )
         model.train(was_training)
+        if self.place_cold:
+            item = torch.from_numpy(self.events.item_id[self.impressions.row]).to(self.device)
+            cold = self.popularity.cold(item, model).cpu().numpy()
+            unseen = self.popularity.unseen(item).cpu().numpy()
+            scores, _, _ = place_cold(scores, cold, unseen, self.hi, self.lo, self.w)
         return {
             "pair_accuracy": pair_accuracy(scores, self.hi, self.lo, self.w),
             "loss": pair_loss(scores, self.hi, self.lo, self.w),
@@ -357,16 +368,12 @@ def calibrate_cold_level(
     cold = popularity.cold(item, model).cpu().numpy()
     hi, lo, w = group_pairs(impressions.group, impressions.grade, weights)
     unseen = popularity.unseen(item).cpu().numpy()
-    delta, extra = 0.0, 0.0
-    for _ in range(ROUNDS):  # the loss is convex in both: one at a time, to its joint minimum
-        delta += cold_offset(scores + delta * cold + extra * unseen, cold, hi, lo, w)
-        extra += cold_offset(scores + delta * cold + extra * unseen, unseen, hi, lo, w)
+    moved, delta, extra = place_cold(scores, cold, unseen, hi, lo, w)
     before = float(model.cold_item.detach().float()[0])
     model.cold_item.add_(delta)  # a cold item's score is the level plus its counts' part
     model.unseen_offset.add_(extra)
     model.train(was_training)
     mixed = int(((cold[hi] != cold[lo]) | (unseen[hi] != unseen[lo])).sum())
-    moved = scores + delta * cold + extra * unseen
     return ColdCalibration(
         level_before=before,
         level_after=before + delta,
@@ -379,6 +386,23 @@ def calibrate_cold_level(
         loss_before=pair_loss(scores, hi, lo, w),
         loss_after=pair_loss(moved, hi, lo, w),
     )
+
+
+def place_cold(
+    scores: np.ndarray,
+    cold: np.ndarray,
+    unseen: np.ndarray,
+    hi: np.ndarray,
+    lo: np.ndarray,
+    weight: np.ndarray,
+) -> tuple[np.ndarray, float, float]:
+    """``scores`` with the two offsets of :func:`calibrate_cold_level` placed, and the offsets:
+    ``δ`` on the ``cold`` items, ``δ_u`` more on the ``unseen`` ones."""
+    delta, extra = 0.0, 0.0
+    for _ in range(ROUNDS):  # the loss is convex in both: one at a time, to its joint minimum
+        delta += cold_offset(scores + delta * cold + extra * unseen, cold, hi, lo, weight)
+        extra += cold_offset(scores + delta * cold + extra * unseen, unseen, hi, lo, weight)
+    return scores + delta * cold + extra * unseen, delta, extra
 
 
 def pair_loss(scores: np.ndarray, hi: np.ndarray, lo: np.ndarray, weight: np.ndarray) -> float:

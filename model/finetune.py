@@ -446,7 +446,10 @@ def _job(
                 "window to stop early on; hold out more, or drop early_stopping"
             )
         before = train.take(train.timestamp < cut)
-        evaluate = HeldOutRanking(model, train, held, before, table, runtime.device)
+        place_cold = bool(cfg.seconds.cold_calibration)
+        evaluate = HeldOutRanking(
+            model, train, held, before, table, runtime.device, place_cold=place_cold
+        )
     own = (floor or evaluate is not None) and model.has_retrieval
     return Job(
         cfg=cfg,

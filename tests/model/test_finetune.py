@@ -440,7 +440,7 @@ def test_early_stopping_keeps_the_best_towers_and_the_retrieval_space_trains_on(
     held = found.take(np.flatnonzero((train.timestamp[found.row] >= cut) & (found.head == 0)))
     before = train.take(train.timestamp < cut)
     ranking = HeldOutRanking(model, train, held, before, pair_weight_table(""))
-    assert ranking() == pytest.approx(report["scores"][best], abs=1e-6)
+    assert ranking()["pair_accuracy"] == pytest.approx(report["scores"][best], abs=1e-6)
     assert report["pairs"] == len(ranking.hi) > 0
     # ... and after the stop only the retrieval space learns
     rows = [json.loads(x) for x in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
