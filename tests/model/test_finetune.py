@@ -454,6 +454,15 @@ def test_early_stopping_keeps_the_best_towers_and_the_retrieval_space_trains_on(
     assert summary.steps == report["stopped_step"] < 12 * epoch and not summary.interrupted
     with pytest.raises(ValueError, match="early_stopping_patience must be >= 1"):
         FinetuneConfig(out=str(tmp_path / "bad"), **base, early_stopping_patience=0)
+    # the checkpoint keeps where early stopping is: a finished run, resumed for longer, keeps
+    # its towers where they stopped and trains the retrieval space on
+    short = {**base, "epochs": 2, "early_stopping_patience": 50}
+    finetune(FinetuneConfig(out=str(tmp_path / "resumed"), **short), progress=False)
+    first = json.loads((tmp_path / "resumed" / "early_stopping.json").read_text())
+    longer = FinetuneConfig(out=str(tmp_path / "resumed"), **{**short, "epochs": 4})
+    assert finetune(longer, progress=False, resume=True).steps == 4 * epoch
+    again = json.loads((tmp_path / "resumed" / "early_stopping.json").read_text())
+    assert again == {**first, "steps": 4 * epoch} and first["stopped_step"] == 2 * epoch
 
 
 def test_finetune_refuses_a_sasrec_init_and_a_leaking_one(sim_data: Path, tmp_path: Path) -> None:
