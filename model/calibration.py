@@ -128,20 +128,31 @@ class HeldOutRanking:
         self.popularity = ItemPopularity.of(counts_until, device)
         self.hi, self.lo, self.w = group_pairs(impressions.group, impressions.grade, weights)
 
+    def scores(self) -> np.ndarray:
+        """The model's scores of the impressions, in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        scores = impression_scores(
+            self.model,
+            self.events,
+            self.impressions,
+            device=self.device,
+            popularity=self.popularity,
+        )
+        self.model.train(was_training)
+        return scores
+
+    def cold(self) -> tuple[np.ndarray, np.ndarray]:
+        """Which impressions' items the model scores as cold, and which have no event at all."""
+        item = torch.from_numpy(self.events.item_id[self.impressions.row]).to(self.device)
+        cold = self.popularity.cold(item, self.model).cpu().numpy()
+        return cold, self.popularity.unseen(item).cpu().numpy()
+
     def __call__(self) -> dict[str, float]:
         """The weighted PairAccuracy and fine-tuning's pairwise loss of the pairs."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        scores = impression_scores(
-            model, self.events, self.impressions, device=self.device, popularity=self.popularity
-        )
-        model.train(was_training)
+        scores = self.scores()
         if self.place_cold:
-            item = torch.from_numpy(self.events.item_id[self.impressions.row]).to(self.device)
-            cold = self.popularity.cold(item, model).cpu().numpy()
-            unseen = self.popularity.unseen(item).cpu().numpy()
-            scores, _, _ = place_cold(scores, cold, unseen, self.hi, self.lo, self.w)
+            scores, _, _ = place_cold(scores, *self.cold(), self.hi, self.lo, self.w)
         return {
             "pair_accuracy": pair_accuracy(scores, self.hi, self.lo, self.w),
             "loss": pair_loss(scores, self.hi, self.lo, self.w),
@@ -360,19 +371,13 @@ def calibrate_cold_level(
     compared with the grade-pair ``weights``."""
     if not hasattr(model, "cold_item"):
         raise ValueError("cold calibration needs a model with cold_items")
-    was_training = model.training
-    model.eval()
-    popularity = ItemPopularity.of(counts_until, device)
-    scores = impression_scores(model, events, impressions, device=device, popularity=popularity)
-    item = torch.from_numpy(events.item_id[impressions.row]).to(device)
-    cold = popularity.cold(item, model).cpu().numpy()
-    hi, lo, w = group_pairs(impressions.group, impressions.grade, weights)
-    unseen = popularity.unseen(item).cpu().numpy()
+    ranking = HeldOutRanking(model, events, impressions, counts_until, weights, device)
+    scores, (cold, unseen) = ranking.scores(), ranking.cold()
+    hi, lo, w = ranking.hi, ranking.lo, ranking.w
     moved, delta, extra = place_cold(scores, cold, unseen, hi, lo, w)
     before = float(model.cold_item.detach().float()[0])
     model.cold_item.add_(delta)  # a cold item's score is the level plus its counts' part
     model.unseen_offset.add_(extra)
-    model.train(was_training)
     mixed = int(((cold[hi] != cold[lo]) | (unseen[hi] != unseen[lo])).sum())
     return ColdCalibration(
         level_before=before,

@@ -362,22 +362,27 @@ def test_finetune_learns_and_leaves_the_pretraining_heads_alone(
     assert not torch.equal(before.state_dict()[name], after.state_dict()[name])
 
 
-def test_the_retrieval_space_trains_alone_to_its_floor_and_the_rest_as_without_it(
-    sim_data: Path, tmp_path: Path
-) -> None:
+def _pretrained(sim_data: Path, tmp_path: Path, **settings: Any) -> dict[str, Any]:
+    """A short fine-tuning config (``settings`` over it) from a tiny model pretrained 10 steps."""
     pretrain(tiny_config(sim_data, tmp_path / "pre", max_steps=10), progress=False)
-    base: dict[str, Any] = {
+    return {
         "data": str(sim_data),
         "init": str(tmp_path / "pre"),
         "test_days": 3.0,
         "batch_size": 8,
-        "epochs": 1,
         "min_steps": 0,
         "log_every": 1,
         "warmup_steps": 2,
         "tower_dim": 16,
         "trend_calibration": "0",
+        **settings,
     }
+
+
+def test_the_retrieval_space_trains_alone_to_its_floor_and_the_rest_as_without_it(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    base = _pretrained(sim_data, tmp_path, epochs=1)
     cfg = FinetuneConfig(out=str(tmp_path / "same"), **base, retrieval_min_steps=0)
     epoch = finetune(cfg, progress=False).steps
     cfg = FinetuneConfig(out=str(tmp_path / "floor"), **base, retrieval_min_steps=epoch + 8)
@@ -403,21 +408,8 @@ def test_the_retrieval_space_trains_alone_to_its_floor_and_the_rest_as_without_i
 def test_early_stopping_keeps_the_best_towers_and_the_retrieval_space_trains_on(
     sim_data: Path, tmp_path: Path
 ) -> None:
-    pretrain(tiny_config(sim_data, tmp_path / "pre", max_steps=10), progress=False)
-    base: dict[str, Any] = {
-        "data": str(sim_data),
-        "init": str(tmp_path / "pre"),
-        "test_days": 3.0,
-        "batch_size": 8,
-        "epochs": 12,
-        "min_steps": 0,
-        "log_every": 1,
-        "warmup_steps": 2,
-        "tower_dim": 16,
-        "tower_lr": 3e-2,  # the towers overfit nine days within a few epochs
-        "trend_calibration": "0",
-        "early_stopping": "1d",
-    }
+    # the towers overfit nine days within a few epochs
+    base = _pretrained(sim_data, tmp_path, epochs=12, tower_lr=3e-2, early_stopping="1d")
     cfg = FinetuneConfig(out=str(tmp_path / "stop"), **base)
     summary = finetune(cfg, progress=False)
     report = json.loads((tmp_path / "stop" / "early_stopping.json").read_text())
