@@ -191,7 +191,9 @@ class FinetuneConfig(TrainConfig):
     # hold the impressions of the last this long of the training window out of the pairs and
     # rank them with the towers at the end of every epoch: the towers and the backbone keep their
     # best weights and train no more after early_stopping_patience epochs without a gain, while
-    # the retrieval space trains on alone to the run's length (one process only); "0": none
+    # the retrieval space trains on alone to the run's length (one process only); "0": none, the
+    # default. /score gained 0.004 on a small world (600 steps of 5.4 epochs, the towers kept at
+    # 4-5) and lost 0.004 on KuaiRand, whose held-out day of 1,198 pairs stops them too soon
     early_stopping: str = "0"
     early_stopping_patience: int = 2
     table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
