@@ -196,6 +196,10 @@ class FinetuneConfig(TrainConfig):
     # 4-5) and lost 0.004 on KuaiRand, whose held-out day of 1,198 pairs stops them too soon
     early_stopping: str = "0"
     early_stopping_patience: int = 2
+    # the towers and the backbone end at an exponential moving average of their weights, with a
+    # horizon of this fraction of their steps (the retrieval space keeps its last weights); 0:
+    # their last weights
+    weight_average: float = 0.0
     table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
     warmup_steps: int = 20
 
@@ -234,6 +238,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(
                 f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}"
             )
+        if not 0 <= self.weight_average <= 1:
+            raise ValueError(f"weight_average must be in [0, 1], got {self.weight_average}")
         if self.trend_calibration_k < 1:
             raise ValueError(f"trend_calibration_k must be >= 1, got {self.trend_calibration_k}")
         if self.tower_weight_decay < 0:
@@ -471,6 +477,8 @@ def _job(
         evaluate=evaluate,
         watch="pair_accuracy",
         patience=cfg.early_stopping_patience,
+        average=cfg.weight_average,
+        rng=objective.retrieval.generator if objective.retrieval is not None else None,
     )
 
 

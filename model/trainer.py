@@ -390,6 +390,14 @@ class Job:
     evaluate: Callable[[], dict[str, float]] | None = None
     watch: str = ""
     patience: int = 2
+    # Weight averaging: the parts besides the floor parts and the retrieval space end at an
+    # exponential moving average of their weights with a horizon of about this fraction of
+    # their steps (early stopping then scores and keeps the averaged weights); 0: none.
+    average: float = 0.0
+    # A random stream of the job's own (e.g. the retrieval loss's negatives, drawn apart so the
+    # rest of training draws the same with or without them): the checkpoint keeps its state,
+    # so a resumed run draws on as the uninterrupted one.
+    rng: torch.Generator | None = None
 
 
 @dataclass
@@ -521,6 +529,14 @@ class Trainer:
                 raise ValueError("early stopping runs on one process: train without torchrun")
             known = saved.get("stopping") if saved is not None else None
             self.stopping = Stopping(**known) if known else Stopping()
+        if saved is not None and job.rng is not None and saved.get("rng") is not None:
+            job.rng.set_state(saved["rng"])
+        self.averaged: dict[str, torch.Tensor] = {}  # weight averaging (Job.average)
+        if job.average > 0:
+            if self.fsdp:
+                raise ValueError("weight averaging needs whole weights: train without FSDP")
+            known = saved.get("averaged") if saved is not None else None
+            self.averaged = known or {n: p.detach().clone() for n, p in self._averaged()}
         self.title = f"{job.preset} ({job.objective_name})"
         self.bar = tqdm(
             total=self.total,
@@ -559,8 +575,7 @@ class Trainer:
                         self.log()
                     self.bar.update(1)
                     if at.step == self.whole_steps < self.total:  # the rest of the model is done
-                        self.evaluate()
-                        self.stop()
+                        self.settle()
                     if at.step % cfg.checkpoint_every == 0:
                         self.checkpoint()
                     if at.step >= self.total:
@@ -571,9 +586,8 @@ class Trainer:
                 if at.batch_in_epoch >= usable:
                     at.epoch, at.batch_in_epoch = at.epoch + 1, 0
                     self.evaluate()
-        if self.finished:  # the run's last weights are a candidate too; then the best stays
-            self.evaluate()
-            self.stop()
+        if self.finished:
+            self.settle()
         self.bar.close()
         self.checkpoint()
         if self.runtime.is_main:
@@ -610,25 +624,51 @@ class Trainer:
         grad_norm = self.optimizer.clip_and_step(cfg.grad_clip)
         at.step += 1
         at.batch_in_epoch += len(group)
+        self.average()
         seen = int(self.runtime.sum(float(batch_events)))
         at.events_seen += seen
         self.window.add(totals, grad_norm, seen)
 
+    def settle(self) -> None:
+        """The parts besides the floor parts are done: they take their averaged weights, and
+        early stopping scores them and keeps its best."""
+        if not (self.stopping is not None and self.stopping.stopped_step):
+            self._copy(self.averaged)
+        self.evaluate()  # the last weights are a candidate too; then the best stays
+        self.stop()
+
+    def average(self) -> None:
+        """Weight averaging (:attr:`Job.average`): move the averaged weights towards the
+        weights of this step, while the parts they average train."""
+        stopped = self.stopping is not None and self.stopping.stopped_step > 0
+        if not self.averaged or stopped or self.position.step > self.whole_steps:
+            return
+        rate = 1.0 / max(1.0, self.job.average * self.whole_steps)
+        with torch.no_grad():
+            for name, parameter in self._averaged():
+                self.averaged[name].lerp_(parameter.detach(), rate)
+
     def evaluate(self) -> None:
-        """Early stopping (:attr:`Job.evaluate`): score the model unless stopped or scored at
-        this step; keep the weights of a best score, stop after ``patience`` without one."""
+        """Early stopping (:attr:`Job.evaluate`): score the model (its averaged weights, with
+        weight averaging) unless stopped or scored at this step; keep the weights of a best
+        score, stop after ``patience`` without one."""
         stopping, step = self.stopping, self.position.step
         if stopping is None or stopping.stopped_step or step > self.whole_steps:
             return
         if stopping.evaluations and stopping.evaluations[-1][0] == step:
             return
         assert self.job.evaluate is not None
+        last = {n: p.detach().clone() for n, p in self._averaged()} if self.averaged else {}
+        self._copy(self.averaged)
         measured = self.job.evaluate()
         stopping.evaluations.append((step, measured))
         score = measured[self.job.watch]
-        if score > stopping.best:
-            stopping.best, stopping.best_step, stopping.stale = score, step, 0
+        best = score > stopping.best
+        if best:
             stopping.weights = {n: p.detach().clone() for n, p in self._stopping_parameters()}
+        self._copy(last)  # training goes on from its own weights
+        if best:
+            stopping.best, stopping.best_step, stopping.stale = score, step, 0
         else:
             stopping.stale += 1
         self.bar.set_postfix(held_out=f"{score:.4f}", best=f"{stopping.best:.4f}")
@@ -645,6 +685,21 @@ class Trainer:
             for name, parameter in self._stopping_parameters():
                 parameter.copy_(stopping.weights[name])
         stopping.stopped_step = max(self.position.step, 1)
+
+    def _copy(self, weights: dict[str, torch.Tensor]) -> None:
+        """Set the parameters named in ``weights`` to them."""
+        if not weights:
+            return
+        with torch.no_grad():
+            for name, parameter in self.job.model.named_parameters():
+                if name in weights:
+                    parameter.copy_(weights[name])
+
+    def _averaged(self) -> list[tuple[str, nn.Parameter]]:
+        """What weight averaging averages: the early-stopping parts but the retrieval space,
+        which trains on, and whose trend weight is calibrated on a copy trained as it was."""
+        own = set(PARTS["retrieval"])
+        return [(n, p) for n, p in self._stopping_parameters() if n.split(".")[0] not in own]
 
     def _stopping_parameters(self) -> list[tuple[str, nn.Parameter]]:
         floor = {name for part in self.job.floor_parts for name in PARTS[part]}
@@ -715,6 +770,8 @@ class Trainer:
                 optimizer=optimizer or self.optimizer.state_dict(),
                 train_until=self.job.train_until,
                 stopping=asdict(self.stopping) if self.stopping is not None else None,
+                averaged=self.averaged or None,
+                rng=self.job.rng.get_state() if self.job.rng is not None else None,
                 **asdict(self.position),
             )
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from model.argus import PARTS, Argus, preset
 from model.calibration import HeldOutRanking
@@ -35,7 +36,7 @@ from model.objectives import (
     sample_batch,
 )
 from model.train import pretrain
-from tests.model.conftest import tiny_config
+from tests.model.conftest import terminated_after, tiny_config
 
 
 def events_of(timestamps: list[int], users: list[int] | None = None, **columns: list) -> Events:
@@ -455,6 +456,72 @@ def test_early_stopping_keeps_the_best_towers_and_the_retrieval_space_trains_on(
     assert finetune(longer, progress=False, resume=True).steps == 4 * epoch
     again = json.loads((tmp_path / "resumed" / "early_stopping.json").read_text())
     assert again == {**first, "steps": 4 * epoch} and first["stopped_step"] == 2 * epoch
+
+
+def test_weight_averaging_ends_the_towers_at_the_moving_average_of_their_steps(
+    sim_data: Path, tmp_path: Path
+) -> None:
+    base = _pretrained(sim_data, tmp_path, max_steps=12)
+    finetune(FinetuneConfig(out=str(tmp_path / "plain"), **base), progress=False)
+    # every step's weights, read as the run trains
+    model: list[Argus] = []
+    steps: list[dict[str, torch.Tensor]] = []
+
+    def weights() -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in model[0].named_parameters()}
+
+    def first(module: torch.nn.Module, args: Any) -> None:
+        if isinstance(module, Argus) and not model:
+            model.append(module)
+            steps.append(weights())  # the weights the run starts from
+
+    def stepped(optimizer: Any, args: Any, kwargs: Any) -> None:
+        steps.append(weights())
+
+    hooks = (
+        torch.nn.modules.module.register_module_forward_pre_hook(first),
+        register_optimizer_step_post_hook(stepped),
+    )
+    try:
+        cfg = FinetuneConfig(out=str(tmp_path / "avg"), **base, weight_average=0.25)
+        finetune(cfg, progress=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_step = (len(steps) - 1) // 12  # the optimizers (dense, sparse table) step in turn
+    assert len(steps) == 1 + 12 * per_step
+    trajectory = [steps[0], *steps[per_step::per_step]]
+    plain, averaged = (load_model(tmp_path / name)[0] for name in ("plain", "avg"))
+    trained = {name for name, p in model[0].named_parameters() if p.requires_grad}
+    retrieval = {name for name in trained if name.split(".")[0] in PARTS["retrieval"]}
+    assert retrieval and "blocks.0.qkv.weight" in trained and "user_proj.weight" in trained
+    for name, last in plain.state_dict().items():
+        if name not in trajectory[-1]:
+            continue
+        # averaging does not change how the run trains ...
+        assert torch.equal(trajectory[-1][name], last), name
+        # ... the retrieval space (and what does not train) ends at its last weights ...
+        ended = averaged.state_dict()[name]
+        if name in retrieval or name not in trained:
+            assert torch.equal(ended, last), name
+            continue
+        # ... and the towers and the backbone at the moving average over a quarter of the run
+        expected = trajectory[0][name].clone()
+        for step in trajectory[1:]:
+            expected.lerp_(step[name], 1 / 3)
+        assert torch.equal(ended, expected), name
+        assert not torch.equal(ended, last), name
+    # interrupted and resumed, a run averages (and draws its retrieval negatives) as if it had
+    # not stopped
+    cfg = FinetuneConfig(out=str(tmp_path / "stopped"), **base, weight_average=0.25)
+    with terminated_after(tmp_path / "stopped" / "metrics.jsonl", rows=4):
+        assert finetune(cfg, progress=False).interrupted
+    assert not finetune(cfg, progress=False, resume=True).interrupted
+    resumed = load_model(tmp_path / "stopped")[0].state_dict()
+    for name, tensor in averaged.state_dict().items():
+        assert torch.equal(resumed[name], tensor), name
+    with pytest.raises(ValueError, match=r"weight_average must be in \[0, 1\]"):
+        FinetuneConfig(out=str(tmp_path / "bad"), **base, weight_average=1.5)
 
 
 def test_finetune_refuses_a_sasrec_init_and_a_leaking_one(sim_data: Path, tmp_path: Path) -> None:

@@ -2,12 +2,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +19,7 @@ from model.losses import ItemFrequencies, pretraining_loss
 from model.runtime import Runtime
 from model.train import pretrain, warm_start
 from model.trainer import lr_factor
-from tests.model.conftest import tiny_config
+from tests.model.conftest import terminated_after, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,20 +56,8 @@ def test_same_seed_same_run_and_another_seed_differs(sim_data: Path, tmp_path: P
 
 def test_sigterm_checkpoints_and_resume_continues_exactly(sim_data: Path, tmp_path: Path) -> None:
     config = tiny_config(sim_data, tmp_path / "stopped", max_steps=60, log_every=1)
-    metrics = tmp_path / "stopped" / "metrics.jsonl"
-
-    def terminate_after_a_few_steps() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.005)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    watcher = threading.Thread(target=terminate_after_a_few_steps)
-    watcher.start()
-    stopped = pretrain(config, progress=False)
-    watcher.join()
+    with terminated_after(tmp_path / "stopped" / "metrics.jsonl", rows=3):
+        stopped = pretrain(config, progress=False)
     assert stopped.interrupted and 3 <= stopped.steps < 60, stopped.steps
     assert "rerun with --resume" in stopped.line()
     assert read_checkpoint(tmp_path / "stopped")["step"] == stopped.steps
