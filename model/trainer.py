@@ -391,8 +391,9 @@ class Job:
     watch: str = ""
     patience: int = 2
     # Weight averaging: the parts besides the floor parts and the retrieval space end at an
-    # exponential moving average of their weights with a horizon of about this fraction of
-    # their steps (early stopping then scores and keeps the averaged weights); 0: none.
+    # exponential moving average of their weights after each step, with a horizon of this
+    # fraction of their steps (early stopping then scores and keeps the averaged weights); 0:
+    # none.
     average: float = 0.0
     # A random stream of the job's own (e.g. the retrieval loss's negatives, drawn apart so the
     # rest of training draws the same with or without them): the checkpoint keeps its state,
@@ -643,7 +644,10 @@ class Trainer:
         stopped = self.stopping is not None and self.stopping.stopped_step > 0
         if not self.averaged or stopped or self.position.step > self.whole_steps:
             return
-        rate = 1.0 / max(1.0, self.job.average * self.whole_steps)
+        # the mean of the steps so far until the horizon is reached, then a moving average:
+        # the weights the run started from (new towers are random) count for nothing
+        horizon = max(1.0, self.job.average * self.whole_steps)
+        rate = 1.0 / min(float(self.position.step), horizon)
         with torch.no_grad():
             for name, parameter in self._averaged():
                 self.averaged[name].lerp_(parameter.detach(), rate)
