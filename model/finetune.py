@@ -198,8 +198,9 @@ class FinetuneConfig(TrainConfig):
     early_stopping_patience: int = 2
     # the towers and the backbone end at an exponential moving average of their weights, with a
     # horizon of this fraction of their steps (the retrieval space keeps its last weights); 0:
-    # their last weights
-    weight_average: float = 0.0
+    # their last weights. /score over three seeds: small world 0.5653 -> 0.5688 and demo size
+    # 0.5831 -> 0.5884, their spread five to six times smaller; KuaiRand level
+    weight_average: float = 0.25
     table_lr: float = 0.0  # the table at the backbone's rate: it arrives trained
     warmup_steps: int = 20
 
