@@ -533,9 +533,10 @@ class Trainer:
         if saved is not None and job.rng is not None and saved.get("rng") is not None:
             job.rng.set_state(saved["rng"])
         self.averaged: dict[str, torch.Tensor] = {}  # weight averaging (Job.average)
-        if job.average > 0:
-            if self.fsdp:
-                raise ValueError("weight averaging needs whole weights: train without FSDP")
+        if job.average > 0 and self.fsdp:  # the towers end at their last weights
+            if runtime.is_main:
+                print("weight averaging is off under FSDP: it averages whole weights", flush=True)
+        elif job.average > 0:
             known = saved.get("averaged") if saved is not None else None
             self.averaged = known or {n: p.detach().clone() for n, p in self._averaged()}
         self.title = f"{job.preset} ({job.objective_name})"
